@@ -1,0 +1,49 @@
+"""PyTorch dataset over loaded samples: tensors padded to the network's multiple."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from .chasedb1 import Sample
+from .transforms import apply
+
+
+def to_tensors(sample: Sample, multiple: int = 8) -> tuple[torch.Tensor, ...]:
+    """(image (3, H', W'), label (1, H', W'), fov (1, H', W')) as float32, zero-padded
+    bottom/right so that H' and W' are multiples of ``multiple``; the padding lies
+    outside the FOV, so it never counts in the loss mask or the metrics."""
+    image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
+    label = torch.from_numpy(sample.label.astype(np.float32))[None]
+    fov = torch.from_numpy(sample.fov.astype(np.float32))[None]
+    h, w = image.shape[-2:]
+    pad = (0, (-w) % multiple, 0, (-h) % multiple)
+    return tuple(torch.nn.functional.pad(t, pad) for t in (image, label, fov))
+
+
+class SegmentationDataset(Dataset):
+    """Samples as (image, label, fov) tensors, augmented when a transform is given.
+
+    ``repeats`` lists each image that many times per epoch: with small random crops an
+    "epoch" over 20 images would otherwise be a handful of steps.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: v2.Transform | None = None,
+                 repeats: int = 1, multiple: int = 8) -> None:
+        if not samples:
+            raise ValueError("no samples given")
+        self.samples = list(samples)
+        self.transform = transform
+        self.repeats = repeats
+        self.multiple = multiple
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeats
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tensors = to_tensors(self.samples[index % len(self.samples)], self.multiple)
+        return tensors if self.transform is None else apply(self.transform, *tensors)

@@ -1,0 +1,37 @@
+"""Running a model on whole images: resize, pad, forward, sigmoid, crop, resize back."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import pad_to_multiple
+
+
+def _size_multiple(model: nn.Module) -> int:
+    inner = getattr(model, "module", model)  # DDP-wrapped or not
+    return getattr(inner, "size_multiple", 8)
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, image: np.ndarray | torch.Tensor,
+                  size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Vessel probability map (H, W) of an RGB image (H, W, 3) in [0, 1].
+
+    With ``size`` the image is first resized to that inference resolution (as a
+    camera would deliver it) and the probabilities are resized back to H x W.
+    """
+    device = next(model.parameters()).device
+    x = torch.tensor(np.asarray(image, dtype=np.float32))
+    x = x.permute(2, 0, 1)[None].to(device)
+    h, w = x.shape[-2:]
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x, (hh, ww) = pad_to_multiple(x, _size_multiple(model))
+    logits = model(x)[..., :hh, :ww].float()
+    if size is not None:
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits)[0, 0].cpu().numpy()

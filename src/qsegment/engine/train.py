@@ -1,0 +1,353 @@
+"""Training: one function, :func:`train`, driven by a :class:`TrainConfig`.
+
+Every run writes a folder that explains itself: ``config.yaml`` (the resolved
+config), ``command.txt``, ``log.csv`` and TensorBoard events, ``last.safetensors``
+(weights plus optimizer and RNG state, written atomically after every
+epoch, so ``resume`` loses at most one epoch), ``best.safetensors`` (best
+validation Dice) and a JSON card beside each checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .. import checkpoint as ckpt
+from ..data import SegmentationDataset, Split, load_split, paper_augmentation
+from ..losses import get_loss
+from ..models import create_model
+from . import distributed as dist
+from .evaluate import predict_samples, score, train_threshold
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example a non-finite loss); the last good checkpoint stays."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; presets are YAML files of these fields."""
+
+    model: str = "qsegment"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    train_images: list[str] = field(default_factory=lambda: list(Split().train))
+    val_images: list[str] = field(default_factory=lambda: list(Split().val))
+    epochs: int = 4000
+    batch_size: int = 8
+    crop: int | None = None  # random square crop size; None trains on whole images
+    repeats: int = 1  # times each image is visited per epoch
+    loss: str = "structure"
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "cosine_restarts"  # cosine_restarts | cosine
+    restart_epochs: int = 20  # period of the warm restarts
+    warmup_epochs: int = 0  # linear warm-up of the cosine schedule
+    amp: bool = True  # fp16 autocast on CUDA, bf16 on CPU
+    val_every: int = 50  # epochs between validations (and at the end)
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads per process
+    max_minutes: float | None = None  # stop cleanly after this much wall time
+    device: str = "auto"
+
+
+def load_config(preset: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A preset by name (``paper``, ``fast``) or YAML path, with field overrides."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        path = Path(preset)
+        if not path.suffix:
+            path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            names = ", ".join(p.stem for p in sorted(PRESETS_DIR.glob("*.yaml")))
+            raise ValueError(f"{path}: preset not found (built-in presets: {names})")
+        values = yaml.safe_load(path.read_text()) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    """The source checkout's commit (with ``+dirty`` for local changes), if any."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "src"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+class _SeededDataset(SegmentationDataset):
+    """Each (epoch, index) gets its own augmentation seed, so an image receives the same
+    random transform whichever process or batch position loads it."""
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seed, self.epoch = seed, 0
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
+            return super().__getitem__(index)
+
+
+def _optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+
+
+def lr_factor(cfg: TrainConfig, t: float) -> float:
+    """Learning-rate multiplier at fractional epoch ``t`` (a pure function of ``t``, so a
+    resumed run needs no scheduler state).
+
+    ``cosine_restarts``: SGDR (Loshchilov & Hutter), restarting every ``restart_epochs``,
+    as PyTorch's CosineAnnealingWarmRestarts with T_mult=1 and eta_min=0.
+    ``cosine``: linear warm-up over ``warmup_epochs``, then one cosine decay to zero.
+    """
+    if cfg.scheduler == "cosine_restarts":
+        period = cfg.restart_epochs
+        return 0.5 * (1 + math.cos(math.pi * (t % period) / period))
+    if cfg.scheduler == "cosine":
+        warm, total = cfg.warmup_epochs, cfg.epochs
+        if t < warm:
+            return (t + 1e-3) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(total - warm, 1e-9))))
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose cosine_restarts or cosine")
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp)
+
+
+class _RunLog:
+    """log.csv plus TensorBoard events, appended epoch by epoch."""
+
+    COLUMNS = ("epoch", "step", "wall_s", "lr", "loss", "val_dice", "val_acc", "val_auc")
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "log.csv"
+        if not self.path.exists():
+            self.path.write_text(",".join(self.COLUMNS) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self.COLUMNS])
+        for key, value in row.items():
+            if key not in ("epoch", "step") and value != "":
+                self.tb.add_scalar(key, value, row["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
+          ) -> dict[str, Any]:
+    """Train ``cfg.model`` and write the run folder ``out``; returns the final card.
+
+    With ``resume`` the run continues from ``out/last.safetensors`` (its config wins).
+    Under ``torchrun`` the same call trains data-parallel.
+    """
+    out = Path(out)
+    if resume:
+        cfg = load_config(out / "config.yaml")
+    elif (out / "last.safetensors").exists():
+        raise TrainingError(f"{out}: holds a run already; pass --resume to continue it or "
+                            "choose another --out")
+    device = resolve_device(cfg.device)
+    rank, world_size = dist.world()
+    if cfg.batch_size % world_size:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world_size} ranks")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist.init(device)
+    torch.manual_seed(cfg.seed)
+
+    train_samples, val_samples = load_split(
+        cfg.data, Split(tuple(cfg.train_images), tuple(cfg.val_images)))
+    model = create_model(cfg.model, **cfg.model_args).to(device)
+    dataset = _SeededDataset(train_samples, paper_augmentation(cfg.crop), repeats=cfg.repeats,
+                             multiple=model.size_multiple, seed=cfg.seed)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=sampler)
+    optimizer = _optimizer(cfg, model.parameters())
+    lr_factor(cfg, 0.0)  # fails early on an unknown scheduler
+    loss_fn = get_loss(cfg.loss)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+
+    start_epoch, best_dice, wall_before = 0, -1.0, 0.0
+    if resume:
+        start_epoch, best_dice, wall_before = _restore(out / "last.safetensors", model,
+                                                       optimizer)
+    elif dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        (out / "command.txt").write_text(" ".join(sys.argv) + "\n")
+    net: nn.Module = model
+    if world_size > 1:
+        net = nn.parallel.DistributedDataParallel(dist.sync_batchnorm(model, device))
+    log = _RunLog(out) if dist.is_main() else None
+
+    steps_per_epoch = len(loader)
+    started = time.monotonic()
+    bar = tqdm(total=(cfg.epochs - start_epoch) * steps_per_epoch, disable=not (
+        progress and dist.is_main()), desc="train", unit="step", dynamic_ncols=True)
+    metrics: dict[str, Any] | None = None
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            sampler.set_epoch(epoch)
+            dataset.epoch = epoch
+            losses = []
+            for i, (x, y, _fov) in enumerate(loader):
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / steps_per_epoch)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(cfg, device):
+                    logits = net(x)
+                loss = loss_fn(logits, y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                        f"stopped. The last good checkpoint is {out / 'last.safetensors'} "
+                        "(try a lower --lr)")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            wall = wall_before + time.monotonic() - started
+            out_of_time = cfg.max_minutes is not None and wall > cfg.max_minutes * 60
+            last_epoch = epoch + 1 == cfg.epochs or out_of_time
+            if dist.is_main():
+                row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                       "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"],
+                       "loss": sum(losses) / len(losses)}
+                if (epoch + 1) % cfg.val_every == 0 or last_epoch:
+                    metrics = score(predict_samples(model, val_samples), val_samples)
+                    pooled = metrics["pooled"]
+                    row.update(val_dice=pooled["dice"], val_acc=pooled["acc"],
+                               val_auc=pooled["auc"])
+                    bar.write(f"epoch {epoch + 1}: val Dice {pooled['dice']:.4f} "
+                              f"Acc {pooled['acc']:.4f} AUC {pooled['auc']:.4f}")
+                    if pooled["dice"] > best_dice:
+                        best_dice = pooled["dice"]
+                        _save(out / "best.safetensors", model, cfg, epoch + 1, wall, metrics)
+                log.write(row)
+                _save(out / "last.safetensors", model, cfg, epoch + 1, wall, metrics,
+                      optimizer, best_dice)
+            dist.barrier()
+            if out_of_time:
+                bar.write(f"stopping after epoch {epoch + 1}: --max-minutes {cfg.max_minutes} "
+                          "reached")
+                break
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    card: dict[str, Any] = {}
+    if dist.is_main():
+        card = _finish(out, model, cfg, train_samples, val_samples, epoch + 1, progress)
+    dist.barrier()
+    return card
+
+
+def _card(cfg: TrainConfig, epochs_done: int, wall: float, metrics: dict | None) -> dict:
+    return {
+        "model": cfg.model,
+        "model_args": cfg.model_args,
+        "data": {"dataset": "CHASE_DB1", "train": cfg.train_images, "val": cfg.val_images,
+                 "reference": "first observer (1stHO)", "fov": "derived (qsegment.data.fov)"},
+        "config": dataclasses.asdict(cfg),
+        "epochs_done": epochs_done,
+        "wall_time_s": round(wall, 1),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "val_metrics": metrics,
+    }
+
+
+def _save(path: Path, model: nn.Module, cfg: TrainConfig, epochs_done: int, wall: float,
+          metrics: dict | None, optimizer: torch.optim.Optimizer | None = None,
+          best_dice: float = -1.0) -> None:
+    card = _card(cfg, epochs_done, wall, metrics)
+    extra: dict[str, torch.Tensor] = {}
+    meta = {"card": card}
+    if optimizer is not None:
+        extra, optim_meta = ckpt.optimizer_tensors(optimizer)
+        extra["rng.torch"] = torch.get_rng_state()
+        meta["resume"] = {"epoch": epochs_done, "best_dice": best_dice, "wall_s": wall,
+                          "optimizer": optim_meta}
+    ckpt.save_checkpoint(path, model, meta, extra)
+    ckpt.write_json(path.with_suffix(".json"), card)
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+             ) -> tuple[int, float, float]:
+    ckpt.load_weights(model, path)
+    tensors, meta = ckpt.read_checkpoint(path)
+    state = meta.get("resume")
+    if state is None:
+        raise ckpt.CheckpointError(f"{path}: holds no training state to resume from")
+    ckpt.restore_optimizer(optimizer, tensors, state["optimizer"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return state["epoch"], state["best_dice"], state["wall_s"]
+
+
+def _finish(out: Path, model: nn.Module, cfg: TrainConfig, train_samples: list,
+            val_samples: list, epochs_done: int, progress: bool) -> dict[str, Any]:
+    """Choose the threshold on the training images and score the last weights with it."""
+    threshold = train_threshold(model, train_samples, progress=progress)
+    probs = predict_samples(model, val_samples)
+    tensors, meta = ckpt.read_checkpoint(out / "last.safetensors")
+    card = meta["card"]
+    card["threshold"] = {"value": threshold, "rule": "maximizes pooled Dice on the training "
+                         "images (last weights)"}
+    card["val_metrics"] = score(probs, val_samples)
+    card["val_metrics_at_threshold"] = score(probs, val_samples, threshold)
+    meta["card"] = card
+    extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+    ckpt.save_checkpoint(out / "last.safetensors", model, meta, extra)
+    ckpt.write_json(out / "last.json", card)
+    return card

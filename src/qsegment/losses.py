@@ -1,0 +1,54 @@
+"""Losses on logits. The paper's is PraNet's structure loss (Section III-C)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def boundary_weights(target: torch.Tensor, kernel: int = 31, gain: float = 5.0) -> torch.Tensor:
+    """1 + gain * |avgpool_kxk(target) - target|: largest where the label changes within
+    the window, i.e. at vessel borders and on thin vessels, and 1 far from any vessel."""
+    local_mean = F.avg_pool2d(target, kernel, stride=1, padding=kernel // 2)
+    return 1.0 + gain * (local_mean - target).abs()
+
+
+def structure_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE + weighted IoU, averaged over the batch (PraNet, Fan et al. 2020).
+
+    PraNet's published code passes ``reduce='none'`` (not ``reduction``) to the BCE,
+    which silently makes its BCE a plain unweighted mean. This is the intended form:
+    the BCE is weighted per pixel by :func:`boundary_weights`, like the IoU term.
+    """
+    target = target.float()
+    weights = boundary_weights(target)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    wbce = (weights * bce).sum((2, 3)) / weights.sum((2, 3))
+    prob = torch.sigmoid(logits.float())
+    inter = (prob * target * weights).sum((2, 3))
+    union = ((prob + target) * weights).sum((2, 3))
+    wiou = 1.0 - (inter + 1.0) / (union - inter + 1.0)
+    return (wbce + wiou).mean()
+
+
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain BCE + soft Dice over the batch: a simple, well-behaved alternative."""
+    target = target.float()
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target)
+    prob = torch.sigmoid(logits.float())
+    dice = (2 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
+    return bce + 1.0 - dice
+
+
+LOSSES: dict[str, Loss] = {"structure": structure_loss, "bce_dice": bce_dice_loss}
+
+
+def get_loss(name: str) -> Loss:
+    """A loss by name; an unknown name lists the valid ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    return LOSSES[name]

@@ -1,0 +1,118 @@
+"""Segmentation metrics inside the field of view, as the vessel literature reports them.
+
+Threshold-based scores are pure functions of the confusion counts (computed once);
+AUC and the Dice-maximizing threshold come from scikit-learn's ROC and
+precision-recall curves. "pooled" scores treat all pixels of all images as one
+set (the usual Table IV convention); "mean" averages the per-image scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+METRICS = ("dice", "acc", "auc", "se", "sp", "iou", "mcc")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Confusion counts of a binary prediction."""
+
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn,
+                      self.tn + other.tn)
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def scores(c: Counts) -> dict[str, float]:
+    """Dice (F1), accuracy, sensitivity, specificity, IoU and MCC from counts."""
+    tp, fp, fn, tn = (float(v) for v in (c.tp, c.fp, c.fn, c.tn))
+    mcc_den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "acc": _ratio(tp + tn, tp + fp + fn + tn),
+        "se": _ratio(tp, tp + fn),
+        "sp": _ratio(tn, tn + fp),
+        "iou": _ratio(tp, tp + fp + fn),
+        "mcc": _ratio(tp * tn - fp * fn, mcc_den),
+    }
+
+
+def _in_fov(prob: np.ndarray, label: np.ndarray, fov: np.ndarray | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    if prob.shape != label.shape or (fov is not None and fov.shape != label.shape):
+        raise ValueError(f"shape mismatch: prediction {prob.shape}, label {label.shape}, "
+                         f"fov {None if fov is None else fov.shape}")
+    if fov is None:
+        return prob.ravel(), label.ravel().astype(bool)
+    return prob[fov], label[fov].astype(bool)
+
+
+def confusion(prob: np.ndarray, label: np.ndarray, fov: np.ndarray | None = None,
+              threshold: float = 0.5) -> Counts:
+    """Counts of ``prob >= threshold`` against ``label`` over the FOV pixels."""
+    p, t = _in_fov(prob, label, fov)
+    pred = p >= threshold
+    tp = int(np.count_nonzero(pred & t))
+    fp = int(np.count_nonzero(pred & ~t))
+    fn = int(np.count_nonzero(~pred & t))
+    return Counts(tp, fp, fn, int(t.size) - tp - fp - fn)
+
+
+def _auc(p: np.ndarray, t: np.ndarray) -> float:
+    return float(roc_auc_score(t, p)) if 0 < t.sum() < t.size else float("nan")
+
+
+def evaluate(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+             fovs: Sequence[np.ndarray | None], threshold: float = 0.5
+             ) -> dict[str, object]:
+    """All metrics for a set of images: ``pooled``, ``mean`` and ``per_image`` dicts.
+
+    ``probs`` are probability maps (or any score where higher means vessel; the
+    threshold applies to it), ``labels`` binary maps, ``fovs`` boolean masks or None.
+    """
+    if not (len(probs) == len(labels) == len(fovs)) or not probs:
+        raise ValueError("need the same, non-zero number of predictions, labels and FOVs")
+    pixels = [_in_fov(p, t, f) for p, t, f in zip(probs, labels, fovs, strict=True)]
+    per_image, total = [], Counts(0, 0, 0, 0)
+    for p, t in pixels:
+        c = confusion(p, t, None, threshold)
+        total = total + c
+        per_image.append({**scores(c), "auc": _auc(p, t)})
+    all_p = np.concatenate([p for p, _ in pixels])
+    all_t = np.concatenate([t for _, t in pixels])
+    pooled = {**scores(total), "auc": _auc(all_p, all_t)}
+    mean = {k: float(np.mean([m[k] for m in per_image])) for k in METRICS}
+    return {"threshold": threshold, "pooled": _ordered(pooled), "mean": mean,
+            "per_image": [_ordered(m) for m in per_image]}
+
+
+def _ordered(d: dict[str, float]) -> dict[str, float]:
+    return {k: d[k] for k in METRICS}
+
+
+def best_threshold(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                   fovs: Sequence[np.ndarray | None]) -> float:
+    """The threshold that maximizes pooled Dice (F1) on the given images.
+
+    Call it on *training* predictions and keep the value: tuning it on the
+    validation images would leak them into the result.
+    """
+    pixels = [_in_fov(p, t, f) for p, t, f in zip(probs, labels, fovs, strict=True)]
+    all_p = np.concatenate([p for p, _ in pixels])
+    all_t = np.concatenate([t for _, t in pixels])
+    precision, recall, thresholds = precision_recall_curve(all_t, all_p)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])

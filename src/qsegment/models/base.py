@@ -1,0 +1,36 @@
+"""What every segmentation model here shares: input checks and logits out."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SegmentationModel(nn.Module):
+    """Base class: ``forward`` maps (N, 3, H, W) images in [0, 1] to (N, 1, H, W) logits.
+
+    ``size_multiple`` is the factor H and W must be divisible by; callers pad to it
+    (see :func:`qsegment.models.pad_to_multiple`).
+    """
+
+    size_multiple: int = 8
+
+    def check_input_shape(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ValueError(
+                f"{type(self).__name__} needs H and W divisible by {m}, got {h}x{w}; "
+                f"pad to {-(-h // m) * m}x{-(-w // m) * m} (qsegment.models.pad_to_multiple)"
+            )
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad H and W (bottom/right) up to a multiple; returns the padded tensor and (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = nn.functional.pad(x, (0, pw, 0, ph))
+    return x, (h, w)

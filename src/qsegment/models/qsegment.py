@@ -1,0 +1,113 @@
+"""Q-Segment (Bonazzi et al., 2023; paper Section III-A, Table I).
+
+A T-Net-like encoder-decoder with widths 16/32/64. Each ConvBlock is a 3x3
+conv-BN-ReLU, a 1x1 conv-BN and a depthwise 3x3 conv-BN-ReLU. A 1x1 conv-BN
+projection gives an additive skip around every block whose input is not the
+image; the decoder adds the encoder's early (post-3x3) feature of the same level.
+Up-sampling is either max-unpooling with the encoder's pooling indices (the
+paper) or nearest-neighbour (what the Sony IMX500 converter accepts).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ._registry import register_model
+from .base import SegmentationModel
+from .blocks import conv_bn
+
+Upsample = Literal["nearest", "unpool"]
+
+
+class ConvBlock(nn.Module):
+    """3x3 conv-BN-ReLU -> 1x1 conv-BN -> depthwise 3x3 conv-BN-ReLU, plus an optional
+    1x1 projection skip (from ``shortcut``, by default the input). Returns (early, out):
+    the encoder passes ``early`` (the 3x3 feature) across to the decoder."""
+
+    def __init__(self, cin: int, cout: int, *, skip: bool = True) -> None:
+        super().__init__()
+        self.conv3x3 = conv_bn(cin, cout, 3, relu=True)
+        self.pointwise = conv_bn(cout, cout, 1)
+        self.depthwise = conv_bn(cout, cout, 3, groups=cout, relu=True)
+        self.skip = conv_bn(cin, cout, 1) if skip else None
+
+    def forward(
+        self, x: torch.Tensor, shortcut: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        early = self.conv3x3(x)
+        out = self.depthwise(self.pointwise(early))
+        if self.skip is not None:
+            out = out + self.skip(x if shortcut is None else shortcut)
+        return early, out
+
+
+class _Down(nn.Module):
+    """2x2 max-pooling; keeps the indices only when the decoder unpools."""
+
+    def __init__(self, keep_indices: bool) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, 2, return_indices=keep_indices)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.pool(x)
+        return out if isinstance(out, tuple) else (out, None)
+
+
+class _Unpool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unpool = nn.MaxUnpool2d(2, 2)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        return self.unpool(x, indices)
+
+
+class _Nearest(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        return self.up(x)
+
+
+class QSegment(SegmentationModel):
+    """The Q-Segment network; ``forward`` returns one-channel logits."""
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64),
+                 upsample: Upsample = "nearest") -> None:
+        super().__init__()
+        if upsample not in ("nearest", "unpool"):
+            raise ValueError(f"upsample must be 'nearest' or 'unpool', got {upsample!r}")
+        w1, w2, w3 = widths
+        self.upsample = upsample
+        self.encoder = nn.ModuleList(
+            [ConvBlock(3, w1, skip=False), ConvBlock(w1, w2), ConvBlock(w2, w3)]
+        )
+        self.bottleneck = ConvBlock(w3, w3)
+        self.decoder = nn.ModuleList([ConvBlock(w3, w2), ConvBlock(w2, w1), ConvBlock(w1, w1)])
+        self.down = _Down(keep_indices=upsample == "unpool")
+        self.up = _Unpool() if upsample == "unpool" else _Nearest()
+        self.head = nn.Conv2d(w1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_shape(x)
+        skips = []
+        for block in self.encoder:
+            early, x = block(x)
+            x, indices = self.down(x)
+            skips.append((early, indices))
+        x = self.bottleneck(x)[1]
+        for block, (early, indices) in zip(self.decoder, reversed(skips), strict=True):
+            up = self.up(x, indices)
+            x = block(up + early, shortcut=up)[1]
+        return self.head(x)
+
+
+@register_model("qsegment", "Q-Segment (paper): 16/32/64 encoder-decoder, ~0.11M params")
+def qsegment(upsample: Upsample = "nearest", widths: tuple[int, int, int] = (16, 32, 64)
+             ) -> QSegment:
+    return QSegment(widths=widths, upsample=upsample)
