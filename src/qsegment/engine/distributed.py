@@ -13,7 +13,7 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
+import torch.distributed.nn.functional as dist_nn  # differentiable all_reduce
 from torch import nn
 
 
@@ -35,6 +35,15 @@ def is_main() -> bool:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def average(value: float) -> float:
+    """Mean of a number over all ranks (itself outside torchrun)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
 
 
 class CPUSyncBatchNorm(nn.BatchNorm2d):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from ..data import Sample
+from .. import viz
+from ..checkpoint import write_json
+from ..data import Sample, Split, load_split
 from ..metrics import best_threshold, evaluate
 from .infer import predict_proba
 
@@ -38,3 +41,59 @@ def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict
     """The human reference: second observer's binary map scored against the first's."""
     probs = [s.label.astype(np.float32) for s in second]
     return score(probs, samples, threshold=0.5)
+
+
+def table_iv(model: nn.Module, card: dict, data: str | None = None,
+             sizes: Sequence[int | None] = (None,), split: Split | None = None,
+             out: Path | None = None, figures: bool = True, progress: bool = True) -> dict:
+    """The Table IV rows of a model on the validation images, plus the human reference.
+
+    One row per inference resolution (``None``: full resolution; N: the image resized
+    to NxN, the probabilities resized back, scored against the full-size label). The
+    threshold is the card's (chosen on the training images) or 0.5 if it has none.
+    Writes ``metrics.json`` and, with ``figures``, the predictions panel and the ROC
+    curve into ``out``.
+    """
+    train, val = load_split(data, split)
+    _, second = load_split(data, split, observer=2)
+    threshold = float((card.get("threshold") or {}).get("value", 0.5))
+    rows, curves = {}, {}
+    for size in sizes:
+        resolution = "full" if size is None else f"{size}x{size}"
+        label = f"{card.get('name', card['model'])} @ {resolution}"
+        probs = predict_samples(model, val, size, progress)
+        rows[label] = {"size": size, **score(probs, val, threshold)}
+        curves[label] = (np.concatenate([p[s.fov] for p, s in zip(probs, val, strict=True)]),
+                         np.concatenate([s.label[s.fov] for s in val]))
+        if figures and out is not None:
+            tag = "full" if size is None else str(size)
+            viz.predictions_figure([s.image for s in val], [s.label for s in val], probs,
+                                   [s.fov for s in val], [s.name for s in val], threshold,
+                                   Path(out) / f"predictions_{tag}.png", title=label)
+    human = second_observer(val, second)
+    result = {"threshold": threshold,
+              "threshold_rule": "card (train-chosen)" if card.get("threshold") else "fixed 0.5",
+              "val_images": [s.name for s in val], "rows": rows, "second_observer": human,
+              "train_images": [s.name for s in train]}
+    if out is not None:
+        out = Path(out)
+        if figures:
+            h = human["pooled"]
+            viz.roc_figure(curves, out / "roc.png",
+                           points={"second observer": (1 - h["sp"], h["se"])})
+        write_json(out / "metrics.json", result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown table of the pooled metrics, one row per model/resolution plus the human."""
+    cols = ("dice", "acc", "auc", "se", "sp", "iou", "mcc")
+    lines = ["| model | " + " | ".join(c.capitalize() for c in cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    rows = {**{k: v["pooled"] for k, v in result["rows"].items()},
+            "second observer vs first": result["second_observer"]["pooled"]}
+    for name, m in rows.items():
+        cells = ["-" if name.startswith("second") and c == "auc" else f"{m[c]:.4f}"
+                 for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -50,7 +50,7 @@ class TrainConfig:
     val_images: list[str] = field(default_factory=lambda: list(Split().val))
     epochs: int = 4000
     batch_size: int = 8
-    crop: int | None = None  # random square crop size; None trains on whole images
+    crop: int = 0  # random square crop size; 0 trains on whole images
     repeats: int = 1  # times each image is visited per epoch
     loss: str = "structure"
     optimizer: str = "sgd"  # sgd | adamw
@@ -201,9 +201,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
 
     train_samples, val_samples = load_split(
         cfg.data, Split(tuple(cfg.train_images), tuple(cfg.val_images)))
-    model = create_model(cfg.model, **cfg.model_args).to(device)
-    dataset = _SeededDataset(train_samples, paper_augmentation(cfg.crop), repeats=cfg.repeats,
-                             multiple=model.size_multiple, seed=cfg.seed)
+    model = create_model(cfg.model, **cfg.model_args)
+    if world_size > 1:  # before the optimizer is built: the swap makes new parameters
+        model = dist.sync_batchnorm(model, device)
+    model = model.to(device)
+    dataset = _SeededDataset(train_samples, paper_augmentation(cfg.crop or None),
+                             repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=sampler)
@@ -220,9 +223,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         (out / "command.txt").write_text(" ".join(sys.argv) + "\n")
-    net: nn.Module = model
-    if world_size > 1:
-        net = nn.parallel.DistributedDataParallel(dist.sync_batchnorm(model, device))
+    net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     log = _RunLog(out) if dist.is_main() else None
 
     steps_per_epoch = len(loader)
@@ -257,13 +258,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}",
                                 lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            epoch_loss = dist.average(sum(losses) / len(losses))
             wall = wall_before + time.monotonic() - started
             out_of_time = cfg.max_minutes is not None and wall > cfg.max_minutes * 60
             last_epoch = epoch + 1 == cfg.epochs or out_of_time
             if dist.is_main():
                 row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                        "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"],
-                       "loss": sum(losses) / len(losses)}
+                       "loss": epoch_loss}
                 if (epoch + 1) % cfg.val_every == 0 or last_epoch:
                     metrics = score(predict_samples(model, val_samples), val_samples)
                     pooled = metrics["pooled"]

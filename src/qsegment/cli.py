@@ -1,0 +1,195 @@
+"""The ``qsegment`` command: one thin sub-command per pipeline stage.
+
+Each command parses its options and calls the library; the work lives in
+:mod:`qsegment.engine` and friends, so everything here is also importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _parser_with(sub: argparse._SubParsersAction, name: str, summary: str, examples: str,
+                 handler: Handler) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=summary, description=summary,
+                       epilog="examples:\n" + examples,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR",
+                   help="CHASE_DB1 folder (default: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
+
+
+# --- models -----------------------------------------------------------------------------
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import create_model, describe_model, list_models
+    from .models.profile import model_stats
+
+    rows = []
+    for name in list_models():
+        stats = model_stats(create_model(name), args.size, args.size)
+        rows.append({"model": name, "description": describe_model(name), **stats})
+    if args.json:
+        print(json.dumps({"input": [args.size, args.size], "models": rows}, indent=2))
+        return 0
+    print(f"| model | params (M) | fp32 weights (MB) | int8 weights (MB) | "
+          f"GMACs @ {args.size}x{args.size} |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params_m']:.3f} | {r['fp32_mb']:.3f} | {r['int8_mb']:.3f} | "
+              f"{r['gmacs']:.2f} |")
+    return 0
+
+
+# --- train ------------------------------------------------------------------------------
+
+_TRAIN_OVERRIDES = {  # flag -> (type, help)
+    "model": (str, "model name from `qsegment models`"),
+    "epochs": (int, "number of epochs"),
+    "batch_size": (int, "global batch size (split across torchrun ranks)"),
+    "crop": (int, "random square crop size (0: whole images)"),
+    "repeats": (int, "visits of each image per epoch"),
+    "loss": (str, "structure | bce_dice"),
+    "optimizer": (str, "sgd | adamw"),
+    "lr": (float, "initial learning rate"),
+    "weight_decay": (float, "weight decay"),
+    "scheduler": (str, "cosine_restarts | cosine"),
+    "val_every": (int, "epochs between validations"),
+    "seed": (int, "random seed (weights, augmentation, order)"),
+    "threads": (int, "torch CPU threads"),
+    "max_minutes": (float, "stop cleanly after this many minutes"),
+    "device": (str, "auto | cpu | cuda | cuda:N"),
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .engine.train import load_config, train
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_OVERRIDES}
+    overrides["data"] = args.data
+    for key in ("train_images", "val_images"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key).split(",")
+    if args.upsample:
+        overrides["model_args"] = {"upsample": args.upsample}
+    if args.amp is not None:
+        overrides["amp"] = args.amp
+    cfg = load_config(args.preset, **overrides)
+    card = train(cfg, args.out, resume=args.resume)
+    if card:
+        m, t = card["val_metrics"]["pooled"], card["threshold"]["value"]
+        mt = card["val_metrics_at_threshold"]["pooled"]
+        print(f"validation (t=0.5): Dice {m['dice']:.4f} Acc {m['acc']:.4f} AUC {m['auc']:.4f}")
+        print(f"validation (t={t:.3f}, chosen on training images): Dice {mt['dice']:.4f} "
+              f"Acc {mt['acc']:.4f}")
+        print(f"run folder: {args.out}")
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import format_table, table_iv
+    from .pretrained import load_model
+
+    model, card = load_model(args.checkpoint)
+    sizes = [None, *args.size]
+    result = table_iv(model, card, args.data, sizes, out=args.out, figures=not args.no_figures)
+    print(format_table(result))
+    print(f"threshold {result['threshold']:.3f} ({result['threshold_rule']}); pooled over "
+          f"{len(result['val_images'])} validation images, inside the FOV")
+    if args.out:
+        print(f"wrote {Path(args.out) / 'metrics.json'}" +
+              ("" if args.no_figures else " and figures"))
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qsegment",
+        description="Ultra-low-power retinal vessel segmentation: train, evaluate and deploy "
+                    "the Q-Segment network and its baselines on CHASE_DB1.",
+        epilog="examples:\n  qsegment models\n  qsegment train --preset fast --out runs/fast\n"
+               "  qsegment evaluate runs/fast --size 336 --out runs/fast/eval",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"qsegment {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    p = _parser_with(sub, "models", "Print the models table (paper Table II): parameters, "
+                     "weight sizes and MACs, computed from the models.",
+                     "  qsegment models\n  qsegment models --size 336 --json", _models)
+    p.add_argument("--size", type=int, default=960, help="square input size for MACs (960)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = _parser_with(sub, "train", "Train a model on CHASE_DB1 from a preset "
+                     "(paper: the paper's GPU recipe; fast: a 2-core CPU recipe). Any preset "
+                     "field can be overridden. Runs data-parallel under torchrun.",
+                     "  qsegment train --preset fast --out runs/fast\n"
+                     "  qsegment train --preset paper --out runs/paper --device cuda\n"
+                     "  qsegment train --out runs/fast --resume\n"
+                     "  torchrun --nproc-per-node 2 -m qsegment train --preset fast --out runs/ddp",
+                     _train)
+    p.add_argument("--preset", default="fast", help="paper | fast | path to a YAML file (fast)")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    _add_data(p)
+    p.add_argument("--upsample", choices=["nearest", "unpool"],
+                   help="Q-Segment up-sampling (nearest: IMX500-deployable)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--train-images", help="comma-separated image names (default Image_01L..10R)")
+    p.add_argument("--val-images", help="comma-separated image names (default Image_11L..14R)")
+    for name, (kind, help_text) in _TRAIN_OVERRIDES.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=help_text)
+
+    p = _parser_with(sub, "evaluate", "Score a model on the validation images the way the "
+                     "literature does (Dice, Acc, AUC, Se, Sp, IoU, MCC inside the FOV, at full "
+                     "resolution and optionally at lower inference sizes), beside the second "
+                     "human observer; writes metrics.json and figures.",
+                     "  qsegment evaluate qsegment-nearest --out eval/\n"
+                     "  qsegment evaluate runs/fast --size 336 256 --out runs/fast/eval",
+                     _evaluate)
+    p.add_argument("checkpoint", nargs="?", default="qsegment-nearest",
+                   help="pretrained name, run folder or .safetensors (qsegment-nearest)")
+    _add_data(p)
+    p.add_argument("--size", type=int, nargs="*", default=[],
+                   help="extra square inference sizes (image resized, probabilities resized back)")
+    p.add_argument("--out", type=Path, help="folder for metrics.json and figures")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .engine.train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (DatasetError, CheckpointError, TrainingError, ValueError) as err:
+        print(f"qsegment {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

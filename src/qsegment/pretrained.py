@@ -1,0 +1,52 @@
+"""Loading a model with its card: a shipped pretrained name, a run folder or a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import CheckpointError, load_weights, read_checkpoint
+from .models import create_model
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "qsegment-nearest"
+
+
+def list_pretrained() -> list[str]:
+    """Names of the weights shipped inside the package."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A shipped name, a run folder (its ``last.safetensors``) or a .safetensors file."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "last.safetensors"
+    elif not path.exists() and (WEIGHTS_DIR / f"{source}.safetensors").is_file():
+        path = WEIGHTS_DIR / f"{source}.safetensors"
+    if not path.is_file():
+        shipped = ", ".join(list_pretrained()) or "none"
+        raise CheckpointError(f"{source}: no such checkpoint, run folder or pretrained name "
+                              f"(shipped: {shipped})")
+    return path
+
+
+def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, dict]:
+    """Build the model a checkpoint's card names, load its weights, return (model, card).
+
+    The model is in eval mode. The card (see docs/RESULTS.md) records data, split,
+    recipe, threshold and measured metrics.
+    """
+    path = resolve_checkpoint(source)
+    _, meta = read_checkpoint(path)
+    card = meta.get("card")
+    if card is None:
+        sidecar = path.with_suffix(".json")
+        card = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    if not card or "model" not in card:
+        raise CheckpointError(f"{path}: no card naming its model (expected a qsegment checkpoint)")
+    model = create_model(card["model"], **card.get("model_args", {}))
+    load_weights(model, path)
+    return model.eval(), card

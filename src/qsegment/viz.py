@@ -1,0 +1,80 @@
+"""Figures: the paper's Table V as a picture (with an error map) and ROC curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from .checkpoint import atomic_write
+
+# Error-map colours: true positive, false positive, false negative (colour-blind safe).
+TP, FP, FN = (1.0, 1.0, 1.0), (0.90, 0.60, 0.0), (0.0, 0.45, 0.70)
+
+
+def error_map(pred: np.ndarray, label: np.ndarray, fov: np.ndarray | None = None) -> np.ndarray:
+    """RGB float image: TP white, FP orange, FN blue, TN black; outside the FOV dark grey."""
+    rgb = np.zeros((*label.shape, 3), dtype=np.float32)
+    label = label.astype(bool)
+    for mask, colour in ((pred & label, TP), (pred & ~label, FP), (~pred & label, FN)):
+        rgb[mask] = colour
+    if fov is not None:
+        rgb[~fov] = 0.15
+    return rgb
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=fig.dpi, format=path.suffix.lstrip(".")))
+    plt.close(fig)
+
+
+def predictions_figure(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                       probs: Sequence[np.ndarray], fovs: Sequence[np.ndarray],
+                       names: Sequence[str], threshold: float, path: Path,
+                       title: str = "") -> None:
+    """One row per image: input, ground truth, prediction, error map (paper Table V)."""
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), dpi=100, squeeze=False)
+    for r, (image, label, prob, fov, name) in enumerate(
+            zip(images, labels, probs, fovs, names, strict=True)):
+        pred = (prob >= threshold) & fov
+        panels = [image, label, pred, error_map(pred, label, fov)]
+        heads = ["input", "ground truth", f"prediction (t={threshold:.2f})",
+                 "errors: TP white, FP orange, FN blue"]
+        for c, (panel, head) in enumerate(zip(panels, heads, strict=True)):
+            ax = axes[r, c]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(head, fontsize=9)
+        axes[r, 0].set_ylabel(name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
+               points: dict[str, tuple[float, float]] | None = None) -> None:
+    """ROC curves from (scores, binary targets) per label; ``points`` are (FPR, TPR) markers
+    such as the second human observer."""
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, (scores, targets) in curves.items():
+        fpr, tpr, _ = roc_curve(targets, scores)
+        ax.plot(fpr, tpr, label=name)
+    for name, (fpr, tpr) in (points or {}).items():
+        ax.plot([fpr], [tpr], "o", label=name)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_xlim(0, 0.3)
+    ax.set_ylim(0.5, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("ROC inside the FOV (validation images)")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real CHASE_DB1 data (read-only) and a small writable copy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = (REPO / "../shared/data/CHASEDB1").resolve()
+
+torch.set_num_threads(2)  # the machine has 2 cores
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    assert DATA.is_dir(), f"CHASE_DB1 not found at {DATA}; the tests need the real data"
+    return DATA
+
+
+@pytest.fixture
+def small_copy(tmp_path: Path, data_dir: Path) -> Path:
+    """A writable CHASE_DB1 folder with two images, to damage in bad-input tests."""
+    out = tmp_path / "chase"
+    out.mkdir()
+    for name in ("Image_01L", "Image_11L"):
+        for suffix in (".jpg", "_1stHO.png", "_2ndHO.png"):
+            shutil.copy(data_dir / f"{name}{suffix}", out / f"{name}{suffix}")
+    return out

@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qsegment.data import (
+    DatasetError,
+    SegmentationDataset,
+    Split,
+    fov_mask,
+    load_sample,
+    load_split,
+    paper_augmentation,
+    scan,
+    to_tensors,
+)
+from qsegment.data.transforms import apply
+
+
+def test_scan_finds_the_28_images(data_dir):
+    names = scan(data_dir)
+    assert len(names) == 28 and names[0] == "Image_01L" and names[-1] == "Image_14R"
+
+
+def test_default_split_is_the_papers_20_to_8(data_dir):
+    train, val = load_split(data_dir)
+    assert [s.name for s in train] == [f"Image_{i:02d}{e}" for i in range(1, 11) for e in "LR"]
+    assert [s.name for s in val] == [f"Image_{i:02d}{e}" for i in range(11, 15) for e in "LR"]
+    custom_train, custom_val = load_split(data_dir, Split(("Image_14R",), ("Image_01L",)))
+    assert [s.name for s in custom_train] == ["Image_14R"]
+    assert [s.name for s in custom_val] == ["Image_01L"]
+
+
+def test_sample_arrays(data_dir):
+    s = load_sample(data_dir, "Image_05R")
+    assert s.image.shape == (960, 999, 3) and s.image.dtype == np.float32
+    assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+    assert s.label.dtype == bool and s.label.shape == (960, 999)
+    assert 0.03 < s.label.mean() < 0.15  # vessels are a small fraction of the image
+    second = load_sample(data_dir, "Image_05R", observer=2)
+    assert second.label.shape == s.label.shape and (second.label != s.label).any()
+    with pytest.raises(ValueError, match="observer"):
+        load_sample(data_dir, "Image_05R", observer=3)
+
+
+@pytest.mark.parametrize("name", ["Image_01L", "Image_08R", "Image_13L"])
+def test_fov_covers_the_retina_and_excludes_the_dark_border(data_dir, name):
+    s = load_sample(data_dir, name)
+    fov = s.fov
+    assert 0.6 < fov.mean() < 0.75  # a disc of ~460 px radius in a 960x999 frame
+    assert not fov[0, 0] and not fov[-1, -1] and not fov[0, -1] and not fov[-1, 0]
+    assert fov[480, 500]
+    brightness = s.image.max(axis=2)
+    assert brightness[~fov].mean() < 0.03 < brightness[fov].mean()
+    assert (s.label & fov).sum() / s.label.sum() > 0.995  # vessels lie inside the FOV
+    # a filled disc: no holes, one piece
+    from scipy import ndimage
+    assert ndimage.label(fov)[1] == 1
+    assert np.array_equal(ndimage.binary_fill_holes(fov), fov)
+
+
+def test_fov_of_float_image_equals_uint8(data_dir):
+    s = load_sample(data_dir, "Image_02L")
+    rgb = np.round(s.image * 255).astype(np.uint8)
+    assert np.array_equal(fov_mask(rgb), fov_mask(s.image))
+
+
+def test_dataset_pads_to_multiple_of_8_outside_the_fov(data_dir):
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_01L"))
+    assert image.shape == (3, 960, 1000) and label.shape == fov.shape == (1, 960, 1000)
+    assert fov[..., 999:].eq(0).all() and image[..., 999:].eq(0).all()
+
+
+def test_augmentation_keeps_image_label_and_fov_aligned(data_dir):
+    s = load_sample(data_dir, "Image_03L")
+    torch.manual_seed(0)
+    transform = paper_augmentation(crop=256)
+    image, label, fov = to_tensors(s)
+    marked = image.clone()
+    marked[0] = label[0]  # a copy of the label hidden in the red channel
+    seen_flip = False
+    for _ in range(10):
+        img, lab, fv = apply(transform, marked, label, fov)
+        assert set(lab.unique().tolist()) <= {0.0, 1.0} and set(fv.unique().tolist()) <= {0.0, 1.0}
+        hidden = img[0] > 0.4  # brightness factor >= 0.8 keeps ones above it
+        agree = (hidden == lab[0].bool()).float().mean()
+        assert agree > 0.99
+        # vessels are darker than the retina around them in the green channel
+        vessel, retina = lab[0].bool(), fv[0].bool() & ~lab[0].bool()
+        if vessel.sum() > 50 and retina.sum() > 50:
+            assert img[1][vessel].mean() < img[1][retina].mean()
+        seen_flip |= not torch.equal(lab, label[..., :256, :256])
+    assert seen_flip
+
+
+def test_augmentation_is_the_papers(data_dir):
+    ops = {type(t).__name__: t for t in paper_augmentation().transforms}
+    assert ops["RandomHorizontalFlip"].p == ops["RandomVerticalFlip"].p == 0.5
+    assert tuple(ops["RandomRotation"].degrees) == (-1.0, 1.0)
+    assert tuple(ops["ColorJitter"].brightness) == (0.8, 1.2)
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_03L"))
+    torch.manual_seed(1)
+    img, _, _ = apply(paper_augmentation(brightness=0.2, rotation=0.0), image, label, fov)
+    ratio = img.sum() / image.sum()  # flips keep the sum; brightness scales it (with clipping)
+    assert 0.75 < ratio < 1.2
+
+
+def test_dataset_repeats_and_augments(data_dir):
+    s = load_sample(data_dir, "Image_01L")
+    ds = SegmentationDataset([s], paper_augmentation(crop=64), repeats=3)
+    assert len(ds) == 3
+    x, y, f = ds[2]
+    assert x.shape == (3, 64, 64) and y.shape == f.shape == (1, 64, 64)
+
+
+# --- bad input: every problem names the file -------------------------------------------
+
+def test_missing_label(small_copy):
+    (small_copy / "Image_11L_1stHO.png").unlink()
+    with pytest.raises(DatasetError, match=r"Image_11L_1stHO\.png: missing label"):
+        scan(small_copy)
+
+
+def test_unexpected_file(small_copy):
+    (small_copy / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match=r"notes\.txt: unexpected file"):
+        scan(small_copy)
+
+
+def test_label_without_image(small_copy):
+    (small_copy / "Image_01L.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"Image_01L_1stHO\.png: label without image"):
+        scan(small_copy)
+
+
+def test_truncated_image(small_copy):
+    path = small_copy / "Image_01L.jpg"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DatasetError, match=r"Image_01L\.jpg: unreadable or corrupt"):
+        load_sample(small_copy, "Image_01L")
+
+
+def test_corrupt_image(small_copy):
+    (small_copy / "Image_11L.jpg").write_bytes(b"\xff\xd8 not really a jpeg" * 100)
+    with pytest.raises(DatasetError, match=r"Image_11L\.jpg: unreadable or corrupt"):
+        load_split(small_copy, Split(("Image_01L",), ("Image_11L",)))
+
+
+def test_label_of_the_wrong_size(small_copy):
+    path = small_copy / "Image_11L_1stHO.png"
+    Image.open(path).resize((500, 480)).save(path)
+    with pytest.raises(DatasetError, match=r"Image_11L_1stHO\.png: label is 500x480 but its "
+                                           r"image is 999x960"):
+        load_sample(small_copy, "Image_11L")
+
+
+def test_non_binary_label(small_copy):
+    path = small_copy / "Image_11L_1stHO.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (960, 999), np.uint8)).save(path)
+    with pytest.raises(DatasetError, match=r"Image_11L_1stHO\.png: label is not binary"):
+        load_sample(small_copy, "Image_11L")
+
+
+def test_split_image_not_in_folder(small_copy):
+    with pytest.raises(DatasetError, match=r"Image_05R\.jpg: image of the split not found"):
+        load_split(small_copy, Split(("Image_05R",), ("Image_11L",)))
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match="not a directory"):
+        scan(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="no CHASE_DB1 images"):
+        scan(tmp_path)

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from qsegment.cli import main
+from qsegment.data import load_sample, to_tensors
+from qsegment.losses import structure_loss
+from qsegment.models import QSegment, create_model, list_models, pad_to_multiple
+from qsegment.models.profile import count_macs, count_parameters
+
+# Parameter counts of the paper's Table II (millions).
+PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06,
+                "mobilenetv3_small": 2.5}
+
+
+def test_registry_holds_the_paper_models():
+    assert list_models() == list(PAPER_PARAMS)
+    with pytest.raises(ValueError, match="choose one of: qsegment, tnet"):
+        create_model("unet")
+
+
+@pytest.mark.parametrize("name", PAPER_PARAMS)
+def test_parameter_count_within_10_percent_of_paper(name):
+    params = count_parameters(create_model(name)) / 1e6
+    assert abs(params - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.10, params
+
+
+@pytest.mark.parametrize("name", PAPER_PARAMS)
+@pytest.mark.parametrize("size", [(72, 88), (96, 120), (40, 256)])
+def test_logits_at_input_resolution_for_sizes_divisible_by_8(name, size):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, *size))
+    assert out.shape == (2, 1, *size)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", PAPER_PARAMS)
+def test_size_not_divisible_by_8_is_refused_with_the_size_that_works(name):
+    with pytest.raises(ValueError, match="divisible by 8.*pad to 72x96"):
+        create_model(name)(torch.rand(1, 3, 70, 90))
+
+
+def test_pad_to_multiple_pads_bottom_right():
+    x = torch.ones(1, 3, 70, 90)
+    padded, (h, w) = pad_to_multiple(x, 8)
+    assert padded.shape[-2:] == (72, 96) and (h, w) == (70, 90)
+    assert padded[..., :70, :90].eq(1).all() and padded[..., 70:, :].eq(0).all()
+
+
+@pytest.fixture(scope="module")
+def real_crop(data_dir):
+    image, label, _ = to_tensors(load_sample(data_dir, "Image_01L"))
+    return image[None, :, 400:464, 400:464].repeat(2, 1, 1, 1), label[None, :, 400:464, 400:464]
+
+
+@pytest.mark.parametrize("name,kwargs", [(n, {}) for n in PAPER_PARAMS]
+                         + [("qsegment", {"upsample": "unpool"})])
+def test_gradients_reach_every_parameter(name, kwargs, real_crop):
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).train()
+    image, label = real_crop
+    structure_loss(model(image), label.repeat(2, 1, 1, 1)).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+def test_qsegment_upsampling_modes():
+    torch.manual_seed(0)
+    nearest = QSegment(upsample="nearest").eval()
+    unpool = QSegment(upsample="unpool").eval()
+    unpool.load_state_dict(nearest.state_dict())  # same parameters, different decoder
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(nearest(x), unpool(x))
+    assert not any(isinstance(m, nn.MaxUnpool2d) for m in nearest.modules())
+    with pytest.raises(ValueError, match="upsample"):
+        QSegment(upsample="bilinear")
+
+
+def test_mac_counter_matches_hand_count():
+    conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16))
+    assert count_macs(conv, 10, 12) == (16 * 3 * 9 + 16 * 9) * 10 * 12
+
+
+def test_models_command_json(capsys):
+    assert main(["models", "--json", "--size", "96"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    rows = {r["model"]: r for r in table["models"]}
+    assert list(rows) == list(PAPER_PARAMS)
+    q = rows["qsegment"]
+    assert q["params"] == count_parameters(create_model("qsegment"))
+    assert q["fp32_mb"] == pytest.approx(4 * q["int8_mb"])
+    assert q["gmacs"] * 1e9 == count_macs(create_model("qsegment"), 96, 96)
+    # MACs grow with the pixel count
+    assert main(["models", "--json", "--size", "192"]) == 0
+    big = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert big["qsegment"]["gmacs"] == pytest.approx(4 * q["gmacs"], rel=0.01)

@@ -1,0 +1,173 @@
+"""Tiny end-to-end runs on real CHASE_DB1 images (small crops, few steps)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from qsegment import load_model
+from qsegment.checkpoint import read_checkpoint
+from qsegment.cli import main
+from qsegment.engine import train as train_module
+from qsegment.engine.train import TrainingError, load_config, lr_factor, train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(train_images=["Image_01L", "Image_02R"], val_images=["Image_11L"], crop=64,
+            batch_size=2, repeats=2, val_every=2, threads=1, epochs=4)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = read_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def test_presets_load_and_overrides_win():
+    paper = load_config("paper")
+    assert (paper.optimizer, paper.lr, paper.batch_size, paper.epochs) == ("sgd", 1e-3, 8, 4000)
+    assert (paper.scheduler, paper.restart_epochs, paper.amp, paper.loss) == (
+        "cosine_restarts", 20, True, "structure")
+    assert paper.crop == 0  # full-resolution images
+    assert load_config("fast", lr=0.5).lr == 0.5
+    with pytest.raises(ValueError, match="preset not found"):
+        load_config("nope")
+    with pytest.raises(ValueError, match="unknown config field"):
+        load_config("fast", colour="red")
+
+
+def test_warm_restarts_every_20_epochs():
+    cfg = load_config("paper")
+    assert lr_factor(cfg, 0) == 1.0 and lr_factor(cfg, 20) == 1.0 and lr_factor(cfg, 40) == 1.0
+    assert lr_factor(cfg, 10) == pytest.approx(0.5) and lr_factor(cfg, 19.99) < 1e-5
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 20)
+    for t in (3.5, 27.25, 59.0):
+        sched.step(t)
+        assert lr_factor(cfg, t) == pytest.approx(sched.get_last_lr()[0])
+
+
+def test_train_writes_a_run_folder_that_explains_itself(tmp_path, data_dir):
+    out = tmp_path / "run"
+    card = train(load_config("fast", data=str(data_dir), **TINY), out, progress=False)
+    for name in ("config.yaml", "command.txt", "log.csv", "last.safetensors", "last.json",
+                 "best.safetensors", "best.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").iterdir())
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,wall_s,lr,loss") and len(rows) == 1 + 4
+    assert yaml.safe_load((out / "config.yaml").read_text())["crop"] == 64
+    assert card["epochs_done"] == 4 and card["data"]["train"] == TINY["train_images"]
+    assert 0 < card["threshold"]["value"] < 1
+    assert set(card["val_metrics"]["pooled"]) == {"dice", "acc", "auc", "se", "sp", "iou", "mcc"}
+    assert json.loads((out / "last.json").read_text())["threshold"] == card["threshold"]
+    model, loaded_card = load_model(out)
+    assert loaded_card["model"] == "qsegment" and not model.training
+    with pytest.raises(TrainingError, match="holds a run already"):
+        train(load_config("fast", data=str(data_dir), **TINY), out, progress=False)
+
+
+def test_same_seed_same_weights_and_resume_after_kill(tmp_path, data_dir):
+    """Two runs with one seed agree; a run killed mid-way and resumed ends identical."""
+    cfg = dict(TINY, epochs=6, val_every=100)
+    whole = tmp_path / "whole"
+    train(load_config("fast", data=str(data_dir), **cfg), whole, progress=False)
+
+    killed = tmp_path / "killed"
+    overrides = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()
+                 if k not in ("train_images", "val_images")]
+    cmd = [sys.executable, "-m", "qsegment", "train", "--preset", "fast", "--out", str(killed),
+           "--data", str(data_dir), "--train-images", ",".join(cfg["train_images"]),
+           "--val-images", ",".join(cfg["val_images"]), *overrides]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 3:  # 2 epochs done
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = read_checkpoint(killed / "last.safetensors")[1]["resume"]["epoch"]
+    assert 2 <= done < 6, "the kill should land mid-run"
+    assert main(["train", "--out", str(killed), "--resume"]) == 0
+    a, b = _weights(whole / "last.safetensors"), _weights(killed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,
+                                                                   monkeypatch):
+    calls = {"n": 0}
+    real = train_module.get_loss("structure")
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] == 5 else loss  # epoch 3 of 2 steps each
+
+    monkeypatch.setattr(train_module, "get_loss", lambda name: poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match="loss became nan at epoch 3, step 1"):
+        train(load_config("fast", data=str(data_dir), **TINY), out, progress=False)
+    _, meta = read_checkpoint(out / "last.safetensors")
+    assert meta["resume"]["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in _weights(out / "last.safetensors").values())
+
+
+def test_cli_reports_bad_data_folder(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")])
+    assert code == 2
+    assert "missing: not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(tmp_path, data_dir):
+    # SGD: Adam's first steps are sign(gradient) * lr, which turns float noise in
+    # near-zero gradients (conv biases before BatchNorm) into whole steps.
+    cfg = dict(TINY, epochs=2, val_every=100, batch_size=4, seed=3, optimizer="sgd", lr=0.05)
+    one = tmp_path / "one"
+    train(load_config("fast", data=str(data_dir), **cfg), one, progress=False)
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29533", "-m", "qsegment", "train", "--preset", "fast",
+           "--out", str(two), "--data", str(data_dir),
+           "--train-images", ",".join(cfg["train_images"]),
+           "--val-images", ",".join(cfg["val_images"]),
+           *[f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()
+             if k not in ("train_images", "val_images")]]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _weights(one / "last.safetensors"), _weights(two / "last.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+    # and a run with another seed differs: the comparison can fail
+    other = tmp_path / "other"
+    train(load_config("fast", data=str(data_dir), **dict(cfg, seed=4)), other, progress=False)
+    c = _weights(other / "last.safetensors")
+    assert any(not torch.allclose(a[k], c[k], rtol=1e-4, atol=1e-5) for k in a)
+
+
+def test_evaluate_writes_table_metrics_and_figures(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    train(load_config("fast", data=str(data_dir), **dict(TINY, epochs=1)), out, progress=False)
+    ev = tmp_path / "eval"
+    assert main(["evaluate", str(out), "--data", str(data_dir), "--size", "336",
+                 "--out", str(ev)]) == 0
+    text = capsys.readouterr().out
+    assert "| qsegment @ full |" in text and "| qsegment @ 336x336 |" in text
+    assert "| second observer vs first |" in text
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["val_images"] == [f"Image_{i:02d}{e}" for i in range(11, 15) for e in "LR"]
+    human = metrics["second_observer"]["pooled"]
+    assert 0.7 < human["dice"] < 0.85 and human["acc"] > 0.95
+    for name in ("predictions_full.png", "predictions_336.png", "roc.png"):
+        assert (ev / name).stat().st_size > 10_000, name
