@@ -34,7 +34,7 @@ def test_default_split_is_the_papers_20_to_8(data_dir):
 def test_sample_arrays(data_dir):
     s = load_sample(data_dir, "Image_05R")
     assert s.image.shape == (960, 999, 3) and s.image.dtype == np.float32
-    assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+    assert s.image.min() >= 0.0 and s.image.max() <= 1.0
     assert s.label.dtype == bool and s.label.shape == (960, 999)
     assert 0.03 < s.label.mean() < 0.15  # vessels are a small fraction of the image
     second = load_sample(data_dir, "Image_05R", observer=2)

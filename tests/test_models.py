@@ -39,7 +39,7 @@ def test_logits_at_input_resolution_for_sizes_divisible_by_8(name, size):
 
 @pytest.mark.parametrize("name", PAPER_PARAMS)
 def test_size_not_divisible_by_8_is_refused_with_the_size_that_works(name):
-    with pytest.raises(ValueError, match="divisible by 8.*pad to 72x96"):
+    with pytest.raises(ValueError, match=r"divisible by 8.*pad to 72x96"):
         create_model(name)(torch.rand(1, 3, 70, 90))
 
 

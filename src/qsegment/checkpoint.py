@@ -20,6 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; names the file."""
@@ -33,6 +36,7 @@ def atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -36,7 +36,8 @@ def predictions_figure(images: Sequence[np.ndarray], labels: Sequence[np.ndarray
                        probs: Sequence[np.ndarray], fovs: Sequence[np.ndarray],
                        names: Sequence[str], threshold: float, path: Path,
                        title: str = "") -> None:
-    """One row per image: input, ground truth, prediction, error map (paper Table V)."""
+    """One row per image: input, ground truth, prediction, error map (paper Table V).
+    ``names`` label the rows (for example the image name and its Dice)."""
     rows = len(images)
     fig, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), dpi=100, squeeze=False)
     for r, (image, label, prob, fov, name) in enumerate(
@@ -55,7 +56,7 @@ def predictions_figure(images: Sequence[np.ndarray], labels: Sequence[np.ndarray
         axes[r, 0].set_ylabel(name)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows))
     _save(fig, path)
 
 
@@ -75,6 +76,6 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
     ax.set_ylim(0.5, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("ROC inside the FOV (validation images)")
+    ax.set_title("ROC inside the FOV, validation images (zoomed)")
     fig.tight_layout()
     _save(fig, path)

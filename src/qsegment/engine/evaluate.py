@@ -24,10 +24,12 @@ def predict_samples(model: nn.Module, samples: Sequence[Sample], size: int | Non
     return [predict_proba(model, s.image, size) for s in items]
 
 
-def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5
-          ) -> dict:
-    """Metrics of probability maps against the samples' labels inside their FOV."""
-    return evaluate(probs, [s.label for s in samples], [s.fov for s in samples], threshold)
+def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
+          inside_fov: bool = True) -> dict:
+    """Metrics of probability maps against the samples' labels, inside their FOV (or over
+    the whole image, as some papers report: the dark border inflates Acc, Sp and AUC)."""
+    fovs = [s.fov if inside_fov else None for s in samples]
+    return evaluate(probs, [s.label for s in samples], fovs, threshold)
 
 
 def train_threshold(model: nn.Module, train: Sequence[Sample], size: int | None = None,
@@ -62,15 +64,22 @@ def table_iv(model: nn.Module, card: dict, data: str | None = None,
         resolution = "full" if size is None else f"{size}x{size}"
         label = f"{card.get('name', card['model'])} @ {resolution}"
         probs = predict_samples(model, val, size, progress)
-        rows[label] = {"size": size, **score(probs, val, threshold)}
+        metrics = score(probs, val, threshold)
+        rows[label] = {"size": size, **metrics,
+                       "whole_image": score(probs, val, threshold, inside_fov=False)["pooled"]}
         curves[label] = (np.concatenate([p[s.fov] for p, s in zip(probs, val, strict=True)]),
                          np.concatenate([s.label[s.fov] for s in val]))
         if figures and out is not None:
             tag = "full" if size is None else str(size)
             viz.predictions_figure([s.image for s in val], [s.label for s in val], probs,
-                                   [s.fov for s in val], [s.name for s in val], threshold,
+                                   [s.fov for s in val],
+                                   [f"{s.name}\nDice {m['dice']:.3f}"
+                                    for s, m in zip(val, metrics["per_image"], strict=True)],
+                                   threshold,
                                    Path(out) / f"predictions_{tag}.png", title=label)
     human = second_observer(val, second)
+    human["whole_image"] = score([s.label.astype(np.float32) for s in second], val,
+                                 inside_fov=False)["pooled"]
     result = {"threshold": threshold,
               "threshold_rule": "card (train-chosen)" if card.get("threshold") else "fixed 0.5",
               "val_images": [s.name for s in val], "rows": rows, "second_observer": human,
@@ -87,13 +96,26 @@ def table_iv(model: nn.Module, card: dict, data: str | None = None,
 
 def format_table(result: dict) -> str:
     """Markdown table of the pooled metrics, one row per model/resolution plus the human."""
+    fov = {k: v["pooled"] for k, v in result["rows"].items()}
+    whole = {k: v["whole_image"] for k, v in result["rows"].items()}
+    human = "second observer vs first"
+    fov[human] = result["second_observer"]["pooled"]
+    whole[human] = result["second_observer"]["whole_image"]
+    lines = ["inside the FOV:", "", *_table_lines(fov), "",
+             "whole image (as papers without FOV masks report; the border inflates Acc and AUC):",
+             "", *_table_lines(whole)]
+    return "\n".join(lines)
+
+
+def _table_lines(rows: dict[str, dict[str, float]]) -> list[str]:
     cols = ("dice", "acc", "auc", "se", "sp", "iou", "mcc")
-    lines = ["| model | " + " | ".join(c.capitalize() for c in cols) + " |",
+    heads = {"dice": "Dice", "acc": "Acc", "auc": "AUC", "se": "Se", "sp": "Sp", "iou": "IoU",
+             "mcc": "MCC"}
+    lines = ["| model | " + " | ".join(heads[c] for c in cols) + " |",
              "|---" * (len(cols) + 1) + "|"]
-    rows = {**{k: v["pooled"] for k, v in result["rows"].items()},
-            "second observer vs first": result["second_observer"]["pooled"]}
     for name, m in rows.items():
+        # a binary map has no meaningful ROC curve: no AUC for the human observer
         cells = ["-" if name.startswith("second") and c == "auc" else f"{m[c]:.4f}"
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
