@@ -56,7 +56,7 @@ def test_train_writes_a_run_folder_that_explains_itself(tmp_path, data_dir):
     out = tmp_path / "run"
     card = train(load_config("fast", data=str(data_dir), **TINY), out, progress=False)
     for name in ("config.yaml", "command.txt", "log.csv", "last.safetensors", "last.json",
-                 "best.safetensors", "best.json"):
+                 "best.safetensors", "best.json", "curve.png"):
         assert (out / name).stat().st_size > 0, name
     assert list((out / "tensorboard").iterdir())
     rows = (out / "log.csv").read_text().splitlines()

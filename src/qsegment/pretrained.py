@@ -7,7 +7,13 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import CheckpointError, load_weights, read_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_weights,
+    read_checkpoint,
+    save_checkpoint,
+    write_json,
+)
 from .models import create_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -50,3 +56,17 @@ def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, dict]:
     model = create_model(card["model"], **card.get("model_args", {}))
     load_weights(model, path)
     return model.eval(), card
+
+
+def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR) -> Path:
+    """Copy a run's last weights (no optimizer state) and card to ``dest/NAME.*``.
+
+    This is how the shipped weights were made; the card keeps the run's config, split,
+    threshold, metrics and git commit, plus the name.
+    """
+    model, card = load_model(run)
+    card = {**card, "name": name, "source_run": str(run)}
+    path = Path(dest) / f"{name}.safetensors"
+    save_checkpoint(path, model, {"card": card})
+    write_json(path.with_suffix(".json"), card)
+    return path

@@ -79,3 +79,26 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
     ax.set_title("ROC inside the FOV, validation images (zoomed)")
     fig.tight_layout()
     _save(fig, path)
+
+
+def training_curve(log_csv: Path, path: Path, label: str = "") -> None:
+    """Validation Dice against wall-clock minutes (and the training loss) of a run's log."""
+    import csv
+
+    with open(log_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    minutes = [float(r["wall_s"]) / 60 for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    val = [(float(r["wall_s"]) / 60, float(r["val_dice"])) for r in rows if r["val_dice"]]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", color="C0", label="validation Dice (t=0.5)")
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel("validation Dice", color="C0")
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(minutes, loss, color="C1", alpha=0.6, label="training loss")
+    twin.set_ylabel("training loss", color="C1")
+    ax.set_title(label or f"training curve: {Path(log_csv).parent.name}")
+    fig.tight_layout()
+    _save(fig, path)

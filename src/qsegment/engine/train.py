@@ -1,7 +1,8 @@
 """Training: one function, :func:`train`, driven by a :class:`TrainConfig`.
 
 Every run writes a folder that explains itself: ``config.yaml`` (the resolved
-config), ``command.txt``, ``log.csv`` and TensorBoard events, ``last.safetensors``
+config), ``command.txt``, ``log.csv``, TensorBoard events and ``curve.png``
+(validation Dice against wall time), ``last.safetensors``
 (weights plus optimizer and RNG state, written atomically after every
 epoch, so ``resume`` loses at most one epoch), ``best.safetensors`` (best
 validation Dice) and a JSON card beside each checkpoint.
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt
+from .. import viz
 from ..data import SegmentationDataset, Split, load_split, paper_augmentation
 from ..losses import get_loss
 from ..models import create_model
@@ -352,4 +354,5 @@ def _finish(out: Path, model: nn.Module, cfg: TrainConfig, train_samples: list,
     extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     ckpt.save_checkpoint(out / "last.safetensors", model, meta, extra)
     ckpt.write_json(out / "last.json", card)
+    viz.training_curve(out / "log.csv", out / "curve.png")
     return card
