@@ -171,3 +171,13 @@ def test_evaluate_writes_table_metrics_and_figures(tmp_path, data_dir, capsys):
     assert 0.7 < human["dice"] < 0.85 and human["acc"] > 0.95
     for name in ("predictions_full.png", "predictions_336.png", "roc.png"):
         assert (ev / name).stat().st_size > 10_000, name
+
+
+def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_path, data_dir):
+    """The paper's recipe unchanged but for its length (bf16 autocast here, fp16 on CUDA)."""
+    cfg = load_config("paper", data=str(data_dir), train_images=["Image_01L", "Image_02R"],
+                      val_images=["Image_11L"], epochs=1, batch_size=2, threads=2)
+    assert cfg.amp and cfg.crop == 0
+    card = train(cfg, tmp_path / "paper", progress=False)
+    assert card["epochs_done"] == 1
+    assert card["config"]["optimizer"] == "sgd" and card["config"]["restart_epochs"] == 20

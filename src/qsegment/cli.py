@@ -116,6 +116,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- predict ----------------------------------------------------------------------------
+
+def _predict(args: argparse.Namespace) -> int:
+    from .engine.predict import Segmenter, predict_files
+
+    segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile)
+    summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
+                            overlay=args.overlay)
+    for source, problem in summary.failed:
+        print(f"qsegment predict: {source}: {problem}", file=sys.stderr)
+    print(f"{len(summary.written)} image(s) segmented into {args.out} "
+          f"(threshold {segmenter.threshold:.3f}), {len(summary.failed)} failed")
+    return 1 if summary.failed else 0
+
+
 # --- entry point ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ultra-low-power retinal vessel segmentation: train, evaluate and deploy "
                     "the Q-Segment network and its baselines on CHASE_DB1.",
         epilog="examples:\n  qsegment models\n  qsegment train --preset fast --out runs/fast\n"
-               "  qsegment evaluate runs/fast --size 336 --out runs/fast/eval",
+               "  qsegment evaluate runs/fast --size 336 --out runs/fast/eval\n"
+               "  qsegment predict fundus.jpg -o out/ --overlay",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"qsegment {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -171,18 +187,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra square inference sizes (image resized, probabilities resized back)")
     p.add_argument("--out", type=Path, help="folder for metrics.json and figures")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+    p = _parser_with(sub, "predict", "Segment your own fundus images (files, folders or glob "
+                     "patterns) on the CPU: writes NAME_mask.png (0/255, the input's size) and "
+                     "on request the probability map and a colour overlay. Any size, gray, RGBA "
+                     "or 16-bit; large images are tiled. Exit code 1 if any input failed.",
+                     "  qsegment predict fundus.jpg -o out/\n"
+                     "  qsegment predict photos/ 'more/*.png' -o out/ --prob --overlay\n"
+                     "  qsegment predict big.tif -o out/ --model runs/fast --threshold 0.5",
+                     _predict)
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--model", default="qsegment-nearest",
+                   help="pretrained name, run folder or .safetensors (qsegment-nearest)")
+    p.add_argument("--threshold", type=float,
+                   help="decision threshold (default: the model card's, chosen on training data)")
+    p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
+    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--tile", type=int, default=1024,
+                   help="tile size for large images, a multiple of 64 (1024)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .engine.predict import ImageError
     from .engine.train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (DatasetError, CheckpointError, TrainingError, ValueError) as err:
+    except (DatasetError, CheckpointError, ImageError, TrainingError, ValueError) as err:
         print(f"qsegment {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}",
               file=sys.stderr)
         return 2

@@ -1,0 +1,135 @@
+"""`qsegment predict` and the Segmenter API on real CHASE_DB1 images."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qsegment import Segmenter
+from qsegment.cli import main
+from qsegment.data import load_sample
+from qsegment.engine.predict import ImageError, predict_files, read_image, to_rgb_float
+from qsegment.metrics import evaluate
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter.from_pretrained("qsegment-nearest")
+
+
+@pytest.fixture(scope="module")
+def sample(data_dir):
+    return load_sample(data_dir, "Image_12R")
+
+
+def test_segmenter_on_a_real_image(segmenter, sample):
+    rgb8 = np.round(sample.image * 255).astype(np.uint8)
+    out = segmenter.predict(Image.fromarray(rgb8))
+    assert out.mask.shape == out.probability.shape == sample.label.shape
+    assert out.mask.dtype == bool and 0 <= out.probability.min() <= out.probability.max() <= 1
+    assert np.array_equal(out.mask, out.probability >= segmenter.threshold)
+    dice = evaluate([out.probability], [sample.label], [sample.fov],
+                    segmenter.threshold)["pooled"]["dice"]
+    assert dice > 0.75
+
+
+def test_any_size_is_padded_and_cropped_back(segmenter, sample):
+    crop = sample.image[100:433, 200:701]  # 333 x 501: not a multiple of 8
+    out = segmenter.predict(crop)
+    assert out.mask.shape == (333, 501)
+
+
+def test_gray_rgba_and_16_bit_inputs(segmenter, sample, tmp_path):
+    rgb8 = np.round(sample.image[:256, 300:556] * 255).astype(np.uint8)
+    reference = segmenter.predict(rgb8).probability
+    rgba = np.dstack([rgb8, np.full(rgb8.shape[:2], 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert np.array_equal(read_image(tmp_path / "rgba.png"), rgb8 / np.float32(255))
+    assert np.allclose(segmenter.predict(read_image(tmp_path / "rgba.png")).probability, reference)
+    green16 = (rgb8[..., 1].astype(np.uint16) * 257)
+    Image.fromarray(green16).save(tmp_path / "gray16.png")
+    gray = read_image(tmp_path / "gray16.png")
+    assert gray.shape == (256, 256, 3) and np.allclose(gray[..., 0], rgb8[..., 1] / 255, atol=1e-6)
+    assert segmenter.predict(gray).mask.shape == (256, 256)
+    rgb16 = rgb8.astype(np.uint16) * 257
+    assert np.allclose(to_rgb_float(rgb16), to_rgb_float(rgb8), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        to_rgb_float(rgb8.astype(np.float32))
+
+
+def test_tiled_equals_untiled_on_a_large_image(segmenter, data_dir, sample):
+    other = load_sample(data_dir, "Image_13L").image
+    big = np.concatenate([sample.image, other], axis=1)[:, :1800]  # 960 x 1800
+    whole = Segmenter(segmenter.model, segmenter.threshold, tile=2048).probability(big)
+    tiled = Segmenter(segmenter.model, segmenter.threshold, tile=512, overlap=128).probability(big)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).max() < 1e-4  # no seams
+
+
+def _write_inputs(folder, sample, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb8 = np.round(sample.image[:200, 300:520] * 255).astype(np.uint8)
+    for name in names:
+        Image.fromarray(rgb8).save(folder / name)
+    return rgb8
+
+
+def test_predict_command_writes_masks_probabilities_and_overlays(sample, tmp_path, capsys):
+    rgb8 = _write_inputs(tmp_path / "in", sample, ["a.png", "b.jpg"])
+    before = (tmp_path / "in" / "a.png").read_bytes()
+    code = main(["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--prob",
+                 "--overlay"])
+    assert code == 0
+    assert "2 image(s) segmented" in capsys.readouterr().out
+    for stem in ("a", "b"):
+        mask = np.asarray(Image.open(tmp_path / "out" / f"{stem}_mask.png"))
+        assert mask.shape == rgb8.shape[:2] and set(np.unique(mask)) <= {0, 255}
+        prob = np.asarray(Image.open(tmp_path / "out" / f"{stem}_prob.png"))
+        assert prob.shape == mask.shape
+        over = np.asarray(Image.open(tmp_path / "out" / f"{stem}_overlay.png"))
+        assert over.shape == rgb8.shape
+    assert (tmp_path / "in" / "a.png").read_bytes() == before
+    assert not list((tmp_path / "out").glob(".*tmp"))
+
+
+def test_bad_inputs_are_reported_and_the_rest_processed(sample, tmp_path, capsys):
+    good = tmp_path / "in"
+    _write_inputs(good, sample, ["good.png"])
+    (good / "notes.txt").write_text("not an image")
+    (good / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    jpg = good / "trunc.jpg"
+    Image.fromarray(np.round(sample.image * 255).astype(np.uint8)).save(jpg)
+    jpg.write_bytes(jpg.read_bytes()[:5000])
+    (tmp_path / "empty").mkdir()
+    other = tmp_path / "other"
+    _write_inputs(other, sample, ["good.png"])  # same stem as in/good.png
+    code = main(["predict", str(good / "good.png"), str(good / "corrupt.png"), str(jpg),
+                 str(good / "notes.txt"), str(tmp_path / "empty"), str(tmp_path / "nope.png"),
+                 str(tmp_path / "*.gif"), str(other / "good.png"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert (tmp_path / "out" / "good_mask.png").exists()
+    for expected in ("corrupt.png: not a readable image", "trunc.jpg: not a readable image",
+                     "notes.txt: not a readable image", "empty: folder holds no image files",
+                     "nope.png: no such file or folder", "*.gif: no file matches",
+                     "other/good.png: output name good_mask.png collides"):
+        assert expected in err, expected
+
+
+def test_inputs_are_never_overwritten(sample, tmp_path):
+    folder = tmp_path / "in"
+    _write_inputs(folder, sample, ["x.png", "x_mask.png"])
+    before = (folder / "x_mask.png").read_bytes()
+    summary = predict_files(Segmenter.from_pretrained(), [str(folder)], folder, progress=False)
+    assert [(f.rsplit("/", 1)[1], p[:25]) for f, p in summary.failed] == [
+        ("x.png", "would overwrite the input")]
+    assert (folder / "x_mask.png").read_bytes() == before
+    assert (folder / "x_mask_mask.png").exists()  # the other input was still processed
+
+
+def test_output_folder_that_is_a_file(sample, tmp_path, capsys):
+    _write_inputs(tmp_path / "in", sample, ["a.png"])
+    (tmp_path / "out").write_text("a file")
+    assert main(["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2
+    assert "out: output path exists and is not a folder" in capsys.readouterr().err
+    with pytest.raises(ImageError):
+        read_image(tmp_path / "out")

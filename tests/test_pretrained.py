@@ -1,0 +1,40 @@
+"""The shipped weights: their cards are complete and their numbers reproduce."""
+
+import pytest
+
+from qsegment import list_pretrained, load_model
+from qsegment.checkpoint import CheckpointError
+from qsegment.data import Split, load_split
+from qsegment.engine.evaluate import predict_samples, score
+
+SHIPPED = ["qsegment-nearest", "qsegment-unpool"]
+
+
+def test_shipped_weights_are_listed():
+    assert set(SHIPPED) <= set(list_pretrained())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_describes_data_recipe_and_commit(name):
+    model, card = load_model(name)
+    assert card["name"] == name and card["model"] == "qsegment"
+    assert card["model_args"].get("upsample", "nearest") == name.split("-")[1]
+    assert card["data"]["train"] == list(Split().train) and card["data"]["val"] == list(Split().val)
+    assert card["config"]["epochs"] == card["epochs_done"] and card["wall_time_s"] > 0
+    assert card["git_commit"] and 0 < card["threshold"]["value"] < 1
+    assert not model.training
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_metrics_reproduce(name, data_dir):
+    model, card = load_model(name)
+    _, val = load_split(data_dir)
+    probs = predict_samples(model, val)
+    measured = score(probs, val, card["threshold"]["value"])["pooled"]
+    assert measured == pytest.approx(card["val_metrics_at_threshold"]["pooled"], abs=1e-4)
+    assert measured["dice"] > 0.79 and measured["auc"] > 0.98
+
+
+def test_unknown_name_lists_the_shipped_ones():
+    with pytest.raises(CheckpointError, match="shipped: qsegment-nearest"):
+        load_model("qsegment-huge")
