@@ -27,10 +27,10 @@ demo: venv
 
 test: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -133,3 +133,28 @@ def test_output_folder_that_is_a_file(sample, tmp_path, capsys):
     assert "out: output path exists and is not a folder" in capsys.readouterr().err
     with pytest.raises(ImageError):
         read_image(tmp_path / "out")
+
+
+def test_onnx_runtime_agrees_with_pytorch(segmenter, sample):
+    """ONNX Runtime fp32 and PyTorch give the same map (float rounding only)."""
+    onnx = Segmenter(segmenter.model, segmenter.threshold, runtime="onnx")
+    crop = sample.image[200:520, 250:634]
+    a, b = segmenter.predict(crop), onnx.predict(crop)
+    assert np.abs(a.probability - b.probability).max() < 1e-4
+    assert (a.mask != b.mask).mean() < 1e-4
+    with pytest.raises(ValueError, match="choose one of: torch, onnx"):
+        Segmenter(segmenter.model, runtime="tflite")
+
+
+def test_predict_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_predict.py"
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(script), "--repeats", "1", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"torch", "onnx"} and all(r["median_ms"] > 0 for r in rows.values())

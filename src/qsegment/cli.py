@@ -121,7 +121,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .engine.predict import Segmenter, predict_files
 
-    segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile)
+    segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
+                                          runtime=args.runtime)
     summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
                             overlay=args.overlay)
     for source, problem in summary.failed:
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decision threshold (default: the model card's, chosen on training data)")
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="PyTorch eager, or ONNX Runtime fp32 on the CPU (torch)")
     p.add_argument("--tile", type=int, default=1024,
                    help="tile size for large images, a multiple of 64 (1024)")
     return parser

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -10,20 +12,24 @@ from torch import nn
 from ..models import pad_to_multiple
 
 
-def _size_multiple(model: nn.Module) -> int:
+def _size_multiple(model: object) -> int:
     inner = getattr(model, "module", model)  # DDP-wrapped or not
     return getattr(inner, "size_multiple", 8)
 
 
 @torch.inference_mode()
-def predict_proba(model: nn.Module, image: np.ndarray | torch.Tensor,
+def predict_proba(model: nn.Module | Callable[[np.ndarray], np.ndarray],
+                  image: np.ndarray | torch.Tensor,
                   size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Vessel probability map (H, W) of an RGB image (H, W, 3) in [0, 1].
 
+    ``model`` is a PyTorch model or any callable from an (N, 3, H, W) float32 array
+    to logits (an ONNX Runtime session: :class:`qsegment.export.onnx.OnnxModel`).
     With ``size`` the image is first resized to that inference resolution (as a
     camera would deliver it) and the probabilities are resized back to H x W.
     """
-    device = next(model.parameters()).device
+    torch_model = isinstance(model, nn.Module)
+    device = next(model.parameters()).device if torch_model else torch.device("cpu")
     x = torch.tensor(np.asarray(image, dtype=np.float32))
     x = x.permute(2, 0, 1)[None].to(device)
     h, w = x.shape[-2:]
@@ -31,7 +37,8 @@ def predict_proba(model: nn.Module, image: np.ndarray | torch.Tensor,
         size = (size, size) if isinstance(size, int) else tuple(size)
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     x, (hh, ww) = pad_to_multiple(x, _size_multiple(model))
-    logits = model(x)[..., :hh, :ww].float()
+    logits = model(x) if torch_model else torch.from_numpy(model(x.numpy()))
+    logits = logits[..., :hh, :ww].float()
     if size is not None:
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     return torch.sigmoid(logits)[0, 0].cpu().numpy()

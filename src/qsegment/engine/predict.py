@@ -18,6 +18,19 @@ from torch import nn
 from ..pretrained import DEFAULT_MODEL, load_model
 from .infer import predict_proba
 
+RUNTIMES = ("torch", "onnx")
+
+
+def _onnx_runner(model: nn.Module) -> object:
+    """The model exported to ONNX (in a temporary folder) and opened in ONNX Runtime."""
+    import tempfile
+
+    from ..export.onnx import OnnxModel, export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx")
+        return OnnxModel(path, size_multiple=getattr(model, "size_multiple", 8))
+
 
 class ImageError(ValueError):
     """An input that cannot be read as an image; the message names the file."""
@@ -82,18 +95,22 @@ class Segmenter:
     """
 
     def __init__(self, model: nn.Module, threshold: float = 0.5, tile: int = 1024,
-                 overlap: int = 128) -> None:
+                 overlap: int = 128, runtime: str = "torch") -> None:
         multiple = 64  # a multiple of every registered model's total stride (<= 32)
         if tile % multiple or overlap % multiple or tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
                              f"{multiple} with tile > 2 * overlap")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         self.model = model.eval()
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
+        self.runtime = runtime
+        self.runner = self.model if runtime == "torch" else _onnx_runner(self.model)
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
-                        **kwargs: int) -> Segmenter:
+                        **kwargs: int | str) -> Segmenter:
         """A shipped model by name (or a run folder / checkpoint), with its card's threshold."""
         model, card = load_model(source)
         if threshold is None:
@@ -109,14 +126,14 @@ class Segmenter:
         """Probability map of an (H, W, 3) float image, tiled when it exceeds ``tile``."""
         h, w = rgb.shape[:2]
         if max(h, w) <= self.tile:
-            return predict_proba(self.model, rgb)
+            return predict_proba(self.runner, rgb)
         out = np.empty((h, w), dtype=np.float32)
         step, margin = self.tile - 2 * self.overlap, self.overlap
         for y in range(0, h, step):
             for x in range(0, w, step):
                 y0, x0 = max(0, y - margin), max(0, x - margin)
                 y1, x1 = min(h, y + step + margin), min(w, x + step + margin)
-                tile = predict_proba(self.model, rgb[y0:y1, x0:x1])
+                tile = predict_proba(self.runner, rgb[y0:y1, x0:x1])
                 ye, xe = min(h, y + step), min(w, x + step)
                 out[y:ye, x:xe] = tile[y - y0:ye - y0, x - x0:xe - x0]
         return out

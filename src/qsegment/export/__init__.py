@@ -1,0 +1,1 @@
+"""Export targets (one module each; heavy imports stay inside the functions)."""
