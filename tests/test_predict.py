@@ -158,3 +158,19 @@ def test_predict_benchmark_runs(tmp_path):
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"torch", "onnx"} and all(r["median_ms"] > 0 for r in rows.values())
+
+
+def test_benchmark_quick_mode(tmp_path):
+    from qsegment.bench import RUNTIMES, markdown, run_benchmark, scatter
+
+    result = run_benchmark(size=64, repeats=1, models=["tnet", "qsegment"], progress=False)
+    assert [(r["model"], r["runtime"]) for r in result["rows"]] == [
+        (m, rt) for m in ("tnet", "qsegment") for rt in RUNTIMES]
+    for row in result["rows"]:
+        assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10 and row["params"] > 0
+    onnx_rss = {r["runtime"]: r["peak_rss_mb"] for r in result["rows"] if r["model"] == "tnet"}
+    assert onnx_rss["onnx"] < onnx_rss["torch"]  # the ONNX worker never imports PyTorch
+    text = markdown(result)
+    assert "| qsegment | onnx-int8 |" in text and "IMX500 (in-sensor) | 0.23 |" in text
+    scatter(result, tmp_path / "fig3.png")
+    assert (tmp_path / "fig3.png").stat().st_size > 5000

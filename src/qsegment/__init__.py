@@ -3,20 +3,29 @@
 The pipeline, one module per stage: :mod:`qsegment.data` -> :mod:`qsegment.models`
 -> :mod:`qsegment.engine.train` -> :mod:`qsegment.engine.evaluate`
 -> :mod:`qsegment.engine.predict` (``Segmenter``).
+
+The public names below are imported on first use, so ``import qsegment`` (and the
+command line's ``--help``) does not pay for importing PyTorch.
 """
 
-from .engine.predict import Prediction, Segmenter
-from .models import create_model, list_models
-from .pretrained import list_pretrained, load_model
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Prediction",
-    "Segmenter",
-    "__version__",
-    "create_model",
-    "list_models",
-    "list_pretrained",
-    "load_model",
-]
+_PUBLIC = {
+    "Prediction": "qsegment.engine.predict",
+    "Segmenter": "qsegment.engine.predict",
+    "create_model": "qsegment.models",
+    "list_models": "qsegment.models",
+    "list_pretrained": "qsegment.pretrained",
+    "load_model": "qsegment.pretrained",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'qsegment' has no attribute {name!r}")

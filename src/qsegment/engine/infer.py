@@ -17,6 +17,17 @@ def _size_multiple(model: object) -> int:
     return getattr(inner, "size_multiple", 8)
 
 
+def to_input(image: np.ndarray | torch.Tensor, size: int | tuple[int, int] | None = None
+             ) -> torch.Tensor:
+    """(1, 3, H, W) float32 tensor of an RGB image (H, W, 3) in [0, 1], resized to ``size``
+    (bilinear, antialiased) if given: the one resize used for inference and calibration."""
+    x = torch.tensor(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
 @torch.inference_mode()
 def predict_proba(model: nn.Module | Callable[[np.ndarray], np.ndarray],
                   image: np.ndarray | torch.Tensor,
@@ -30,13 +41,8 @@ def predict_proba(model: nn.Module | Callable[[np.ndarray], np.ndarray],
     """
     torch_model = isinstance(model, nn.Module)
     device = next(model.parameters()).device if torch_model else torch.device("cpu")
-    x = torch.tensor(np.asarray(image, dtype=np.float32))
-    x = x.permute(2, 0, 1)[None].to(device)
-    h, w = x.shape[-2:]
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    x, (hh, ww) = pad_to_multiple(x, _size_multiple(model))
+    h, w = np.shape(image)[:2]
+    x, (hh, ww) = pad_to_multiple(to_input(image, size).to(device), _size_multiple(model))
     logits = model(x) if torch_model else torch.from_numpy(model(x.numpy()))
     logits = logits[..., :hh, :ww].float()
     if size is not None:

@@ -1,20 +1,22 @@
-"""Float ONNX export and an ONNX Runtime session that runs it on the CPU.
+"""Float ONNX export, CPU int8 quantization, and an ONNX Runtime session to run them.
 
 The legacy TorchScript-based exporter is used (``dynamo=False``): torch >= 2.13
 defaults to the dynamo exporter, which needs ``onnxscript`` (not in this
 project's environment), and the legacy one gives dynamic H and W directly.
+PyTorch is imported inside the functions that need it, so running an exported
+model costs no PyTorch import.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..checkpoint import atomic_write
+if TYPE_CHECKING:
+    from torch import nn
 
 OPSET = 17
 
@@ -24,6 +26,10 @@ def export_onnx(model: nn.Module, path: str | Path, example_size: tuple[int, int
     """Write ``model`` as ONNX with input ``image`` (N, 3, H, W) and output ``logits``;
     N, H and W are dynamic (H and W must stay multiples of the model's size_multiple)."""
     import warnings
+
+    import torch
+
+    from ..checkpoint import atomic_write
 
     model = model.eval()
     example = torch.rand(1, 3, *example_size)
@@ -59,3 +65,59 @@ class OnnxModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def calibration_images(size: int, count: int = 4, data: str | Path | None = None
+                       ) -> list[np.ndarray]:
+    """Training images (never validation) resized to size x size, as (1, 3, N, N) arrays."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data import Split, default_data_dir, load_sample
+
+    root = data or default_data_dir()
+    images = []
+    for name in Split().train[:count]:
+        sample = load_sample(root, name)
+        x = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))[None]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        images.append(x.numpy())
+    return images
+
+
+def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int = 512,
+                       count: int = 4, data: str | Path | None = None) -> Path:
+    """Static int8 quantization for ONNX Runtime on the CPU (QDQ, per-channel int8
+    weights, uint8 activations: the u8 x s8 pairing that VNNI kernels take), calibrated
+    with min/max on ``count`` training images at ``size``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": x} for x in calibration_images(size, count, data)])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from ..checkpoint import atomic_write
+
+    def write(tmp: Path) -> None:
+        prepared = tmp.with_suffix(".pre.onnx")  # shapes inferred, graph optimised first
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    path = Path(path)
+    atomic_write(path, write)
+    return path

@@ -1,0 +1,159 @@
+"""Side-by-side benchmark of every registered model (paper Tables II and III, Fig. 3).
+
+Each (model, runtime) pair is measured in its own subprocess, so its peak resident
+memory (RSS) is its own and one pair's caches do not help the next; the ONNX
+Runtime workers never import PyTorch (whose CUDA build alone maps ~0.7 GB). Latency is a
+forward pass on one 3xNxN image after warm-up; all pairs run in one invocation so
+their ratios are comparable on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+
+# The paper's Table III (embedded platforms), quoted for comparison; not measured here.
+PAPER_TABLE_III = [
+    ("ERFNet", "NVIDIA Jetson TX1", 14.28, 6000.0),
+    ("M2U-Net", "Rockchip RK3399", 14700.0, 9600.0),
+    ("T-Net", "NVIDIA GTX 1080Ti", None, 250000.0),
+    ("Q-Segment", "ARM Cortex-M4F", 126.25, 82.69),
+    ("Q-Segment", "Sony Spresense", 143.75, 448.0),
+    ("Q-Segment", "IMX500 (in-sensor)", 0.23, 71.94),
+    ("Q-Segment", "IMX500 end-to-end", 17.21, 254.6),
+]
+
+
+def prepare(name: str, size: int, workdir: Path) -> None:
+    """Write the model's fp32 and int8 ONNX files into ``workdir`` (untrained weights:
+    latency does not depend on their values; int8 is calibrated on real images)."""
+    import torch
+
+    from .export.onnx import export_onnx, quantize_onnx_int8
+    from .models import create_model
+
+    torch.manual_seed(0)
+    fp32 = export_onnx(create_model(name), workdir / f"{name}.onnx", (size, size))
+    quantize_onnx_int8(fp32, workdir / f"{name}.int8.onnx", size=size)
+
+
+def _runner(name: str, runtime: str, workdir: Path):
+    """A callable (1, 3, N, N) float32 array -> logits for the model on ``runtime``."""
+    if runtime == "torch":
+        import torch
+
+        from .models import create_model
+
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+        return run
+    from .export.onnx import OnnxModel
+
+    suffix = {"onnx": ".onnx", "onnx-int8": ".int8.onnx"}[runtime]
+    return OnnxModel(workdir / f"{name}{suffix}")
+
+
+def measure(name: str, runtime: str, size: int, repeats: int, workdir: Path) -> dict:
+    """Latency (median, p90, ms), throughput and peak RSS of one model on one runtime,
+    in this process (the files from :func:`prepare` are in ``workdir``)."""
+    run = _runner(name, runtime, workdir)
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    run(x)  # warm-up: allocations, ONNX Runtime's graph preparation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - start) * 1000)
+    median = statistics.median(times)
+    return {"median_ms": median, "p90_ms": float(np.percentile(times, 90)),
+            "images_per_s": 1000.0 / median,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_benchmark(size: int = 960, repeats: int = 10, models: list[str] | None = None,
+                  runtimes: tuple[str, ...] = RUNTIMES, progress: bool = True) -> dict:
+    """Every model on every runtime, each pair in a fresh subprocess."""
+    from tqdm import tqdm
+
+    from .models import create_model, list_models
+    from .models.profile import model_stats
+
+    models = models or list_models()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="qsegment-bench-") as tmp:
+        for name in tqdm(models, desc="export", disable=not progress):
+            prepare(name, size, Path(tmp))
+        pairs = [(m, r) for m in models for r in runtimes]
+        for name, runtime in tqdm(pairs, desc="bench", disable=not progress):
+            cmd = [sys.executable, "-m", "qsegment.bench", name, runtime, str(size),
+                   str(repeats), tmp]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"benchmark of {name} on {runtime} failed:\n"
+                                   f"{done.stderr[-2000:]}")
+            stats = model_stats(create_model(name), size, size)
+            rows.append({"model": name, "runtime": runtime, **stats,
+                         **json.loads(done.stdout.strip().splitlines()[-1])})
+    return {"size": size, "repeats": repeats, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    """Our measurements, then the paper's Table III labelled as the paper's."""
+    n = result["size"]
+    lines = [f"Measured here, one 3x{n}x{n} image, median of {result['repeats']} runs after "
+             "warm-up:", "",
+             "| model | runtime | params (M) | fp32 (MB) | int8 (MB) | GMACs | median (ms) | "
+             "p90 (ms) | images/s | peak RSS (MB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['params_m']:.3f} | {r['fp32_mb']:.2f} "
+                     f"| {r['int8_mb']:.2f} | {r['gmacs']:.2f} | {r['median_ms']:.1f} | "
+                     f"{r['p90_ms']:.1f} | {r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    lines += ["", "The paper's Table III (quoted, not measured here):", "",
+              "| network | platform | latency (ms) | power (mW) |", "|---|---|---:|---:|"]
+    for net, platform, latency, power in PAPER_TABLE_III:
+        lat = "n/a" if latency is None else f"{latency:g}"
+        lines.append(f"| {net} | {platform} | {lat} | {power:g} |")
+    return "\n".join(lines)
+
+
+def scatter(result: dict, path: Path, runtime: str = "onnx") -> None:
+    """Like the paper's Fig. 3: latency against weight size, circle area ~ parameters."""
+    import matplotlib.pyplot as plt
+
+    from .checkpoint import atomic_write
+
+    rows = [r for r in result["rows"] if r["runtime"] == runtime]
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for r in rows:
+        ax.scatter(r["fp32_mb"], r["median_ms"], s=max(r["params_m"], 0.01) * 600, alpha=0.5)
+        ax.annotate(r["model"], (r["fp32_mb"], r["median_ms"]), ha="center", va="center",
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("fp32 weights (MB)")
+    ax.set_ylabel(f"latency on this CPU, {runtime} (ms)")
+    ax.set_title(f"{result['size']}x{result['size']} input; circle area ~ parameters")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # worker: python -m qsegment.bench MODEL RUNTIME SIZE REPEATS DIR
+    name_, runtime_, size_, repeats_, dir_ = sys.argv[1:6]
+    print(json.dumps(measure(name_, runtime_, int(size_), int(repeats_), Path(dir_))))
