@@ -171,3 +171,15 @@ def test_missing_folder(tmp_path):
         scan(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match="no CHASE_DB1 images"):
         scan(tmp_path)
+
+
+def test_resize_sample_is_what_a_camera_at_that_size_sees(data_dir):
+    from qsegment.data import resize_sample
+
+    s = load_sample(data_dir, "Image_04L")
+    small = resize_sample(s, 336)
+    assert small.image.shape == (336, 336, 3) and small.label.shape == small.fov.shape == (336, 336)
+    assert small.label.dtype == bool and small.fov.dtype == bool
+    assert abs(small.fov.mean() - s.fov.mean()) < 0.01
+    assert abs(small.image.mean() - s.image.mean()) < 0.01
+    assert 0.5 < small.label.mean() / s.label.mean() < 1.5  # thin vessels partly vanish

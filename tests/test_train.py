@@ -181,3 +181,12 @@ def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_pa
     card = train(cfg, tmp_path / "paper", progress=False)
     assert card["epochs_done"] == 1
     assert card["config"]["optimizer"] == "sgd" and card["config"]["restart_epochs"] == 20
+
+
+def test_training_at_the_deployment_size(tmp_path, data_dir):
+    """--resize trains on whole images scaled as a 128x128 camera would see them and
+    validates at that size (scored against the full-size labels)."""
+    cfg = load_config("fast", data=str(data_dir), **dict(TINY, epochs=1, resize=128))
+    card = train(cfg, tmp_path / "small", progress=False)
+    assert card["threshold"]["inference_size"] == 128
+    assert card["val_metrics"]["pooled"]["auc"] > 0

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from .. import viz
-from ..data import SegmentationDataset, Split, load_split, paper_augmentation
+from ..data import SegmentationDataset, Split, load_split, paper_augmentation, resize_sample
 from ..losses import get_loss
 from ..models import create_model
 from . import distributed as dist
@@ -53,6 +53,7 @@ class TrainConfig:
     epochs: int = 4000
     batch_size: int = 8
     crop: int = 0  # random square crop size; 0 trains on whole images
+    resize: int = 0  # train and validate on images resized to this square (0: full size)
     repeats: int = 1  # times each image is visited per epoch
     loss: str = "structure"
     optimizer: str = "sgd"  # sgd | adamw
@@ -207,7 +208,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
         model = dist.sync_batchnorm(model, device)
     model = model.to(device)
-    dataset = _SeededDataset(train_samples, paper_augmentation(cfg.crop or None),
+    size = cfg.resize or None  # inference resolution of validation and threshold choice
+    dataset = _SeededDataset([resize_sample(s, size) for s in train_samples] if size
+                             else train_samples, paper_augmentation(cfg.crop or None),
                              repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=cfg.seed)
@@ -269,7 +272,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                        "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"],
                        "loss": epoch_loss}
                 if (epoch + 1) % cfg.val_every == 0 or last_epoch:
-                    metrics = score(predict_samples(model, val_samples), val_samples)
+                    metrics = score(predict_samples(model, val_samples, size), val_samples)
                     pooled = metrics["pooled"]
                     row.update(val_dice=pooled["dice"], val_acc=pooled["acc"],
                                val_auc=pooled["auc"])
@@ -342,12 +345,13 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 def _finish(out: Path, model: nn.Module, cfg: TrainConfig, train_samples: list,
             val_samples: list, epochs_done: int, progress: bool) -> dict[str, Any]:
     """Choose the threshold on the training images and score the last weights with it."""
-    threshold = train_threshold(model, train_samples, progress=progress)
-    probs = predict_samples(model, val_samples)
+    size = cfg.resize or None
+    threshold = train_threshold(model, train_samples, size, progress=progress)
+    probs = predict_samples(model, val_samples, size)
     tensors, meta = ckpt.read_checkpoint(out / "last.safetensors")
     card = meta["card"]
     card["threshold"] = {"value": threshold, "rule": "maximizes pooled Dice on the training "
-                         "images (last weights)"}
+                         "images (last weights)", "inference_size": size}
     card["val_metrics"] = score(probs, val_samples)
     card["val_metrics_at_threshold"] = score(probs, val_samples, threshold)
     meta["card"] = card
