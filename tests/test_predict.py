@@ -174,3 +174,15 @@ def test_benchmark_quick_mode(tmp_path):
     assert "| qsegment | onnx-int8 |" in text and "IMX500 (in-sensor) | 0.23 |" in text
     scatter(result, tmp_path / "fig3.png")
     assert (tmp_path / "fig3.png").stat().st_size > 5000
+
+
+def test_int8_runtime_uses_the_shipped_int8_model_and_agrees(segmenter, sample):
+    int8 = Segmenter.from_pretrained("qsegment-nearest", runtime="onnx-int8")
+    assert int8.runner.path.name == "qsegment-nearest.int8.onnx"
+    a = segmenter.predict(sample.image)
+    b = int8.predict(sample.image)
+    assert np.abs(a.probability - b.probability).mean() < 0.01
+    fov = sample.fov
+    dice = [evaluate([p.probability], [sample.label], [fov], segmenter.threshold)["pooled"]["dice"]
+            for p in (a, b)]
+    assert abs(dice[0] - dice[1]) < 0.005

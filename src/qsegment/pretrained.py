@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -14,6 +15,7 @@ from .checkpoint import (
     save_checkpoint,
     write_json,
 )
+from .export.onnx import export_onnx, quantize_onnx_int8
 from .models import create_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -59,7 +61,8 @@ def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, dict]:
 
 
 def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR) -> Path:
-    """Copy a run's last weights (no optimizer state) and card to ``dest/NAME.*``.
+    """Copy a run's last weights (no optimizer state) and card to ``dest/NAME.*``, with
+    ``NAME.int8.onnx``: the model statically quantized for ONNX Runtime on the CPU.
 
     This is how the shipped weights were made; the card keeps the run's config, split,
     threshold, metrics and git commit, plus the name.
@@ -69,4 +72,7 @@ def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR) -> Path:
     path = Path(dest) / f"{name}.safetensors"
     save_checkpoint(path, model, {"card": card})
     write_json(path.with_suffix(".json"), card)
+    with tempfile.TemporaryDirectory() as tmp:  # the CPU int8 model for predict --runtime
+        fp32 = export_onnx(model, Path(tmp) / "model.onnx", (960, 1000))
+        quantize_onnx_int8(fp32, path.with_suffix(".int8.onnx"))
     return path

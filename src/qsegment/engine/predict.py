@@ -15,21 +15,28 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from ..pretrained import DEFAULT_MODEL, load_model
+from ..pretrained import DEFAULT_MODEL, load_model, resolve_checkpoint
 from .infer import predict_proba
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "onnx-int8")
 
 
-def _onnx_runner(model: nn.Module) -> object:
-    """The model exported to ONNX (in a temporary folder) and opened in ONNX Runtime."""
+def _onnx_runner(model: nn.Module, int8: bool, int8_onnx: Path | None) -> object:
+    """The model in ONNX Runtime: exported to fp32 ONNX in a temporary folder, or for
+    int8 the given statically quantized file, else one quantized now on CHASE_DB1
+    training images (full resolution)."""
     import tempfile
 
-    from ..export.onnx import OnnxModel, export_onnx
+    from ..export.onnx import OnnxModel, export_onnx, quantize_onnx_int8
 
+    multiple = getattr(model, "size_multiple", 8)
+    if int8 and int8_onnx is not None:
+        return OnnxModel(int8_onnx, size_multiple=multiple)
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx")
-        return OnnxModel(path, size_multiple=getattr(model, "size_multiple", 8))
+        if int8:
+            path = quantize_onnx_int8(path, Path(tmp) / "model.int8.onnx")
+        return OnnxModel(path, size_multiple=multiple)
 
 
 class ImageError(ValueError):
@@ -95,7 +102,8 @@ class Segmenter:
     """
 
     def __init__(self, model: nn.Module, threshold: float = 0.5, tile: int = 1024,
-                 overlap: int = 128, runtime: str = "torch") -> None:
+                 overlap: int = 128, runtime: str = "torch", int8_onnx: Path | None = None
+                 ) -> None:
         multiple = 64  # a multiple of every registered model's total stride (<= 32)
         if tile % multiple or overlap % multiple or tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
@@ -106,13 +114,17 @@ class Segmenter:
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
         self.runtime = runtime
-        self.runner = self.model if runtime == "torch" else _onnx_runner(self.model)
+        self.runner = self.model if runtime == "torch" else _onnx_runner(
+            self.model, runtime == "onnx-int8", int8_onnx)
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
-                        **kwargs: int | str) -> Segmenter:
-        """A shipped model by name (or a run folder / checkpoint), with its card's threshold."""
+                        **kwargs: object) -> Segmenter:
+        """A shipped model by name (or a run folder / checkpoint), with its card's threshold
+        and, for ``runtime="onnx-int8"``, its int8 ONNX file when one sits beside it."""
         model, card = load_model(source)
+        sidecar = resolve_checkpoint(source).with_suffix(".int8.onnx")
+        kwargs.setdefault("int8_onnx", sidecar if sidecar.is_file() else None)
         if threshold is None:
             threshold = float((card.get("threshold") or {}).get("value", 0.5))
         return cls(model, threshold, **kwargs)

@@ -59,6 +59,7 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
+        self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.size_multiple = size_multiple
@@ -67,29 +68,29 @@ class OnnxModel:
         return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def calibration_images(size: int, count: int = 4, data: str | Path | None = None
+def calibration_images(size: int | None, count: int = 4, data: str | Path | None = None
                        ) -> list[np.ndarray]:
-    """Training images (never validation) resized to size x size, as (1, 3, N, N) arrays."""
-    import torch
+    """Training images (never validation) as (1, 3, H, W) arrays: resized to size x size,
+    or at full resolution zero-padded to a multiple of 8 when ``size`` is None."""
     import torch.nn.functional as F
 
-    from ..data import Split, default_data_dir, load_sample
+    from ..data import Split, default_data_dir, load_sample, to_tensors
 
     root = data or default_data_dir()
     images = []
     for name in Split().train[:count]:
-        sample = load_sample(root, name)
-        x = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))[None]
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        x = to_tensors(load_sample(root, name))[0][None]
+        if size is not None:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         images.append(x.numpy())
     return images
 
 
-def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int = 512,
+def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int | None = None,
                        count: int = 4, data: str | Path | None = None) -> Path:
     """Static int8 quantization for ONNX Runtime on the CPU (QDQ, per-channel int8
     weights, uint8 activations: the u8 x s8 pairing that VNNI kernels take), calibrated
-    with min/max on ``count`` training images at ``size``."""
+    with min/max on ``count`` training images at ``size`` (None: full resolution)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
