@@ -18,6 +18,7 @@ import numpy as np
 
 from qsegment import Segmenter
 from qsegment.data import default_data_dir, load_sample
+from qsegment.engine.predict import RUNTIMES
 
 
 def main() -> None:
@@ -28,8 +29,7 @@ def main() -> None:
     args = parser.parse_args()
     image = load_sample(default_data_dir(), "Image_11L").image
     rgb8 = np.round(image * 255).astype(np.uint8)  # what a decoded file gives
-    segmenters = {rt: Segmenter.from_pretrained(args.model, runtime=rt)
-                  for rt in ("torch", "onnx")}
+    segmenters = {rt: Segmenter.from_pretrained(args.model, runtime=rt) for rt in RUNTIMES}
     times: dict[str, list[float]] = {rt: [] for rt in segmenters}
     for seg in segmenters.values():  # warm-up
         seg.predict(rgb8)
@@ -45,8 +45,9 @@ def main() -> None:
     print("|---|---:|---:|")
     for rt, r in rows.items():
         print(f"| {rt} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
-    ratio = rows["torch"]["median_ms"] / rows["onnx"]["median_ms"]
-    print(f"torch / onnx median ratio: {ratio:.2f}")
+    for rt in RUNTIMES[1:]:
+        ratio = rows[rt]["median_ms"] / rows["torch"]["median_ms"]
+        print(f"{rt} / torch median ratio: {ratio:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"image": list(rgb8.shape), "repeats": args.repeats, "rows": rows}, f,

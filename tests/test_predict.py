@@ -157,7 +157,8 @@ def test_predict_benchmark_runs(tmp_path):
     subprocess.run([sys.executable, str(script), "--repeats", "1", "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"torch", "onnx"} and all(r["median_ms"] > 0 for r in rows.values())
+    assert set(rows) == {"torch", "onnx", "onnx-int8"}
+    assert all(r["median_ms"] > 0 for r in rows.values())
 
 
 def test_benchmark_quick_mode(tmp_path):
