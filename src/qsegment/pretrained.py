@@ -60,9 +60,10 @@ def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, dict]:
     return model.eval(), card
 
 
-def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR) -> Path:
+def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR, cpu_int8: bool = True) -> Path:
     """Copy a run's last weights (no optimizer state) and card to ``dest/NAME.*``, with
-    ``NAME.int8.onnx``: the model statically quantized for ONNX Runtime on the CPU.
+    ``NAME.int8.onnx``: the model statically quantized for ONNX Runtime on the CPU
+    (``cpu_int8=False`` for models ONNX cannot express, such as max-unpooling).
 
     This is how the shipped weights were made; the card keeps the run's config, split,
     threshold, metrics and git commit, plus the name.
@@ -72,7 +73,8 @@ def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR) -> Path:
     path = Path(dest) / f"{name}.safetensors"
     save_checkpoint(path, model, {"card": card})
     write_json(path.with_suffix(".json"), card)
-    with tempfile.TemporaryDirectory() as tmp:  # the CPU int8 model for predict --runtime
-        fp32 = export_onnx(model, Path(tmp) / "model.onnx", (960, 1000))
-        quantize_onnx_int8(fp32, path.with_suffix(".int8.onnx"))
+    if cpu_int8:
+        with tempfile.TemporaryDirectory() as tmp:  # for predict --runtime onnx-int8
+            fp32 = export_onnx(model, Path(tmp) / "model.onnx", (960, 1000))
+            quantize_onnx_int8(fp32, path.with_suffix(".int8.onnx"))
     return path
