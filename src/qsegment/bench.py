@@ -154,6 +154,36 @@ def scatter(result: dict, path: Path, runtime: str = "onnx") -> None:
     plt.close(fig)
 
 
+
+def machine() -> str:
+    """CPU model and core count, for the report's header."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def write_report(result: dict, out: Path, command: str) -> None:
+    """``out`` (Markdown) with the table and the command that made it, the raw numbers as
+    JSON beside it, and the Fig. 3-like chart as PNG."""
+    from .checkpoint import atomic_write, write_json
+
+    out = Path(out)
+    chart = out.with_name(out.stem + "_fig3.png")
+    scatter(result, chart)
+    write_json(out.with_suffix(".json"), result)
+    text = (f"# Benchmarks\n\nMade by `{command}` on {machine()}, "
+            f"{time.strftime('%Y-%m-%d')}.\n\n{markdown(result)}\n\n"
+            f"![latency against size]({chart.name})\n")
+    atomic_write(out, lambda p: p.write_text(text))
+
+
 if __name__ == "__main__":  # worker: python -m qsegment.bench MODEL RUNTIME SIZE REPEATS DIR
     name_, runtime_, size_, repeats_, dir_ = sys.argv[1:6]
     print(json.dumps(measure(name_, runtime_, int(size_), int(repeats_), Path(dir_))))

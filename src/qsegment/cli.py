@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .export import TARGETS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -60,6 +61,7 @@ _TRAIN_OVERRIDES = {  # flag -> (type, help)
     "epochs": (int, "number of epochs"),
     "batch_size": (int, "global batch size (split across torchrun ranks)"),
     "crop": (int, "random square crop size (0: whole images)"),
+    "resize": (int, "train on images resized to this square, e.g. the IMX500's 336 (0: full)"),
     "repeats": (int, "visits of each image per epoch"),
     "loss": (str, "structure | bce_dice"),
     "optimizer": (str, "sgd | adamw"),
@@ -101,13 +103,22 @@ def _train(args: argparse.Namespace) -> int:
 # --- evaluate ---------------------------------------------------------------------------
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .engine.evaluate import format_table, table_iv
+    from .engine.evaluate import format_table, int8_table, table_iv
     from .pretrained import load_model
 
-    model, card = load_model(args.checkpoint)
-    sizes = [None, *args.size]
-    result = table_iv(model, card, args.data, sizes, out=args.out, figures=not args.no_figures)
+    if str(args.checkpoint).endswith(".onnx"):
+        if len(args.size) > 1:
+            raise ValueError("a quantized ONNX runs at one size: give at most one --size")
+        result = int8_table(args.checkpoint, (args.size or [None])[0], args.data, out=args.out,
+                            figures=not args.no_figures)
+    else:
+        model, card = load_model(args.checkpoint)
+        sizes = [None, *args.size]
+        result = table_iv(model, card, args.data, sizes, out=args.out,
+                          figures=not args.no_figures)
     print(format_table(result))
+    if "dice_drop" in result:
+        print(f"int8 minus float Dice at the same resolution: {-result['dice_drop']:+.4f}")
     print(f"threshold {result['threshold']:.3f} ({result['threshold_rule']}); pooled over "
           f"{len(result['val_images'])} validation images, inside the FOV")
     if args.out:
@@ -132,6 +143,53 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+# --- quantize, export, camera -----------------------------------------------------------
+
+def _quantize(args: argparse.Namespace) -> int:
+    from .quantize import quantize
+
+    card = quantize(args.checkpoint, args.out, method=args.method, size=args.size,
+                    calibration=args.calibration, epochs=args.epochs, lr=args.lr,
+                    seed=args.seed, data=args.data)
+    agree = card["agreement"]
+    print(f"{card['method']} at {card['size']}x{card['size']}, calibrated on "
+          f"{card['calibration']['count']} training images: wrote {args.out} and "
+          f"{Path(args.out).with_suffix('.json')}")
+    for name, label in (("float_vs_int8", "float vs int8"), ("ort_vs_mct", "ORT vs MCT")):
+        a = agree[name]
+        print(f"{label} on {agree['image']}: mask agreement {a['mask_agreement']:.4%}, "
+              f"mean |prob diff| {a['prob_mean_abs']:.5f}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    note = export(args.target, args.model, args.out, size=args.size)
+    memory = note["memory"]
+    print(f"{args.target}: {note['size']}x{note['size']} uses {memory['required'] / 2**20:.2f} "
+          f"of {memory['available'] / 2**20:.2f} MB; converted in {note['conversion_s']:.0f} s "
+          f"into {args.out}")
+    print(f"camera input: {note['input']['camera_must_apply']}")
+    if "warning" in note:
+        print(f"warning: {note['warning']}", file=sys.stderr)
+    return 0
+
+
+def _camera(args: argparse.Namespace) -> int:
+    from .deploy.camera import read_deploy_info, run_camera
+
+    info_path = args.info or Path(args.network).with_name("deploy.json")
+    info = read_deploy_info(info_path) if args.info or info_path.is_file() else {}
+    threshold = args.threshold if args.threshold is not None else float(
+        info.get("output", {}).get("threshold", 0.5))
+    frames = run_camera(args.network, threshold, size=info.get("size"), save=args.save,
+                        save_every=args.save_every, seconds=args.seconds,
+                        preview=not args.no_preview, transpose=args.transpose)
+    print(f"{frames} frame(s) segmented in the sensor (threshold {threshold:.3f})")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the Q-Segment network and its baselines on CHASE_DB1.",
         epilog="examples:\n  qsegment models\n  qsegment train --preset fast --out runs/fast\n"
                "  qsegment evaluate runs/fast --size 336 --out runs/fast/eval\n"
-               "  qsegment predict fundus.jpg -o out/ --overlay",
+               "  qsegment predict fundus.jpg -o out/ --overlay\n"
+               "  qsegment quantize -o q/ptq.onnx\n"
+               "  qsegment export q/ptq.onnx --target imx500 -o deploy/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"qsegment {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -179,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "resolution and optionally at lower inference sizes), beside the second "
                      "human observer; writes metrics.json and figures.",
                      "  qsegment evaluate qsegment-nearest --out eval/\n"
-                     "  qsegment evaluate runs/fast --size 336 256 --out runs/fast/eval",
+                     "  qsegment evaluate runs/fast --size 336 256 --out runs/fast/eval\n"
+                     "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float",
                      _evaluate)
     p.add_argument("checkpoint", nargs="?", default="qsegment-nearest",
-                   help="pretrained name, run folder or .safetensors (qsegment-nearest)")
+                   help="pretrained name, run folder, .safetensors, or a quantized .onnx "
+                        "(scored beside its float model at its size) (qsegment-nearest)")
     _add_data(p)
     p.add_argument("--size", type=int, nargs="*", default=[],
                    help="extra square inference sizes (image resized, probabilities resized back)")
@@ -205,23 +267,83 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decision threshold (default: the model card's, chosen on training data)")
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="PyTorch eager, or ONNX Runtime fp32 on the CPU (torch)")
+    p.add_argument("--runtime", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="PyTorch eager, ONNX Runtime fp32, or ONNX Runtime static int8 (torch)")
     p.add_argument("--tile", type=int, default=1024,
                    help="tile size for large images, a multiple of 64 (1024)")
+
+    p = _parser_with(sub, "quantize", "Quantize a model to INT8 for the Sony IMX500 with "
+                     "Sony's Model Compression Toolkit: post-training (ptq), gradient-based "
+                     "(gptq) or quantization-aware training from the float weights (qat). "
+                     "Calibration: whole training images resized to the deployment size. "
+                     "Writes MCT's ONNX and a JSON card beside it.",
+                     "  qsegment quantize qsegment-nearest -o q/ptq.onnx --size 280\n"
+                     "  qsegment quantize runs/fast -o q/gptq.onnx --method gptq --size 280\n"
+                     "  qsegment quantize runs/fast -o q/qat.onnx --method qat --epochs 3\n"
+                     "  qsegment quantize -o q/ptq.onnx     # size: largest that fits (Java)",
+                     _quantize)
+    p.add_argument("checkpoint", nargs="?", default="qsegment-nearest",
+                   help="pretrained name, run folder or .safetensors (qsegment-nearest)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="quantized .onnx to write")
+    p.add_argument("--method", choices=["ptq", "gptq", "qat"], default="ptq",
+                   help="quantization method (ptq)")
+    p.add_argument("--size", type=int,
+                   help="square deployment size, a multiple of 8 (default: the largest that "
+                        "fits the IMX500, found with the converter's memory report)")
+    p.add_argument("--calibration", type=int, default=16,
+                   help="number of training images for calibration (16)")
+    p.add_argument("--epochs", type=int, default=3, help="GPTQ or QAT epochs (3)")
+    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="calibration draw and QAT order (0)")
+    _add_data(p)
+
+    p = _parser_with(sub, "export", "Export a quantized model for a device. imx500: runs "
+                     "Sony's converter (imxconv-pt, needs Java 17) and writes packerOut.zip "
+                     "(imx500-package turns it into network.rpk on the Pi), the memory report "
+                     "and deploy.json (input normalisation, threshold). Stops with the largest "
+                     "size that fits when the network does not fit the 8 MB on chip.",
+                     "  qsegment export q/ptq.onnx --target imx500 -o deploy/\n"
+                     "  qsegment export q/ptq.onnx --target imx500 --size 256 -o deploy256/",
+                     _export)
+    p.add_argument("model", type=Path, help="MCT-quantized .onnx from `qsegment quantize`")
+    p.add_argument("--target", choices=list(TARGETS), default="imx500",
+                   help="; ".join(f"{k}: {v[1]}" for k, v in TARGETS.items()))
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--size", type=int,
+                   help="square input size (default: the largest that fits the sensor)")
+
+    p = _parser_with(sub, "camera", "Run the exported network on the Raspberry Pi AI Camera "
+                     "(picamera2): overlays the in-sensor vessel map on the preview, prints the "
+                     "sensor's DNN runtime and the frame rate, optionally saves frames and maps.",
+                     "  qsegment camera out/network.rpk --info deploy/deploy.json\n"
+                     "  qsegment camera out/network.rpk --save shots/ --save-every 30",
+                     _camera)
+    p.add_argument("network", type=Path, help="network.rpk from imx500-package")
+    p.add_argument("--info", type=Path,
+                   help="the export's deploy.json (default: deploy.json beside the .rpk)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: deploy.json's)")
+    p.add_argument("--save", type=Path, help="folder for saved frames and vessel maps")
+    p.add_argument("--save-every", type=int, default=30, help="save every Nth frame (30)")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--no-preview", action="store_true", help="no preview window")
+    p.add_argument("--transpose", action="store_true",
+                   help="swap the output map's axes (if the map appears mirrored diagonally)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .deploy.camera import CameraError
     from .engine.predict import ImageError
     from .engine.train import TrainingError
+    from .export.imx500 import Imx500Error
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (DatasetError, CheckpointError, ImageError, TrainingError, ValueError) as err:
+    except (DatasetError, CheckpointError, ImageError, TrainingError, Imx500Error,
+            CameraError, ValueError) as err:
         print(f"qsegment {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}",
               file=sys.stderr)
         return 2

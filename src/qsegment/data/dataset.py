@@ -14,22 +14,20 @@ from .transforms import apply
 
 
 def resize_sample(sample: Sample, size: int) -> Sample:
-    """The sample as a camera at size x size would see it: image resized with
-    anti-aliasing, label and FOV resized by area and re-binarised at 0.5."""
+    """The sample as a camera at size x size would see it: the image resized as for
+    inference (:func:`qsegment.engine.infer.to_input`), label and FOV resized by area
+    and re-binarised at 0.5."""
     import torch.nn.functional as F
 
-    def resize(array: np.ndarray, antialias: bool) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(np.atleast_3d(array).transpose(2, 0, 1)))
-        x = x.float()[None]
-        if antialias:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        else:
-            x = F.interpolate(x, size=(size, size), mode="area")
-        return x[0].permute(1, 2, 0).numpy()
+    from ..engine.infer import to_input
 
-    return Sample(name=sample.name, image=resize(sample.image, True),
-                  label=resize(sample.label, False)[..., 0] >= 0.5,
-                  fov=resize(sample.fov, False)[..., 0] >= 0.5, path=sample.path)
+    def mask(array: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(array.astype(np.float32))[None, None]
+        return F.interpolate(x, size=(size, size), mode="area")[0, 0].numpy() >= 0.5
+
+    image = to_input(sample.image, size)[0].permute(1, 2, 0).numpy()
+    return Sample(name=sample.name, image=image, label=mask(sample.label), fov=mask(sample.fov),
+                  path=sample.path)
 
 
 def to_tensors(sample: Sample, multiple: int = 8) -> tuple[torch.Tensor, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +15,15 @@ from ..data import Sample, Split, load_split
 from ..metrics import best_threshold, evaluate
 from .infer import predict_proba
 
+Runner = nn.Module | Callable[[np.ndarray], np.ndarray]  # PyTorch or ONNX Runtime
 
-def predict_samples(model: nn.Module, samples: Sequence[Sample], size: int | None = None,
+
+def predict_samples(model: Runner, samples: Sequence[Sample], size: int | None = None,
                     progress: bool = False) -> list[np.ndarray]:
-    """Probability maps at each sample's full resolution (inferred at ``size`` if given)."""
-    model.eval()
+    """Probability maps at each sample's full resolution (inferred at ``size`` if given).
+    ``model`` may also be a runner callable on arrays (ONNX Runtime)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
     return [predict_proba(model, s.image, size) for s in items]
 
@@ -45,7 +49,7 @@ def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict
     return score(probs, samples, threshold=0.5)
 
 
-def table_iv(model: nn.Module, card: dict, data: str | None = None,
+def table_iv(model: Runner, card: dict, data: str | None = None,
              sizes: Sequence[int | None] = (None,), split: Split | None = None,
              out: Path | None = None, figures: bool = True, progress: bool = True) -> dict:
     """The Table IV rows of a model on the validation images, plus the human reference.
@@ -91,6 +95,37 @@ def table_iv(model: nn.Module, card: dict, data: str | None = None,
             viz.roc_figure(curves, out / "roc.png",
                            points={"second observer": (1 - h["sp"], h["se"])})
         write_json(out / "metrics.json", result)
+    return result
+
+
+def int8_table(onnx_path: str | Path, size: int | None = None, data: str | None = None,
+               split: Split | None = None, out: Path | None = None, figures: bool = True,
+               progress: bool = True) -> dict:
+    """Table IV of a quantized ONNX (ONNX Runtime, ``mct_quantizers`` ops) beside its float
+    source model, both at the deployment size (default: the size in the ONNX's card), with
+    the same train-chosen threshold; ``dice_drop`` is float minus int8 pooled Dice."""
+    from ..pretrained import load_model
+    from ..quantize import QuantizedOnnxModel
+
+    runner = QuantizedOnnxModel(onnx_path)
+    card = runner.card
+    if not card.get("source_checkpoint"):
+        raise ValueError(f"{onnx_path}: no card with its source checkpoint beside it "
+                         "(expected the .json `qsegment quantize` writes)")
+    size = size or card.get("size") or runner.size
+    if size != runner.size:
+        raise ValueError(f"{onnx_path} runs at {runner.size}x{runner.size} only, not {size}")
+    float_model, float_card = load_model(card["source_checkpoint"])
+    reference = table_iv(float_model, float_card, data, [size], split, progress=progress,
+                         figures=False)
+    result = table_iv(runner, card, data, [size], split, out=out, figures=figures,
+                      progress=progress)
+    result["rows"] = {**reference["rows"], **result["rows"]}
+    float_dice, int8_dice = (r["pooled"]["dice"] for r in result["rows"].values())
+    result["dice_drop"] = float_dice - int8_dice
+    result["quantized_onnx"] = str(onnx_path)
+    if out is not None:
+        write_json(Path(out) / "metrics.json", result)
     return result
 
 

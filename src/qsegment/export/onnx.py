@@ -68,24 +68,6 @@ class OnnxModel:
         return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def calibration_images(size: int | None, count: int = 4, data: str | Path | None = None
-                       ) -> list[np.ndarray]:
-    """Training images (never validation) as (1, 3, H, W) arrays: resized to size x size,
-    or at full resolution zero-padded to a multiple of 8 when ``size`` is None."""
-    import torch.nn.functional as F
-
-    from ..data import Split, default_data_dir, load_sample, to_tensors
-
-    root = data or default_data_dir()
-    images = []
-    for name in Split().train[:count]:
-        x = to_tensors(load_sample(root, name))[0][None]
-        if size is not None:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        images.append(x.numpy())
-    return images
-
-
 def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int | None = None,
                        count: int = 4, data: str | Path | None = None) -> Path:
     """Static int8 quantization for ONNX Runtime on the CPU (QDQ, per-channel int8
@@ -98,9 +80,17 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int | None
         quantize_static,
     )
 
+    from ..data import Split, default_data_dir, load_sample
+    from ..engine.infer import to_input
+    from ..models import pad_to_multiple
+
+    names = Split().train[:count]
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter([{"image": x} for x in calibration_images(size, count, data)])
+            root = data or default_data_dir()
+            self.items = ({"image": pad_to_multiple(to_input(load_sample(root, n).image, size))[0]
+                           .numpy()} for n in names)
 
         def get_next(self) -> dict | None:
             return next(self.items, None)

@@ -16,6 +16,8 @@ class SegmentationModel(nn.Module):
     size_multiple: int = 8
 
     def check_input_shape(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):  # torch.fx tracing (MCT's model reader): no shapes
+            return
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]

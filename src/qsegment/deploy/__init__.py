@@ -1,0 +1,1 @@
+"""Running the exported network on devices (the Raspberry Pi AI Camera)."""

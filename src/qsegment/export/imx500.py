@@ -1,0 +1,332 @@
+"""Sony IMX500 export: MCT's quantized ONNX -> ``packerOut.zip`` with ``imxconv-pt``.
+
+The converter (imx500-converter, Java 17) compiles the network for the sensor's
+DSP and reports the on-chip memory it needs (weights plus activations, 8 MB in
+all). Activation memory grows with the input area, so the largest square input
+that fits is searched with the converter's fast ``--memory-report`` mode on
+copies of the ONNX re-shaped to each candidate size: the network is fully
+convolutional and its quantization parameters do not depend on the input size.
+
+On the Raspberry Pi, ``imx500-package -i packerOut.zip -o out`` turns the result
+into ``out/network.rpk`` for :mod:`qsegment.deploy.camera`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..checkpoint import write_json
+from ..quantize import package_versions, read_card, require_mct_onnx
+
+STEP = 8  # input sizes are multiples of the network's stride
+NETWORK = "qsegment"  # the converter names its outputs after the ONNX file
+
+
+class Imx500Error(RuntimeError):
+    """The IMX500 export cannot be done; the message says why and what to do."""
+
+
+class ModelTooLargeError(Imx500Error):
+    """The network does not fit the sensor's on-chip memory at the requested size."""
+
+    def __init__(self, size: int, required: int, available: int, largest: int | None) -> None:
+        self.size, self.required, self.available, self.largest = size, required, available, largest
+        hint = (f"the largest square input that fits is {largest}x{largest}: "
+                f"use --size {largest}" if largest else "no input size fits")
+        super().__init__(f"the network at {size}x{size} needs {required / 2**20:.2f} MB of "
+                         f"on-chip memory but the IMX500 has {available / 2**20:.2f} MB; {hint}")
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """The converter's memory figures for one input size, in bytes."""
+
+    size: int
+    required: int
+    available: int
+    weights: int
+    activations: int
+    fits: bool  # the converter's own verdict ("Fit In Chip")
+
+
+def converter() -> str:
+    """Path of ``imxconv-pt`` (on PATH or beside this Python), after checking for Java."""
+    if shutil.which("java") is None:
+        raise Imx500Error("java not found on PATH: the IMX500 converter (imxconv-pt) needs "
+                          "Java 17 (for example `apt install openjdk-17-jre-headless`)")
+    found = shutil.which("imxconv-pt") or shutil.which("imxconv-pt", path=str(
+        Path(sys.executable).parent))
+    if found is None:
+        raise Imx500Error("imxconv-pt not found: install imx500-converter (edge-mdt[pt]) into "
+                          "this environment")
+    return found
+
+
+def _run(args: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the converter with TMPDIR pointed at a folder deleted afterwards (it leaves
+    folders there, especially on failure); a failure shows its last log lines."""
+    with tempfile.TemporaryDirectory(prefix="qsegment-imxconv-") as tmp:
+        env = {**os.environ, "TMPDIR": tmp, "TMP": tmp, "TEMP": tmp}
+        proc = subprocess.run([converter(), *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise _failure(proc, what)
+    return proc
+
+
+def _failure(proc: subprocess.CompletedProcess, what: str) -> Imx500Error:
+    lines = [line for line in (proc.stdout + proc.stderr).strip().splitlines()
+             if not line.lstrip().startswith("at ")]  # Java stack frames say little
+    tail = "\n".join(lines[-12:])
+    return Imx500Error(f"imxconv-pt failed ({what}, exit code {proc.returncode}); "
+                       f"its last lines:\n{tail}")
+
+
+def onnx_size(path: str | Path) -> int:
+    """The square input size an MCT ONNX was exported for."""
+    import onnx
+
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value)
+
+
+def resize_onnx(src: str | Path, dst: str | Path, size: int) -> Path:
+    """Copy of an MCT ONNX for size x size inputs: the spatial dims of every activation
+    (the tensors with the dynamic batch axis) are scaled; weights are untouched. The
+    converter needs these shapes in ``value_info``."""
+    import onnx
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    old = int(graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) == 4 and dims[0].dim_param:
+            for dim in dims[2:]:
+                if dim.dim_value * size % old:
+                    raise Imx500Error(f"{size} is not a size this network can take: use a "
+                                      f"multiple of {STEP}")
+                dim.dim_value = dim.dim_value * size // old
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
+def _parse_report(path: Path, size: int) -> MemoryReport:
+    report = json.loads(path.read_text())["Memory Report"]
+
+    def nbytes(key: str) -> int:
+        return int(str(report[key]).removesuffix("B"))
+
+    return MemoryReport(size=size, required=nbytes("Memory Usage"),
+                        available=nbytes("Total Memory Available On Chip"),
+                        weights=nbytes("Model Memory Physical Size"),
+                        activations=nbytes("Runtime Memory Physical Size"),
+                        fits=bool(report["Fit In Chip"]))
+
+
+def memory_report(onnx_path: str | Path, size: int | None = None) -> MemoryReport:
+    """The converter's memory report (about 15 s) for the ONNX at ``size`` (default: its own).
+
+    When the network does not fit, the converter exits with an error but still writes
+    the report (with the smallest figure its tiling advisor found): that is a result.
+    """
+    size = size or onnx_size(onnx_path)
+    what = f"memory report at {size}x{size}"
+    with tempfile.TemporaryDirectory(prefix="qsegment-memory-") as tmp:
+        model = resize_onnx(onnx_path, Path(tmp) / f"{NETWORK}.onnx", size)
+        report = Path(tmp) / "out" / f"{NETWORK}_MemoryReport.json"
+        proc = _run(["-i", str(model), "-o", str(report.parent), "--memory-report",
+                     "--report-size-unit", "B"], what, check=False)
+        if not report.is_file():
+            raise _failure(proc, what)
+        return _parse_report(report, size)
+
+
+def search_largest(fits: Callable[[int], bool], start: int, step: int = STEP) -> int | None:
+    """Largest multiple of ``step`` for which ``fits`` holds (monotone: True below a limit),
+    starting from a guess: gallop away from it until the limit is bracketed, then bisect.
+    None if even ``step`` does not fit."""
+    start = max(step, start // step * step)
+    if fits(start):
+        lo, delta = start, step
+        while fits(lo + delta):
+            lo, delta = lo + delta, delta * 2
+        hi = lo + delta
+    else:
+        hi, delta = start, step
+        while hi - delta >= step and not fits(hi - delta):
+            hi, delta = hi - delta, delta * 2
+        if hi - delta >= step:
+            lo = hi - delta
+        elif hi > step and fits(step):
+            lo = step
+        else:
+            return None
+    while hi - lo > step:
+        mid = lo + (hi - lo) // step // 2 * step
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def largest_fitting_size(onnx_path: str | Path, cache: bool = True) -> tuple[int | None, dict]:
+    """(largest square size that fits the IMX500, {size: MemoryReport} of the sizes tried).
+
+    The first guess scales the activation memory of the ONNX's own size by area. Memory
+    is not quite monotone in the size (the converter tiles large layers: 296 can need less
+    than 288), so the answer is the edge the search bracketed: it fits and the next
+    multiple of 8 does not. The answer is cached in ``NAME.imx500-fit.json`` beside the
+    ONNX, keyed by its SHA-256.
+    """
+    onnx_path = require_mct_onnx(onnx_path)
+    cache_path = onnx_path.with_name(onnx_path.stem + ".imx500-fit.json")
+    digest = _sha256(onnx_path)
+    if cache and cache_path.is_file():
+        cached = json.loads(cache_path.read_text())
+        if cached.get("onnx_sha256") == digest:
+            reports = {int(k): MemoryReport(**v) for k, v in cached["reports"].items()}
+            return cached["largest_size"], reports
+    reports: dict[int, MemoryReport] = {}
+
+    def fits(size: int) -> bool:
+        if size not in reports:
+            reports[size] = memory_report(onnx_path, size)
+        return reports[size].fits
+
+    own = onnx_size(onnx_path)
+    fits(own)
+    first = reports[own]
+    room = max(first.available - (first.required - first.activations), 0)
+    guess = int(own * (room / max(first.activations, 1)) ** 0.5)
+    largest = search_largest(fits, guess)
+    if cache:
+        write_json(cache_path, {"onnx_sha256": digest, "largest_size": largest,
+                                "reports": {str(k): asdict(v) for k, v in sorted(
+                                    reports.items())}})
+    return largest, reports
+
+
+def _tensor_info(dnn_params: Path) -> dict:
+    """Input and output quantization of the compiled network, from ``dnnParams.xml``."""
+    root = ET.parse(dnn_params).getroot()
+    info = {}
+    for kind in ("inputTensor", "outputTensor"):
+        node = root.find(f".//{kind}")
+        dims = [int(d.get("size")) for d in node.iter("dimension")]
+        info[kind] = {"scale": float(node.get("scale")), "format": node.get("format"),
+                      "bits": int(node.get("bitsPerElement")), "dims": dims}
+    return info
+
+
+def normalisation_note(size: int, tensors: dict, threshold: float) -> dict:
+    """What the camera must feed the network and how to read its output."""
+    scale_in, scale_out = tensors["inputTensor"]["scale"], tensors["outputTensor"]["scale"]
+    return {
+        "input": {
+            "shape": [1, 3, size, size], "colour_order": "RGB",
+            "model_expects": "RGB in [0, 1] (the training images divided by 255), no mean/std",
+            "sensor_tensor": f"{tensors['inputTensor']['bits']}-bit "
+                             f"{tensors['inputTensor']['format']}, scale {scale_in}",
+            "camera_must_apply": (
+                "nothing beyond the ISP's 8-bit RGB: the network's first quantizer reads a "
+                f"pixel value v (0..255) as v * {scale_in} = v/{round(1 / scale_in)}, i.e. "
+                "[0, 1] as in training; do not subtract a mean, do not divide by a std, do "
+                "not swap to BGR"),
+            "region_of_interest": "the whole fundus as a centred square of the sensor "
+                                  "(IMX500.set_auto_aspect_ratio()); the ISP scales it to "
+                                  f"{size}x{size}",
+        },
+        "output": {
+            "shape": [1, 1, size, size], "meaning": "vessel logits",
+            "sensor_tensor": f"{tensors['outputTensor']['bits']}-bit "
+                             f"{tensors['outputTensor']['format']}, scale {scale_out}",
+            "probability": "sigmoid(logit)", "threshold": threshold,
+        },
+    }
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Move a finished staging folder to ``out``, replacing an older export there."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = None) -> dict:
+    """Convert an MCT-quantized ONNX for the IMX500 into the folder ``out``.
+
+    ``out`` receives ``packerOut.zip``, ``qsegment_MemoryReport.json``, ``dnnParams.xml``,
+    the ONNX at the converted size and ``deploy.json`` (size, memory, normalisation the
+    camera must apply, threshold, conversion time). ``size`` defaults to the largest
+    square that fits. A size that does not fit raises :class:`ModelTooLargeError`.
+    Everything is built in a temporary folder beside ``out`` and moved there at the end.
+    """
+    onnx_path = require_mct_onnx(onnx_path)
+    converter()  # fail early on a missing Java or converter
+    card = read_card(onnx_path)
+    calibrated = onnx_size(onnx_path)
+    largest = None
+    if size is None:
+        largest, _ = largest_fitting_size(onnx_path)
+        if largest is None:
+            report = memory_report(onnx_path, STEP)
+            raise ModelTooLargeError(STEP, report.required, report.available, None)
+        size = largest
+    if size <= 0 or size % STEP:
+        raise Imx500Error(f"--size must be a positive multiple of {STEP}, got {size}")
+    report = memory_report(onnx_path, size)
+    if not report.fits:
+        largest, _ = largest_fitting_size(onnx_path)
+        raise ModelTooLargeError(size, report.required, report.available, largest)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
+    try:
+        model = resize_onnx(onnx_path, staging / f"{NETWORK}.onnx", size)
+        start = time.perf_counter()
+        _run(["-i", str(model), "-o", str(staging), "--overwrite-output",
+              "--report-size-unit", "B"], f"conversion at {size}x{size}")
+        seconds = time.perf_counter() - start
+        if not (staging / "packerOut.zip").is_file():
+            raise Imx500Error("imxconv-pt finished without writing packerOut.zip")
+        threshold = float((card.get("threshold") or {}).get("value", 0.5))
+        note = {
+            "network": NETWORK, "size": size, "source_onnx": str(onnx_path),
+            "calibrated_size": calibrated, "method": card.get("method"),
+            "memory": asdict(_parse_report(staging / f"{NETWORK}_MemoryReport.json", size)),
+            **({"largest_fitting_size": largest} if largest else {}),
+            **normalisation_note(size, _tensor_info(staging / "dnnParams.xml"), threshold),
+            "conversion_s": round(seconds, 1),
+            "converter": package_versions().get("imx500-converter"),
+            "next": "on the Raspberry Pi: imx500-package -i packerOut.zip -o out; "
+                    "qsegment camera out/network.rpk --info deploy.json",
+        }
+        if calibrated != size:
+            note["warning"] = (f"quantized (calibrated) at {calibrated}x{calibrated}, converted "
+                               f"at {size}x{size}: re-run `qsegment quantize --size {size}` "
+                               "to calibrate at the deployment size")
+        write_json(staging / "deploy.json", note)
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return note
+

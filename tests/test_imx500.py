@@ -1,0 +1,252 @@
+"""INT8 quantization (MCT), the IMX500 converter and the camera's pure functions, on real
+CHASE_DB1 images with the real toolchain (Java and imxconv-pt must be present)."""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qsegment import load_model
+from qsegment.cli import main
+from qsegment.data import load_split
+from qsegment.deploy.camera import (
+    FrameRate,
+    decode_output,
+    overlay_in_roi,
+    probability,
+    status_text,
+    vessel_mask,
+)
+from qsegment.engine.infer import predict_proba, to_input
+from qsegment.export.imx500 import (
+    Imx500Error,
+    ModelTooLargeError,
+    export_imx500,
+    largest_fitting_size,
+    memory_report,
+    search_largest,
+)
+from qsegment.quantize import (
+    QuantizedOnnxModel,
+    QuantizeError,
+    calibration_images,
+    export_quantized,
+    quantize,
+    quantize_model,
+)
+
+SIZE = 256
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def split(data_dir):
+    return load_split(data_dir)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, data_dir):
+    """PTQ of the shipped model at 256x256 on 4 training images, via the library entry."""
+    path = tmp_path_factory.mktemp("q") / "ptq.onnx"
+    card = quantize("qsegment-nearest", path, size=SIZE, calibration=4, data=data_dir)
+    return path, card
+
+
+@pytest.fixture(scope="module")
+def int8_logits(quantized, split):
+    """Logits of the int8 ONNX (ONNX Runtime) on a real validation image at 256x256."""
+    image = to_input(split[1][0].image, SIZE).numpy()
+    return QuantizedOnnxModel(quantized[0])(image)
+
+
+def test_quantize_writes_onnx_and_card(quantized):
+    path, card = quantized
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk == json.loads(json.dumps(card))
+    assert card["format"] == "mct-onnx" and card["method"] == "ptq" and card["size"] == SIZE
+    assert card["calibration"]["count"] == 4 and len(set(card["calibration"]["images"])) == 4
+    assert card["source_checkpoint"] == "qsegment-nearest"
+    assert {"model-compression-toolkit", "mct-quantizers", "imx500-converter"} <= set(
+        card["versions"])
+    assert 0.98 < card["agreement"]["float_vs_int8"]["mask_agreement"] < 1.0
+    assert not list(path.parent.glob(".*tmp"))
+
+
+def test_ort_matches_mct_quantized_pytorch(split, tmp_path):
+    """ONNX Runtime (mct_quantizers custom ops) against MCT's quantized PyTorch model.
+
+    Tolerance: both compute the same 8-bit grid, but float accumulation order differs
+    (first conv: ~4e-6), so a few values round to the neighbouring step and that
+    cascades. Required: >= 85 % of logits bit-identical, every difference a whole
+    number of output steps and at most 8 steps, mean |prob diff| < 0.002, masks agree
+    on >= 99.8 % of pixels, and the ORT-MCT gap at most a quarter of the int8-float gap.
+    """
+    model, card = load_model("qsegment-nearest")
+    threshold = card["threshold"]["value"]
+    _, images = calibration_images(split[0], SIZE, 4)
+    qmodel, _ = quantize_model(model, images, "ptq")
+    x = to_input(split[1][2].image, SIZE)
+    with torch.no_grad():
+        mct, fp = qmodel(x).numpy(), model(x).numpy()
+    ort = QuantizedOnnxModel(export_quantized(qmodel, tmp_path / "q.onnx", images))(x.numpy())
+    diff = np.abs(ort - mct)
+    step = np.min(np.diff(np.unique(mct)))  # the output quantizer's step
+    assert (diff == 0).mean() >= 0.85
+    assert np.allclose(diff / step, np.round(diff / step), atol=1e-3)
+    assert diff.max() <= 8 * step
+    p_ort, p_mct, p_fp = (probability(a) for a in (ort, mct, fp))
+    assert np.abs(p_ort - p_mct).mean() < 0.002
+    assert ((p_ort >= threshold) == (p_mct >= threshold)).mean() >= 0.998
+    assert np.abs(p_ort - p_mct).mean() <= 0.25 * np.abs(p_mct - p_fp).mean()
+
+
+def test_quantized_runner_in_predict_proba(quantized, split):
+    """The runner plugs into predict_proba at its size and refuses any other size."""
+    runner = QuantizedOnnxModel(quantized[0])
+    sample = split[1][1]
+    prob = predict_proba(runner, sample.image, SIZE)
+    assert prob.shape == sample.label.shape and 0 <= prob.min() <= prob.max() <= 1
+    model, _ = load_model("qsegment-nearest")
+    float_prob = predict_proba(model, sample.image, SIZE)
+    assert np.abs(prob - float_prob)[sample.fov].mean() < 0.02
+    with pytest.raises(ValueError, match="infer at size 256"):
+        predict_proba(runner, sample.image, 320)
+
+
+def test_float_onnx_is_refused(tmp_path, capsys):
+    from qsegment.export.onnx import export_onnx
+
+    model, _ = load_model("qsegment-nearest")
+    path = export_onnx(model, tmp_path / "float.onnx")
+    with pytest.raises(QuantizeError, match="not an MCT-quantized ONNX"):
+        QuantizedOnnxModel(path)
+    assert main(["export", str(path), "--target", "imx500", "-o", str(tmp_path / "out")]) == 2
+    assert "not an MCT-quantized ONNX" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_java_is_reported(quantized, tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"  # PATH with the converter but without java
+    bin_dir.mkdir()
+    converter = Path(sys.executable).parent / "imxconv-pt"
+    (bin_dir / "imxconv-pt").symlink_to(converter)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(Imx500Error, match=r"java not found on PATH.*Java 17"):
+        export_imx500(quantized[0], tmp_path / "out", size=SIZE)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_converter_failure_shows_its_log(quantized, tmp_path):
+    broken = tmp_path / "broken.onnx"  # an MCT ONNX whose weights were cut away
+    import onnx
+
+    model = onnx.load(str(quantized[0]))
+    del model.graph.initializer[:3]
+    onnx.save(model, str(broken))
+    with pytest.raises(Imx500Error, match=r"imxconv-pt failed .*its last lines:\n"):
+        memory_report(broken)
+
+
+def test_search_largest_brackets_then_bisects():
+    calls = []
+
+    def fits(n):
+        calls.append(n)
+        return n <= 312
+
+    assert search_largest(fits, 200) == 312 and len(calls) <= 8
+    assert search_largest(lambda n: n <= 312, 600) == 312
+    assert search_largest(lambda n: n <= 8, 600) == 8
+    assert search_largest(lambda n: False, 64) is None
+
+
+@pytest.mark.slow
+def test_ptq_export_end_to_end_with_the_real_converter(quantized, tmp_path, monkeypatch):
+    """PTQ ONNX -> imxconv-pt at 256x256: packerOut.zip, memory report, normalisation note;
+    the converter's temporary folders are gone."""
+    tmp = tmp_path / "tmpdir"  # all temporary folders, the converter's TMPDIR among them
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    note = export_imx500(quantized[0], tmp_path / "deploy", size=SIZE)
+    out = tmp_path / "deploy"
+    assert (out / "packerOut.zip").stat().st_size > 50_000
+    assert (out / "qsegment_MemoryReport.json").is_file() and (out / "dnnParams.xml").is_file()
+    assert json.loads((out / "deploy.json").read_text()) == json.loads(json.dumps(note))
+    assert note["size"] == SIZE and note["memory"]["fits"]
+    assert note["memory"]["required"] < note["memory"]["available"] == 8388480
+    assert note["input"]["colour_order"] == "RGB" and "[0, 1]" in note["input"]["model_expects"]
+    assert "v/256" in note["input"]["camera_must_apply"]
+    assert note["output"]["threshold"] == pytest.approx(quantized[1]["threshold"]["value"])
+    assert note["conversion_s"] > 0 and "warning" not in note
+    assert list(tmp.iterdir()) == [] and not list(tmp_path.glob(".deploy*"))
+
+
+@pytest.mark.slow
+def test_memory_fit_search_and_too_large(quantized, tmp_path):
+    """The search's size passes the converter's memory check and the next size up does
+    not; asking for the next size up stops with required vs available and the fit."""
+    largest, reports = largest_fitting_size(quantized[0])
+    assert largest is not None and largest % 8 == 0
+    assert reports[largest].fits and not reports[largest + 8].fits
+    assert largest_fitting_size(quantized[0]) == (largest, reports)  # cached beside the ONNX
+    with pytest.raises(ModelTooLargeError) as err:
+        export_imx500(quantized[0], tmp_path / "big", size=largest + 8)
+    message = str(err.value)
+    assert f"at {largest + 8}x{largest + 8} needs" in message and "has 8.00 MB" in message
+    assert f"use --size {largest}" in message
+    assert err.value.required > err.value.available and err.value.largest == largest
+    assert not (tmp_path / "big").exists() and not list(tmp_path.glob(".big*"))
+
+
+def test_decode_threshold_overlay_on_real_output(quantized, int8_logits, split):
+    """The camera's decoding of the int8 network's output (picamera2 hands float arrays
+    in several layouts) and the overlay, on a real validation image."""
+    size, threshold = SIZE, quantized[1]["threshold"]["value"]
+    logits = int8_logits[0, 0]
+    for layout in (int8_logits, [int8_logits[0]], [logits[..., None]], logits.ravel()):
+        assert np.array_equal(decode_output(layout, size), logits)
+    assert np.array_equal(decode_output([logits], size, transpose=True), logits.T)
+    with pytest.raises(ValueError, match="cannot read an output tensor of shape"):
+        decode_output([np.zeros((2, size, size))], size)
+    mask = vessel_mask(logits, threshold)
+    sample = split[1][0]
+    reference = to_input(sample.label[..., None], size)[0, 0].numpy() >= 0.5
+    dice = 2 * (mask & reference).sum() / (mask.sum() + reference.sum())
+    assert 0.05 < mask.mean() < 0.3 and dice > 0.6
+    frame = np.round(to_input(sample.image, (240, 320))[0].permute(1, 2, 0).numpy() * 255)
+    frame = np.dstack([frame.astype(np.uint8), np.full((240, 320), 255, np.uint8)])  # XBGR
+    roi = (40, 0, 240, 240)
+    shown = overlay_in_roi(frame, mask, roi)
+    assert shown.shape == (240, 320, 3) and shown.dtype == np.uint8
+    assert np.array_equal(shown[:, :40], frame[:, :40, :3])  # outside the region: untouched
+    tinted = (shown[..., 1].astype(int) - frame[..., 1]) > 20
+    assert 0.5 * mask.mean() < tinted[:, 40:280].mean() < 1.5 * mask.mean()
+    assert overlay_in_roi(frame, mask, (300, 200, 240, 240)).shape == (240, 320, 3)  # clipped
+
+
+def test_frame_rate_and_status_text():
+    meter = FrameRate(window=5)
+    assert meter.tick(0.0) is None
+    for t in (0.1, 0.2, 0.3, 0.4, 0.5):
+        fps = meter.tick(t)
+    assert fps == pytest.approx(10.0)
+    assert status_text(fps, (12.34, 1.5)) == "DNN 12.3 ms | DSP 1.5 ms | 10.0 fps"
+    assert status_text(None, None) == "DNN -- ms | -- fps"
+
+
+def test_cli_evaluate_int8_beside_float(quantized, data_dir, tmp_path, capsys):
+    """`qsegment evaluate model.onnx`: int8 in ONNX Runtime and float at the same size."""
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(quantized[0]), "--data", str(data_dir), "--out", str(out),
+                 "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "qsegment-nearest @ 256x256" in printed and "int8 ptq @ 256x256" in printed
+    result = json.loads((out / "metrics.json").read_text())
+    assert len(result["rows"]) == 2 and abs(result["dice_drop"]) < 0.02
+    assert main(["evaluate", str(quantized[0]), "--size", "320", "--data", str(data_dir)]) == 2
+    assert "runs at 256x256 only" in capsys.readouterr().err
