@@ -190,6 +190,20 @@ def _camera(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bench ------------------------------------------------------------------------------
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import RUNTIMES, markdown, run_benchmark, write_report
+
+    size, repeats = (128, 2) if args.quick else (args.size, args.repeats)
+    result = run_benchmark(size, repeats, args.model or None, tuple(args.runtime or RUNTIMES))
+    print(markdown(result))
+    if args.out:
+        write_report(result, args.out, "qsegment " + " ".join(sys.argv[1:]))
+        print(f"wrote {args.out}")
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-preview", action="store_true", help="no preview window")
     p.add_argument("--transpose", action="store_true",
                    help="swap the output map's axes (if the map appears mirrored diagonally)")
+
+    p = _parser_with(sub, "bench", "Benchmark every model side by side on this CPU: parameters, "
+                     "fp32/int8 size, MACs, latency (median, p90), throughput and peak RSS per "
+                     "runtime (PyTorch, ONNX Runtime fp32 and int8), each in its own process; "
+                     "the paper's Table III is printed beside, labelled as the paper's.",
+                     "  qsegment bench --out docs/BENCHMARKS.md\n"
+                     "  qsegment bench --quick\n"
+                     "  qsegment bench --model qsegment tnet --runtime onnx onnx-int8",
+                     _bench)
+    p.add_argument("--size", type=int, default=960, help="square input size (960)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up (10)")
+    p.add_argument("--quick", action="store_true", help="128x128, 2 runs: a smoke test")
+    p.add_argument("--model", nargs="*", help="models to run (default: all)")
+    p.add_argument("--runtime", nargs="*", choices=["torch", "onnx", "onnx-int8"],
+                   help="runtimes to run (default: all)")
+    p.add_argument("--out", type=Path,
+                   help="write this Markdown report (with .json and _fig3.png beside it)")
     return parser
 
 
