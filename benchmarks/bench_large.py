@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ def worker(tile: int, runtime: str) -> dict:
     from PIL import Image
 
     from qsegment import Segmenter
+    from qsegment.bench import peak_rss_mb
     from qsegment.data import default_data_dir, load_sample
 
     rgb8 = np.round(load_sample(default_data_dir(), "Image_11L").image * 255).astype(np.uint8)
@@ -33,7 +33,7 @@ def worker(tile: int, runtime: str) -> dict:
     seconds = time.perf_counter() - start
     return {"tile": tile, "runtime": runtime, "shape": list(out.mask.shape),
             "seconds": seconds, "vessel_fraction": float(out.mask.mean()),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

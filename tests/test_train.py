@@ -1,5 +1,6 @@
 """Tiny end-to-end runs on real CHASE_DB1 images (small crops, few steps)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -86,12 +87,13 @@ def test_same_seed_same_weights_and_resume_after_kill(tmp_path, data_dir):
            "--val-images", ",".join(cfg["val_images"]), *overrides]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / "log.csv"
+    card = killed / "last.json"  # written after last.safetensors
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if log.exists() and len(log.read_text().splitlines()) >= 3:  # 2 epochs done
-            break
-        time.sleep(0.05)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(card.read_text())["epochs_done"] >= 2:
+                break
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = read_checkpoint(killed / "last.safetensors")[1]["resume"]["epoch"]
@@ -148,12 +150,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = _weights(one / "last.safetensors"), _weights(two / "last.safetensors")
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+        assert torch.allclose(a[key], b[key], rtol=1e-3, atol=1e-4), key
     # and a run with another seed differs: the comparison can fail
     other = tmp_path / "other"
     train(load_config("fast", data=str(data_dir), **dict(cfg, seed=4)), other, progress=False)
     c = _weights(other / "last.safetensors")
-    assert any(not torch.allclose(a[k], c[k], rtol=1e-4, atol=1e-5) for k in a)
+    assert any(not torch.allclose(a[k], c[k], rtol=1e-3, atol=1e-4) for k in a)
 
 
 def test_evaluate_writes_table_metrics_and_figures(tmp_path, data_dir, capsys):

@@ -81,7 +81,17 @@ def measure(name: str, runtime: str, size: int, repeats: int, workdir: Path) -> 
     median = statistics.median(times)
     return {"median_ms": median, "p90_ms": float(np.percentile(times, 90)),
             "images_per_s": 1000.0 / median,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM restarts at exec, unlike
+    ``ru_maxrss``, which a subprocess inherits from the (larger) process that forked it."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_benchmark(size: int = 960, repeats: int = 10, models: list[str] | None = None,
