@@ -29,7 +29,7 @@ def test_card_describes_data_recipe_and_commit(name):
 def test_card_metrics_reproduce(name, data_dir):
     model, card = load_model(name)
     _, val = load_split(data_dir)
-    probs = predict_samples(model, val)
+    probs = predict_samples(model, val, card["threshold"].get("inference_size"))
     measured = score(probs, val, card["threshold"]["value"])["pooled"]
     assert measured == pytest.approx(card["val_metrics_at_threshold"]["pooled"], abs=1e-4)
     assert measured["dice"] > 0.79 and measured["auc"] > 0.98
