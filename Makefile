@@ -17,13 +17,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# The paper's pipeline on the defaults: models table, a short training run, then the
-# shipped pretrained Q-Segment evaluated (Table IV row, figures) into runs/demo.
+# The paper's pipeline on the defaults, into runs/demo: models table, a short training
+# run, the shipped Q-Segment evaluated (Table IV, figures), the sensor-scale model
+# quantized to INT8 with MCT, evaluated and converted for the IMX500, and predict on
+# a fundus image. About 5 minutes on 2 cores.
+DATA ?= $(or $(QSEGMENT_DATA),../shared/data/CHASEDB1)
 demo: venv
+	rm -rf runs/demo
 	$(BIN)/qsegment models
-	rm -rf runs/demo/train
 	$(BIN)/qsegment train --preset fast --epochs 2 --repeats 1 --val-every 1 --out runs/demo/train
-	$(BIN)/qsegment evaluate qsegment-nearest --size 336 --out runs/demo/eval
+	$(BIN)/qsegment evaluate qsegment-nearest --size 312 --out runs/demo/eval
+	$(BIN)/qsegment quantize qsegment-nearest-312 -o runs/demo/int8/ptq312.onnx --size 312 --calibration 8
+	$(BIN)/qsegment evaluate runs/demo/int8/ptq312.onnx --out runs/demo/int8/eval
+	$(BIN)/qsegment export runs/demo/int8/ptq312.onnx --target imx500 --size 312 -o runs/demo/imx500
+	$(BIN)/qsegment predict $(DATA)/Image_11L.jpg -o runs/demo/predict --overlay
 
 test: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
