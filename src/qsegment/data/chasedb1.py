@@ -137,17 +137,23 @@ def load_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 @cache
-def _load_cached(path: Path, observer: int) -> Sample:
-    name = path.stem
+def _load_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image, FOV) of one photograph, decoded once per process whichever label is asked."""
     rgb = _open(path, "RGB")
-    suffix = {1: "1st", 2: "2nd"}[observer]
-    label = load_label(path.with_name(f"{name}_{suffix}HO.png"), rgb.shape[:2])
     image = rgb.astype(np.float32) / 255.0
-    for array in (image, label):
-        array.setflags(write=False)
     fov = fov_mask(rgb)
-    fov.setflags(write=False)
-    return Sample(name=name, image=image, label=label, fov=fov, path=path)
+    for array in (image, fov):
+        array.setflags(write=False)
+    return image, fov
+
+
+@cache
+def _load_cached(path: Path, observer: int) -> Sample:
+    image, fov = _load_image(path)
+    suffix = {1: "1st", 2: "2nd"}[observer]
+    label = load_label(path.with_name(f"{path.stem}_{suffix}HO.png"), image.shape[:2])
+    label.setflags(write=False)
+    return Sample(name=path.stem, image=image, label=label, fov=fov, path=path)
 
 
 def load_sample(data_dir: str | Path, name: str, observer: int = 1) -> Sample:

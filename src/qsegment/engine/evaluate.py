@@ -44,9 +44,12 @@ def train_threshold(model: nn.Module, train: Sequence[Sample], size: int | None 
 
 
 def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict:
-    """The human reference: second observer's binary map scored against the first's."""
+    """The human reference: second observer's binary map scored against the first's,
+    inside the FOV (with the whole-image pooled scores under ``whole_image``)."""
     probs = [s.label.astype(np.float32) for s in second]
-    return score(probs, samples, threshold=0.5)
+    result = score(probs, samples, threshold=0.5)
+    result["whole_image"] = score(probs, samples, threshold=0.5, inside_fov=False)["pooled"]
+    return result
 
 
 def table_iv(model: Runner, card: dict, data: str | None = None,
@@ -82,8 +85,6 @@ def table_iv(model: Runner, card: dict, data: str | None = None,
                                    threshold,
                                    Path(out) / f"predictions_{tag}.png", title=label)
     human = second_observer(val, second)
-    human["whole_image"] = score([s.label.astype(np.float32) for s in second], val,
-                                 inside_fov=False)["pooled"]
     result = {"threshold": threshold,
               "threshold_rule": "card (train-chosen)" if card.get("threshold") else "fixed 0.5",
               "val_images": [s.name for s in val], "rows": rows, "second_observer": human,
