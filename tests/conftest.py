@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / "../shared/data/CHASEDB1").resolve()
 
 torch.set_num_threads(2)  # the machine has 2 cores
+# int8 TFLite models built during the tests go to a throw-away cache, not ~/.cache
+os.environ["QSEGMENT_CACHE"] = tempfile.mkdtemp(prefix="qsegment-test-cache-")
 
 
 @pytest.fixture(scope="session")

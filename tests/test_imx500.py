@@ -23,13 +23,13 @@ from qsegment.deploy.camera import (
     vessel_mask,
 )
 from qsegment.engine.infer import predict_proba, to_input
+from qsegment.export.common import search_largest
 from qsegment.export.imx500 import (
     Imx500Error,
     ModelTooLargeError,
     export_imx500,
     largest_fitting_size,
     memory_report,
-    search_largest,
 )
 from qsegment.quantize import (
     QuantizedOnnxModel,

@@ -13,7 +13,7 @@ from qsegment.metrics import evaluate
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return Segmenter.from_pretrained("qsegment-nearest")
+    return Segmenter.from_pretrained("qsegment-nearest", runtime="torch")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_onnx_runtime_agrees_with_pytorch(segmenter, sample):
     a, b = segmenter.predict(crop), onnx.predict(crop)
     assert np.abs(a.probability - b.probability).max() < 1e-4
     assert (a.mask != b.mask).mean() < 1e-4
-    with pytest.raises(ValueError, match="choose one of: torch, onnx"):
+    with pytest.raises(ValueError, match="choose one of: tflite-int8, torch, onnx"):
         Segmenter(segmenter.model, runtime="tflite")
 
 
@@ -157,7 +157,7 @@ def test_predict_benchmark_runs(tmp_path):
     subprocess.run([sys.executable, str(script), "--repeats", "1", "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"torch", "onnx", "onnx-int8"}
+    assert set(rows) == {"tflite-int8", "torch", "onnx", "onnx-int8"}
     assert all(r["median_ms"] > 0 for r in rows.values())
 
 
@@ -187,3 +187,41 @@ def test_int8_runtime_uses_the_shipped_int8_model_and_agrees(segmenter, sample):
     dice = [evaluate([p.probability], [sample.label], [fov], segmenter.threshold)["pooled"]["dice"]
             for p in (a, b)]
     assert abs(dice[0] - dice[1]) < 0.005
+
+
+def test_default_runtime_is_int8_tflite_from_the_shipped_files(segmenter, sample):
+    """A CHASE-size image runs the shipped int8 flatbuffer (nothing is built) and scores
+    like PyTorch; 8-bit input goes the fast way and equals the float path."""
+    import os
+    from pathlib import Path
+
+    fast = Segmenter.from_pretrained()
+    assert fast.runtime == "tflite-int8"
+    cache = Path(os.environ["QSEGMENT_CACHE"])
+    before = sorted(cache.rglob("*.tflite"))
+    rgb8 = np.round(sample.image * 255).astype(np.uint8)
+    a, b = segmenter.predict(rgb8), fast.predict(rgb8)
+    assert sorted(cache.rglob("*.tflite")) == before  # the shipped 960x1000 model was used
+    assert (a.mask == b.mask).mean() > 0.995
+    dice = [evaluate([p.probability], [sample.label], [sample.fov],
+                     segmenter.threshold)["pooled"]["dice"] for p in (a, b)]
+    assert abs(dice[0] - dice[1]) < 0.005
+    slow = fast.predict(rgb8 / np.float32(255))  # float input: quantized by arithmetic
+    assert np.abs(slow.probability - b.probability).max() < 1e-6  # same int8 output
+
+
+def test_int8_tflite_builds_and_caches_a_model_for_a_new_size(segmenter, sample):
+    import os
+    from pathlib import Path
+
+    crop = np.round(sample.image[100:433, 200:701] * 255).astype(np.uint8)  # 333 x 501
+    fast = Segmenter.from_pretrained(runtime="tflite-int8")
+    built = fast.runner.flatbuffer_path(336, 504)
+    assert built.parent == Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
+    out = fast.predict(crop)
+    assert out.mask.shape == (333, 501) and built.is_file()
+    stamp = built.stat().st_mtime_ns
+    again = Segmenter.from_pretrained(runtime="tflite-int8").predict(crop)
+    assert built.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert np.array_equal(again.probability, out.probability)
+    assert (out.mask == segmenter.predict(crop).mask).mean() > 0.99

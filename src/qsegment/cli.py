@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .export import TARGETS
+from .export.tflite_micro import BUDGETS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -106,9 +107,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import format_table, int8_table, table_iv
     from .pretrained import load_model
 
-    if str(args.checkpoint).endswith(".onnx"):
+    if str(args.checkpoint).endswith((".onnx", ".tflite")):
         if len(args.size) > 1:
-            raise ValueError("a quantized ONNX runs at one size: give at most one --size")
+            raise ValueError("an int8 model runs at one size: give at most one --size")
         result = int8_table(args.checkpoint, (args.size or [None])[0], args.data, out=args.out,
                             figures=not args.no_figures)
     else:
@@ -165,14 +166,35 @@ def _quantize(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
-    note = export(args.target, args.model, args.out, size=args.size)
-    memory = note["memory"]
-    print(f"{args.target}: {note['size']}x{note['size']} uses {memory['required'] / 2**20:.2f} "
-          f"of {memory['available'] / 2**20:.2f} MB; converted in {note['conversion_s']:.0f} s "
-          f"into {args.out}")
-    print(f"camera input: {note['input']['camera_must_apply']}")
-    if "warning" in note:
-        print(f"warning: {note['warning']}", file=sys.stderr)
+    if args.target == "imx500":
+        if args.fit or args.board or args.calibration:
+            raise ValueError("--fit, --board and --calibration apply to --target tflite-micro; "
+                             "the IMX500 export takes a model `qsegment quantize` made")
+        note = export(args.target, args.model, args.out, size=args.size)
+        memory = note["memory"]
+        print(f"{args.target}: {note['size']}x{note['size']} uses "
+              f"{memory['required'] / 2**20:.2f} of {memory['available'] / 2**20:.2f} MB; "
+              f"converted in {note['conversion_s']:.0f} s into {args.out}")
+        print(f"camera input: {note['input']['camera_must_apply']}")
+        if "warning" in note:
+            print(f"warning: {note['warning']}", file=sys.stderr)
+        return 0
+    from .export.tflite_micro import format_fit_table
+
+    card = export(args.target, args.model, args.out, size=args.size, fit=args.fit,
+                  board=args.board or "spresense", calibration=args.calibration or 16,
+                  data=args.data)
+    if "fit" in card:
+        print(format_fit_table(card["fit"]))
+    size, agree = card["size"], card["agreement"]
+    print(f"tflite-micro: {size}x{size} int8, flatbuffer {card['flatbuffer_bytes']:,} bytes, "
+          f"tensor arena {card['arena_bytes']:,} bytes (measured by TFLite-Micro); operators: "
+          + ", ".join(f"{k} x{v}" for k, v in card["operators"].items()))
+    print(f"on {agree['image']}: TFLite-Micro vs LiteRT reference kernels max "
+          f"{agree['tflm_vs_litert-ref']['max_lsb']} LSB; vs LiteRT XNNPACK max "
+          f"{agree['tflm_vs_litert']['max_lsb']} LSB; float vs int8 mask agreement "
+          f"{agree['float_vs_tflm']['mask_agreement']:.2%}")
+    print(f"wrote {args.out}/qsegment.tflite, model_data.h, model_data.cc and qsegment.json")
     return 0
 
 
@@ -254,11 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "human observer; writes metrics.json and figures.",
                      "  qsegment evaluate qsegment-nearest --out eval/\n"
                      "  qsegment evaluate runs/fast --size 336 256 --out runs/fast/eval\n"
-                     "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float",
+                     "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float\n"
+                     "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter",
                      _evaluate)
     p.add_argument("checkpoint", nargs="?", default="qsegment-nearest",
-                   help="pretrained name, run folder, .safetensors, or a quantized .onnx "
-                        "(scored beside its float model at its size) (qsegment-nearest)")
+                   help="pretrained name, run folder, .safetensors, or an int8 model scored "
+                        "beside its float model at its size: .onnx from `qsegment quantize`, "
+                        ".tflite from `qsegment export --target tflite-micro` "
+                        "(qsegment-nearest)")
     _add_data(p)
     p.add_argument("--size", type=int, nargs="*", default=[],
                    help="extra square inference sizes (image resized, probabilities resized back)")
@@ -281,8 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decision threshold (default: the model card's, chosen on training data)")
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
-    p.add_argument("--runtime", choices=["torch", "onnx", "onnx-int8"], default="torch",
-                   help="PyTorch eager, ONNX Runtime fp32, or ONNX Runtime static int8 (torch)")
+    p.add_argument("--runtime", choices=["tflite-int8", "torch", "onnx", "onnx-int8"],
+                   default="tflite-int8",
+                   help="tflite-int8: int8 TFLite in LiteRT/XNNPACK, the fastest (builds and "
+                        "caches one model per new image size, ~10 s once); torch: PyTorch "
+                        "eager; onnx / onnx-int8: ONNX Runtime fp32 / static int8 "
+                        "(tflite-int8)")
     p.add_argument("--tile", type=int, default=1024,
                    help="tile size for large images, a multiple of 64 (1024)")
 
@@ -311,20 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="calibration draw and QAT order (0)")
     _add_data(p)
 
-    p = _parser_with(sub, "export", "Export a quantized model for a device. imx500: runs "
-                     "Sony's converter (imxconv-pt, needs Java 17) and writes packerOut.zip "
-                     "(imx500-package turns it into network.rpk on the Pi), the memory report "
-                     "and deploy.json (input normalisation, threshold). Stops with the largest "
-                     "size that fits when the network does not fit the 8 MB on chip.",
+    p = _parser_with(sub, "export", "Export a model for a device. imx500: runs Sony's "
+                     "converter (imxconv-pt, needs Java 17) on an MCT-quantized ONNX and writes "
+                     "packerOut.zip (imx500-package turns it into network.rpk on the Pi), the "
+                     "memory report and deploy.json; stops with the largest size that fits when "
+                     "the network does not fit the 8 MB on chip. tflite-micro: quantizes a "
+                     "checkpoint to a fully int8 .tflite, checks it with the TFLite-Micro "
+                     "interpreter (operators, tensor arena) and writes C sources.",
                      "  qsegment export q/ptq.onnx --target imx500 -o deploy/\n"
-                     "  qsegment export q/ptq.onnx --target imx500 --size 256 -o deploy256/",
+                     "  qsegment export q/ptq.onnx --target imx500 --size 256 -o deploy256/\n"
+                     "  qsegment export qsegment-nearest-312 --target tflite-micro -o mcu/\n"
+                     "  qsegment export qsegment-nearest-312 --target tflite-micro --fit -o mcu/\n"
+                     "  qsegment export runs/fast --target tflite-micro --size 96 -o mcu96/",
                      _export)
-    p.add_argument("model", type=Path, help="MCT-quantized .onnx from `qsegment quantize`")
+    p.add_argument("model", help="imx500: MCT-quantized .onnx from `qsegment quantize`; "
+                                 "tflite-micro: pretrained name, run folder or .safetensors")
     p.add_argument("--target", choices=list(TARGETS), default="imx500",
                    help="; ".join(f"{k}: {v[1]}" for k, v in TARGETS.items()))
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     p.add_argument("--size", type=int,
-                   help="square input size (default: the largest that fits the sensor)")
+                   help="square input size (default: the largest that fits the device)")
+    p.add_argument("--board", choices=list(BUDGETS),
+                   help="tflite-micro: memory budget the default size must fit (spresense)")
+    p.add_argument("--fit", action="store_true",
+                   help="tflite-micro: also find the largest input for every budget and print "
+                        "the table")
+    p.add_argument("--calibration", type=int,
+                   help="tflite-micro: training images to calibrate on (16)")
+    _add_data(p)
 
     p = _parser_with(sub, "camera", "Run the exported network on the Raspberry Pi AI Camera "
                      "(picamera2): overlays the in-sensor vessel map on the preview, prints the "
@@ -362,25 +405,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input or an impossible request: a message, not a traceback.
+    Imported only once something failed, so `--help` never waits for torch."""
     from .checkpoint import CheckpointError
     from .data import DatasetError
     from .deploy.camera import CameraError
     from .engine.predict import ImageError
     from .engine.train import TrainingError
     from .export.imx500 import Imx500Error
+    from .export.tflite import ConversionError
+    from .export.tflite_micro import MicroError
 
+    return (DatasetError, CheckpointError, ImageError, TrainingError, Imx500Error, MicroError,
+            ConversionError, CameraError, ValueError)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (DatasetError, CheckpointError, ImageError, TrainingError, Imx500Error,
-            CameraError, ValueError) as err:
-        print(f"qsegment {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}",
-              file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        print(f"qsegment {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

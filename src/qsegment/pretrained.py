@@ -62,8 +62,9 @@ def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, dict]:
 
 def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR, cpu_int8: bool = True) -> Path:
     """Copy a run's last weights (no optimizer state) and card to ``dest/NAME.*``, with
-    ``NAME.int8.onnx``: the model statically quantized for ONNX Runtime on the CPU
-    (``cpu_int8=False`` for models ONNX cannot express, such as max-unpooling).
+    the CPU int8 runtimes' files: ``NAME.int8.onnx`` (static int8 for ONNX Runtime) and
+    the ``tflite-int8`` observers and built model (:func:`qsegment.export.tflite.publish_int8`);
+    ``cpu_int8=False`` for models they cannot express, such as max-unpooling.
 
     This is how the shipped weights were made; the card keeps the run's config, split,
     threshold, metrics and git commit, plus the name.
@@ -77,4 +78,7 @@ def publish(run: str | Path, name: str, dest: Path = WEIGHTS_DIR, cpu_int8: bool
         with tempfile.TemporaryDirectory() as tmp:  # for predict --runtime onnx-int8
             fp32 = export_onnx(model, Path(tmp) / "model.onnx", (960, 1000))
             quantize_onnx_int8(fp32, path.with_suffix(".int8.onnx"))
+        from .export.tflite import publish_int8
+
+        publish_int8(model, path)  # for predict --runtime tflite-int8 (the default)
     return path

@@ -239,7 +239,7 @@ def package_versions() -> dict[str, str]:
 
     out = {"qsegment": __version__}
     for dist in ("model-compression-toolkit", "mct-quantizers", "torch", "onnxruntime",
-                 "imx500-converter"):
+                 "imx500-converter", "litert-torch", "torchao", "ai-edge-litert", "tflite-micro"):
         with contextlib.suppress(PackageNotFoundError):
             out[dist] = version(dist)
     return out

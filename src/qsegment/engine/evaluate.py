@@ -99,23 +99,34 @@ def table_iv(model: Runner, card: dict, data: str | None = None,
     return result
 
 
-def int8_table(onnx_path: str | Path, size: int | None = None, data: str | None = None,
-               split: Split | None = None, out: Path | None = None, figures: bool = True,
-               progress: bool = True) -> dict:
-    """Table IV of a quantized ONNX (ONNX Runtime, ``mct_quantizers`` ops) beside its float
-    source model, both at the deployment size (default: the size in the ONNX's card), with
-    the same train-chosen threshold; ``dice_drop`` is float minus int8 pooled Dice."""
-    from ..pretrained import load_model
+def open_quantized(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The runner of an int8 model file: MCT's ONNX in ONNX Runtime (``.onnx``), or a
+    ``.tflite`` in the TFLite-Micro interpreter. Either has ``.card`` and ``.size``."""
+    if Path(path).suffix == ".tflite":
+        from ..export.tflite_micro import MicroModel
+
+        return MicroModel(path)
     from ..quantize import QuantizedOnnxModel
 
-    runner = QuantizedOnnxModel(onnx_path)
+    return QuantizedOnnxModel(path)
+
+
+def int8_table(model_path: str | Path, size: int | None = None, data: str | None = None,
+               split: Split | None = None, out: Path | None = None, figures: bool = True,
+               progress: bool = True) -> dict:
+    """Table IV of an int8 model (:func:`open_quantized`) beside its float source model,
+    both at the deployment size (default: the size in the model's card), with the same
+    train-chosen threshold; ``dice_drop`` is float minus int8 pooled Dice."""
+    from ..pretrained import load_model
+
+    runner = open_quantized(model_path)
     card = runner.card
     if not card.get("source_checkpoint"):
-        raise ValueError(f"{onnx_path}: no card with its source checkpoint beside it "
-                         "(expected the .json `qsegment quantize` writes)")
+        raise ValueError(f"{model_path}: no card with its source checkpoint beside it "
+                         "(expected the .json `qsegment quantize` or `export` writes)")
     size = size or card.get("size") or runner.size
     if size != runner.size:
-        raise ValueError(f"{onnx_path} runs at {runner.size}x{runner.size} only, not {size}")
+        raise ValueError(f"{model_path} runs at {runner.size}x{runner.size} only, not {size}")
     float_model, float_card = load_model(card["source_checkpoint"])
     reference = table_iv(float_model, float_card, data, [size], split, progress=progress,
                          figures=False)
@@ -124,7 +135,7 @@ def int8_table(onnx_path: str | Path, size: int | None = None, data: str | None 
     result["rows"] = {**reference["rows"], **result["rows"]}
     float_dice, int8_dice = (r["pooled"]["dice"] for r in result["rows"].values())
     result["dice_drop"] = float_dice - int8_dice
-    result["quantized_onnx"] = str(onnx_path)
+    result["quantized_model"] = str(model_path)
     if out is not None:
         write_json(Path(out) / "metrics.json", result)
     return result

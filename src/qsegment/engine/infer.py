@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,18 @@ def to_input(image: np.ndarray | torch.Tensor, size: int | tuple[int, int] | Non
         size = (size, size) if isinstance(size, int) else tuple(size)
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return x
+
+
+def training_inputs(count: int, data: str | Path | None = None, size: int | None = None
+                    ) -> Iterator[torch.Tensor]:
+    """The first ``count`` training images of the default split as (1, 3, H, W) model
+    inputs, at full resolution (padded to a multiple of 8) or resized to ``size``:
+    calibration data for the CPU int8 runtimes."""
+    from ..data import Split, default_data_dir, load_sample
+
+    root = data or default_data_dir()
+    for name in Split().train[:count]:
+        yield pad_to_multiple(to_input(load_sample(root, name).image, size))[0]
 
 
 @torch.inference_mode()

@@ -18,7 +18,8 @@ from torch import nn
 from ..pretrained import DEFAULT_MODEL, load_model, resolve_checkpoint
 from .infer import predict_proba
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+RUNTIMES = ("tflite-int8", "torch", "onnx", "onnx-int8")
+DEFAULT_RUNTIME = "tflite-int8"  # the fastest on a CPU (docs/BENCHMARKS.md)
 
 
 def _onnx_runner(model: nn.Module, int8: bool, int8_onnx: Path | None) -> object:
@@ -37,6 +38,19 @@ def _onnx_runner(model: nn.Module, int8: bool, int8_onnx: Path | None) -> object
         if int8:
             path = quantize_onnx_int8(path, Path(tmp) / "model.int8.onnx")
         return OnnxModel(path, size_multiple=multiple)
+
+
+def _runner(model: nn.Module, runtime: str, int8_onnx: Path | None,
+            int8_tflite: Path | None) -> object:
+    """What runs ``model`` for ``runtime``: the module itself, or an array-callable."""
+    if runtime == "torch":
+        return model
+    if runtime == "tflite-int8":
+        from ..export.tflite import LiteRtInt8Model, observers_for
+
+        sidecar = None if int8_tflite is None else Path(f"{int8_tflite}-observers.safetensors")
+        return LiteRtInt8Model(model, observers_for(model, sidecar), prebuilt=int8_tflite)
+    return _onnx_runner(model, runtime == "onnx-int8", int8_onnx)
 
 
 class ImageError(ValueError):
@@ -102,8 +116,8 @@ class Segmenter:
     """
 
     def __init__(self, model: nn.Module, threshold: float = 0.5, tile: int = 1024,
-                 overlap: int = 128, runtime: str = "torch", int8_onnx: Path | None = None
-                 ) -> None:
+                 overlap: int = 128, runtime: str = "torch", int8_onnx: Path | None = None,
+                 int8_tflite: Path | None = None) -> None:
         multiple = 64  # a multiple of every registered model's total stride (<= 32)
         if tile % multiple or overlap % multiple or tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
@@ -114,24 +128,32 @@ class Segmenter:
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
         self.runtime = runtime
-        self.runner = self.model if runtime == "torch" else _onnx_runner(
-            self.model, runtime == "onnx-int8", int8_onnx)
+        self.runner = _runner(self.model, runtime, int8_onnx, int8_tflite)
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
-                        **kwargs: object) -> Segmenter:
-        """A shipped model by name (or a run folder / checkpoint), with its card's threshold
-        and, for ``runtime="onnx-int8"``, its int8 ONNX file when one sits beside it."""
+                        runtime: str = DEFAULT_RUNTIME, **kwargs: object) -> Segmenter:
+        """A shipped model by name (or a run folder / checkpoint), with its card's threshold,
+        on the fastest CPU runtime by default. The int8 runtimes use what sits beside the
+        weights: ``NAME.int8.onnx``; ``NAME.int8-observers.safetensors`` (calibrated
+        ranges) and ``NAME.int8-HxW.tflite`` (built models) for ``tflite-int8``."""
         model, card = load_model(source)
-        sidecar = resolve_checkpoint(source).with_suffix(".int8.onnx")
+        weights = resolve_checkpoint(source)
+        sidecar = weights.with_suffix(".int8.onnx")
         kwargs.setdefault("int8_onnx", sidecar if sidecar.is_file() else None)
+        kwargs.setdefault("int8_tflite", weights.with_suffix(".int8"))
         if threshold is None:
             threshold = float((card.get("threshold") or {}).get("value", 0.5))
-        return cls(model, threshold, **kwargs)
+        return cls(model, threshold, runtime=runtime, **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image) -> Prediction:
-        rgb = to_rgb_float(image)
-        prob = self.probability(rgb)
+        array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
+        if (array is not None and array.dtype == np.uint8 and array.ndim == 3
+                and array.shape[2] == 3 and max(array.shape[:2]) <= self.tile
+                and hasattr(self.runner, "probability_uint8")):
+            prob = self.runner.probability_uint8(array)  # 8-bit RGB straight to int8
+        else:
+            prob = self.probability(to_rgb_float(image))
         return Prediction(prob, prob >= self.threshold, self.threshold)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Export targets (one module each; heavy imports stay inside the functions).
 
 ``TARGETS`` is the one table of deployment targets: name -> (module:function,
-what it produces). :func:`export` dispatches to it; a new target (TFLite-Micro,
-say) is one module and one row.
+what it produces). :func:`export` dispatches to it; a new target is one module
+and one row.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from pathlib import Path
 TARGETS: dict[str, tuple[str, str]] = {
     "imx500": ("qsegment.export.imx500:export_imx500",
                "Sony IMX500 / Raspberry Pi AI Camera: packerOut.zip from an MCT-quantized ONNX"),
+    "tflite-micro": ("qsegment.export.tflite_micro:export_tflite_micro",
+                     "microcontrollers (Sony Spresense, Cortex-M4F): int8 .tflite and C sources "
+                     "from a checkpoint"),
 }
 
 

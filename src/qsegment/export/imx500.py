@@ -22,14 +22,13 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoint import write_json
 from ..quantize import package_versions, read_card, require_mct_onnx
+from .common import STEP, replace_dir, search_largest
 
-STEP = 8  # input sizes are multiples of the network's stride
 NETWORK = "qsegment"  # the converter names its outputs after the ONNX file
 
 
@@ -152,32 +151,6 @@ def memory_report(onnx_path: str | Path, size: int | None = None) -> MemoryRepor
         return _parse_report(report, size)
 
 
-def search_largest(fits: Callable[[int], bool], start: int, step: int = STEP) -> int | None:
-    """Largest multiple of ``step`` for which ``fits`` holds (monotone: True below a limit),
-    starting from a guess: gallop away from it until the limit is bracketed, then bisect.
-    None if even ``step`` does not fit."""
-    start = max(step, start // step * step)
-    if fits(start):
-        lo, delta = start, step
-        while fits(lo + delta):
-            lo, delta = lo + delta, delta * 2
-        hi = lo + delta
-    else:
-        hi, delta = start, step
-        while hi - delta >= step and not fits(hi - delta):
-            hi, delta = hi - delta, delta * 2
-        if hi - delta >= step:
-            lo = hi - delta
-        elif hi > step and fits(step):
-            lo = step
-        else:
-            return None
-    while hi - lo > step:
-        mid = lo + (hi - lo) // step // 2 * step
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -258,17 +231,6 @@ def normalisation_note(size: int, tensors: dict, threshold: float) -> dict:
     }
 
 
-def _replace_dir(staging: Path, out: Path) -> None:
-    """Move a finished staging folder to ``out``, replacing an older export there."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = None) -> dict:
     """Convert an MCT-quantized ONNX for the IMX500 into the folder ``out``.
 
@@ -324,7 +286,7 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
                                f"at {size}x{size}: re-run `qsegment quantize --size {size}` "
                                "to calibrate at the deployment size")
         write_json(staging / "deploy.json", note)
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -80,17 +80,11 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int | None
         quantize_static,
     )
 
-    from ..data import Split, default_data_dir, load_sample
-    from ..engine.infer import to_input
-    from ..models import pad_to_multiple
-
-    names = Split().train[:count]
+    from ..engine.infer import training_inputs
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            root = data or default_data_dir()
-            self.items = ({"image": pad_to_multiple(to_input(load_sample(root, n).image, size))[0]
-                           .numpy()} for n in names)
+            self.items = ({"image": x.numpy()} for x in training_inputs(count, data, size))
 
         def get_next(self) -> dict | None:
             return next(self.items, None)

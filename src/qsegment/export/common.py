@@ -1,0 +1,48 @@
+"""What the export targets share: the size search and the atomic output folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+STEP = 8  # input sizes are multiples of the network's stride
+
+
+def search_largest(fits: Callable[[int], bool], start: int, step: int = STEP) -> int | None:
+    """Largest multiple of ``step`` for which ``fits`` holds (monotone: True below a limit),
+    starting from a guess: gallop away from it until the limit is bracketed, then bisect.
+    None if even ``step`` does not fit."""
+    start = max(step, start // step * step)
+    if fits(start):
+        lo, delta = start, step
+        while fits(lo + delta):
+            lo, delta = lo + delta, delta * 2
+        hi = lo + delta
+    else:
+        hi, delta = start, step
+        while hi - delta >= step and not fits(hi - delta):
+            hi, delta = hi - delta, delta * 2
+        if hi - delta >= step:
+            lo = hi - delta
+        elif hi > step and fits(step):
+            lo = step
+        else:
+            return None
+    while hi - lo > step:
+        mid = lo + (hi - lo) // step // 2 * step
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Move a finished staging folder to ``out``, replacing an older export there."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
