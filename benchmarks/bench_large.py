@@ -38,7 +38,10 @@ def worker(tile: int, runtime: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--runtime", default="torch",
+                        choices=["torch", "onnx", "onnx-int8", "tflite-int8"],
+                        help="tflite-int8 builds a model per new tile size on first use "
+                             "(cached): run twice to time it without the builds")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     rows = []

@@ -1,8 +1,10 @@
 """Latency of `Segmenter.predict` on one CHASE_DB1 image (960x999) per runtime.
 
-Preprocessing (to float, padding) and postprocessing (crop, sigmoid, threshold) are
-included, decoding the file is not. Runtimes are measured in one run, interleaved,
-so their ratio is meaningful on a noisy machine.
+Preprocessing (8-bit RGB to the model's input, padding) and postprocessing (crop,
+probabilities, threshold) are included, decoding the file is not. Each runtime
+runs in its own process, one after the other in one invocation: in a shared
+process the thread pools of one runtime (OpenMP, ONNX Runtime) keep spinning
+after it returns and slow the next one down.
 
     python benchmarks/bench_predict.py [--repeats 20] [--json out.json]
 """
@@ -12,46 +14,60 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 
-import numpy as np
 
-from qsegment import Segmenter
-from qsegment.data import default_data_dir, load_sample
-from qsegment.engine.predict import RUNTIMES
+def worker(runtime: str, model: str, repeats: int) -> dict:
+    import numpy as np
+
+    from qsegment import Segmenter
+    from qsegment.data import default_data_dir, load_sample
+
+    image = load_sample(default_data_dir(), "Image_11L").image
+    rgb8 = np.round(image * 255).astype(np.uint8)  # what a decoded file gives
+    segmenter = Segmenter.from_pretrained(model, runtime=runtime)
+    segmenter.predict(rgb8)  # warm-up (and, for tflite-int8, a model for a new size)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        segmenter.predict(rgb8)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"image": list(rgb8.shape), "median_ms": statistics.median(times),
+            "p90_ms": float(np.percentile(times, 90))}
 
 
 def main() -> None:
+    from qsegment.engine.predict import DEFAULT_RUNTIME, RUNTIMES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--model", default="qsegment-nearest")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    image = load_sample(default_data_dir(), "Image_11L").image
-    rgb8 = np.round(image * 255).astype(np.uint8)  # what a decoded file gives
-    segmenters = {rt: Segmenter.from_pretrained(args.model, runtime=rt) for rt in RUNTIMES}
-    times: dict[str, list[float]] = {rt: [] for rt in segmenters}
-    for seg in segmenters.values():  # warm-up
-        seg.predict(rgb8)
-    for _ in range(args.repeats):
-        for rt, seg in segmenters.items():
-            start = time.perf_counter()
-            seg.predict(rgb8)
-            times[rt].append((time.perf_counter() - start) * 1000)
-    rows = {rt: {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))}
-            for rt, t in times.items()}
-    print(f"| runtime | median (ms) | p90 (ms) |   ({rgb8.shape[0]}x{rgb8.shape[1]}, "
-          f"{args.repeats} runs)")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.repeats)))
+        return
+    rows = {}
+    for runtime in RUNTIMES:
+        done = subprocess.run([sys.executable, __file__, "--worker", runtime, "--model",
+                               args.model, "--repeats", str(args.repeats)],
+                              capture_output=True, text=True, check=True)
+        rows[runtime] = json.loads(done.stdout.strip().splitlines()[-1])
+    shape = rows[DEFAULT_RUNTIME]["image"]
+    print(f"| runtime | median (ms) | p90 (ms) |   ({shape[0]}x{shape[1]}, {args.repeats} runs)")
     print("|---|---:|---:|")
-    for rt, r in rows.items():
-        print(f"| {rt} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
-    for rt in RUNTIMES[1:]:
-        ratio = rows[rt]["median_ms"] / rows["torch"]["median_ms"]
-        print(f"{rt} / torch median ratio: {ratio:.2f}")
+    for runtime, r in rows.items():
+        print(f"| {runtime} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
+    for runtime in RUNTIMES:
+        if runtime != "torch":
+            ratio = rows[runtime]["median_ms"] / rows["torch"]["median_ms"]
+            print(f"{runtime} / torch median ratio: {ratio:.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"image": list(rgb8.shape), "repeats": args.repeats, "rows": rows}, f,
-                      indent=2)
+            json.dump({"repeats": args.repeats, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ their ratios are comparable on a noisy machine.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+RUNTIMES = ("torch", "onnx", "onnx-int8", "tflite-int8")
 
 # The paper's Table III (embedded platforms), quoted for comparison; not measured here.
 PAPER_TABLE_III = [
@@ -34,17 +35,30 @@ PAPER_TABLE_III = [
 ]
 
 
-def prepare(name: str, size: int, workdir: Path) -> None:
-    """Write the model's fp32 and int8 ONNX files into ``workdir`` (untrained weights:
-    latency does not depend on their values; int8 is calibrated on real images)."""
+def prepare(name: str, size: int, workdir: Path, runtimes: tuple[str, ...] = RUNTIMES) -> None:
+    """Write the model's fp32 and int8 ONNX and int8 TFLite files into ``workdir``
+    (untrained weights: latency does not depend on their values; int8 is calibrated on
+    real images). A model the TFLite converter cannot take gets ``NAME.tflite-error``."""
     import torch
 
+    from .engine.infer import training_inputs
     from .export.onnx import export_onnx, quantize_onnx_int8
+    from .export.tflite import ConversionError, convert_int8
     from .models import create_model
 
     torch.manual_seed(0)
-    fp32 = export_onnx(create_model(name), workdir / f"{name}.onnx", (size, size))
-    quantize_onnx_int8(fp32, workdir / f"{name}.int8.onnx", size=size)
+    model = create_model(name).eval()
+    if {"onnx", "onnx-int8"} & set(runtimes):
+        fp32 = export_onnx(model, workdir / f"{name}.onnx", (size, size))
+        quantize_onnx_int8(fp32, workdir / f"{name}.int8.onnx", size=size)
+    if "tflite-int8" in runtimes:
+        try:
+            flatbuffer = convert_int8(model, torch.cat(list(training_inputs(4, size=size))))
+            (workdir / f"{name}.int8.tflite").write_bytes(flatbuffer)
+        except ConversionError as err:  # keep the converter's own reason, in one line
+            reason = re.search(r"error: ([^\n]{1,160})", str(err))
+            (workdir / f"{name}.tflite-error").write_text(
+                reason.group(1) if reason else str(err).splitlines()[0][:160])
 
 
 def _runner(name: str, runtime: str, workdir: Path):
@@ -61,6 +75,13 @@ def _runner(name: str, runtime: str, workdir: Path):
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
         return run
+    if runtime == "tflite-int8":
+        import os
+
+        from .export.tflite import Int8Session
+
+        flatbuffer = (workdir / f"{name}.int8.tflite").read_bytes()
+        return Int8Session(flatbuffer, threads=os.cpu_count() or 1).logits
     from .export.onnx import OnnxModel
 
     suffix = {"onnx": ".onnx", "onnx-int8": ".int8.onnx"}[runtime]
@@ -69,7 +90,11 @@ def _runner(name: str, runtime: str, workdir: Path):
 
 def measure(name: str, runtime: str, size: int, repeats: int, workdir: Path) -> dict:
     """Latency (median, p90, ms), throughput and peak RSS of one model on one runtime,
-    in this process (the files from :func:`prepare` are in ``workdir``)."""
+    in this process (the files from :func:`prepare` are in ``workdir``); ``{"error": ...}``
+    where the model could not be made for the runtime."""
+    failed = workdir / f"{name}.tflite-error"
+    if runtime == "tflite-int8" and failed.is_file():
+        return {"error": failed.read_text()}
     run = _runner(name, runtime, workdir)
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     run(x)  # warm-up: allocations, ONNX Runtime's graph preparation
@@ -106,7 +131,7 @@ def run_benchmark(size: int = 960, repeats: int = 10, models: list[str] | None =
     rows = []
     with tempfile.TemporaryDirectory(prefix="qsegment-bench-") as tmp:
         for name in tqdm(models, desc="export", disable=not progress):
-            prepare(name, size, Path(tmp))
+            prepare(name, size, Path(tmp), runtimes)
         pairs = [(m, r) for m in models for r in runtimes]
         for name, runtime in tqdm(pairs, desc="bench", disable=not progress):
             cmd = [sys.executable, "-m", "qsegment.bench", name, runtime, str(size),
@@ -129,10 +154,18 @@ def markdown(result: dict) -> str:
              "| model | runtime | params (M) | fp32 (MB) | int8 (MB) | GMACs | median (ms) | "
              "p90 (ms) | images/s | peak RSS (MB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    failures = []
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['params_m']:.3f} | {r['fp32_mb']:.2f} "
-                     f"| {r['int8_mb']:.2f} | {r['gmacs']:.2f} | {r['median_ms']:.1f} | "
-                     f"{r['p90_ms']:.1f} | {r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+        head = (f"| {r['model']} | {r['runtime']} | {r['params_m']:.3f} | {r['fp32_mb']:.2f} "
+                f"| {r['int8_mb']:.2f} | {r['gmacs']:.2f} |")
+        if "error" in r:
+            failures.append(f"- {r['model']} on {r['runtime']}: {r['error']}")
+            lines.append(head + " n/a | n/a | n/a | n/a |")
+            continue
+        lines.append(f"{head} {r['median_ms']:.1f} | {r['p90_ms']:.1f} | "
+                     f"{r['images_per_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    if failures:
+        lines += ["", "Not measured (the model could not be made for the runtime):", *failures]
     lines += ["", "The paper's Table III (quoted, not measured here):", "",
               "| network | platform | latency (ms) | power (mW) |", "|---|---|---:|---:|"]
     for net, platform, latency, power in PAPER_TABLE_III:
@@ -147,7 +180,7 @@ def scatter(result: dict, path: Path, runtime: str = "onnx") -> None:
 
     from .checkpoint import atomic_write
 
-    rows = [r for r in result["rows"] if r["runtime"] == runtime]
+    rows = [r for r in result["rows"] if r["runtime"] == runtime and "error" not in r]
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for r in rows:
         ax.scatter(r["fp32_mb"], r["median_ms"], s=max(r["params_m"], 0.01) * 600, alpha=0.5)
@@ -179,9 +212,13 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+REPORT_END = "<!-- end of `qsegment bench` output; what follows is kept -->"
+
+
 def write_report(result: dict, out: Path, command: str) -> None:
     """``out`` (Markdown) with the table and the command that made it, the raw numbers as
-    JSON beside it, and the Fig. 3-like chart as PNG."""
+    JSON beside it, and the Fig. 3-like chart as PNG. Text after :data:`REPORT_END` in an
+    existing ``out`` is kept."""
     from .checkpoint import atomic_write, write_json
 
     out = Path(out)
@@ -191,6 +228,8 @@ def write_report(result: dict, out: Path, command: str) -> None:
     text = (f"# Benchmarks\n\nMade by `{command}` on {machine()}, "
             f"{time.strftime('%Y-%m-%d')}.\n\n{markdown(result)}\n\n"
             f"![latency against size]({chart.name})\n")
+    if out.is_file() and REPORT_END in out.read_text():  # keep what follows, written by hand
+        text += "\n" + REPORT_END + out.read_text().split(REPORT_END, 1)[1]
     atomic_write(out, lambda p: p.write_text(text))
 
 

@@ -114,6 +114,11 @@ def _evaluate(args: argparse.Namespace) -> int:
                             figures=not args.no_figures)
     else:
         model, card = load_model(args.checkpoint)
+        if args.runtime != "torch":  # score the model as a CPU runtime runs it
+            from .engine.predict import Segmenter
+
+            model = Segmenter.from_pretrained(args.checkpoint, runtime=args.runtime).runner
+            card = {**card, "name": f"{card.get('name', card['model'])} ({args.runtime})"}
         sizes = [None, *args.size]
         result = table_iv(model, card, args.data, sizes, out=args.out,
                           figures=not args.no_figures)
@@ -289,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra square inference sizes (image resized, probabilities resized back)")
     p.add_argument("--out", type=Path, help="folder for metrics.json and figures")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--runtime", choices=["torch", "tflite-int8", "onnx", "onnx-int8"],
+                   default="torch", help="run a checkpoint as `qsegment predict --runtime` "
+                   "would (torch)")
 
     p = _parser_with(sub, "predict", "Segment your own fundus images (files, folders or glob "
                      "patterns) on the CPU: writes NAME_mask.png (0/255, the input's size) and "
@@ -388,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _parser_with(sub, "bench", "Benchmark every model side by side on this CPU: parameters, "
                      "fp32/int8 size, MACs, latency (median, p90), throughput and peak RSS per "
-                     "runtime (PyTorch, ONNX Runtime fp32 and int8), each in its own process; "
-                     "the paper's Table III is printed beside, labelled as the paper's.",
+                     "runtime (PyTorch, ONNX Runtime fp32 and int8, int8 TFLite in LiteRT), each "
+                     "in its own process; the paper's Table III is printed beside, labelled as "
+                     "the paper's.",
                      "  qsegment bench --out docs/BENCHMARKS.md\n"
                      "  qsegment bench --quick\n"
                      "  qsegment bench --model qsegment tnet --runtime onnx onnx-int8",
@@ -398,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up (10)")
     p.add_argument("--quick", action="store_true", help="128x128, 2 runs: a smoke test")
     p.add_argument("--model", nargs="*", help="models to run (default: all)")
-    p.add_argument("--runtime", nargs="*", choices=["torch", "onnx", "onnx-int8"],
+    p.add_argument("--runtime", nargs="*", choices=["torch", "onnx", "onnx-int8", "tflite-int8"],
                    help="runtimes to run (default: all)")
     p.add_argument("--out", type=Path,
                    help="write this Markdown report (with .json and _fig3.png beside it)")

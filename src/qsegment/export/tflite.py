@@ -263,8 +263,9 @@ def cache_dir() -> Path:
     return Path(root) / "tflite"
 
 
-class _Session:
-    """One LiteRT interpreter at one padded shape, with its lookup tables."""
+class Int8Session:
+    """A fully int8 flatbuffer in LiteRT (XNNPACK kernels, ``threads`` threads) with its
+    lookup tables; one input shape."""
 
     def __init__(self, flatbuffer: bytes, threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -291,6 +292,15 @@ class _Session:
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output_index)[0]
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Float logits (N, 1, H, W) of an (N, 3, H, W) float batch in [0, 1]."""
+        (in_scale, in_zero), (out_scale, out_zero) = (self.input_quantization,
+                                                      self.output_quantization)
+        q = np.clip(np.round(x.transpose(0, 2, 3, 1) / in_scale) + in_zero, -128, 127)
+        outputs = [self.run(image[None].astype(np.int8)) for image in q]
+        return ((np.stack(outputs).astype(np.float32) - out_zero) * out_scale
+                ).transpose(0, 3, 1, 2)
+
 
 class LiteRtInt8Model:
     """A model as fully int8 TFLite, run by LiteRT (XNNPACK kernels) on the CPU.
@@ -313,16 +323,16 @@ class LiteRtInt8Model:
         self.threads = threads or os.cpu_count() or 1
         self.prebuilt = prebuilt
         self.key = _digest(model.state_dict(), observers)
-        self._sessions: dict[tuple[int, int], _Session] = {}
+        self._sessions: dict[tuple[int, int], Int8Session] = {}
 
     def flatbuffer_path(self, height: int, width: int) -> Path:
         """Where the flatbuffer for a padded height x width input is (or will be) cached."""
         return cache_dir() / f"{self.key}-{height}x{width}.tflite"
 
-    def session(self, height: int, width: int) -> _Session:
+    def session(self, height: int, width: int) -> Int8Session:
         """The interpreter for a padded height x width input, built on first use."""
         if (height, width) not in self._sessions:
-            self._sessions[(height, width)] = _Session(self._flatbuffer(height, width),
+            self._sessions[(height, width)] = Int8Session(self._flatbuffer(height, width),
                                                        self.threads)
         return self._sessions[(height, width)]
 
@@ -342,14 +352,7 @@ class LiteRtInt8Model:
         return flatbuffer
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        height, width = x.shape[2:]
-        session = self.session(height, width)
-        (in_scale, in_zero), (out_scale, out_zero) = (session.input_quantization,
-                                                      session.output_quantization)
-        q = np.clip(np.round(x.transpose(0, 2, 3, 1) / in_scale) + in_zero, -128, 127)
-        outputs = [session.run(image[None].astype(np.int8)) for image in q]
-        return ((np.stack(outputs).astype(np.float32) - out_zero) * out_scale
-                ).transpose(0, 3, 1, 2)
+        return self.session(*x.shape[2:]).logits(x)
 
     def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
         """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, padded to the
