@@ -19,8 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 
 # The paper's pipeline on the defaults, into runs/demo: models table, a short training
 # run, the shipped Q-Segment evaluated (Table IV, figures), the sensor-scale model
-# quantized to INT8 with MCT, evaluated and converted for the IMX500, and predict on
-# a fundus image. About 5 minutes on 2 cores.
+# quantized to INT8 with MCT, evaluated and converted for the IMX500, exported for a
+# microcontroller (TFLite-Micro) and evaluated there, and predict on a fundus image.
+# About 6 minutes on 2 cores.
 DATA ?= $(or $(QSEGMENT_DATA),../shared/data/CHASEDB1)
 demo: venv
 	rm -rf runs/demo
@@ -30,6 +31,8 @@ demo: venv
 	$(BIN)/qsegment quantize qsegment-nearest-312 -o runs/demo/int8/ptq312.onnx --size 312 --calibration 8
 	$(BIN)/qsegment evaluate runs/demo/int8/ptq312.onnx --out runs/demo/int8/eval
 	$(BIN)/qsegment export runs/demo/int8/ptq312.onnx --target imx500 --size 312 -o runs/demo/imx500
+	$(BIN)/qsegment export qsegment-nearest-312 --target tflite-micro --size 112 -o runs/demo/mcu
+	$(BIN)/qsegment evaluate runs/demo/mcu/qsegment.tflite --no-figures
 	$(BIN)/qsegment predict $(DATA)/Image_11L.jpg -o runs/demo/predict --overlay
 
 test: venv

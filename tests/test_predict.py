@@ -225,3 +225,18 @@ def test_int8_tflite_builds_and_caches_a_model_for_a_new_size(segmenter, sample)
     assert built.stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert np.array_equal(again.probability, out.probability)
     assert (out.mask == segmenter.predict(crop).mask).mean() > 0.99
+
+
+def test_shipped_int8_tflite_is_rebuilt_identically_from_its_observers(sample):
+    """The shipped 960x1000 model is what the shipped weights and calibrated ranges give."""
+    from qsegment import load_model
+    from qsegment.export.tflite import Int8Session, convert_int8, load_observers
+    from qsegment.pretrained import WEIGHTS_DIR
+
+    model, _ = load_model("qsegment-nearest")
+    observers = load_observers(WEIGHTS_DIR / "qsegment-nearest.int8-observers.safetensors")
+    rebuilt = Int8Session(convert_int8(model, observers=observers, shape=(1, 3, 960, 1000)), 2)
+    shipped = Int8Session((WEIGHTS_DIR / "qsegment-nearest.int8-960x1000.tflite").read_bytes(), 2)
+    x = np.zeros((1, 3, 960, 1000), np.float32)
+    x[0, :, :, :999] = sample.image.transpose(2, 0, 1)
+    assert np.array_equal(rebuilt.logits(x), shipped.logits(x))

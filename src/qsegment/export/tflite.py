@@ -263,15 +263,29 @@ def cache_dir() -> Path:
     return Path(root) / "tflite"
 
 
+def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """(N, H, W, 3) int8 model input of an (N, 3, H, W) float batch in [0, 1]."""
+    q = np.round(x.transpose(0, 2, 3, 1) / scale) + zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize_output(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """(N, 1, H, W) float logits of an (N, H, W, 1) int8 output."""
+    return ((q.astype(np.float32) - zero_point) * scale).transpose(0, 3, 1, 2)
+
+
 class Int8Session:
-    """A fully int8 flatbuffer in LiteRT (XNNPACK kernels, ``threads`` threads) with its
-    lookup tables; one input shape."""
+    """A fully int8 flatbuffer in LiteRT with its lookup tables; one input shape. The
+    default XNNPACK kernels run on ``threads`` threads; ``reference=True`` takes TFLite's
+    reference kernels instead (the integer arithmetic TFLite-Micro implements)."""
 
-    def __init__(self, flatbuffer: bytes, threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, flatbuffer: bytes, threads: int = 1, reference: bool = False) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+        kernels = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
         with captured_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads)
+            self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads,
+                                           experimental_op_resolver_type=kernels)
             self.interpreter.allocate_tensors()
         inp = self.interpreter.get_input_details()[0]
         out = self.interpreter.get_output_details()[0]
@@ -294,12 +308,9 @@ class Int8Session:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Float logits (N, 1, H, W) of an (N, 3, H, W) float batch in [0, 1]."""
-        (in_scale, in_zero), (out_scale, out_zero) = (self.input_quantization,
-                                                      self.output_quantization)
-        q = np.clip(np.round(x.transpose(0, 2, 3, 1) / in_scale) + in_zero, -128, 127)
-        outputs = [self.run(image[None].astype(np.int8)) for image in q]
-        return ((np.stack(outputs).astype(np.float32) - out_zero) * out_scale
-                ).transpose(0, 3, 1, 2)
+        q = quantize_input(x, *self.input_quantization)
+        outputs = np.stack([self.run(image[None]) for image in q])
+        return dequantize_output(outputs, *self.output_quantization)
 
 
 class LiteRtInt8Model:

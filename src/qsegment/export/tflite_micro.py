@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .common import STEP, replace_dir, search_largest
-from .tflite import captured_stderr, convert_int8, input_lut, quantization
+from .tflite import (
+    Int8Session,
+    captured_stderr,
+    convert_int8,
+    dequantize_output,
+    input_lut,
+    quantization,
+    quantize_input,
+)
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads BUDGETS at start-up
     import torch
@@ -100,11 +108,15 @@ def operators(flatbuffer: bytes) -> dict[str, int]:
                                for op in model.subgraphs[0].operators).items()))
 
 
-def _interpreter(flatbuffer: bytes, arena: int) -> object:
-    """A TFLite-Micro interpreter, or :class:`UnsupportedOperatorError` naming the
-    operators it lacks (read from its own log)."""
+def _interpreter(flatbuffer: bytes) -> object:
+    """A TFLite-Micro interpreter with an arena ample for the model's input size, or
+    :class:`UnsupportedOperatorError` naming the operators it lacks (from its own log)."""
     from tflite_micro.python.tflite_micro import runtime
 
+    fb = _schema()
+    graph = fb.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
+    pixels = int(np.prod(graph.Tensors(graph.Inputs(0)).ShapeAsNumpy()))
+    arena = 16 * 2**20 + 64 * pixels  # Q-Segment needs ~22 bytes per input value
     with captured_stderr() as log:
         try:
             return runtime.Interpreter.from_bytes(flatbuffer, arena_size=arena)
@@ -121,7 +133,7 @@ def _interpreter(flatbuffer: bytes, arena: int) -> object:
 def measure_arena(flatbuffer: bytes) -> int:
     """Tensor arena bytes the model needs, as TFLite-Micro's recording allocator reports
     after one inference (head, the planned activations, plus tail, the persistent data)."""
-    interpreter = _interpreter(flatbuffer, arena=64 * 2**20)
+    interpreter = _interpreter(flatbuffer)
     detail = interpreter.get_input_details(0)
     interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
     interpreter.invoke()
@@ -150,8 +162,7 @@ class MicroModel:
     size_multiple = STEP
     RUNTIMES = ("tflm", "litert-ref", "litert")
 
-    def __init__(self, source: str | Path | bytes, runtime: str = "tflm",
-                 arena: int | None = None) -> None:
+    def __init__(self, source: str | Path | bytes, runtime: str = "tflm") -> None:
         if runtime not in self.RUNTIMES:
             raise ValueError(f"runtime must be one of {self.RUNTIMES}, got {runtime!r}")
         self.path = None if isinstance(source, bytes) else Path(source)
@@ -160,46 +171,35 @@ class MicroModel:
         card = None if self.path is None else self.path.with_suffix(".json")
         self.card = json.loads(card.read_text()) if card and card.is_file() else {}
         if runtime == "tflm":
-            self._micro = _interpreter(self.flatbuffer, arena or 64 * 2**20)
+            self._micro = _interpreter(self.flatbuffer)
             inp, out = self._micro.get_input_details(0), self._micro.get_output_details(0)
+            self.input_quantization, self.output_quantization = (quantization(inp),
+                                                                 quantization(out))
+            self.input_shape = tuple(int(d) for d in inp["shape"])
         else:
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-            kernels = (OpResolverType.BUILTIN_REF if runtime == "litert-ref"
-                       else OpResolverType.AUTO)
-            with captured_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-                self._lite = Interpreter(model_content=self.flatbuffer, num_threads=1,
-                                         experimental_op_resolver_type=kernels)
-                self._lite.allocate_tensors()
-            inp, out = self._lite.get_input_details()[0], self._lite.get_output_details()[0]
-            self._in_index, self._out_index = inp["index"], out["index"]
-        self.input_shape = tuple(int(d) for d in inp["shape"])
+            self._lite = Int8Session(self.flatbuffer, reference=runtime == "litert-ref")
+            self.input_quantization = self._lite.input_quantization
+            self.output_quantization = self._lite.output_quantization
+            self.input_shape = self._lite.shape
         self.size = self.input_shape[1]
-        self.input_quantization = quantization(inp)
-        self.output_quantization = quantization(out)
+
+    def _run(self, quantized: np.ndarray) -> np.ndarray:
+        if self.runtime != "tflm":
+            return self._lite.run(quantized)
+        self._micro.set_input(quantized, 0)
+        self._micro.invoke()
+        return self._micro.get_output(0)[0]
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """int8 output (N, S, S, 1) of an (N, 3, S, S) float batch."""
         if x.ndim != 4 or x.shape[1:] != (3, self.size, self.size):
             raise ValueError(f"this TFLite model takes (N, 3, {self.size}, {self.size}) "
                              f"inputs, got {tuple(x.shape)}: infer at size {self.size}")
-        scale, zero = self.input_quantization
-        q = np.clip(np.round(x.transpose(0, 2, 3, 1) / scale) + zero, -128, 127).astype(np.int8)
-        outputs = []
-        for image in q:
-            if self.runtime == "tflm":
-                self._micro.set_input(image[None], 0)
-                self._micro.invoke()
-                outputs.append(self._micro.get_output(0))
-            else:
-                self._lite.set_tensor(self._in_index, image[None])
-                self._lite.invoke()
-                outputs.append(self._lite.get_tensor(self._out_index).copy())
-        return np.concatenate(outputs)
+        q = quantize_input(x, *self.input_quantization)
+        return np.stack([self._run(image[None]) for image in q])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        scale, zero = self.output_quantization
-        return ((self.raw(x).astype(np.float32) - zero) * scale).transpose(0, 3, 1, 2)
+        return dequantize_output(self.raw(x), *self.output_quantization)
 
 
 # --- C sources ------------------------------------------------------------------------
