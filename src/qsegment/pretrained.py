@@ -41,6 +41,12 @@ def resolve_checkpoint(source: str | Path) -> Path:
     return path
 
 
+def checkpoint_reference(source: str | Path) -> str:
+    """How a card names its source checkpoint so that it resolves from anywhere: a shipped
+    name as is, a path made absolute."""
+    return str(source) if str(source) in list_pretrained() else str(Path(source).resolve())
+
+
 def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, dict]:
     """Build the model a checkpoint's card names, load its weights, return (model, card).
 

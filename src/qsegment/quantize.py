@@ -277,7 +277,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     is the float model's (chosen on the training images).
     """
     from .engine.train import git_commit
-    from .pretrained import load_model
+    from .pretrained import checkpoint_reference, load_model
 
     out = Path(out)
     if out.suffix != ".onnx":
@@ -303,7 +303,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
         "format": "mct-onnx",
         "name": f"{float_card.get('name', float_card['model'])} int8 {method}",
         "model": float_card["model"], "model_args": float_card.get("model_args", {}),
-        "source_checkpoint": str(source),
+        "source_checkpoint": checkpoint_reference(source),
         **facts,
         "size": size,
         "input": {"shape": [1, 3, size, size], "layout": "NCHW", "colour": "RGB",

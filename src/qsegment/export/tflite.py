@@ -168,6 +168,10 @@ def _convert_int8(model: nn.Module, calibration: torch.Tensor | None,
             for image in calibration:
                 prepared(image[None])
     else:
+        expected = {k for k in prepared.state_dict() if "activation_post_process" in k}
+        if expected != set(observers):
+            raise ValueError(f"the recorded observers do not belong to this model "
+                             f"({len(set(observers) ^ expected)} names differ)")
         prepared.load_state_dict(observers, strict=False)
     quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     nhwc = litert_torch.to_channel_last_io(quantized, args=[0], outputs=[0])

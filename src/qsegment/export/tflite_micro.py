@@ -335,12 +335,6 @@ def format_fit_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _source_name(source: str | Path) -> str:
-    from ..pretrained import list_pretrained
-
-    return str(source) if str(source) in list_pretrained() else str(Path(source).resolve())
-
-
 def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = None,
                         calibration: int = 16, board: str = "spresense", fit: bool = False,
                         data: str | Path | None = None, seed: int = 0) -> dict:
@@ -354,7 +348,7 @@ def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = 
     from ..data import load_split
     from ..engine.infer import to_input
     from ..engine.train import git_commit
-    from ..pretrained import load_model
+    from ..pretrained import checkpoint_reference, load_model
     from ..quantize import agreement, calibration_images, package_versions
 
     if board not in BUDGETS:
@@ -387,7 +381,7 @@ def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = 
         "format": "tflite-int8",
         "name": f"{float_card.get('name', float_card['model'])} int8 tflite-micro",
         "model": float_card["model"], "model_args": float_card.get("model_args", {}),
-        "source_checkpoint": _source_name(source), "source": str(source), "size": size,
+        "source_checkpoint": checkpoint_reference(source), "source": str(source), "size": size,
         "input": {"shape": list(micro.input_shape), "layout": "NHWC", "dtype": "int8",
                   "colour": "RGB", "model_expects": "RGB in [0, 1], no mean/std",
                   "resize": "the whole image to NxN (bilinear, antialiased)"},
