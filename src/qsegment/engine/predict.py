@@ -108,7 +108,9 @@ class Prediction:
 
 
 class Segmenter:
-    """A model plus its threshold, ready for images of any size.
+    """A model plus its threshold, ready for images of any size, on one of
+    :data:`RUNTIMES` (``int8_onnx`` / ``int8_tflite``: the files of the int8 runtimes,
+    see :meth:`from_pretrained`).
 
     >>> seg = Segmenter.from_pretrained()              # the shipped Q-Segment
     >>> out = seg.predict(np.asarray(PIL.Image.open("fundus.jpg")))
