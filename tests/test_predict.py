@@ -177,6 +177,19 @@ def test_benchmark_quick_mode(tmp_path):
     assert (tmp_path / "fig3.png").stat().st_size > 5000
 
 
+def test_benchmark_reports_a_model_a_runtime_cannot_take():
+    from qsegment.bench import markdown
+
+    stats = {"params_m": 2.06, "fp32_mb": 8.25, "int8_mb": 2.06, "gmacs": 46.5}
+    rows = [{"model": "erfnet", "runtime": "onnx", **stats, "median_ms": 275.0, "p90_ms": 276.0,
+             "images_per_s": 3.6, "peak_rss_mb": 190.0},
+            {"model": "erfnet", "runtime": "tflite-int8", **stats,
+             "error": "failed to legalize operation 'mhlo.convolution'"}]
+    text = markdown({"size": 960, "repeats": 10, "rows": rows})
+    assert "| erfnet | tflite-int8 | 2.060 | 8.25 | 2.06 | 46.50 | n/a | n/a | n/a | n/a |" in text
+    assert "- erfnet on tflite-int8: failed to legalize operation 'mhlo.convolution'" in text
+
+
 def test_int8_runtime_uses_the_shipped_int8_model_and_agrees(segmenter, sample):
     int8 = Segmenter.from_pretrained("qsegment-nearest", runtime="onnx-int8")
     assert int8.runner.path.name == "qsegment-nearest.int8.onnx"
