@@ -253,3 +253,24 @@ def test_shipped_int8_tflite_is_rebuilt_identically_from_its_observers(sample):
     x = np.zeros((1, 3, 960, 1000), np.float32)
     x[0, :, :, :999] = sample.image.transpose(2, 0, 1)
     assert np.array_equal(rebuilt.logits(x), shipped.logits(x))
+
+
+def test_int8_tflite_calibrates_a_model_without_shipped_ranges_once(sample):
+    """A checkpoint without the observers file is calibrated on CHASE_DB1 training images,
+    and the ranges are cached for the next Segmenter."""
+    import os
+    from pathlib import Path
+
+    from qsegment import load_model
+
+    model, card = load_model("qsegment-nearest-312")  # ships no int8 files
+    cache = Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
+    first = Segmenter(model, card["threshold"]["value"], runtime="tflite-int8")
+    ranges = sorted(cache.glob("*.observers.safetensors"))
+    assert len(ranges) == 1
+    stamp = ranges[0].stat().st_mtime_ns
+    second = Segmenter(model, card["threshold"]["value"], runtime="tflite-int8")
+    assert ranges[0].stat().st_mtime_ns == stamp and second.runner.key == first.runner.key
+    crop = np.round(sample.image[:312, :312] * 255).astype(np.uint8)
+    reference = Segmenter(model, first.threshold).predict(crop).mask  # PyTorch
+    assert (first.predict(crop).mask == reference).mean() > 0.98
