@@ -24,6 +24,14 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def split(data_dir: Path) -> tuple:
+    """(train, validation) samples of the default split, loaded once."""
+    from qsegment.data import load_split
+
+    return load_split(data_dir)
+
+
 @pytest.fixture
 def small_copy(tmp_path: Path, data_dir: Path) -> Path:
     """A writable CHASE_DB1 folder with two images, to damage in bad-input tests."""

@@ -13,7 +13,6 @@ import torch
 
 from qsegment import load_model
 from qsegment.cli import main
-from qsegment.data import load_split
 from qsegment.deploy.camera import (
     FrameRate,
     decode_output,
@@ -42,11 +41,6 @@ from qsegment.quantize import (
 
 SIZE = 256
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-@pytest.fixture(scope="module")
-def split(data_dir):
-    return load_split(data_dir)
 
 
 @pytest.fixture(scope="module")

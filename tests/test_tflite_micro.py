@@ -12,7 +12,6 @@ from torch import nn
 
 from qsegment import load_model
 from qsegment.cli import main
-from qsegment.data import load_split
 from qsegment.engine.infer import to_input
 from qsegment.export.tflite_micro import (
     BUDGETS,
@@ -30,11 +29,6 @@ from qsegment.quantize import calibration_images
 
 SIZE = 48
 MODEL = "qsegment-nearest-312"
-
-
-@pytest.fixture(scope="module")
-def split(data_dir):
-    return load_split(data_dir)
 
 
 @pytest.fixture(scope="module")

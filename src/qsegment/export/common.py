@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 STEP = 8  # input sizes are multiples of the network's stride
@@ -37,12 +38,23 @@ def search_largest(fits: Callable[[int], bool], start: int, step: int = STEP) ->
     return lo
 
 
-def replace_dir(staging: Path, out: Path) -> None:
-    """Move a finished staging folder to ``out``, replacing an older export there."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / out.name)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old)
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield a fresh folder beside ``out`` to build an export in; on success it replaces
+    ``out`` (an older export there is removed), on failure it is deleted: ``out`` is
+    never left half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
+    try:
+        yield staging
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..checkpoint import write_json
 from ..quantize import package_versions, read_card, require_mct_onnx
-from .common import STEP, replace_dir, search_largest
+from .common import STEP, search_largest, staged_folder
 
 NETWORK = "qsegment"  # the converter names its outputs after the ONNX file
 
@@ -257,11 +257,7 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
     if not report.fits:
         largest, _ = largest_fitting_size(onnx_path)
         raise ModelTooLargeError(size, report.required, report.available, largest)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
+    with staged_folder(Path(out)) as staging:
         model = resize_onnx(onnx_path, staging / f"{NETWORK}.onnx", size)
         start = time.perf_counter()
         _run(["-i", str(model), "-o", str(staging), "--overwrite-output",
@@ -286,9 +282,5 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
                                f"at {size}x{size}: re-run `qsegment quantize --size {size}` "
                                "to calibrate at the deployment size")
         write_json(staging / "deploy.json", note)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return note
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import STEP, replace_dir, search_largest
+from .common import STEP, search_largest, staged_folder
 from .tflite import (
     Int8Session,
     captured_stderr,
@@ -131,18 +129,8 @@ def _interpreter(flatbuffer: bytes) -> object:
 
 
 def measure_arena(flatbuffer: bytes) -> int:
-    """Tensor arena bytes the model needs, as TFLite-Micro's recording allocator reports
-    after one inference (head, the planned activations, plus tail, the persistent data)."""
-    interpreter = _interpreter(flatbuffer)
-    detail = interpreter.get_input_details(0)
-    interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
-    interpreter.invoke()
-    with captured_stderr() as log:
-        interpreter.print_allocations()
-    for line in log:
-        if m := re.search(r"Arena allocation total (\d+) bytes", line):
-            return int(m.group(1))
-    raise MicroError("TFLite-Micro did not report its arena use: " + " ".join(log))
+    """Tensor arena bytes the model needs (:meth:`MicroModel.arena_bytes`)."""
+    return MicroModel(flatbuffer).arena_bytes()
 
 
 def lsb_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -168,6 +156,7 @@ class MicroModel:
         self.path = None if isinstance(source, bytes) else Path(source)
         self.flatbuffer = source if isinstance(source, bytes) else self.path.read_bytes()
         self.runtime = runtime
+        self._invoked = False
         card = None if self.path is None else self.path.with_suffix(".json")
         self.card = json.loads(card.read_text()) if card and card.is_file() else {}
         if runtime == "tflm":
@@ -183,11 +172,27 @@ class MicroModel:
             self.input_shape = self._lite.shape
         self.size = self.input_shape[1]
 
+    def arena_bytes(self) -> int:
+        """Tensor arena bytes the model needs, as TFLite-Micro's recording allocator
+        reports after an inference (head, the planned activations, plus tail, the
+        persistent data)."""
+        if self.runtime != "tflm":
+            raise ValueError("only the TFLite-Micro interpreter measures its arena")
+        if not self._invoked:
+            self._run(np.full(self.input_shape, self.input_quantization[1], np.int8))
+        with captured_stderr() as log:
+            self._micro.print_allocations()
+        for line in log:
+            if m := re.search(r"Arena allocation total (\d+) bytes", line):
+                return int(m.group(1))
+        raise MicroError("TFLite-Micro did not report its arena use: " + " ".join(log))
+
     def _run(self, quantized: np.ndarray) -> np.ndarray:
         if self.runtime != "tflm":
             return self._lite.run(quantized)
         self._micro.set_input(quantized, 0)
         self._micro.invoke()
+        self._invoked = True
         return self._micro.get_output(0)[0]
 
     def raw(self, x: np.ndarray) -> np.ndarray:
@@ -293,12 +298,13 @@ def fit_table(model: nn.Module, calibration: torch.Tensor,
     (plus, where the program runs from SRAM, the flatbuffer) fits. Quantization parameters
     do not change the arena, so one calibration image per size is enough."""
     import torch.nn.functional as F
+
     measured: dict[int, tuple[int, int]] = {}
 
     def measure(size: int) -> tuple[int, int]:
         if size not in measured:
-            images = F.interpolate(calibration[:1], size=(size, size),
-                                                     mode="bilinear", antialias=True)
+            images = F.interpolate(calibration[:1], size=(size, size), mode="bilinear",
+                                   antialias=True)
             flatbuffer = convert_int8(model, images)
             measured[size] = (measure_arena(flatbuffer), len(flatbuffer))
         return measured[size]
@@ -370,13 +376,13 @@ def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = 
     flatbuffer = convert_int8(model, images)
     convert_s = time.perf_counter() - start
     ops = operators(flatbuffer)
-    arena = measure_arena(flatbuffer)  # raises on an operator TFLite-Micro lacks
-    micro = MicroModel(flatbuffer, "tflm")
+    micro = MicroModel(flatbuffer)  # raises on an operator TFLite-Micro lacks
     threshold = float((float_card.get("threshold") or {}).get("value", 0.5))
     probe = to_input(val[0].image, size)
     with torch.no_grad():
         float_logits = model(probe).numpy()
     micro_raw = micro.raw(probe.numpy())
+    arena = micro.arena_bytes()
     card = {
         "format": "tflite-int8",
         "name": f"{float_card.get('name', float_card['model'])} int8 tflite-micro",
@@ -396,24 +402,19 @@ def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = 
                       **{f"tflm_vs_{runtime}": lsb_difference(
                           micro_raw, MicroModel(flatbuffer, runtime).raw(probe.numpy()))
                          for runtime in ("litert-ref", "litert")},
-                      "float_vs_tflm": agreement(float_logits, micro(probe.numpy()), threshold)},
+                      "float_vs_tflm": agreement(
+                          float_logits, dequantize_output(micro_raw, *micro.output_quantization),
+                          threshold)},
         "convert_s": round(convert_s, 1),
         "versions": package_versions(), "git_commit": git_commit(),
     }
     if fit_rows is not None:
         card["fit"] = fit_rows
     header, source_cc = c_sources(flatbuffer, card)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with staged_folder(Path(out)) as staging:
         (staging / "qsegment.tflite").write_bytes(flatbuffer)
         (staging / "model_data.h").write_text(header)
         (staging / "model_data.cc").write_text(source_cc)
         write_json(staging / "qsegment.json", card)
-        replace_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return card
 
