@@ -87,8 +87,9 @@ def _train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key).split(",")
     if args.upsample:
         overrides["model_args"] = {"upsample": args.upsample}
-    if args.amp is not None:
-        overrides["amp"] = args.amp
+    for key in ("amp", "channels_last"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     cfg = load_config(args.preset, **overrides)
     card = train(cfg, args.out, resume=args.resume)
     if card:
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Q-Segment up-sampling (nearest: IMX500-deployable)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC activations (often faster with --amp on a GPU)")
     p.add_argument("--train-images", help="comma-separated image names (default Image_01L..10R)")
     p.add_argument("--val-images", help="comma-separated image names (default Image_11L..14R)")
     for name, (kind, help_text) in _TRAIN_OVERRIDES.items():

@@ -46,21 +46,23 @@ class SegmentationDataset(Dataset):
     """Samples as (image, label, fov) tensors, augmented when a transform is given.
 
     ``repeats`` lists each image that many times per epoch: with small random crops an
-    "epoch" over 20 images would otherwise be a handful of steps.
+    "epoch" over 20 images would otherwise be a handful of steps. The tensors are made
+    once and kept on ``device``: on a GPU the augmentation then runs there too, which
+    keeps full-resolution training from waiting on the CPU.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: v2.Transform | None = None,
-                 repeats: int = 1, multiple: int = 8) -> None:
+                 repeats: int = 1, multiple: int = 8, device: torch.device | str = "cpu"
+                 ) -> None:
         if not samples:
             raise ValueError("no samples given")
-        self.samples = list(samples)
+        self.tensors = [tuple(t.to(device) for t in to_tensors(s, multiple)) for s in samples]
         self.transform = transform
         self.repeats = repeats
-        self.multiple = multiple
 
     def __len__(self) -> int:
-        return len(self.samples) * self.repeats
+        return len(self.tensors) * self.repeats
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tensors = to_tensors(self.samples[index % len(self.samples)], self.multiple)
+        tensors = self.tensors[index % len(self.tensors)]
         return tensors if self.transform is None else apply(self.transform, *tensors)

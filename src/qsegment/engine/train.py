@@ -64,6 +64,7 @@ class TrainConfig:
     restart_epochs: int = 20  # period of the warm restarts
     warmup_epochs: int = 0  # linear warm-up of the cosine schedule
     amp: bool = True  # fp16 autocast on CUDA, bf16 on CPU
+    channels_last: bool = False  # NHWC activations (benchmarks/bench_train_step.py decides)
     val_every: int = 50  # epochs between validations (and at the end)
     seed: int = 0
     threads: int | None = None  # torch CPU threads per process
@@ -201,17 +202,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         torch.set_num_threads(cfg.threads)
     dist.init(device)
     torch.manual_seed(cfg.seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: tune once
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     train_samples, val_samples = load_split(
         cfg.data, Split(tuple(cfg.train_images), tuple(cfg.val_images)))
     model = create_model(cfg.model, **cfg.model_args)
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
         model = dist.sync_batchnorm(model, device)
-    model = model.to(device)
+    model = model.to(device, memory_format=memory_format)
     size = cfg.resize or None  # inference resolution of validation and threshold choice
     dataset = _SeededDataset([resize_sample(s, size) for s in train_samples] if size
                              else train_samples, paper_augmentation(cfg.crop or None),
-                             repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed)
+                             repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed,
+                             device=device)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=sampler)
@@ -242,34 +246,32 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             net.train()
             sampler.set_epoch(epoch)
             dataset.epoch = epoch
-            losses = []
+            step_losses = []  # kept on the device: reading each one would stall a GPU
             for i, (x, y, _fov) in enumerate(loader):
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / steps_per_epoch)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x = x.to(device, memory_format=memory_format, non_blocking=True)
+                y = y.to(device, non_blocking=True)
                 with _autocast(cfg, device):
                     logits = net(x)
                 loss = loss_fn(logits, y)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                        f"stopped. The last good checkpoint is {out / 'last.safetensors'} "
-                        "(try a lower --lr)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                losses.append(loss.item())
+                step_losses.append(loss.detach())
                 bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-            epoch_loss = dist.average(sum(losses) / len(losses))
+            losses = torch.stack(step_losses).float().cpu()
+            _check_finite(losses, epoch, out)
+            epoch_loss = dist.average(losses.mean().item())
+            bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss:.4f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             wall = wall_before + time.monotonic() - started
             out_of_time = cfg.max_minutes is not None and wall > cfg.max_minutes * 60
             last_epoch = epoch + 1 == cfg.epochs or out_of_time
             if dist.is_main():
                 row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                       "wall_s": round(wall, 1), "lr": optimizer.param_groups[0]["lr"],
+                       "wall_s": round(wall, 3), "lr": optimizer.param_groups[0]["lr"],
                        "loss": epoch_loss}
                 if (epoch + 1) % cfg.val_every == 0 or last_epoch:
                     metrics = score(predict_samples(model, val_samples, size), val_samples)
@@ -298,6 +300,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         card = _finish(out, model, cfg, train_samples, val_samples, epoch + 1, progress)
     dist.barrier()
     return card
+
+
+def _check_finite(losses: torch.Tensor, epoch: int, out: Path) -> None:
+    """Stop at an epoch with a non-finite loss, before its weights are saved."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    if len(bad):
+        step = int(bad[0])
+        raise TrainingError(
+            f"loss became {losses[step].item()} at epoch {epoch + 1}, step {step + 1}; "
+            f"stopped. The last good checkpoint is {out / 'last.safetensors'} "
+            "(try a lower --lr)")
 
 
 def _card(cfg: TrainConfig, epochs_done: int, wall: float, metrics: dict | None) -> dict:

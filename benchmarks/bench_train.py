@@ -1,0 +1,60 @@
+"""Seconds per training epoch of a preset, with NCHW and with NHWC (channels-last)
+activations: a few real epochs of `qsegment train` each, timed from their log.
+
+The first epochs are left out of the median (cuDNN's autotuning, warm-up). The
+projection multiplies the median by the preset's epochs and leaves out validation.
+
+    python benchmarks/bench_train.py --preset paper --epochs 30 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from qsegment.engine.train import load_config, train
+
+WARM_UP_EPOCHS = 3
+
+
+def epoch_seconds(preset: str, epochs: int, channels_last: bool, device: str) -> float:
+    """Median wall seconds per epoch over a short run of ``preset``."""
+    cfg = load_config(preset, epochs=epochs, val_every=10**9, channels_last=channels_last,
+                      device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, Path(tmp) / "run", progress=False)
+        with open(Path(tmp) / "run" / "log.csv") as f:
+            walls = [float(row["wall_s"]) for row in csv.DictReader(f)]
+    return statistics.median(b - a for a, b in itertools.pairwise(walls[WARM_UP_EPOCHS:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per timed run (30)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if args.epochs <= WARM_UP_EPOCHS + 1:
+        parser.error(f"--epochs must exceed {WARM_UP_EPOCHS + 1}")
+    total = load_config(args.preset).epochs
+    rows = []
+    for channels_last in (False, True):
+        seconds = epoch_seconds(args.preset, args.epochs, channels_last, args.device)
+        rows.append({"preset": args.preset, "channels_last": channels_last,
+                     "epoch_s": seconds, "projected_min": seconds * total / 60})
+    print(f"| preset | activations | s/epoch | {total} epochs (min) |\n|---|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['preset']} | {'NHWC' if r['channels_last'] else 'NCHW'} | "
+              f"{r['epoch_s']:.3f} | {r['projected_min']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
