@@ -1,5 +1,6 @@
-"""Seconds per training epoch of a preset, with NCHW and with NHWC (channels-last)
-activations: a few real epochs of `qsegment train` each, timed from their log.
+"""Seconds per training epoch of a preset in fp32 and with mixed precision (fp16 on a
+GPU, bf16 on the CPU), each with NCHW and with NHWC (channels-last) activations: a
+few real epochs of `qsegment train` each, timed from their log.
 
 The first epochs are left out of the median (cuDNN's autotuning, warm-up). The
 projection multiplies the median by the preset's epochs and leaves out validation.
@@ -22,10 +23,11 @@ from qsegment.engine.train import load_config, train
 WARM_UP_EPOCHS = 3
 
 
-def epoch_seconds(preset: str, epochs: int, channels_last: bool, device: str) -> float:
+def epoch_seconds(preset: str, epochs: int, amp: bool, channels_last: bool, device: str
+                  ) -> float:
     """Median wall seconds per epoch over a short run of ``preset``."""
-    cfg = load_config(preset, epochs=epochs, val_every=10**9, channels_last=channels_last,
-                      device=device)
+    cfg = load_config(preset, epochs=epochs, val_every=10**9, amp=amp,
+                      channels_last=channels_last, device=device)
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, Path(tmp) / "run", progress=False)
         with open(Path(tmp) / "run" / "log.csv") as f:
@@ -44,14 +46,16 @@ def main() -> None:
         parser.error(f"--epochs must exceed {WARM_UP_EPOCHS + 1}")
     total = load_config(args.preset).epochs
     rows = []
-    for channels_last in (False, True):
-        seconds = epoch_seconds(args.preset, args.epochs, channels_last, args.device)
-        rows.append({"preset": args.preset, "channels_last": channels_last,
+    for amp, channels_last in itertools.product((False, True), (False, True)):
+        seconds = epoch_seconds(args.preset, args.epochs, amp, channels_last, args.device)
+        rows.append({"preset": args.preset, "amp": amp, "channels_last": channels_last,
                      "epoch_s": seconds, "projected_min": seconds * total / 60})
-    print(f"| preset | activations | s/epoch | {total} epochs (min) |\n|---|---|---:|---:|")
+    print(f"| preset | precision | activations | s/epoch | {total} epochs (min) |\n"
+          "|---|---|---|---:|---:|")
     for r in rows:
-        print(f"| {r['preset']} | {'NHWC' if r['channels_last'] else 'NCHW'} | "
-              f"{r['epoch_s']:.3f} | {r['projected_min']:.1f} |")
+        print(f"| {r['preset']} | {'mixed' if r['amp'] else 'fp32'} | "
+              f"{'NHWC' if r['channels_last'] else 'NCHW'} | {r['epoch_s']:.3f} | "
+              f"{r['projected_min']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

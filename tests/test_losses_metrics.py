@@ -34,6 +34,11 @@ def test_boundary_weights_are_highest_at_vessel_borders(label):
     assert near_border[np.unravel_index(np.argmax(w), w.shape)]
 
 
+def test_separable_boundary_weights_equal_the_2d_pooling(label):
+    direct = 1 + 5 * (F.avg_pool2d(label, 31, 1, 15) - label).abs()
+    assert torch.allclose(boundary_weights(label), direct, atol=1e-5)
+
+
 def test_structure_loss_matches_the_written_formula():
     torch.manual_seed(0)
     logits = torch.randn(2, 1, 40, 40)

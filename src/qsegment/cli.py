@@ -72,7 +72,7 @@ _TRAIN_OVERRIDES = {  # flag -> (type, help)
     "val_every": (int, "epochs between validations"),
     "seed": (int, "random seed (weights, augmentation, order)"),
     "threads": (int, "torch CPU threads"),
-    "max_minutes": (float, "stop cleanly after this many minutes"),
+    "max_minutes": (float, "stop cleanly after this many minutes of this call"),
     "device": (str, "auto | cpu | cuda | cuda:N"),
 }
 
@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="fast", help="paper | fast | path to a YAML file (fast)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint")
+                   help="continue the run in --out from its last checkpoint, with its "
+                   "recipe; --device, --threads, --max-minutes and --channels-last apply")
     _add_data(p)
     p.add_argument("--upsample", choices=["nearest", "unpool"],
                    help="Q-Segment up-sampling (nearest: IMX500-deployable)")

@@ -68,8 +68,12 @@ class TrainConfig:
     val_every: int = 50  # epochs between validations (and at the end)
     seed: int = 0
     threads: int | None = None  # torch CPU threads per process
-    max_minutes: float | None = None  # stop cleanly after this much wall time
+    max_minutes: float | None = None  # stop cleanly after this much wall time (this call)
     device: str = "auto"
+
+
+# How a call runs rather than what it trains: a resumed run takes these from its caller.
+RUNTIME_FIELDS = ("device", "threads", "max_minutes", "channels_last")
 
 
 def load_config(preset: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -185,12 +189,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
           ) -> dict[str, Any]:
     """Train ``cfg.model`` and write the run folder ``out``; returns the final card.
 
-    With ``resume`` the run continues from ``out/last.safetensors`` (its config wins).
+    With ``resume`` the run continues from ``out/last.safetensors``; its recipe comes from
+    ``out/config.yaml``, and only the :data:`RUNTIME_FIELDS` from ``cfg``.
     Under ``torchrun`` the same call trains data-parallel.
     """
     out = Path(out)
     if resume:
-        cfg = load_config(out / "config.yaml")
+        runtime = {name: getattr(cfg, name) for name in RUNTIME_FIELDS}
+        cfg = dataclasses.replace(load_config(out / "config.yaml"), **runtime)
     elif (out / "last.safetensors").exists():
         raise TrainingError(f"{out}: holds a run already; pass --resume to continue it or "
                             "choose another --out")
@@ -267,7 +273,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss:.4f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             wall = wall_before + time.monotonic() - started
-            out_of_time = cfg.max_minutes is not None and wall > cfg.max_minutes * 60
+            out_of_time = (cfg.max_minutes is not None
+                           and time.monotonic() - started > cfg.max_minutes * 60)
             last_epoch = epoch + 1 == cfg.epochs or out_of_time
             if dist.is_main():
                 row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
