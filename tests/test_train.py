@@ -71,6 +71,13 @@ def test_train_writes_a_run_folder_that_explains_itself(tmp_path, data_dir):
     assert loaded_card["model"] == "qsegment" and not model.training
     with pytest.raises(TrainingError, match="holds a run already"):
         train(load_config("fast", data=str(data_dir), **TINY), out, progress=False)
+    # two runs' curves in one figure (how RESULTS.md compares recipes)
+    from PIL import Image
+
+    from qsegment import viz
+
+    viz.training_curve({"a": out / "log.csv", "b": out / "log.csv"}, tmp_path / "both.png")
+    assert Image.open(tmp_path / "both.png").size == Image.open(out / "curve.png").size
 
 
 def test_same_seed_same_weights_and_resume_after_kill(tmp_path, data_dir):

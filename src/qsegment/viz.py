@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend
@@ -81,25 +81,32 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
     _save(fig, path)
 
 
-def training_curve(log_csv: Path, path: Path, label: str = "") -> None:
-    """Validation Dice against wall-clock minutes (and the training loss) of a run's log."""
+def training_curve(log_csv: Path | Mapping[str, Path], path: Path, label: str = "") -> None:
+    """Validation Dice against wall-clock minutes of a run's log, with its training loss;
+    given {name: log} for several runs, their Dice curves side by side (to compare
+    recipes by the time they take)."""
     import csv
 
-    with open(log_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    minutes = [float(r["wall_s"]) / 60 for r in rows]
-    loss = [float(r["loss"]) for r in rows]
-    val = [(float(r["wall_s"]) / 60, float(r["val_dice"])) for r in rows if r["val_dice"]]
+    runs = log_csv if isinstance(log_csv, Mapping) else {Path(log_csv).parent.name: log_csv}
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", color="C0", label="validation Dice (t=0.5)")
+    for i, (name, log) in enumerate(runs.items()):
+        with open(log, newline="") as f:
+            rows = list(csv.DictReader(f))
+        val = [(float(r["wall_s"]) / 60, float(r["val_dice"])) for r in rows if r["val_dice"]]
+        if val:
+            ax.plot(*zip(*val, strict=True), "o-", color=f"C{2 * i}",
+                    label=name if len(runs) > 1 else None)
+        if len(runs) == 1:
+            twin = ax.twinx()
+            twin.plot([float(r["wall_s"]) / 60 for r in rows], [float(r["loss"]) for r in rows],
+                      color="C1", alpha=0.6)
+            twin.set_ylabel("training loss", color="C1")
     ax.set_xlabel("wall time (minutes)")
-    ax.set_ylabel("validation Dice", color="C0")
+    ax.set_ylabel("validation Dice (t=0.5)", color="C0" if len(runs) == 1 else "black")
     ax.grid(alpha=0.3)
-    twin = ax.twinx()
-    twin.plot(minutes, loss, color="C1", alpha=0.6, label="training loss")
-    twin.set_ylabel("training loss", color="C1")
-    ax.set_title(label or f"training curve: {Path(log_csv).parent.name}")
+    if len(runs) > 1:
+        ax.legend(loc="lower right")
+    ax.set_title(label or f"training curve: {', '.join(runs)}")
     fig.tight_layout()
     _save(fig, path)
 
