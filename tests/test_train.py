@@ -153,10 +153,11 @@ def test_cli_reports_bad_data_folder(tmp_path, capsys):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path, data_dir):
     # SGD: Adam's first steps are sign(gradient) * lr, which turns float noise in
-    # near-zero gradients (conv biases before BatchNorm) into whole steps. fp32: bf16
-    # rounds the differently ordered sums of two ranks apart by more than the tolerance.
+    # near-zero gradients (conv biases before BatchNorm) into whole steps. fp32 and NCHW:
+    # bf16, and NHWC kernels chosen per batch size, round one process and two ranks apart
+    # by more than the tolerance.
     cfg = dict(TINY, epochs=2, val_every=100, batch_size=4, seed=3, optimizer="sgd", lr=0.05,
-               amp=False)
+               amp=False, channels_last=False)
     one = tmp_path / "one"
     train(load_config("fast", data=str(data_dir), **cfg), one, progress=False)
     two = tmp_path / "two"
@@ -166,7 +167,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path, data_dir):
            "--train-images", ",".join(cfg["train_images"]),
            "--val-images", ",".join(cfg["val_images"]),
            *[f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()
-             if k not in ("train_images", "val_images", "amp")], "--no-amp"]
+             if k not in ("train_images", "val_images", "amp", "channels_last")],
+           "--no-amp", "--no-channels-last"]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
