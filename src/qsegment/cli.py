@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC activations (often faster with --amp on a GPU)")
+                   help="NHWC activations (the presets use them: faster on CPU and GPU)")
     p.add_argument("--train-images", help="comma-separated image names (default Image_01L..10R)")
     p.add_argument("--val-images", help="comma-separated image names (default Image_11L..14R)")
     for name, (kind, help_text) in _TRAIN_OVERRIDES.items():
