@@ -105,6 +105,23 @@ def test_augmentation_is_the_papers(data_dir):
     assert 0.75 < ratio < 1.2
 
 
+def test_rotate90_reaches_all_eight_symmetries_exactly(data_dir):
+    image, label, fov = (t[..., 300:556, 300:556] for t in
+                         to_tensors(load_sample(data_dir, "Image_03L")))
+    turns = [torch.rot90(label, k, (1, 2)) for k in range(4)]
+    views = turns + [t.flip(-1) for t in turns]
+    transform = paper_augmentation(rotation=0.0, brightness=0.0, rotate90=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        _, lab, _ = apply(transform, image, label, fov)
+        matches = [i for i, view in enumerate(views) if torch.equal(lab, view)]
+        assert len(matches) == 1  # a quarter turn moves pixels, it does not resample them
+        seen.add(matches[0])
+    assert seen == set(range(8))
+    assert all(type(t).__name__ != "RandomApply" for t in paper_augmentation().transforms)
+
+
 def test_dataset_repeats_and_augments(data_dir):
     s = load_sample(data_dir, "Image_01L")
     ds = SegmentationDataset([s], paper_augmentation(crop=64), repeats=3)

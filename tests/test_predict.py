@@ -7,6 +7,7 @@ from PIL import Image
 from qsegment import Segmenter
 from qsegment.cli import main
 from qsegment.data import load_sample
+from qsegment.engine.infer import predict_proba
 from qsegment.engine.predict import ImageError, predict_files, read_image, to_rgb_float
 from qsegment.metrics import evaluate
 
@@ -63,6 +64,42 @@ def test_tiled_equals_untiled_on_a_large_image(segmenter, data_dir, sample):
     tiled = Segmenter(segmenter.model, segmenter.threshold, tile=512, overlap=128).probability(big)
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() < 1e-4  # no seams
+
+
+def _logit(p):
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def test_tta_averages_the_logits_of_the_eight_symmetric_views(segmenter, sample):
+    """d8 equals the mean logit of predictions on the image turned and flipped by numpy
+    (a non-square crop, so a transpose mix-up would show)."""
+    crop = sample.image[400:464, 500:596]  # 64 x 96: no padding, not square
+    views = [(k, f) for k in range(4) for f in (False, True)]
+    logits = []
+    for k, f in views:
+        img = np.rot90(crop, k)
+        img = img[:, ::-1] if f else img
+        logit = _logit(predict_proba(segmenter.model, np.ascontiguousarray(img)))
+        logit = logit[:, ::-1] if f else logit
+        logits.append(np.rot90(logit, -k))
+    expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+    tta = Segmenter(segmenter.model, segmenter.threshold, tta="d8").probability(crop)
+    assert tta.shape == crop.shape[:2]
+    assert np.abs(tta - expected).max() < 1e-4
+    assert np.abs(tta - segmenter.probability(crop)).max() > 0.01  # the views do differ
+    with pytest.raises(ValueError, match="none, flip, d8"):
+        Segmenter(segmenter.model, tta="d4")
+
+
+def test_predict_command_with_tta(sample, tmp_path, capsys):
+    _write_inputs(tmp_path / "in", sample, ["a.png"])
+    for tta in ("none", "flip"):
+        assert main(["predict", str(tmp_path / "in"), "-o", str(tmp_path / tta), "--prob",
+                     "--runtime", "torch", "--tta", tta]) == 0
+    prob = {t: np.asarray(Image.open(tmp_path / t / "a_prob.png")) for t in ("none", "flip")}
+    assert prob["none"].shape == prob["flip"].shape == (200, 220)
+    assert not np.array_equal(prob["none"], prob["flip"])
 
 
 def _write_inputs(folder, sample, names):

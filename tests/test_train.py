@@ -16,7 +16,9 @@ import yaml
 from qsegment import load_model
 from qsegment.checkpoint import read_checkpoint
 from qsegment.cli import main
+from qsegment.data import Split, load_sample
 from qsegment.engine import train as train_module
+from qsegment.engine.evaluate import table_iv, train_threshold
 from qsegment.engine.train import TrainingError, load_config, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,6 +199,22 @@ def test_evaluate_writes_table_metrics_and_figures(tmp_path, data_dir, capsys):
     assert 0.7 < human["dice"] < 0.85 and human["acc"] > 0.95
     for name in ("predictions_full.png", "predictions_336.png", "roc.png"):
         assert (ev / name).stat().st_size > 10_000, name
+
+
+def test_evaluate_with_tta_chooses_its_threshold_on_training_images(data_dir, capsys):
+    model, card = load_model("qsegment-nearest")
+    split = Split(("Image_01L",), ("Image_11L",))
+    plain, flip = (table_iv(model, card, str(data_dir), split=split, figures=False,
+                            progress=False, tta=tta) for tta in ("none", "flip"))
+    assert plain["threshold"] == card["threshold"]["value"] and plain["tta"] == "none"
+    assert flip["threshold"] == train_threshold(model, [load_sample(data_dir, "Image_01L")],
+                                                tta="flip")
+    assert "flip" in flip["threshold_rule"] and flip["threshold"] != plain["threshold"]
+    (label, row), = flip["rows"].items()
+    assert label == "qsegment-nearest @ full + flip TTA" and row["pooled"]["dice"] > 0.78
+    assert row["pooled"]["auc"] != next(iter(plain["rows"].values()))["pooled"]["auc"]
+    assert main(["evaluate", "model.onnx", "--tta", "flip"]) != 0
+    assert "--tta applies to float checkpoints" in capsys.readouterr().err
 
 
 def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_path, data_dir):

@@ -28,6 +28,12 @@ def _parser_with(sub: argparse._SubParsersAction, name: str, summary: str, examp
     return p
 
 
+def _add_tta(p: argparse.ArgumentParser, note: str) -> None:
+    p.add_argument("--tta", choices=["none", "flip", "d8"], default="none",
+                   help="test-time augmentation: average the logits over flips (4 passes) or "
+                   f"flips and transposes (d8, 8 passes){note} (none)")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="CHASE_DB1 folder (default: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
@@ -87,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key).split(",")
     if args.upsample:
         overrides["model_args"] = {"upsample": args.upsample}
-    for key in ("amp", "channels_last"):
+    for key in ("amp", "channels_last", "rotate90"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     cfg = load_config(args.preset, **overrides)
@@ -109,6 +115,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .pretrained import load_model
 
     if str(args.checkpoint).endswith((".onnx", ".tflite")):
+        if args.tta != "none":
+            raise ValueError("--tta applies to float checkpoints, not to an int8 model file")
         if len(args.size) > 1:
             raise ValueError("an int8 model runs at one size: give at most one --size")
         result = int8_table(args.checkpoint, (args.size or [None])[0], args.data, out=args.out,
@@ -122,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             card = {**card, "name": f"{card.get('name', card['model'])} ({args.runtime})"}
         sizes = [None, *args.size]
         result = table_iv(model, card, args.data, sizes, out=args.out,
-                          figures=not args.no_figures)
+                          figures=not args.no_figures, tta=args.tta)
     print(format_table(result))
     if "dice_drop" in result:
         print(f"int8 minus float Dice at the same resolution: {-result['dice_drop']:+.4f}")
@@ -140,7 +148,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .engine.predict import Segmenter, predict_files
 
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
-                                          runtime=args.runtime)
+                                          runtime=args.runtime, tta=args.tta)
     summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
                             overlay=args.overlay)
     for source, problem in summary.failed:
@@ -274,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC activations (the presets use them: faster on CPU and GPU)")
+    p.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
+                   help="augment with random quarter turns too (all 8 symmetries of a crop)")
     p.add_argument("--train-images", help="comma-separated image names (default Image_01L..10R)")
     p.add_argument("--val-images", help="comma-separated image names (default Image_11L..14R)")
     for name, (kind, help_text) in _TRAIN_OVERRIDES.items():
@@ -301,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["torch", "tflite-int8", "onnx", "onnx-int8"],
                    default="torch", help="run a checkpoint as `qsegment predict --runtime` "
                    "would (torch)")
+    _add_tta(p, "; the threshold is then chosen anew on the training images with the same "
+             "views")
 
     p = _parser_with(sub, "predict", "Segment your own fundus images (files, folders or glob "
                      "patterns) on the CPU: writes NAME_mask.png (0/255, the input's size) and "
@@ -326,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tflite-int8)")
     p.add_argument("--tile", type=int, default=1024,
                    help="tile size for large images, a multiple of 64 (1024)")
+    _add_tta(p, "; the card's threshold still applies")
 
     p = _parser_with(sub, "quantize", "Quantize a model to INT8 for the Sony IMX500 with "
                      "Sony's Model Compression Toolkit: post-training (ptq), gradient-based "

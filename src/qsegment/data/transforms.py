@@ -14,10 +14,17 @@ from torchvision.transforms import InterpolationMode, v2
 
 
 def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
-                       rotation: float = 1.0) -> v2.Compose:
+                       rotation: float = 1.0, rotate90: bool = False) -> v2.Compose:
     """Brightness factor 0.2, horizontal and vertical flips (p=0.5 each), rotation within
-    +-1 degree; optionally a random square crop first (the fast CPU recipe)."""
+    +-1 degree; optionally a random square crop first (the fast CPU recipe).
+
+    ``rotate90`` adds a quarter turn with probability 0.5: with the flips, all eight
+    symmetries of a square, so thin vessels are seen at every orientation (exact on
+    square crops; on a whole non-square image the turn cuts the corners).
+    """
     ops: list[v2.Transform] = [] if crop is None else [v2.RandomCrop(crop)]
+    if rotate90:
+        ops.append(v2.RandomApply([v2.RandomRotation((90, 90))], p=0.5))
     ops += [
         v2.RandomHorizontalFlip(0.5),
         v2.RandomVerticalFlip(0.5),

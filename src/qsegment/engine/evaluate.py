@@ -19,13 +19,14 @@ Runner = nn.Module | Callable[[np.ndarray], np.ndarray]  # PyTorch or ONNX Runti
 
 
 def predict_samples(model: Runner, samples: Sequence[Sample], size: int | None = None,
-                    progress: bool = False) -> list[np.ndarray]:
-    """Probability maps at each sample's full resolution (inferred at ``size`` if given).
+                    progress: bool = False, tta: str = "none") -> list[np.ndarray]:
+    """Probability maps at each sample's full resolution (inferred at ``size`` if given,
+    averaged over the ``tta`` views of :func:`~qsegment.engine.infer.symmetries`).
     ``model`` may also be a runner callable on arrays (ONNX Runtime)."""
     if isinstance(model, nn.Module):
         model.eval()
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
-    return [predict_proba(model, s.image, size) for s in items]
+    return [predict_proba(model, s.image, size, tta) for s in items]
 
 
 def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
@@ -36,10 +37,10 @@ def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: flo
     return evaluate(probs, [s.label for s in samples], fovs, threshold)
 
 
-def train_threshold(model: nn.Module, train: Sequence[Sample], size: int | None = None,
-                    progress: bool = False) -> float:
+def train_threshold(model: Runner, train: Sequence[Sample], size: int | None = None,
+                    progress: bool = False, tta: str = "none") -> float:
     """The Dice-maximizing threshold on the training images (never on validation)."""
-    probs = predict_samples(model, train, size, progress)
+    probs = predict_samples(model, train, size, progress, tta)
     return best_threshold(probs, [s.label for s in train], [s.fov for s in train])
 
 
@@ -54,23 +55,32 @@ def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict
 
 def table_iv(model: Runner, card: dict, data: str | None = None,
              sizes: Sequence[int | None] = (None,), split: Split | None = None,
-             out: Path | None = None, figures: bool = True, progress: bool = True) -> dict:
+             out: Path | None = None, figures: bool = True, progress: bool = True,
+             tta: str = "none") -> dict:
     """The Table IV rows of a model on the validation images, plus the human reference.
 
     One row per inference resolution (``None``: full resolution; N: the image resized
     to NxN, the probabilities resized back, scored against the full-size label). The
-    threshold is the card's (chosen on the training images) or 0.5 if it has none.
+    threshold is the card's (chosen on the training images) or 0.5 if it has none; with
+    a test-time augmentation (``tta``) it is chosen anew on the training images, with
+    the same views, at the card's inference size.
     Writes ``metrics.json`` and, with ``figures``, the predictions panel and the ROC
     curve into ``out``.
     """
     train, val = load_split(data, split)
     _, second = load_split(data, split, observer=2)
-    threshold = float((card.get("threshold") or {}).get("value", 0.5))
+    chosen = card.get("threshold") or {}
+    threshold = float(chosen.get("value", 0.5))
+    rule = "card (train-chosen)" if chosen else "fixed 0.5"
+    if tta != "none":
+        threshold = train_threshold(model, train, chosen.get("inference_size"), progress, tta)
+        rule = f"chosen now on the training images with {tta} test-time augmentation"
     rows, curves = {}, {}
     for size in sizes:
         resolution = "full" if size is None else f"{size}x{size}"
-        label = f"{card.get('name', card['model'])} @ {resolution}"
-        probs = predict_samples(model, val, size, progress)
+        views = "" if tta == "none" else f" + {tta} TTA"
+        label = f"{card.get('name', card['model'])} @ {resolution}{views}"
+        probs = predict_samples(model, val, size, progress, tta)
         metrics = score(probs, val, threshold)
         rows[label] = {"size": size, **metrics,
                        "whole_image": score(probs, val, threshold, inside_fov=False)["pooled"]}
@@ -85,8 +95,7 @@ def table_iv(model: Runner, card: dict, data: str | None = None,
                                    threshold,
                                    Path(out) / f"predictions_{tag}.png", title=label)
     human = second_observer(val, second)
-    result = {"threshold": threshold,
-              "threshold_rule": "card (train-chosen)" if card.get("threshold") else "fixed 0.5",
+    result = {"threshold": threshold, "threshold_rule": rule, "tta": tta,
               "val_images": [s.name for s in val], "rows": rows, "second_observer": human,
               "train_images": [s.name for s in train]}
     if out is not None:

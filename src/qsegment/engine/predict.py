@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from ..pretrained import DEFAULT_MODEL, load_model, resolve_checkpoint
-from .infer import predict_proba
+from .infer import predict_proba, symmetries
 
 RUNTIMES = ("tflite-int8", "torch", "onnx", "onnx-int8")
 DEFAULT_RUNTIME = "tflite-int8"  # the fastest on a CPU (docs/BENCHMARKS.md)
@@ -110,7 +110,8 @@ class Prediction:
 class Segmenter:
     """A model plus its threshold, ready for images of any size, on one of
     :data:`RUNTIMES` (``int8_onnx`` / ``int8_tflite``: the files of the int8 runtimes,
-    see :meth:`from_pretrained`).
+    see :meth:`from_pretrained`), optionally averaging ``tta`` views
+    (:func:`~qsegment.engine.infer.symmetries`: more accurate, one pass per view).
 
     >>> seg = Segmenter.from_pretrained()              # the shipped Q-Segment
     >>> out = seg.predict(np.asarray(PIL.Image.open("fundus.jpg")))
@@ -119,7 +120,7 @@ class Segmenter:
 
     def __init__(self, model: nn.Module, threshold: float = 0.5, tile: int = 1024,
                  overlap: int = 128, runtime: str = "torch", int8_onnx: Path | None = None,
-                 int8_tflite: Path | None = None) -> None:
+                 int8_tflite: Path | None = None, tta: str = "none") -> None:
         multiple = 64  # a multiple of every registered model's total stride (<= 32)
         if tile % multiple or overlap % multiple or tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
@@ -130,6 +131,8 @@ class Segmenter:
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
         self.runtime = runtime
+        self.tta = tta
+        symmetries(tta)  # an unknown mode fails here, not at the first image
         self.runner = _runner(self.model, runtime, int8_onnx, int8_tflite)
 
     @classmethod
@@ -152,7 +155,7 @@ class Segmenter:
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
                 and array.shape[2] == 3 and max(array.shape[:2]) <= self.tile
-                and hasattr(self.runner, "probability_uint8")):
+                and self.tta == "none" and hasattr(self.runner, "probability_uint8")):
             prob = self.runner.probability_uint8(array)  # 8-bit RGB straight to int8
         else:
             prob = self.probability(to_rgb_float(image))
@@ -162,14 +165,14 @@ class Segmenter:
         """Probability map of an (H, W, 3) float image, tiled when it exceeds ``tile``."""
         h, w = rgb.shape[:2]
         if max(h, w) <= self.tile:
-            return predict_proba(self.runner, rgb)
+            return predict_proba(self.runner, rgb, tta=self.tta)
         out = np.empty((h, w), dtype=np.float32)
         step, margin = self.tile - 2 * self.overlap, self.overlap
         for y in range(0, h, step):
             for x in range(0, w, step):
                 y0, x0 = max(0, y - margin), max(0, x - margin)
                 y1, x1 = min(h, y + step + margin), min(w, x + step + margin)
-                tile = predict_proba(self.runner, rgb[y0:y1, x0:x1])
+                tile = predict_proba(self.runner, rgb[y0:y1, x0:x1], tta=self.tta)
                 ye, xe = min(h, y + step), min(w, x + step)
                 out[y:ye, x:xe] = tile[y - y0:ye - y0, x - x0:xe - x0]
         return out

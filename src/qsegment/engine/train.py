@@ -55,6 +55,7 @@ class TrainConfig:
     crop: int = 0  # random square crop size; 0 trains on whole images
     resize: int = 0  # train and validate on images resized to this square (0: full size)
     repeats: int = 1  # times each image is visited per epoch
+    rotate90: bool = False  # also random quarter turns (all 8 symmetries of a square crop)
     loss: str = "structure"
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 1e-3
@@ -218,8 +219,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         model = dist.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format)
     size = cfg.resize or None  # inference resolution of validation and threshold choice
+    augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90)
     dataset = _SeededDataset([resize_sample(s, size) for s in train_samples] if size
-                             else train_samples, paper_augmentation(cfg.crop or None),
+                             else train_samples, augment,
                              repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed,
                              device=device)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
