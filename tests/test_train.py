@@ -18,7 +18,7 @@ from qsegment.checkpoint import read_checkpoint
 from qsegment.cli import main
 from qsegment.data import Split, load_sample
 from qsegment.engine import train as train_module
-from qsegment.engine.evaluate import table_iv, train_threshold
+from qsegment.engine.evaluate import predict_samples, score, table_iv, train_threshold
 from qsegment.engine.train import TrainingError, load_config, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +125,30 @@ def test_max_minutes_stops_cleanly_and_a_resumed_call_sets_its_own(tmp_path, dat
     card = train(load_config("fast", threads=1), out, resume=True, progress=False)
     assert card["epochs_done"] == 3
     assert card["config"]["crop"] == TINY["crop"]  # the run's recipe, not the fast preset's
+
+
+def test_ema_weights_are_the_ones_validated_saved_and_resumed(tmp_path, data_dir):
+    cfg = dict(TINY, epochs=2, val_every=100, ema=0.9)
+    whole = tmp_path / "whole"
+    card = train(load_config("fast", data=str(data_dir), **cfg), whole, progress=False)
+    tensors = read_checkpoint(whole / "last.safetensors")[0]
+    average = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    raw = {k.removeprefix("train."): v for k, v in tensors.items() if k.startswith("train.")}
+    assert average.keys() == raw.keys()
+    assert any(not torch.allclose(average[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert int(tensors["ema.n_averaged"]) == 2 * 2  # 2 epochs of 2 steps
+    model, _ = load_model(whole)  # the average is what loads and what was scored
+    val = [load_sample(data_dir, "Image_11L")]
+    rescored = score(predict_samples(model, val), val)["pooled"]
+    assert rescored == pytest.approx(card["val_metrics"]["pooled"], abs=1e-6)
+
+    split = tmp_path / "split"
+    train(load_config("fast", data=str(data_dir), max_minutes=1e-6, **cfg), split,
+          progress=False)
+    train(load_config("fast", threads=1), split, resume=True, progress=False)
+    resumed = read_checkpoint(split / "last.safetensors")[0]
+    for key in (k for k in tensors if k.startswith(("model.", "train.", "ema."))):
+        assert torch.allclose(tensors[key], resumed[key], atol=1e-6), key
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,

@@ -75,6 +75,8 @@ _TRAIN_OVERRIDES = {  # flag -> (type, help)
     "lr": (float, "initial learning rate"),
     "weight_decay": (float, "weight decay"),
     "scheduler": (str, "cosine_restarts | cosine"),
+    "ema": (float, "per-step decay of a moving average of the weights, validated and "
+                   "saved instead of them, e.g. 0.999 (0: none)"),
     "val_every": (int, "epochs between validations"),
     "seed": (int, "random seed (weights, augmentation, order)"),
     "threads": (int, "torch CPU threads"),

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -64,6 +65,7 @@ class TrainConfig:
     scheduler: str = "cosine_restarts"  # cosine_restarts | cosine
     restart_epochs: int = 20  # period of the warm restarts
     warmup_epochs: int = 0  # linear warm-up of the cosine schedule
+    ema: float = 0.0  # per-step decay of a moving average of the weights (0: none)
     amp: bool = True  # fp16 autocast on CUDA, bf16 on CPU
     channels_last: bool = False  # NHWC activations: faster on CPU and GPU (bench_train.py)
     val_every: int = 50  # epochs between validations (and at the end)
@@ -228,6 +230,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                                  seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=sampler)
     optimizer = _optimizer(cfg, model.parameters())
+    # with ``ema`` the average (BatchNorm statistics included) is what is validated, saved
+    # and shipped; the raw weights travel in the checkpoint only to resume training
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+           if cfg.ema else None)
+    scored = model if ema is None else ema.module
     lr_factor(cfg, 0.0)  # fails early on an unknown scheduler
     loss_fn = get_loss(cfg.loss)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
@@ -235,7 +242,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     start_epoch, best_dice, wall_before = 0, -1.0, 0.0
     if resume:
         start_epoch, best_dice, wall_before = _restore(out / "last.safetensors", model,
-                                                       optimizer)
+                                                       optimizer, ema)
     elif dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -267,6 +274,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step_losses.append(loss.detach())
                 bar.update()
             losses = torch.stack(step_losses).float().cpu()
@@ -283,7 +292,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                        "wall_s": round(wall, 3), "lr": optimizer.param_groups[0]["lr"],
                        "loss": epoch_loss}
                 if (epoch + 1) % cfg.val_every == 0 or last_epoch:
-                    metrics = score(predict_samples(model, val_samples, size), val_samples)
+                    metrics = score(predict_samples(scored, val_samples, size), val_samples)
                     pooled = metrics["pooled"]
                     row.update(val_dice=pooled["dice"], val_acc=pooled["acc"],
                                val_auc=pooled["auc"])
@@ -291,10 +300,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                               f"Acc {pooled['acc']:.4f} AUC {pooled['auc']:.4f}")
                     if pooled["dice"] > best_dice:
                         best_dice = pooled["dice"]
-                        _save(out / "best.safetensors", model, cfg, epoch + 1, wall, metrics)
+                        _save(out / "best.safetensors", scored, cfg, epoch + 1, wall, metrics)
                 log.write(row)
-                _save(out / "last.safetensors", model, cfg, epoch + 1, wall, metrics,
-                      optimizer, best_dice)
+                _save(out / "last.safetensors", scored, cfg, epoch + 1, wall, metrics,
+                      optimizer, best_dice, ema, model)
             dist.barrier()
             if out_of_time:
                 bar.write(f"stopping after epoch {epoch + 1}: --max-minutes {cfg.max_minutes} "
@@ -306,7 +315,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
             log.close()
     card: dict[str, Any] = {}
     if dist.is_main():
-        card = _finish(out, model, cfg, train_samples, val_samples, epoch + 1, progress)
+        card = _finish(out, scored, cfg, train_samples, val_samples, epoch + 1, progress)
     dist.barrier()
     return card
 
@@ -339,26 +348,37 @@ def _card(cfg: TrainConfig, epochs_done: int, wall: float, metrics: dict | None)
 
 def _save(path: Path, model: nn.Module, cfg: TrainConfig, epochs_done: int, wall: float,
           metrics: dict | None, optimizer: torch.optim.Optimizer | None = None,
-          best_dice: float = -1.0) -> None:
+          best_dice: float = -1.0, ema: AveragedModel | None = None,
+          raw: nn.Module | None = None) -> None:
+    """``model``'s weights with a card; with ``optimizer`` also the state to resume from
+    (with ``ema``: its step count, and the ``raw`` weights it averages under ``train.``)."""
     card = _card(cfg, epochs_done, wall, metrics)
     extra: dict[str, torch.Tensor] = {}
     meta = {"card": card}
     if optimizer is not None:
         extra, optim_meta = ckpt.optimizer_tensors(optimizer)
         extra["rng.torch"] = torch.get_rng_state()
+        if ema is not None:
+            extra["ema.n_averaged"] = ema.n_averaged
+            extra.update({f"train.{k}": v for k, v in raw.state_dict().items()})
         meta["resume"] = {"epoch": epochs_done, "best_dice": best_dice, "wall_s": wall,
                           "optimizer": optim_meta}
     ckpt.save_checkpoint(path, model, meta, extra)
     ckpt.write_json(path.with_suffix(".json"), card)
 
 
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-             ) -> tuple[int, float, float]:
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             ema: AveragedModel | None = None) -> tuple[int, float, float]:
     ckpt.load_weights(model, path)
     tensors, meta = ckpt.read_checkpoint(path)
     state = meta.get("resume")
     if state is None:
         raise ckpt.CheckpointError(f"{path}: holds no training state to resume from")
+    if ema is not None:  # the saved weights are the average; the raw ones are under train.
+        ema.module.load_state_dict(model.state_dict())
+        model.load_state_dict({k.removeprefix("train."): v for k, v in tensors.items()
+                               if k.startswith("train.")})
+        ema.n_averaged.copy_(tensors["ema.n_averaged"])
     ckpt.restore_optimizer(optimizer, tensors, state["optimizer"])
     torch.set_rng_state(tensors["rng.torch"])
     return state["epoch"], state["best_dice"], state["wall_s"]
