@@ -75,10 +75,10 @@ def table_iv(model: Runner, card: dict, data: str | None = None,
     if tta != "none":
         threshold = train_threshold(model, train, chosen.get("inference_size"), progress, tta)
         rule = f"chosen now on the training images with {tta} test-time augmentation"
+    views = "" if tta == "none" else f" + {tta} TTA"
     rows, curves = {}, {}
     for size in sizes:
         resolution = "full" if size is None else f"{size}x{size}"
-        views = "" if tta == "none" else f" + {tta} TTA"
         label = f"{card.get('name', card['model'])} @ {resolution}{views}"
         probs = predict_samples(model, val, size, progress, tta)
         metrics = score(probs, val, threshold)

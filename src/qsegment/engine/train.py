@@ -381,13 +381,12 @@ def _save(path: Path, model: nn.Module, cfg: TrainConfig, epochs_done: int, wall
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
              ema: AveragedModel | None = None) -> tuple[int, float, float]:
-    ckpt.load_weights(model, path)
+    ckpt.load_weights(model if ema is None else ema.module, path)  # the saved weights
     tensors, meta = ckpt.read_checkpoint(path)
     state = meta.get("resume")
     if state is None:
         raise ckpt.CheckpointError(f"{path}: holds no training state to resume from")
-    if ema is not None:  # the saved weights are the average; the raw ones are under train.
-        ema.module.load_state_dict(model.state_dict())
+    if ema is not None:  # the raw weights the average follows are under train.
         model.load_state_dict({k.removeprefix("train."): v for k, v in tensors.items()
                                if k.startswith("train.")})
         ema.n_averaged.copy_(tensors["ema.n_averaged"])
