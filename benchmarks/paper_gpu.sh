@@ -3,12 +3,13 @@
 #
 #   bash benchmarks/paper_gpu.sh OUT SECONDS RUN
 #
-# Trains (or, when RUN holds a checkpoint, resumes) the paper preset in RUN (with its
-# NHWC activations, 2.7x faster than NCHW on an H100), stops cleanly so that the whole
-# script ends within SECONDS, then copies what a later call
-# needs to resume, and the log, to OUT. Validation is logged every 500 epochs rather
-# than the preset's 100 (each one scores ~7M pixels on the CPU); the recipe itself is
-# the preset's. PRESET (paper), DEVICE (cuda) and PYTHON (python3) may be overridden
+# Trains (or, when RUN holds a checkpoint, resumes) the paper preset in RUN, compiled
+# (torch.compile; COMPILE=0 runs it eagerly) with the preset's NHWC activations, stops
+# cleanly so that the whole script ends within SECONDS, then packs the run folder
+# (what a later call needs to resume, the log, the cards, TensorBoard events) into
+# OUT/run.tgz beside the console log OUT/train.log. Validation is logged every 500 epochs
+# rather than the preset's 100 (each one scores ~7M pixels on the CPU); the recipe itself
+# is the preset's. PRESET (paper), DEVICE (cuda) and PYTHON (python3) may be overridden
 # from the environment.
 set -euo pipefail
 out=${1:?usage: paper_gpu.sh OUT SECONDS RUN}
@@ -17,12 +18,13 @@ run=${3:?usage: paper_gpu.sh OUT SECONDS RUN}
 python=${PYTHON:-python3}
 preset=${PRESET:-paper}
 device=${DEVICE:-cuda}
-reserve=90  # start-up, cuDNN autotuning, the final threshold choice and scoring
+compile=--compile
+[[ ${COMPILE:-1} == 0 ]] && compile=--no-compile
+reserve=90  # start-up, the final threshold choice and scoring
 minutes=$("$python" -c "print(max(0.5, ($seconds - $SECONDS - $reserve) / 60))")
 mkdir -p "$out"
 resume=()
 [[ -f "$run/last.safetensors" ]] && resume=(--resume)
-"$python" -m qsegment train --preset "$preset" --device "$device" --out "$run" \
+"$python" -m qsegment train --preset "$preset" --device "$device" --out "$run" "$compile" \
     "${resume[@]}" --val-every 500 --max-minutes "$minutes" 2>&1 | tee "$out/train.log"
-cp "$run"/{config.yaml,command.txt,log.csv,last.safetensors,last.json,best.safetensors,best.json} \
-    "$out/"
+tar -C "$run" -czf "$out/run.tgz" .

@@ -151,6 +151,34 @@ def test_ema_weights_are_the_ones_validated_saved_and_resumed(tmp_path, data_dir
         assert torch.allclose(tensors[key], resumed[key], atol=1e-6), key
 
 
+def test_compiled_training_step_matches_eager(tmp_path, data_dir, monkeypatch):
+    """--compile traces the forward and loss whole (both batch sizes of an epoch) and
+    trains the same weights, saved under the module's own names. Inductor's code
+    generation takes a minute on this CPU, so the graphs run on the aot_eager backend;
+    fp32 and SGD (the paper's optimizer), since autocast and Adam magnify rounding."""
+    compiled, calls = torch.compile, []
+
+    def traced(fn, **kwargs):
+        calls.append(fn.__name__)
+        return compiled(fn, backend="aot_eager", fullgraph=True, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", traced)
+    cfg = dict(TINY, train_images=["Image_01L", "Image_02R", "Image_03L"], epochs=2,
+               val_every=100, amp=False)
+    runs = {name: tmp_path / name for name in ("eager", "compiled")}
+    for name, out in runs.items():
+        train(load_config("paper", data=str(data_dir), compile=name == "compiled", **cfg), out,
+              progress=False)
+    assert calls == ["forward_loss"]  # the compiled run only, once
+    eager, traced_ = ([float(row.split(",")[4]) for row in
+                       (out / "log.csv").read_text().splitlines()[1:]] for out in runs.values())
+    assert traced_ == pytest.approx(eager, rel=1e-4)
+    eager, traced_ = (_weights(out / "last.safetensors") for out in runs.values())
+    assert eager.keys() == traced_.keys()
+    for key in eager:
+        assert torch.allclose(eager[key], traced_[key], atol=1e-3), key
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,
                                                                    monkeypatch):
     calls = {"n": 0}

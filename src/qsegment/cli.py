@@ -95,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key).split(",")
     if args.upsample:
         overrides["model_args"] = {"upsample": args.upsample}
-    for key in ("amp", "channels_last", "rotate90"):
+    for key in ("amp", "channels_last", "compile", "rotate90"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     cfg = load_config(args.preset, **overrides)
@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="fast", help="paper | fast | path to a YAML file (fast)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint, with its "
-                   "recipe; --device, --threads, --max-minutes and --channels-last apply")
+                   help="continue the run in --out from its last checkpoint, with its recipe; "
+                   "--device, --threads, --max-minutes, --channels-last and --compile apply")
     _add_data(p)
     p.add_argument("--upsample", choices=["nearest", "unpool"],
                    help="Q-Segment up-sampling (nearest: IMX500-deployable)")
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC activations (the presets use them: faster on CPU and GPU)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (faster on a GPU once compiled; "
+                   "the first step takes a minute)")
     p.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
                    help="augment with random quarter turns too (all 8 symmetries of a crop)")
     p.add_argument("--train-images", help="comma-separated image names (default Image_01L..10R)")

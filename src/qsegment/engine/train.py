@@ -69,6 +69,7 @@ class TrainConfig:
     ema: float = 0.0  # per-step decay of a moving average of the weights (0: none)
     amp: bool = True  # fp16 autocast on CUDA, bf16 on CPU
     channels_last: bool = False  # NHWC activations: faster on CPU and GPU (bench_train.py)
+    compile: bool = False  # torch.compile the training forward and loss (fuses BatchNorm+ReLU)
     val_every: int = 50  # epochs between validations (and at the end)
     seed: int = 0
     threads: int | None = None  # torch CPU threads per process
@@ -77,7 +78,7 @@ class TrainConfig:
 
 
 # How a call runs rather than what it trains: a resumed run takes these from its caller.
-RUNTIME_FIELDS = ("device", "threads", "max_minutes", "channels_last")
+RUNTIME_FIELDS = ("device", "threads", "max_minutes", "channels_last", "compile")
 
 
 def load_config(preset: str | Path | None = None, **overrides: Any) -> TrainConfig:
@@ -175,6 +176,19 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp)
 
 
+def _forward_loss(net: nn.Module, loss_fn: Callable, cfg: TrainConfig, device: torch.device
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss of a batch, compiled with ``cfg.compile``: one static graph per
+    batch size (the last batch of an epoch may be smaller), the model's weights shared
+    with the eager module that validation and checkpoints use."""
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with _autocast(cfg, device):
+            logits = net(x)
+        return loss_fn(logits, y)
+
+    return torch.compile(forward_loss, dynamic=False) if cfg.compile else forward_loss
+
+
 class _RunLog:
     """log.csv plus TensorBoard events, appended epoch by epoch."""
 
@@ -260,6 +274,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         (out / "command.txt").write_text(" ".join(sys.argv) + "\n")
     net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    forward_loss = _forward_loss(net, loss_fn, cfg, device)
     log = _RunLog(out) if dist.is_main() else None
 
     steps_per_epoch = len(loader)
@@ -279,9 +294,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
                     group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / steps_per_epoch)
                 x = x.to(device, memory_format=memory_format, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                with _autocast(cfg, device):
-                    logits = net(x)
-                loss = loss_fn(logits, y)
+                loss = forward_loss(x, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
