@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,10 +17,10 @@ import yaml
 from qsegment import load_model
 from qsegment.checkpoint import read_checkpoint
 from qsegment.cli import main
-from qsegment.data import Split, load_sample
+from qsegment.data import Split, load_sample, resize_sample
 from qsegment.engine import train as train_module
 from qsegment.engine.evaluate import predict_samples, score, table_iv, train_threshold
-from qsegment.engine.train import TrainingError, load_config, lr_factor, train
+from qsegment.engine.train import TrainingError, load_config, lr_factor, soften_labels, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(train_images=["Image_01L", "Image_02R"], val_images=["Image_11L"], crop=64,
@@ -177,6 +178,31 @@ def test_compiled_training_step_matches_eager(tmp_path, data_dir, monkeypatch):
     assert eager.keys() == traced_.keys()
     for key in eager:
         assert torch.allclose(eager[key], traced_[key], atol=1e-3), key
+
+
+def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):
+    """--teacher blends each label with the teacher's d8-averaged probability map: soft
+    where the teacher is unsure (vessel edges), near the label elsewhere; mix 0 keeps the
+    labels, and the run's config records the teacher."""
+    samples = [resize_sample(load_sample(data_dir, "Image_01L"), 256)]
+    soft = soften_labels(samples, "qsegment-nearest", 0.5)[0].label
+    hard, fov = samples[0].label, samples[0].fov
+    assert soft.dtype == np.float32 and soft.min() >= 0.0 and soft.max() <= 1.0
+    assert np.abs(soft - hard)[fov].mean() < 0.1  # the teacher agrees on most pixels
+    assert ((soft > 0.1) & (soft < 0.9)).mean() > 0.01  # and is unsure on some
+    same = soften_labels(samples, "qsegment-nearest", 0.0)[0].label
+    assert np.array_equal(same, hard.astype(np.float32))
+    with pytest.raises(ValueError, match="teacher_mix"):
+        soften_labels(samples, "qsegment-nearest", 1.5)
+
+    cfg = dict(TINY, epochs=1, resize=128, val_every=100)
+    for name, teacher in (("plain", ""), ("taught", "qsegment-nearest")):
+        train(load_config("fast", data=str(data_dir), teacher=teacher, **cfg), tmp_path / name,
+              progress=False)
+    assert yaml.safe_load((tmp_path / "taught" / "config.yaml").read_text())["teacher"] == (
+        "qsegment-nearest")
+    plain, taught = (_weights(tmp_path / n / "last.safetensors") for n in ("plain", "taught"))
+    assert any(not torch.equal(plain[k], taught[k]) for k in plain)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,

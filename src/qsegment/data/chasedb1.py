@@ -56,7 +56,7 @@ class Sample:
 
     name: str
     image: np.ndarray  # float32 RGB in [0, 1]
-    label: np.ndarray  # bool vessel map
+    label: np.ndarray  # bool vessel map (float in [0, 1] when softened by a teacher)
     fov: np.ndarray  # bool field of view
     path: Path = field(compare=False)
 

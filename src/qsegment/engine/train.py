@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -30,7 +31,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from .. import viz
-from ..data import SegmentationDataset, Split, load_split, paper_augmentation, resize_sample
+from ..data import Sample, SegmentationDataset, Split, load_split, paper_augmentation, resize_sample
 from ..losses import get_loss
 from ..models import create_model
 from . import distributed as dist
@@ -67,6 +68,8 @@ class TrainConfig:
     restart_epochs: int = 20  # period of the warm restarts
     warmup_epochs: int = 0  # linear warm-up of the cosine schedule
     ema: float = 0.0  # per-step decay of a moving average of the weights (0: none)
+    teacher: str = ""  # weights whose d8-averaged probabilities soften the training labels
+    teacher_mix: float = 0.5  # the teacher's share of each training target
     amp: bool = True  # fp16 autocast on CUDA, bf16 on CPU
     channels_last: bool = False  # NHWC activations: faster on CPU and GPU (bench_train.py)
     compile: bool = False  # torch.compile the training forward and loss (fuses BatchNorm+ReLU)
@@ -130,6 +133,21 @@ class _SeededDataset(SegmentationDataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
             return super().__getitem__(index)
+
+
+def soften_labels(samples: list[Sample], teacher: str | Path, mix: float,
+                  progress: bool = False) -> list[Sample]:
+    """The samples with targets ``(1 - mix) * label + mix * p``, ``p`` the teacher's
+    probabilities averaged over the eight symmetries (``d8``): self-distillation, so that
+    one forward pass of the student may learn what the teacher gives only with eight."""
+    from ..pretrained import load_model
+
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"teacher_mix must lie in [0, 1], not {mix}")
+    model, _ = load_model(teacher)
+    probs = predict_samples(model, samples, progress=progress, tta="d8")
+    return [dataclasses.replace(s, label=((1 - mix) * s.label + mix * p).astype(np.float32))
+            for s, p in zip(samples, probs, strict=True)]
 
 
 def _ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
@@ -248,8 +266,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     model = model.to(device, memory_format=memory_format)
     size = cfg.resize or None  # inference resolution of validation and threshold choice
     augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90)
-    dataset = _SeededDataset([resize_sample(s, size) for s in train_samples] if size
-                             else train_samples, augment,
+    fitted = [resize_sample(s, size) for s in train_samples] if size else list(train_samples)
+    if cfg.teacher:
+        fitted = soften_labels(fitted, cfg.teacher, cfg.teacher_mix, progress=progress)
+    dataset = _SeededDataset(fitted, augment,
                              repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed,
                              device=device)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
