@@ -3,8 +3,9 @@
 #
 #   bash benchmarks/paper_gpu.sh OUT SECONDS RUN
 #
-# Trains (or, when RUN holds a checkpoint, resumes) the paper preset in RUN, compiled
-# (torch.compile; COMPILE=0 runs it eagerly) with the preset's NHWC activations, stops
+# Trains (or, when RUN holds a checkpoint, resumes) the paper preset in RUN with the
+# preset's NHWC activations (COMPILE=1 adds torch.compile: 10 % faster per epoch on an
+# H100 after a 1.5-minute compilation, so it pays only over a whole run), stops
 # cleanly so that the whole script ends within SECONDS, then packs the run folder
 # (what a later call needs to resume, the log, the cards, TensorBoard events) into
 # OUT/run.tgz beside the console log OUT/train.log. Validation is logged every 500 epochs
@@ -18,8 +19,8 @@ run=${3:?usage: paper_gpu.sh OUT SECONDS RUN}
 python=${PYTHON:-python3}
 preset=${PRESET:-paper}
 device=${DEVICE:-cuda}
-compile=--compile
-[[ ${COMPILE:-1} == 0 ]] && compile=--no-compile
+compile=--no-compile
+[[ ${COMPILE:-0} == 1 ]] && compile=--compile
 reserve=90  # start-up, the final threshold choice and scoring
 minutes=$("$python" -c "print(max(0.5, ($seconds - $SECONDS - $reserve) / 60))")
 mkdir -p "$out"
