@@ -136,7 +136,7 @@ class _SeededDataset(SegmentationDataset):
 
 
 def soften_labels(samples: list[Sample], teacher: str | Path, mix: float,
-                  progress: bool = False) -> list[Sample]:
+                  device: torch.device | str = "cpu", progress: bool = False) -> list[Sample]:
     """The samples with targets ``(1 - mix) * label + mix * p``, ``p`` the teacher's
     probabilities averaged over the eight symmetries (``d8``): self-distillation, so that
     one forward pass of the student may learn what the teacher gives only with eight."""
@@ -145,7 +145,7 @@ def soften_labels(samples: list[Sample], teacher: str | Path, mix: float,
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"teacher_mix must lie in [0, 1], not {mix}")
     model, _ = load_model(teacher)
-    probs = predict_samples(model, samples, progress=progress, tta="d8")
+    probs = predict_samples(model.to(device), samples, progress=progress, tta="d8")
     return [dataclasses.replace(s, label=((1 - mix) * s.label + mix * p).astype(np.float32))
             for s, p in zip(samples, probs, strict=True)]
 
@@ -268,7 +268,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90)
     fitted = [resize_sample(s, size) for s in train_samples] if size else list(train_samples)
     if cfg.teacher:
-        fitted = soften_labels(fitted, cfg.teacher, cfg.teacher_mix, progress=progress)
+        fitted = soften_labels(fitted, cfg.teacher, cfg.teacher_mix, device, progress)
     dataset = _SeededDataset(fitted, augment,
                              repeats=cfg.repeats, multiple=model.size_multiple, seed=cfg.seed,
                              device=device)
