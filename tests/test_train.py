@@ -1,6 +1,7 @@
 """Tiny end-to-end runs on real CHASE_DB1 images (small crops, few steps)."""
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -171,13 +172,13 @@ def test_compiled_training_step_matches_eager(tmp_path, data_dir, monkeypatch):
         train(load_config("paper", data=str(data_dir), compile=name == "compiled", **cfg), out,
               progress=False)
     assert calls == ["forward_loss"]  # the compiled run only, once
-    eager, traced_ = ([float(row.split(",")[4]) for row in
-                       (out / "log.csv").read_text().splitlines()[1:]] for out in runs.values())
-    assert traced_ == pytest.approx(eager, rel=1e-4)
-    eager, traced_ = (_weights(out / "last.safetensors") for out in runs.values())
-    assert eager.keys() == traced_.keys()
+    eager, compiled_ = ([float(row["loss"]) for row in csv.DictReader((out / "log.csv").open())]
+                        for out in runs.values())
+    assert compiled_ == pytest.approx(eager, rel=1e-4)
+    eager, compiled_ = (_weights(out / "last.safetensors") for out in runs.values())
+    assert eager.keys() == compiled_.keys()
     for key in eager:
-        assert torch.allclose(eager[key], traced_[key], atol=1e-3), key
+        assert torch.allclose(eager[key], compiled_[key], atol=1e-3), key
 
 
 def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):

@@ -288,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC activations (the presets use them: faster on CPU and GPU)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training step (faster on a GPU once compiled; "
-                   "the first step takes a minute)")
+                   help="torch.compile the training step (on an H100 10%% faster per epoch "
+                   "after a 1.5-minute first epoch; slower on a small CPU)")
     p.add_argument("--rotate90", action=argparse.BooleanOptionalAction, default=None,
                    help="augment with random quarter turns too (all 8 symmetries of a crop)")
     p.add_argument("--train-images", help="comma-separated image names (default Image_01L..10R)")
