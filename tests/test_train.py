@@ -16,12 +16,13 @@ import torch
 import yaml
 
 from qsegment import load_model
-from qsegment.checkpoint import read_checkpoint
+from qsegment.checkpoint import CheckpointError, read_checkpoint
 from qsegment.cli import main
 from qsegment.data import Split, load_sample, resize_sample
 from qsegment.engine import train as train_module
 from qsegment.engine.evaluate import predict_samples, score, table_iv, train_threshold
 from qsegment.engine.train import TrainingError, load_config, lr_factor, soften_labels, train
+from qsegment.pretrained import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(train_images=["Image_01L", "Image_02R"], val_images=["Image_11L"], crop=64,
@@ -204,6 +205,25 @@ def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):
         "qsegment-nearest")
     plain, taught = (_weights(tmp_path / n / "last.safetensors") for n in ("plain", "taught"))
     assert any(not torch.equal(plain[k], taught[k]) for k in plain)
+
+
+def test_init_fine_tunes_from_given_weights(tmp_path, data_dir):
+    """--init starts from a checkpoint's weights instead of random ones (with a learning
+    rate of ~0 they come out unchanged); weights of another architecture are refused."""
+    cfg = dict(TINY, epochs=1, resize=128, val_every=100, data=str(data_dir))
+    train(load_config("fast", init="qsegment-nearest", lr=1e-12, **cfg), tmp_path / "ft",
+          progress=False)
+    shipped = _weights(resolve_checkpoint("qsegment-nearest"))
+    tuned = _weights(tmp_path / "ft" / "last.safetensors")
+    learned = [k for k in shipped if "running_" not in k and "num_batches" not in k]
+    assert len(learned) > 10
+    for key in learned:
+        assert torch.allclose(tuned[key], shipped[key], atol=1e-6), key
+    assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["init"] == (
+        "qsegment-nearest")
+    with pytest.raises(CheckpointError, match=r"qsegment-nearest\.safetensors: weights do not fit"):
+        train(load_config("fast", model="tnet", init="qsegment-nearest", **cfg),
+              tmp_path / "wrong", progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,

@@ -75,6 +75,8 @@ _TRAIN_OVERRIDES = {  # flag -> (type, help)
     "lr": (float, "initial learning rate"),
     "weight_decay": (float, "weight decay"),
     "scheduler": (str, "cosine_restarts | cosine"),
+    "init": (str, "start from these weights (name, run folder or .safetensors) instead of "
+                  "random ones: fine-tuning, e.g. on your own images"),
     "ema": (float, "per-step decay of a moving average of the weights, validated and "
                    "saved instead of them, e.g. 0.999 (0: none)"),
     "teacher": (str, "distil from these weights (name or path): training targets blend "

@@ -67,6 +67,7 @@ class TrainConfig:
     scheduler: str = "cosine_restarts"  # cosine_restarts | cosine
     restart_epochs: int = 20  # period of the warm restarts
     warmup_epochs: int = 0  # linear warm-up of the cosine schedule
+    init: str = ""  # weights to start from (fine-tuning) instead of a random initialization
     ema: float = 0.0  # per-step decay of a moving average of the weights (0: none)
     teacher: str = ""  # weights whose d8-averaged probabilities soften the training labels
     teacher_mix: float = 0.5  # the teacher's share of each training target
@@ -261,6 +262,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     train_samples, val_samples = load_split(
         cfg.data, Split(tuple(cfg.train_images), tuple(cfg.val_images)))
     model = create_model(cfg.model, **cfg.model_args)
+    if cfg.init:
+        from ..pretrained import resolve_checkpoint
+
+        ckpt.load_weights(model, resolve_checkpoint(cfg.init))
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
         model = dist.sync_batchnorm(model, device)
     model = model.to(device, memory_format=memory_format)
