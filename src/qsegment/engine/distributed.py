@@ -13,7 +13,7 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn  # differentiable all_reduce
+import torch.distributed._functional_collectives as funcol  # differentiable all_reduce
 from torch import nn
 
 
@@ -53,7 +53,8 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         count = torch.full_like(x[0, :, 0, 0], x.numel() / x.shape[1])
-        stats = dist_nn.all_reduce(torch.stack([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        stats = funcol.all_reduce(torch.stack([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]),
+                                 "sum", dist.group.WORLD)
         n = stats[2]
         mean = stats[0] / n
         var = stats[1] / n - mean * mean
