@@ -76,7 +76,7 @@ _TRAIN_OVERRIDES = {  # flag -> (type, help)
     "weight_decay": (float, "weight decay"),
     "scheduler": (str, "cosine_restarts | cosine"),
     "init": (str, "start from these weights (name, run folder or .safetensors) instead of "
-                  "random ones: fine-tuning, e.g. on your own images"),
+                  "random ones: fine-tuning, e.g. on your images in CHASE_DB1's layout (--data)"),
     "ema": (float, "per-step decay of a moving average of the weights, validated and "
                    "saved instead of them, e.g. 0.999 (0: none)"),
     "teacher": (str, "distil from these weights (name or path): training targets blend "
