@@ -185,7 +185,7 @@ def test_compiled_training_step_matches_eager(tmp_path, data_dir, monkeypatch):
 def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):
     """--teacher blends each label with the teacher's d8-averaged probability map: soft
     where the teacher is unsure (vessel edges), near the label elsewhere; mix 0 keeps the
-    labels, and the run's config records the teacher."""
+    labels, several teachers are averaged, and the run's config records the teacher."""
     samples = [resize_sample(load_sample(data_dir, "Image_01L"), 256)]
     soft = soften_labels(samples, "qsegment-nearest", 0.5)[0].label
     hard, fov = samples[0].label, samples[0].fov
@@ -196,6 +196,11 @@ def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):
     assert np.array_equal(same, hard.astype(np.float32))
     with pytest.raises(ValueError, match="teacher_mix"):
         soften_labels(samples, "qsegment-nearest", 1.5)
+    # comma-separated teachers: their probabilities averaged
+    a, b = (soften_labels(samples, t, 1.0)[0].label
+            for t in ("qsegment-nearest", "qsegment-nearest-crop384"))
+    both = soften_labels(samples, "qsegment-nearest,qsegment-nearest-crop384", 1.0)[0].label
+    assert np.abs(a - b).max() > 0.1 and np.allclose(both, (a + b) / 2, atol=1e-6)
 
     cfg = dict(TINY, epochs=1, resize=128, val_every=100)
     for name, teacher in (("plain", ""), ("taught", "qsegment-nearest")):

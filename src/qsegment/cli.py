@@ -80,7 +80,8 @@ _TRAIN_OVERRIDES = {  # flag -> (type, help)
     "ema": (float, "per-step decay of a moving average of the weights, validated and "
                    "saved instead of them, e.g. 0.999 (0: none)"),
     "teacher": (str, "distil from these weights (name or path): training targets blend "
-                     "the labels with their d8-averaged probabilities"),
+                     "the labels with their d8-averaged probabilities; several, comma-separated, "
+                     "are averaged"),
     "teacher_mix": (float, "the teacher's share of each training target (0.5)"),
     "val_every": (int, "epochs between validations"),
     "seed": (int, "random seed (weights, augmentation, order)"),
