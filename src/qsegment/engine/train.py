@@ -69,8 +69,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up of the cosine schedule
     init: str = ""  # weights to start from (fine-tuning) instead of a random initialization
     ema: float = 0.0  # per-step decay of a moving average of the weights (0: none)
-    teacher: str = ""  # weights (comma-separated: an ensemble) whose d8-averaged probabilities
-    # soften the training labels
+    teacher: str = ""  # weights (comma-separated: averaged) whose d8 probabilities soften labels
     teacher_mix: float = 0.5  # the teacher's share of each training target
     amp: bool = True  # fp16 autocast on CUDA, bf16 on CPU
     channels_last: bool = False  # NHWC activations: faster on CPU and GPU (bench_train.py)
@@ -147,13 +146,9 @@ def soften_labels(samples: list[Sample], teacher: str | Path, mix: float,
 
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"teacher_mix must lie in [0, 1], not {mix}")
-    sources = str(teacher).split(",")
-    probs = [np.zeros_like(s.label, dtype=np.float32) for s in samples]
-    for source in sources:
-        model = load_model(source)[0].to(device)
-        for total, p in zip(probs, predict_samples(model, samples, progress=progress, tta="d8"),
-                            strict=True):
-            total += p / len(sources)
+    teachers = [load_model(source)[0].to(device) for source in str(teacher).split(",")]
+    maps = [predict_samples(t, samples, progress=progress, tta="d8") for t in teachers]
+    probs = [np.mean(per_sample, axis=0) for per_sample in zip(*maps, strict=True)]
     return [dataclasses.replace(s, label=((1 - mix) * s.label + mix * p).astype(np.float32))
             for s, p in zip(samples, probs, strict=True)]
 
