@@ -15,7 +15,7 @@ SHIPPED = {"qsegment-nearest": ("nearest", 0.79), "qsegment-unpool": ("unpool", 
 
 
 def test_shipped_weights_are_listed():
-    assert set(SHIPPED) <= set(list_pretrained())
+    assert list_pretrained() == sorted(SHIPPED)  # not the int8 observers: a file, not a model
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -23,8 +23,10 @@ DEFAULT_MODEL = "qsegment-nearest"
 
 
 def list_pretrained() -> list[str]:
-    """Names of the weights shipped inside the package."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    """Names of the weights shipped inside the package: those with a card (the int8
+    observers beside ``qsegment-nearest`` are not a model)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors")
+                  if p.with_suffix(".json").is_file())
 
 
 def resolve_checkpoint(source: str | Path) -> Path:
