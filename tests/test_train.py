@@ -212,9 +212,10 @@ def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):
     assert any(not torch.equal(plain[k], taught[k]) for k in plain)
 
 
-def test_init_fine_tunes_from_given_weights(tmp_path, data_dir):
+def test_init_fine_tunes_from_given_weights(tmp_path, data_dir, monkeypatch):
     """--init starts from a checkpoint's weights instead of random ones (with a learning
-    rate of ~0 they come out unchanged); weights of another architecture are refused."""
+    rate of ~0 they come out unchanged); the config names them so that they resolve from
+    anywhere; weights of another architecture are refused."""
     cfg = dict(TINY, epochs=1, resize=128, val_every=100, data=str(data_dir))
     train(load_config("fast", init="qsegment-nearest", lr=1e-12, **cfg), tmp_path / "ft",
           progress=False)
@@ -226,6 +227,10 @@ def test_init_fine_tunes_from_given_weights(tmp_path, data_dir):
         assert torch.allclose(tuned[key], shipped[key], atol=1e-6), key
     assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["init"] == (
         "qsegment-nearest")
+    monkeypatch.chdir(tmp_path)  # a relative run folder is recorded as an absolute path
+    train(load_config("fast", init="ft", lr=1e-12, **cfg), "again", progress=False)
+    assert yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["init"] == str(
+        (tmp_path / "ft").resolve())
     with pytest.raises(CheckpointError, match=r"qsegment-nearest\.safetensors: weights do not fit"):
         train(load_config("fast", model="tnet", init="qsegment-nearest", **cfg),
               tmp_path / "wrong", progress=False)

@@ -250,6 +250,12 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     elif (out / "last.safetensors").exists():
         raise TrainingError(f"{out}: holds a run already; pass --resume to continue it or "
                             "choose another --out")
+    else:  # the card must name its source weights so that they resolve from anywhere
+        from ..pretrained import checkpoint_reference
+
+        cfg = dataclasses.replace(
+            cfg, init=cfg.init and checkpoint_reference(cfg.init),
+            teacher=",".join(checkpoint_reference(t) for t in cfg.teacher.split(",") if t))
     device = resolve_device(cfg.device)
     rank, world_size = dist.world()
     if cfg.batch_size % world_size:
