@@ -34,6 +34,7 @@ from .. import viz
 from ..data import Sample, SegmentationDataset, Split, load_split, paper_augmentation, resize_sample
 from ..losses import get_loss
 from ..models import create_model
+from ..pretrained import checkpoint_reference, load_model, resolve_checkpoint
 from . import distributed as dist
 from .evaluate import predict_samples, score, train_threshold
 
@@ -136,14 +137,17 @@ class _SeededDataset(SegmentationDataset):
             return super().__getitem__(index)
 
 
+def _portable(sources: str) -> str:
+    """Comma-separated weights, each named as a shipped name or an absolute path."""
+    return ",".join(checkpoint_reference(source) for source in sources.split(",") if source)
+
+
 def soften_labels(samples: list[Sample], teacher: str | Path, mix: float,
                   device: torch.device | str = "cpu", progress: bool = False) -> list[Sample]:
     """The samples with targets ``(1 - mix) * label + mix * p``, ``p`` the teacher's
     probabilities averaged over the eight symmetries (``d8``): self-distillation, so that
     one forward pass of the student may learn what the teacher gives only with eight.
     Several teachers, comma-separated, are averaged as one ensemble."""
-    from ..pretrained import load_model
-
     if not 0.0 <= mix <= 1.0:
         raise ValueError(f"teacher_mix must lie in [0, 1], not {mix}")
     teachers = [load_model(source)[0].to(device) for source in str(teacher).split(",")]
@@ -251,11 +255,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         raise TrainingError(f"{out}: holds a run already; pass --resume to continue it or "
                             "choose another --out")
     else:  # the card must name its source weights so that they resolve from anywhere
-        from ..pretrained import checkpoint_reference
-
-        cfg = dataclasses.replace(
-            cfg, init=cfg.init and checkpoint_reference(cfg.init),
-            teacher=",".join(checkpoint_reference(t) for t in cfg.teacher.split(",") if t))
+        cfg = dataclasses.replace(cfg, init=_portable(cfg.init), teacher=_portable(cfg.teacher))
     device = resolve_device(cfg.device)
     rank, world_size = dist.world()
     if cfg.batch_size % world_size:
@@ -271,8 +271,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         cfg.data, Split(tuple(cfg.train_images), tuple(cfg.val_images)))
     model = create_model(cfg.model, **cfg.model_args)
     if cfg.init:
-        from ..pretrained import resolve_checkpoint
-
         ckpt.load_weights(model, resolve_checkpoint(cfg.init))
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
         model = dist.sync_batchnorm(model, device)
