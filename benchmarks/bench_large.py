@@ -23,9 +23,9 @@ def worker(tile: int, runtime: str) -> dict:
 
     from qsegment import Segmenter
     from qsegment.bench import peak_rss_mb
-    from qsegment.data import default_data_dir, load_sample
+    from qsegment.datasets import load_sample
 
-    rgb8 = np.round(load_sample(default_data_dir(), "Image_11L").image * 255).astype(np.uint8)
+    rgb8 = np.round(load_sample(None, "Image_11L").image * 255).astype(np.uint8)
     big = np.asarray(Image.fromarray(rgb8).resize((3504, 2336), Image.BILINEAR))
     seg = Segmenter.from_pretrained(runtime=runtime, tile=tile)
     start = time.perf_counter()
@@ -37,9 +37,10 @@ def worker(tile: int, runtime: str) -> dict:
 
 
 def main() -> None:
+    from qsegment.runtimes import checkpoint_runtimes
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runtime", default="torch",
-                        choices=["torch", "onnx", "onnx-int8", "tflite-int8"],
+    parser.add_argument("--runtime", default="torch", choices=checkpoint_runtimes(),
                         help="tflite-int8 builds a model per new tile size on first use "
                              "(cached): run twice to time it without the builds")
     parser.add_argument("--json", help="also write the results here")

@@ -23,9 +23,9 @@ def worker(runtime: str, model: str, repeats: int) -> dict:
     import numpy as np
 
     from qsegment import Segmenter
-    from qsegment.data import default_data_dir, load_sample
+    from qsegment.datasets import load_sample
 
-    image = load_sample(default_data_dir(), "Image_11L").image
+    image = load_sample(None, "Image_11L").image
     rgb8 = np.round(image * 255).astype(np.uint8)  # what a decoded file gives
     segmenter = Segmenter.from_pretrained(model, runtime=runtime)
     segmenter.predict(rgb8)  # warm-up (and, for tflite-int8, a model for a new size)
@@ -39,19 +39,21 @@ def worker(runtime: str, model: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    from qsegment.engine.predict import DEFAULT_RUNTIME, RUNTIMES
+    from qsegment.runtimes import DEFAULT_RUNTIME, checkpoint_runtimes
+
+    runtimes = checkpoint_runtimes()
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--model", default="qsegment-nearest")
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=runtimes, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, args.repeats)))
         return
     rows = {}
-    for runtime in RUNTIMES:
+    for runtime in runtimes:
         done = subprocess.run([sys.executable, __file__, "--worker", runtime, "--model",
                                args.model, "--repeats", str(args.repeats)],
                               capture_output=True, text=True, check=True)
@@ -61,7 +63,7 @@ def main() -> None:
     print("|---|---:|---:|")
     for runtime, r in rows.items():
         print(f"| {runtime} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
-    for runtime in RUNTIMES:
+    for runtime in runtimes:
         if runtime != "torch":
             ratio = rows[runtime]["median_ms"] / rows["torch"]["median_ms"]
             print(f"{runtime} / torch median ratio: {ratio:.3f}")

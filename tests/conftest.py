@@ -27,7 +27,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def split(data_dir: Path) -> tuple:
     """(train, validation) samples of the default split, loaded once."""
-    from qsegment.data import load_split
+    from qsegment.datasets import load_split
 
     return load_split(data_dir)
 

@@ -3,18 +3,23 @@ import pytest
 import torch
 from PIL import Image
 
-from qsegment.data import (
+from qsegment.data import SegmentationDataset, paper_augmentation, to_tensors
+from qsegment.data.transforms import apply
+from qsegment.datasets import (
+    ChaseDB1,
     DatasetError,
-    SegmentationDataset,
     Split,
     fov_mask,
     load_sample,
     load_split,
-    paper_augmentation,
-    scan,
-    to_tensors,
 )
-from qsegment.data.transforms import apply
+from qsegment.models import create_model
+
+MULTIPLE = create_model("qsegment").size_multiple  # the network's stride: 8
+
+
+def scan(folder):
+    return ChaseDB1(folder).names()
 
 
 def test_scan_finds_the_28_images(data_dir):
@@ -66,7 +71,7 @@ def test_fov_of_float_image_equals_uint8(data_dir):
 
 
 def test_dataset_pads_to_multiple_of_8_outside_the_fov(data_dir):
-    image, label, fov = to_tensors(load_sample(data_dir, "Image_01L"))
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_01L"), MULTIPLE)
     assert image.shape == (3, 960, 1000) and label.shape == fov.shape == (1, 960, 1000)
     assert fov[..., 999:].eq(0).all() and image[..., 999:].eq(0).all()
 
@@ -75,7 +80,7 @@ def test_augmentation_keeps_image_label_and_fov_aligned(data_dir):
     s = load_sample(data_dir, "Image_03L")
     torch.manual_seed(0)
     transform = paper_augmentation(crop=256)
-    image, label, fov = to_tensors(s)
+    image, label, fov = to_tensors(s, MULTIPLE)
     marked = image.clone()
     marked[0] = label[0]  # a copy of the label hidden in the red channel
     seen_flip = False
@@ -98,7 +103,7 @@ def test_augmentation_is_the_papers(data_dir):
     assert ops["RandomHorizontalFlip"].p == ops["RandomVerticalFlip"].p == 0.5
     assert tuple(ops["RandomRotation"].degrees) == (-1.0, 1.0)
     assert tuple(ops["ColorJitter"].brightness) == (0.8, 1.2)
-    image, label, fov = to_tensors(load_sample(data_dir, "Image_03L"))
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_03L"), MULTIPLE)
     torch.manual_seed(1)
     img, _, _ = apply(paper_augmentation(brightness=0.2, rotation=0.0), image, label, fov)
     ratio = img.sum() / image.sum()  # flips keep the sum; brightness scales it (with clipping)
@@ -107,7 +112,7 @@ def test_augmentation_is_the_papers(data_dir):
 
 def test_rotate90_reaches_all_eight_symmetries_exactly(data_dir):
     image, label, fov = (t[..., 300:556, 300:556] for t in
-                         to_tensors(load_sample(data_dir, "Image_03L")))
+                         to_tensors(load_sample(data_dir, "Image_03L"), MULTIPLE))
     turns = [torch.rot90(label, k, (1, 2)) for k in range(4)]
     views = turns + [t.flip(-1) for t in turns]
     transform = paper_augmentation(rotation=0.0, brightness=0.0, rotate90=True)
@@ -124,7 +129,7 @@ def test_rotate90_reaches_all_eight_symmetries_exactly(data_dir):
 
 def test_dataset_repeats_and_augments(data_dir):
     s = load_sample(data_dir, "Image_01L")
-    ds = SegmentationDataset([s], paper_augmentation(crop=64), repeats=3)
+    ds = SegmentationDataset([s], paper_augmentation(crop=64), repeats=3, multiple=MULTIPLE)
     assert len(ds) == 3
     x, y, f = ds[2]
     assert x.shape == (3, 64, 64) and y.shape == f.shape == (1, 64, 64)

@@ -13,6 +13,7 @@ import torch
 
 from qsegment import load_model
 from qsegment.cli import main
+from qsegment.data import calibration_images, to_input
 from qsegment.deploy.camera import (
     FrameRate,
     decode_output,
@@ -21,23 +22,18 @@ from qsegment.deploy.camera import (
     status_text,
     vessel_mask,
 )
-from qsegment.engine.infer import predict_proba, to_input
+from qsegment.engine.infer import predict_proba
 from qsegment.export.common import search_largest
-from qsegment.export.imx500 import (
+from qsegment.export.imx500.convert import (
     Imx500Error,
     ModelTooLargeError,
     export_imx500,
     largest_fitting_size,
     memory_report,
 )
-from qsegment.quantize import (
-    QuantizedOnnxModel,
-    QuantizeError,
-    calibration_images,
-    export_quantized,
-    quantize,
-    quantize_model,
-)
+from qsegment.export.imx500.quantize import export_quantized, quantize, quantize_model
+from qsegment.runtimes.base import ModelFileError
+from qsegment.runtimes.onnxrt import MctOnnxRuntime as QuantizedOnnxModel
 
 SIZE = 256
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -117,7 +113,7 @@ def test_float_onnx_is_refused(tmp_path, capsys):
 
     model, _ = load_model("qsegment-nearest")
     path = export_onnx(model, tmp_path / "float.onnx")
-    with pytest.raises(QuantizeError, match="not an MCT-quantized ONNX"):
+    with pytest.raises(ModelFileError, match="not an MCT-quantized ONNX"):
         QuantizedOnnxModel(path)
     assert main(["export", str(path), "--target", "imx500", "-o", str(tmp_path / "out")]) == 2
     assert "not an MCT-quantized ONNX" in capsys.readouterr().err
@@ -153,10 +149,10 @@ def test_search_largest_brackets_then_bisects():
         calls.append(n)
         return n <= 312
 
-    assert search_largest(fits, 200) == 312 and len(calls) <= 8
-    assert search_largest(lambda n: n <= 312, 600) == 312
-    assert search_largest(lambda n: n <= 8, 600) == 8
-    assert search_largest(lambda n: False, 64) is None
+    assert search_largest(fits, 200, 8) == 312 and len(calls) <= 8
+    assert search_largest(lambda n: n <= 312, 600, 8) == 312
+    assert search_largest(lambda n: n <= 8, 600, 8) == 8
+    assert search_largest(lambda n: False, 64, 8) is None
 
 
 @pytest.mark.slow

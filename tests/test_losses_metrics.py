@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from qsegment.data import load_sample
+from qsegment.datasets import load_sample
 from qsegment.losses import bce_dice_loss, boundary_weights, get_loss, structure_loss
 from qsegment.metrics import best_threshold, confusion, evaluate, scores
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from qsegment.cli import main
-from qsegment.data import load_sample, to_tensors
+from qsegment.data import to_tensors
+from qsegment.datasets import load_sample
 from qsegment.losses import structure_loss
 from qsegment.models import QSegment, create_model, list_models, pad_to_multiple
 from qsegment.models.profile import count_macs, count_parameters
@@ -52,7 +53,7 @@ def test_pad_to_multiple_pads_bottom_right():
 
 @pytest.fixture(scope="module")
 def real_crop(data_dir):
-    image, label, _ = to_tensors(load_sample(data_dir, "Image_01L"))
+    image, label, _ = to_tensors(load_sample(data_dir, "Image_01L"), 8)
     return image[None, :, 400:464, 400:464].repeat(2, 1, 1, 1), label[None, :, 400:464, 400:464]
 
 

@@ -6,10 +6,12 @@ from PIL import Image
 
 from qsegment import Segmenter
 from qsegment.cli import main
-from qsegment.data import load_sample
+from qsegment.datasets import load_sample
 from qsegment.engine.infer import predict_proba
-from qsegment.engine.predict import ImageError, predict_files, read_image, to_rgb_float
+from qsegment.engine.predict import predict_files
+from qsegment.images import ImageError, read_image, to_rgb_float
 from qsegment.metrics import evaluate
+from qsegment.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -195,17 +197,22 @@ def test_predict_benchmark_runs(tmp_path):
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"tflite-int8", "torch", "onnx", "onnx-int8"}
-    assert all(r["median_ms"] > 0 for r in rows.values())
+    for r in rows.values():
+        assert r["image"] == [960, 999, 3]  # a whole CHASE_DB1 image went through
+        assert 0 < r["median_ms"] <= r["p90_ms"]
 
 
 def test_benchmark_quick_mode(tmp_path):
-    from qsegment.bench import RUNTIMES, markdown, run_benchmark, scatter
+    from qsegment.bench import markdown, run_benchmark, scatter
+    from qsegment.runtimes import checkpoint_runtimes
 
     result = run_benchmark(size=64, repeats=1, models=["tnet", "qsegment"], progress=False)
     assert [(r["model"], r["runtime"]) for r in result["rows"]] == [
-        (m, rt) for m in ("tnet", "qsegment") for rt in RUNTIMES]
+        (m, rt) for m in ("tnet", "qsegment") for rt in checkpoint_runtimes()]
     for row in result["rows"]:
-        assert row["median_ms"] > 0 and row["peak_rss_mb"] > 10 and row["params"] > 0
+        assert 0 < row["median_ms"] <= row["p90_ms"] and row["peak_rss_mb"] > 10
+        assert row["images_per_s"] == pytest.approx(1000 / row["median_ms"])
+        assert row["params"] == sum(p.numel() for p in create_model(row["model"]).parameters())
     onnx_rss = {r["runtime"]: r["peak_rss_mb"] for r in result["rows"] if r["model"] == "tnet"}
     assert onnx_rss["onnx"] < onnx_rss["torch"]  # the ONNX worker never imports PyTorch
     text = markdown(result)
@@ -280,8 +287,9 @@ def test_int8_tflite_builds_and_caches_a_model_for_a_new_size(segmenter, sample)
 def test_shipped_int8_tflite_is_rebuilt_identically_from_its_observers(sample):
     """The shipped 960x1000 model is what the shipped weights and calibrated ranges give."""
     from qsegment import load_model
-    from qsegment.export.tflite import Int8Session, convert_int8, load_observers
+    from qsegment.export.tflite import convert_int8, load_observers
     from qsegment.pretrained import WEIGHTS_DIR
+    from qsegment.runtimes.litert import Int8Session
 
     model, _ = load_model("qsegment-nearest")
     observers = load_observers(WEIGHTS_DIR / "qsegment-nearest.int8-observers.safetensors")

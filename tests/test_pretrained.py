@@ -4,7 +4,7 @@ import pytest
 
 from qsegment import list_pretrained, load_model
 from qsegment.checkpoint import CheckpointError
-from qsegment.data import Split, load_split
+from qsegment.datasets import Split, load_split
 from qsegment.engine.evaluate import predict_samples, score
 
 # name -> (up-sampling, Dice floor on the validation images at the card's inference size)

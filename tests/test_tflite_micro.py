@@ -12,20 +12,23 @@ from torch import nn
 
 from qsegment import load_model
 from qsegment.cli import main
-from qsegment.engine.infer import to_input
+from qsegment.data import calibration_images, to_input
+from qsegment.export.tflite import convert_int8
 from qsegment.export.tflite_micro import (
     BUDGETS,
+    Budget,
+    export_tflite_micro,
+    fit_table,
+    logit_threshold,
+    tiles,
+)
+from qsegment.runtimes.tflm import (
     MicroModel,
     UnsupportedOperatorError,
-    convert_int8,
-    export_tflite_micro,
-    logit_threshold,
     lsb_difference,
     measure_arena,
     operators,
-    tiles,
 )
-from qsegment.quantize import calibration_images
 
 SIZE = 48
 MODEL = "qsegment-nearest-312"
@@ -137,9 +140,24 @@ def test_tiles_cover_a_chase_image():
     assert counts == sorted(counts, reverse=True)
 
 
-def test_budgets_leave_room_for_the_firmware():
-    for budget in BUDGETS.values():
-        assert 0 < budget.arena_limit(200_000) < budget.sram
+def test_fit_table_picks_the_largest_size_whose_arena_and_firmware_fit(split):
+    """A budget with room for the 64x64 arena but not the 72x72 one gets 64x64; where the
+    program runs from SRAM the flatbuffer counts too, and the firmware keeps its reserve."""
+    model, _ = load_model(MODEL)
+    _, probe = calibration_images(split[0], 64, 1)
+    arena64 = measure_arena(convert_int8(model, probe))
+    arena72 = measure_arena(convert_int8(model, torch.nn.functional.interpolate(
+        probe, size=(72, 72), mode="bilinear", antialias=True)))
+    assert arena64 < arena72
+    reserve = 4096
+    budget = Budget("test", (arena64 + arena72) // 2 + reserve, reserve, False, "test")
+    row = fit_table(model, probe, {"test": budget})[0]
+    assert row["largest_size"] == 64 and row["arena_bytes"] == arena64
+    in_sram = Budget("test", budget.sram, reserve, True, "test")
+    assert fit_table(model, probe, {"test": in_sram})[0]["largest_size"] < 64
+    for b in BUDGETS.values():  # every real budget keeps the firmware's reserve
+        assert b.arena_limit(row["flatbuffer_bytes"]) == b.sram - b.reserve - (
+            row["flatbuffer_bytes"] if b.model_in_sram else 0)
 
 
 def test_cli_export_then_evaluate_the_int8_model(exported, data_dir, capsys):

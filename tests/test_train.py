@@ -18,10 +18,12 @@ import yaml
 from qsegment import load_model
 from qsegment.checkpoint import CheckpointError, read_checkpoint
 from qsegment.cli import main
-from qsegment.data import Split, load_sample, resize_sample
+from qsegment.data import resize_sample
+from qsegment.datasets import Split, load_sample
 from qsegment.engine import train as train_module
 from qsegment.engine.evaluate import predict_samples, score, table_iv, train_threshold
 from qsegment.engine.train import TrainingError, load_config, lr_factor, soften_labels, train
+from qsegment.models import create_model
 from qsegment.pretrained import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,14 +328,29 @@ def test_evaluate_with_tta_chooses_its_threshold_on_training_images(data_dir, ca
     assert "--tta applies to float checkpoints" in capsys.readouterr().err
 
 
-def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_path, data_dir):
-    """The paper's recipe unchanged but for its length (bf16 autocast here, fp16 on CUDA)."""
+def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_path, data_dir,
+                                                                          monkeypatch):
+    """The paper's recipe unchanged but for its length (bf16 autocast here, fp16 on CUDA):
+    the training forward passes really compute in bfloat16, on whole padded images."""
+    seen = []
+
+    def recording(name, **kwargs):
+        model = create_model(name, **kwargs)
+        model.register_forward_hook(
+            lambda module, inputs, output: seen.append((module.training, output.dtype,
+                                                        tuple(inputs[0].shape[-2:]))))
+        return model
+
+    monkeypatch.setattr(train_module, "create_model", recording)
     cfg = load_config("paper", data=str(data_dir), train_images=["Image_01L", "Image_02R"],
                       val_images=["Image_11L"], epochs=1, batch_size=2, threads=2)
     assert cfg.amp and cfg.crop == 0
     card = train(cfg, tmp_path / "paper", progress=False)
     assert card["epochs_done"] == 1
     assert card["config"]["optimizer"] == "sgd" and card["config"]["restart_epochs"] == 20
+    training = [(dtype, shape) for is_training, dtype, shape in seen if is_training]
+    assert training == [(torch.bfloat16, (960, 1000))]  # one step of two whole images
+    assert {dtype for is_training, dtype, _ in seen if not is_training} == {torch.float32}
 
 
 def test_training_at_the_deployment_size(tmp_path, data_dir):
@@ -342,4 +359,9 @@ def test_training_at_the_deployment_size(tmp_path, data_dir):
     cfg = load_config("fast", data=str(data_dir), **dict(TINY, epochs=1, resize=128))
     card = train(cfg, tmp_path / "small", progress=False)
     assert card["threshold"]["inference_size"] == 128
-    assert card["val_metrics"]["pooled"]["auc"] > 0
+    model, _ = load_model(tmp_path / "small")
+    val = [load_sample(data_dir, "Image_11L")]
+    at_128 = score(predict_samples(model, val, 128), val)["pooled"]
+    assert at_128 == pytest.approx(card["val_metrics"]["pooled"], abs=1e-6)
+    at_full = score(predict_samples(model, val), val)["pooled"]
+    assert at_full["auc"] != pytest.approx(at_128["auc"], abs=1e-3)  # the sizes really differ

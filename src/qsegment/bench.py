@@ -18,10 +18,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-RUNTIMES = ("torch", "onnx", "onnx-int8", "tflite-int8")
+from .runtimes import checkpoint_runtimes
+
+if TYPE_CHECKING:
+    from .runtimes.base import Runtime
+
+# One file per (model, runtime) that runs a file; the torch runtime runs the module itself.
+FILES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "tflite-int8": ".int8.tflite"}
 
 # The paper's Table III (embedded platforms), quoted for comparison; not measured here.
 PAPER_TABLE_III = [
@@ -35,13 +42,13 @@ PAPER_TABLE_III = [
 ]
 
 
-def prepare(name: str, size: int, workdir: Path, runtimes: tuple[str, ...] = RUNTIMES) -> None:
+def prepare(name: str, size: int, workdir: Path, runtimes: tuple[str, ...]) -> None:
     """Write the model's fp32 and int8 ONNX and int8 TFLite files into ``workdir``
     (untrained weights: latency does not depend on their values; int8 is calibrated on
     real images). A model the TFLite converter cannot take gets ``NAME.tflite-error``."""
     import torch
 
-    from .engine.infer import training_inputs
+    from .data import training_inputs
     from .export.onnx import export_onnx, quantize_onnx_int8
     from .export.tflite import ConversionError, convert_int8
     from .models import create_model
@@ -49,43 +56,32 @@ def prepare(name: str, size: int, workdir: Path, runtimes: tuple[str, ...] = RUN
     torch.manual_seed(0)
     model = create_model(name).eval()
     if {"onnx", "onnx-int8"} & set(runtimes):
-        fp32 = export_onnx(model, workdir / f"{name}.onnx", (size, size))
-        quantize_onnx_int8(fp32, workdir / f"{name}.int8.onnx", size=size)
+        fp32 = export_onnx(model, workdir / f"{name}{FILES['onnx']}", (size, size))
+        quantize_onnx_int8(fp32, workdir / f"{name}{FILES['onnx-int8']}", size=size)
     if "tflite-int8" in runtimes:
         try:
             flatbuffer = convert_int8(model, torch.cat(list(training_inputs(4, size=size))))
-            (workdir / f"{name}.int8.tflite").write_bytes(flatbuffer)
+            (workdir / f"{name}{FILES['tflite-int8']}").write_bytes(flatbuffer)
         except ConversionError as err:  # keep the converter's own reason, in one line
             reason = re.search(r"error: ([^\n]{1,160})", str(err))
             (workdir / f"{name}.tflite-error").write_text(
                 reason.group(1) if reason else str(err).splitlines()[0][:160])
 
 
-def _runner(name: str, runtime: str, workdir: Path):
-    """A callable (1, 3, N, N) float32 array -> logits for the model on ``runtime``."""
+def _runner(name: str, runtime: str, workdir: Path) -> Runtime:
+    """The model on ``runtime`` from the registry: the untrained module for ``torch``,
+    else the file :func:`prepare` wrote."""
+    from .runtimes import RUNTIMES
+
     if runtime == "torch":
         import torch
 
         from .models import create_model
+        from .runtimes.pytorch import TorchRuntime
 
         torch.manual_seed(0)
-        model = create_model(name).eval()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
-        return run
-    if runtime == "tflite-int8":
-        import os
-
-        from .export.tflite import Int8Session
-
-        flatbuffer = (workdir / f"{name}.int8.tflite").read_bytes()
-        return Int8Session(flatbuffer, threads=os.cpu_count() or 1).logits
-    from .export.onnx import OnnxModel
-
-    suffix = {"onnx": ".onnx", "onnx-int8": ".int8.onnx"}[runtime]
-    return OnnxModel(workdir / f"{name}{suffix}")
+        return TorchRuntime(create_model(name))
+    return RUNTIMES[runtime].load().from_file(workdir / f"{name}{FILES[runtime]}")
 
 
 def measure(name: str, runtime: str, size: int, repeats: int, workdir: Path) -> dict:
@@ -120,7 +116,7 @@ def peak_rss_mb() -> float:
 
 
 def run_benchmark(size: int = 960, repeats: int = 10, models: list[str] | None = None,
-                  runtimes: tuple[str, ...] = RUNTIMES, progress: bool = True) -> dict:
+                  runtimes: tuple[str, ...] | None = None, progress: bool = True) -> dict:
     """Every model on every runtime, each pair in a fresh subprocess."""
     from tqdm import tqdm
 
@@ -128,6 +124,7 @@ def run_benchmark(size: int = 960, repeats: int = 10, models: list[str] | None =
     from .models.profile import model_stats
 
     models = models or list_models()
+    runtimes = runtimes or tuple(checkpoint_runtimes())
     rows = []
     with tempfile.TemporaryDirectory(prefix="qsegment-bench-") as tmp:
         for name in tqdm(models, desc="export", disable=not progress):
@@ -178,7 +175,7 @@ def scatter(result: dict, path: Path, runtime: str = "onnx") -> None:
     """Like the paper's Fig. 3: latency against weight size, circle area ~ parameters."""
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     rows = [r for r in result["rows"] if r["runtime"] == runtime and "error" not in r]
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
@@ -219,7 +216,7 @@ def write_report(result: dict, out: Path, command: str) -> None:
     """``out`` (Markdown) with the table and the command that made it, the raw numbers as
     JSON beside it, and the Fig. 3-like chart as PNG. Text after :data:`REPORT_END` in an
     existing ``out`` is kept."""
-    from .checkpoint import atomic_write, write_json
+    from .files import atomic_write, write_json
 
     out = Path(out)
     chart = out.with_name(out.stem + "_fig3.png")

@@ -10,42 +10,19 @@ folder first and is then renamed, so a kill never leaves a half-written file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from .errors import QsegmentError
+from .files import atomic_write
 
 
-class CheckpointError(ValueError):
+class CheckpointError(QsegmentError, ValueError):
     """A checkpoint that cannot be read or does not fit the model; names the file."""
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then atomically rename tmp_path to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict | None = None,

@@ -116,3 +116,14 @@ def best_threshold(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     precision, recall, thresholds = precision_recall_curve(all_t, all_p)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def agreement(reference: np.ndarray, other: np.ndarray, threshold: float) -> dict[str, float]:
+    """How close two logit maps are (a float model and its int8 copy, two runtimes):
+    logits, probabilities and the thresholded masks."""
+    diff = np.abs(reference - other)
+    p_ref, p_other = (1 / (1 + np.exp(-a.astype(np.float64))) for a in (reference, other))
+    return {"logit_max_abs": float(diff.max()), "logit_mean_abs": float(diff.mean()),
+            "identical_fraction": float((diff == 0).mean()),
+            "prob_mean_abs": float(np.abs(p_ref - p_other).mean()),
+            "mask_agreement": float(((p_ref >= threshold) == (p_other >= threshold)).mean())}

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # headless machines fall back to the Agg backen
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 # Error-map colours: true positive, false positive, false negative (colour-blind safe).
 TP, FP, FN = (1.0, 1.0, 1.0), (0.90, 0.60, 0.0), (0.0, 0.45, 0.70)

@@ -1,21 +1,18 @@
-"""Data: CHASE_DB1 loading, FOV masks, augmentation and the PyTorch dataset."""
+"""Training data on the PyTorch side: network inputs, augmentation and the torch Dataset.
 
-from .chasedb1 import DatasetError, Sample, Split, default_data_dir, load_sample, load_split, scan
+What lies on disk (datasets, splits, labels, FOV masks) is :mod:`qsegment.datasets`.
+"""
+
 from .dataset import SegmentationDataset, resize_sample, to_tensors
-from .fov import fov_mask
+from .inputs import calibration_images, to_input, training_inputs
 from .transforms import paper_augmentation
 
 __all__ = [
-    "DatasetError",
-    "Sample",
     "SegmentationDataset",
-    "Split",
-    "default_data_dir",
-    "fov_mask",
-    "load_sample",
-    "load_split",
+    "calibration_images",
     "paper_augmentation",
     "resize_sample",
-    "scan",
+    "to_input",
     "to_tensors",
+    "training_inputs",
 ]

@@ -9,17 +9,16 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .chasedb1 import Sample
+from ..datasets import Sample
+from .inputs import to_input
 from .transforms import apply
 
 
 def resize_sample(sample: Sample, size: int) -> Sample:
     """The sample as a camera at size x size would see it: the image resized as for
-    inference (:func:`qsegment.engine.infer.to_input`), label and FOV resized by area
+    inference (:func:`qsegment.data.inputs.to_input`), label and FOV resized by area
     and re-binarised at 0.5."""
     import torch.nn.functional as F
-
-    from ..engine.infer import to_input
 
     def mask(array: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(array.astype(np.float32))[None, None]
@@ -30,7 +29,7 @@ def resize_sample(sample: Sample, size: int) -> Sample:
                   path=sample.path)
 
 
-def to_tensors(sample: Sample, multiple: int = 8) -> tuple[torch.Tensor, ...]:
+def to_tensors(sample: Sample, multiple: int) -> tuple[torch.Tensor, ...]:
     """(image (3, H', W'), label (1, H', W'), fov (1, H', W')) as float32, zero-padded
     bottom/right so that H' and W' are multiples of ``multiple``; the padding lies
     outside the FOV, so it never counts in the loss mask or the metrics."""
@@ -52,7 +51,7 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], transform: v2.Transform | None = None,
-                 repeats: int = 1, multiple: int = 8, device: torch.device | str = "cpu"
+                 repeats: int = 1, multiple: int = 1, device: torch.device | str = "cpu"
                  ) -> None:
         if not samples:
             raise ValueError("no samples given")

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..checkpoint import atomic_write
+from ..errors import QsegmentError
+from ..files import atomic_write
 from ..viz import overlay
 
 
-class CameraError(RuntimeError):
+class CameraError(QsegmentError, RuntimeError):
     """The camera app cannot start (no network file, no picamera2); says what to do."""
 
 

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 from tqdm import tqdm
 
 from .. import viz
-from ..checkpoint import write_json
-from ..data import Sample, Split, load_split
+from ..card import Card
+from ..datasets import FundusDataset, Sample, Split, open_dataset
+from ..errors import UsageError
+from ..files import write_json
 from ..metrics import best_threshold, evaluate
-from .infer import predict_proba
+from ..runtimes import open_file
+from ..runtimes.base import ModelFileError, Runtime
+from .infer import as_runtime, predict_proba
 
-Runner = nn.Module | Callable[[np.ndarray], np.ndarray]  # PyTorch or ONNX Runtime
+if TYPE_CHECKING:
+    from torch import nn
+
+Data = str | Path | FundusDataset | None  # a folder of the default dataset, or a dataset
 
 
-def predict_samples(model: Runner, samples: Sequence[Sample], size: int | None = None,
-                    progress: bool = False, tta: str = "none") -> list[np.ndarray]:
+def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
+                    size: int | None = None, progress: bool = False, tta: str = "none"
+                    ) -> list[np.ndarray]:
     """Probability maps at each sample's full resolution (inferred at ``size`` if given,
     averaged over the ``tta`` views of :func:`~qsegment.engine.infer.symmetries`).
-    ``model`` may also be a runner callable on arrays (ONNX Runtime)."""
-    if isinstance(model, nn.Module):
-        model.eval()
+    ``model`` is a runtime or a PyTorch module."""
+    runtime = as_runtime(model)
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
-    return [predict_proba(model, s.image, size, tta) for s in items]
+    return [predict_proba(runtime, s.image, size, tta) for s in items]
 
 
 def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
@@ -37,7 +44,7 @@ def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: flo
     return evaluate(probs, [s.label for s in samples], fovs, threshold)
 
 
-def train_threshold(model: Runner, train: Sequence[Sample], size: int | None = None,
+def train_threshold(model: Runtime | nn.Module, train: Sequence[Sample], size: int | None = None,
                     progress: bool = False, tta: str = "none") -> float:
     """The Dice-maximizing threshold on the training images (never on validation)."""
     probs = predict_samples(model, train, size, progress, tta)
@@ -53,11 +60,12 @@ def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict
     return result
 
 
-def table_iv(model: Runner, card: dict, data: str | None = None,
+def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
              sizes: Sequence[int | None] = (None,), split: Split | None = None,
              out: Path | None = None, figures: bool = True, progress: bool = True,
              tta: str = "none") -> dict:
-    """The Table IV rows of a model on the validation images, plus the human reference.
+    """The Table IV rows of a model on the validation images, plus the human reference
+    (when the dataset has a second observer).
 
     One row per inference resolution (``None``: full resolution; N: the image resized
     to NxN, the probabilities resized back, scored against the full-size label). The
@@ -67,19 +75,20 @@ def table_iv(model: Runner, card: dict, data: str | None = None,
     Writes ``metrics.json`` and, with ``figures``, the predictions panel and the ROC
     curve into ``out``.
     """
-    train, val = load_split(data, split)
-    _, second = load_split(data, split, observer=2)
-    chosen = card.get("threshold") or {}
-    threshold = float(chosen.get("value", 0.5))
-    rule = "card (train-chosen)" if chosen else "fixed 0.5"
+    dataset = open_dataset(data)
+    model = as_runtime(model)
+    train, val = dataset.split(split)
+    threshold = card.threshold_value
+    rule = "card (train-chosen)" if card.threshold else "fixed 0.5"
     if tta != "none":
-        threshold = train_threshold(model, train, chosen.get("inference_size"), progress, tta)
+        size = card.threshold.inference_size if card.threshold else None
+        threshold = train_threshold(model, train, size, progress, tta)
         rule = f"chosen now on the training images with {tta} test-time augmentation"
     views = "" if tta == "none" else f" + {tta} TTA"
     rows, curves = {}, {}
     for size in sizes:
         resolution = "full" if size is None else f"{size}x{size}"
-        label = f"{card.get('name', card['model'])} @ {resolution}{views}"
+        label = f"{card.label} @ {resolution}{views}"
         probs = predict_samples(model, val, size, progress, tta)
         metrics = score(probs, val, threshold)
         rows[label] = {"size": size, **metrics,
@@ -94,49 +103,40 @@ def table_iv(model: Runner, card: dict, data: str | None = None,
                                     for s, m in zip(val, metrics["per_image"], strict=True)],
                                    threshold,
                                    Path(out) / f"predictions_{tag}.png", title=label)
-    human = second_observer(val, second)
     result = {"threshold": threshold, "threshold_rule": rule, "tta": tta,
-              "val_images": [s.name for s in val], "rows": rows, "second_observer": human,
+              "val_images": [s.name for s in val], "rows": rows,
               "train_images": [s.name for s in train]}
+    points = {}
+    if dataset.observers >= 2:
+        result["second_observer"] = human = second_observer(val, dataset.split(split, 2)[1])
+        points["second observer"] = (1 - human["pooled"]["sp"], human["pooled"]["se"])
     if out is not None:
         out = Path(out)
         if figures:
-            h = human["pooled"]
-            viz.roc_figure(curves, out / "roc.png",
-                           points={"second observer": (1 - h["sp"], h["se"])})
+            viz.roc_figure(curves, out / "roc.png", points=points)
         write_json(out / "metrics.json", result)
     return result
 
 
-def open_quantized(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The runner of an int8 model file: MCT's ONNX in ONNX Runtime (``.onnx``), or a
-    ``.tflite`` in the TFLite-Micro interpreter. Either has ``.card`` and ``.size``."""
-    if Path(path).suffix == ".tflite":
-        from ..export.tflite_micro import MicroModel
-
-        return MicroModel(path)
-    from ..quantize import QuantizedOnnxModel
-
-    return QuantizedOnnxModel(path)
-
-
-def int8_table(model_path: str | Path, size: int | None = None, data: str | None = None,
+def int8_table(model_path: str | Path, size: int | None = None, data: Data = None,
                split: Split | None = None, out: Path | None = None, figures: bool = True,
                progress: bool = True) -> dict:
-    """Table IV of an int8 model (:func:`open_quantized`) beside its float source model,
-    both at the deployment size (default: the size in the model's card), with the same
-    train-chosen threshold; ``dice_drop`` is float minus int8 pooled Dice."""
+    """Table IV of an int8 model file (its runtime by suffix:
+    :func:`qsegment.runtimes.open_file`) beside its float source model, both at the
+    deployment size (default: the size in the model's card), with the same train-chosen
+    threshold; ``dice_drop`` is float minus int8 pooled Dice."""
     from ..pretrained import load_model
 
-    runner = open_quantized(model_path)
+    runner = open_file(model_path)
     card = runner.card
-    if not card.get("source_checkpoint"):
-        raise ValueError(f"{model_path}: no card with its source checkpoint beside it "
+    if not card.source_checkpoint:
+        raise ModelFileError(f"{model_path}: no card with its source checkpoint beside it "
                          "(expected the .json `qsegment quantize` or `export` writes)")
-    size = size or card.get("size") or runner.size
-    if size != runner.size:
-        raise ValueError(f"{model_path} runs at {runner.size}x{runner.size} only, not {size}")
-    float_model, float_card = load_model(card["source_checkpoint"])
+    size = size or card.size or runner.fixed_size
+    if size != runner.fixed_size:
+        raise UsageError(f"{model_path} runs at {runner.fixed_size}x{runner.fixed_size} only, "
+                         f"not {size}")
+    float_model, float_card = load_model(card.source_checkpoint)
     reference = table_iv(float_model, float_card, data, [size], split, progress=progress,
                          figures=False)
     result = table_iv(runner, card, data, [size], split, out=out, figures=figures,
@@ -154,9 +154,10 @@ def format_table(result: dict) -> str:
     """Markdown table of the pooled metrics, one row per model/resolution plus the human."""
     fov = {k: v["pooled"] for k, v in result["rows"].items()}
     whole = {k: v["whole_image"] for k, v in result["rows"].items()}
-    human = "second observer vs first"
-    fov[human] = result["second_observer"]["pooled"]
-    whole[human] = result["second_observer"]["whole_image"]
+    if "second_observer" in result:
+        human = "second observer vs first"
+        fov[human] = result["second_observer"]["pooled"]
+        whole[human] = result["second_observer"]["whole_image"]
     lines = ["inside the FOV:", "", *_table_lines(fov), "",
              "whole image (as papers without FOV masks report; the border inflates Acc and AUC):",
              "", *_table_lines(whole)]

@@ -1,22 +1,27 @@
-"""Running a model on whole images: resize, pad, forward, sigmoid, crop, resize back."""
+"""Running a model on whole images: resize, pad, forward (each test-time view), average,
+crop, resize back, sigmoid. Everything between the runtime's calls is numpy.
+
+``model`` is any :class:`~qsegment.runtimes.base.Runtime`, or a PyTorch module (run by
+the ``torch`` runtime). PyTorch is imported only to resize (``size``) or to wrap a module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..models import pad_to_multiple
+from ..images import network_input, resize_bilinear
+from ..runtimes.base import Runtime, sigmoid
+
+if TYPE_CHECKING:
+    from torch import nn
 
 TTA_MODES = ("none", "flip", "d8")
 
 
 def symmetries(tta: str = "none") -> list[tuple[bool, tuple[int, ...]]]:
-    """The views a test-time augmentation averages, as (transpose, flipped dims):
+    """The views a test-time augmentation averages, as (transpose, flipped axes):
     ``none`` the image itself; ``flip`` also its horizontal, vertical and double flips
     (4 views); ``d8`` also their transposes, all eight symmetries of a square (8 views).
     The model is not equivariant to these, so averaging them smooths its errors; it
@@ -26,75 +31,51 @@ def symmetries(tta: str = "none") -> list[tuple[bool, tuple[int, ...]]]:
                          f"{', '.join(TTA_MODES)}")
     flips = [()] if tta == "none" else [(), (-1,), (-2,), (-2, -1)]
     turns = (False, True) if tta == "d8" else (False,)
-    return [(turn, dims) for turn in turns for dims in flips]
+    return [(turn, axes) for turn in turns for axes in flips]
 
 
-def _view(x: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
-    """``x`` seen through one symmetry: transposed, then flipped."""
-    x = x.transpose(-1, -2) if transpose else x
-    return x.flip(dims) if dims else x
+def _view(x: np.ndarray, transpose: bool, axes: tuple[int, ...]) -> np.ndarray:
+    """``x`` (N, C, H, W) seen through one symmetry: transposed, then flipped."""
+    x = x.swapaxes(-1, -2) if transpose else x
+    return np.flip(x, axes) if axes else x
 
 
-def _unview(x: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+def _unview(x: np.ndarray, transpose: bool, axes: tuple[int, ...]) -> np.ndarray:
     """The inverse of :func:`_view`: flipped back, then transposed back."""
-    x = x.flip(dims) if dims else x
-    return x.transpose(-1, -2) if transpose else x
+    x = np.flip(x, axes) if axes else x
+    return x.swapaxes(-1, -2) if transpose else x
 
 
-def _size_multiple(model: object) -> int:
-    inner = getattr(model, "module", model)  # DDP-wrapped or not
-    return getattr(inner, "size_multiple", 8)
+def as_runtime(model: Runtime | nn.Module) -> Runtime:
+    """A runtime as it is; a PyTorch module on the ``torch`` runtime."""
+    if isinstance(model, Runtime):
+        return model
+    from ..runtimes.pytorch import TorchRuntime
+
+    return TorchRuntime(model)
 
 
-def to_input(image: np.ndarray | torch.Tensor, size: int | tuple[int, int] | None = None
-             ) -> torch.Tensor:
-    """(1, 3, H, W) float32 tensor of an RGB image (H, W, 3) in [0, 1], resized to ``size``
-    (bilinear, antialiased) if given: the one resize used for inference and calibration."""
-    x = torch.tensor(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-    if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return x
-
-
-def training_inputs(count: int, data: str | Path | None = None, size: int | None = None
-                    ) -> Iterator[torch.Tensor]:
-    """The first ``count`` training images of the default split as (1, 3, H, W) model
-    inputs, at full resolution (padded to a multiple of 8) or resized to ``size``:
-    calibration data for the CPU int8 runtimes."""
-    from ..data import Split, default_data_dir, load_sample
-
-    root = data or default_data_dir()
-    for name in Split().train[:count]:
-        yield pad_to_multiple(to_input(load_sample(root, name).image, size))[0]
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module | Callable[[np.ndarray], np.ndarray],
-                  image: np.ndarray | torch.Tensor,
-                  size: int | tuple[int, int] | None = None, tta: str = "none"
-                  ) -> np.ndarray:
-    """Vessel probability map (H, W) of an RGB image (H, W, 3) in [0, 1].
-
-    ``model`` is a PyTorch model or any callable from an (N, 3, H, W) float32 array
-    to logits (an ONNX Runtime session: :class:`qsegment.export.onnx.OnnxModel`).
-    With ``size`` the image is first resized to that inference resolution (as a
-    camera would deliver it) and the probabilities are resized back to H x W.
-    ``tta`` averages the logits over the views of :func:`symmetries`.
-    """
-    torch_model = isinstance(model, nn.Module)
-    device = next(model.parameters()).device if torch_model else torch.device("cpu")
+def predict_logits(model: Runtime | nn.Module, image: np.ndarray,
+                   size: int | tuple[int, int] | None = None, tta: str = "none") -> np.ndarray:
+    """Vessel logits (H, W) of an RGB image (H, W, 3) in [0, 1], averaged over the ``tta``
+    views of :func:`symmetries`. With ``size`` the image is first resized to that
+    inference resolution (as a camera would deliver it) and the logits are resized back."""
+    runtime = as_runtime(model)
     h, w = np.shape(image)[:2]
-    x, (hh, ww) = pad_to_multiple(to_input(image, size).to(device), _size_multiple(model))
+    x, (hh, ww) = network_input(image, size, runtime.size_multiple)
     views = symmetries(tta)
-
-    def forward(view: torch.Tensor) -> torch.Tensor:
-        view = view.contiguous()
-        out = model(view) if torch_model else torch.from_numpy(model(view.numpy()))
-        return out.float()
-
-    logits = sum(_unview(forward(_view(x, *v)), *v) for v in views) / len(views)
-    logits = logits[..., :hh, :ww]
+    total = None
+    for view in views:
+        out = _unview(runtime.logits(np.ascontiguousarray(_view(x, *view))), *view)
+        total = out if total is None else total + out
+    logits = (total / len(views))[..., :hh, :ww]
     if size is not None:
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return torch.sigmoid(logits)[0, 0].cpu().numpy()
+        logits = resize_bilinear(np.ascontiguousarray(logits), (h, w), antialias=False)
+    return logits[0, 0]
+
+
+def predict_proba(model: Runtime | nn.Module, image: np.ndarray,
+                  size: int | tuple[int, int] | None = None, tta: str = "none") -> np.ndarray:
+    """Vessel probability map (H, W) of an RGB image (H, W, 3) in [0, 1]
+    (:func:`predict_logits`, then the sigmoid)."""
+    return sigmoid(predict_logits(model, image, size, tta))

@@ -1,101 +1,29 @@
 """Segmenting one's own fundus images: any size, channel layout and bit depth.
 
-:class:`Segmenter` wraps a model with its decision threshold. Images larger than
-``tile`` pixels on a side are processed in overlapping tiles whose origins lie on
-the network's pooling grid; each tile keeps only its interior, so the stitched
-map has no seams and memory stays bounded by the tile size.
+:class:`Segmenter` wraps a runtime (:mod:`qsegment.runtimes`) with the model's decision
+threshold. Images larger than ``tile`` pixels on a side are processed in overlapping
+tiles whose origins lie on the network's pooling grid; each tile keeps only its
+interior, so the stitched map has no seams and memory stays bounded by the tile size.
+8-bit RGB on a runtime that takes it (``tflite-int8``) goes from pixels to the mask in
+numpy alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from torch import nn
 
+from ..images import ImageError, collect_inputs, read_image, to_rgb_float
 from ..pretrained import DEFAULT_MODEL, load_model, resolve_checkpoint
+from ..runtimes import DEFAULT_RUNTIME, open_runtime
 from .infer import predict_proba, symmetries
 
-RUNTIMES = ("tflite-int8", "torch", "onnx", "onnx-int8")
-DEFAULT_RUNTIME = "tflite-int8"  # the fastest on a CPU (docs/BENCHMARKS.md)
-
-
-def _onnx_runner(model: nn.Module, int8: bool, int8_onnx: Path | None) -> object:
-    """The model in ONNX Runtime: exported to fp32 ONNX in a temporary folder, or for
-    int8 the given statically quantized file, else one quantized now on CHASE_DB1
-    training images (full resolution)."""
-    import tempfile
-
-    from ..export.onnx import OnnxModel, export_onnx, quantize_onnx_int8
-
-    multiple = getattr(model, "size_multiple", 8)
-    if int8 and int8_onnx is not None:
-        return OnnxModel(int8_onnx, size_multiple=multiple)
-    with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx")
-        if int8:
-            path = quantize_onnx_int8(path, Path(tmp) / "model.int8.onnx")
-        return OnnxModel(path, size_multiple=multiple)
-
-
-def _runner(model: nn.Module, runtime: str, int8_onnx: Path | None,
-            int8_tflite: Path | None) -> object:
-    """What runs ``model`` for ``runtime``: the module itself, or an array-callable."""
-    if runtime == "torch":
-        return model
-    if runtime == "tflite-int8":
-        from ..export.tflite import LiteRtInt8Model, observers_for
-
-        sidecar = None if int8_tflite is None else Path(f"{int8_tflite}-observers.safetensors")
-        return LiteRtInt8Model(model, observers_for(model, sidecar), prebuilt=int8_tflite)
-    return _onnx_runner(model, runtime == "onnx-int8", int8_onnx)
-
-
-class ImageError(ValueError):
-    """An input that cannot be read as an image; the message names the file."""
-
-
-def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1] from a PIL image or array: grayscale is repeated
-    over the channels, alpha is dropped, 16-bit and float inputs are scaled."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image, dtype=np.float32)
-            image = array / (65535.0 if image.mode.startswith("I;16") or array.max() > 255
-                             else 255.0)
-        elif image.mode == "F":
-            image = np.asarray(image, dtype=np.float32)
-        else:
-            image = np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {array.shape}")
-    if array.shape[2] in (1, 2):  # gray, gray + alpha
-        array = np.repeat(array[..., :1], 3, axis=2)
-    array = array[..., :3]
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    array = array.astype(np.float32)
-    if array.min() < 0 or array.max() > 1:
-        raise ValueError("float images must lie in [0, 1]")
-    return array
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any image file Pillow understands as (H, W, 3) float32 RGB in [0, 1]."""
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode fully: truncated files fail here
-            return to_rgb_float(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{path}: not a readable image ({err})") from err
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -108,10 +36,11 @@ class Prediction:
 
 
 class Segmenter:
-    """A model plus its threshold, ready for images of any size, on one of
-    :data:`RUNTIMES` (``int8_onnx`` / ``int8_tflite``: the files of the int8 runtimes,
-    see :meth:`from_pretrained`), optionally averaging ``tta`` views
-    (:func:`~qsegment.engine.infer.symmetries`: more accurate, one pass per view).
+    """A model plus its threshold, ready for images of any size, on one of the checkpoint
+    runtimes (:func:`qsegment.runtimes.checkpoint_runtimes`; ``weights``: its
+    .safetensors file, beside which the int8 runtimes find their files), optionally
+    averaging ``tta`` views (:func:`~qsegment.engine.infer.symmetries`: more accurate,
+    one pass per view).
 
     >>> seg = Segmenter.from_pretrained()              # the shipped Q-Segment
     >>> out = seg.predict(np.asarray(PIL.Image.open("fundus.jpg")))
@@ -119,43 +48,38 @@ class Segmenter:
     """
 
     def __init__(self, model: nn.Module, threshold: float = 0.5, tile: int = 1024,
-                 overlap: int = 128, runtime: str = "torch", int8_onnx: Path | None = None,
-                 int8_tflite: Path | None = None, tta: str = "none") -> None:
-        multiple = 64  # a multiple of every registered model's total stride (<= 32)
+                 overlap: int = 128, runtime: str = "torch", weights: Path | None = None,
+                 tta: str = "none") -> None:
+        multiple = model.size_multiple
         if tile % multiple or overlap % multiple or tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
                              f"{multiple} with tile > 2 * overlap")
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        symmetries(tta)  # an unknown mode fails here, not at the first image
         self.model = model.eval()
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
         self.runtime = runtime
         self.tta = tta
-        symmetries(tta)  # an unknown mode fails here, not at the first image
-        self.runner = _runner(self.model, runtime, int8_onnx, int8_tflite)
+        self.runner = open_runtime(runtime, self.model, weights)
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
                         runtime: str = DEFAULT_RUNTIME, **kwargs: object) -> Segmenter:
         """A shipped model by name (or a run folder / checkpoint), with its card's threshold,
-        on the fastest CPU runtime by default. The int8 runtimes use what sits beside the
-        weights: ``NAME.int8.onnx``; ``NAME.int8-observers.safetensors`` (calibrated
-        ranges) and ``NAME.int8-HxW.tflite`` (built models) for ``tflite-int8``."""
+        on the fastest CPU runtime by default; int8 runtimes use the files shipped beside
+        the weights (``NAME.int8.onnx``, ``NAME.int8-observers.safetensors``,
+        ``NAME.int8-HxW.tflite``)."""
         model, card = load_model(source)
-        weights = resolve_checkpoint(source)
-        sidecar = weights.with_suffix(".int8.onnx")
-        kwargs.setdefault("int8_onnx", sidecar if sidecar.is_file() else None)
-        kwargs.setdefault("int8_tflite", weights.with_suffix(".int8"))
         if threshold is None:
-            threshold = float((card.get("threshold") or {}).get("value", 0.5))
-        return cls(model, threshold, runtime=runtime, **kwargs)
+            threshold = card.threshold_value
+        return cls(model, threshold, runtime=runtime, weights=resolve_checkpoint(source),
+                   **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image) -> Prediction:
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
                 and array.shape[2] == 3 and max(array.shape[:2]) <= self.tile
-                and self.tta == "none" and hasattr(self.runner, "probability_uint8")):
+                and self.tta == "none" and self.runner.accepts_uint8):
             prob = self.runner.probability_uint8(array)  # 8-bit RGB straight to int8
         else:
             prob = self.probability(to_rgb_float(image))
@@ -178,36 +102,6 @@ class Segmenter:
         return out
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
-
-
-def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files from paths, folders (their images, not recursive) and glob patterns;
-    returns (files, [(input, problem)]) so one bad input does not stop the others."""
-    import glob
-
-    files: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
-            files += matches
-            if not matches:
-                problems.append((item, "no file matches this pattern"))
-        elif path.is_dir():
-            matches = sorted(p for p in path.iterdir()
-                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            files += matches
-            if not matches:
-                problems.append((item, "folder holds no image files"))
-        elif path.is_file():
-            files.append(path)
-        else:
-            problems.append((item, "no such file or folder"))
-    return files, problems
-
-
 @dataclass
 class RunSummary:
     """What ``predict_files`` did: written outputs per input and failures with reasons."""
@@ -223,7 +117,7 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
     written atomically; a failing input is reported and the others go on."""
     from tqdm import tqdm
 
-    from ..checkpoint import atomic_write
+    from ..files import atomic_write
     from ..viz import overlay as make_overlay
 
     out = Path(out)

@@ -9,10 +9,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-STEP = 8  # input sizes are multiples of the network's stride
+
+def check_size(size: int | None, multiple: int, error: type[Exception]) -> None:
+    """Refuse a square input size the network cannot take (None: to be searched)."""
+    if size is not None and (size <= 0 or size % multiple):
+        raise error(f"--size must be a positive multiple of {multiple} (the network's "
+                    f"stride), got {size}")
 
 
-def search_largest(fits: Callable[[int], bool], start: int, step: int = STEP) -> int | None:
+def search_largest(fits: Callable[[int], bool], start: int, step: int) -> int | None:
     """Largest multiple of ``step`` for which ``fits`` holds (monotone: True below a limit),
     starting from a guess: gallop away from it until the limit is bracketed, then bisect.
     None if even ``step`` does not fit."""

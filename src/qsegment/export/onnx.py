@@ -1,22 +1,23 @@
-"""Float ONNX export, CPU int8 quantization, and an ONNX Runtime session to run them.
+"""Float ONNX export and static int8 quantization for ONNX Runtime on the CPU (run by
+the ``onnx`` and ``onnx-int8`` runtimes, :mod:`qsegment.runtimes.onnxrt`).
 
 The legacy TorchScript-based exporter is used (``dynamo=False``): torch >= 2.13
 defaults to the dynamo exporter, which needs ``onnxscript`` (not in this
 project's environment), and the legacy one gives dynamic H and W directly.
-PyTorch is imported inside the functions that need it, so running an exported
-model costs no PyTorch import.
+PyTorch is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
+from ..files import atomic_write
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from ..datasets import FundusDataset
 
 OPSET = 17
 
@@ -28,8 +29,6 @@ def export_onnx(model: nn.Module, path: str | Path, example_size: tuple[int, int
     import warnings
 
     import torch
-
-    from ..checkpoint import atomic_write
 
     model = model.eval()
     example = torch.rand(1, 3, *example_size)
@@ -47,32 +46,13 @@ def export_onnx(model: nn.Module, path: str | Path, example_size: tuple[int, int
     return path
 
 
-class OnnxModel:
-    """An ONNX Runtime CPU session behaving like the model for inference:
-    ``runtime(x)`` maps an (N, 3, H, W) float32 array to logits."""
-
-    def __init__(self, path: str | Path, threads: int | None = None, size_multiple: int = 8
-                 ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
-        self.size_multiple = size_multiple
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
 def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int | None = None,
-                       count: int = 4, data: str | Path | None = None) -> Path:
+                       count: int = 4, data: str | Path | FundusDataset | None = None,
+                       multiple: int = 1) -> Path:
     """Static int8 quantization for ONNX Runtime on the CPU (QDQ, per-channel int8
     weights, uint8 activations: the u8 x s8 pairing that VNNI kernels take), calibrated
-    with min/max on ``count`` training images at ``size`` (None: full resolution)."""
+    with min/max on ``count`` training images at ``size`` (None: full resolution, padded
+    to the network's ``multiple``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -80,18 +60,17 @@ def quantize_onnx_int8(fp32_path: str | Path, path: str | Path, size: int | None
         quantize_static,
     )
 
-    from ..engine.infer import training_inputs
+    from ..data import training_inputs
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = ({"image": x.numpy()} for x in training_inputs(count, data, size))
+            self.items = ({"image": x.numpy()}
+                          for x in training_inputs(count, data, size, multiple))
 
         def get_next(self) -> dict | None:
             return next(self.items, None)
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from ..checkpoint import atomic_write
 
     def write(tmp: Path) -> None:
         prepared = tmp.with_suffix(".pre.onnx")  # shapes inferred, graph optimised first

@@ -2,20 +2,17 @@
 
 The conversion is :func:`qsegment.export.tflite.convert_int8`, calibrated on whole
 training images resized to NxN, as the firmware will resize its camera frame.
-Everything is checked with the real TFLite-Micro interpreter (PyPI
-``tflite-micro``): it must accept every operator, and its recording allocator
-gives the tensor arena the model needs. :func:`fit_table` finds the largest
-square input for each memory budget in :data:`BUDGETS`; :func:`c_sources` writes
-what a firmware project compiles.
+Everything is checked with the real TFLite-Micro interpreter (the ``tflite-micro``
+runtime, :mod:`qsegment.runtimes.tflm`): it must accept every operator, and its
+recording allocator gives the tensor arena the model needs. :func:`fit_table` finds
+the largest square input for each memory budget in :data:`BUDGETS`;
+:func:`c_sources` writes what a firmware project compiles.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,38 +20,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import STEP, search_largest, staged_folder
-from .tflite import (
-    Int8Session,
-    captured_stderr,
-    convert_int8,
-    dequantize_output,
-    input_lut,
-    quantization,
-    quantize_input,
-)
+from ..files import write_json
+from ..runtimes.litert import dequantize_output, input_lut
+from ..runtimes.tflm import MicroError, MicroModel, lsb_difference, measure_arena, operators
+from .common import check_size, search_largest, staged_folder
+from .tflite import convert_int8
 
-if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads BUDGETS at start-up
+if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..card import Card
+    from ..datasets import FundusDataset, Sample
+
 KIB = 1024
 TFLM_ALIGNMENT = 16  # TFLite-Micro wants a 16-byte aligned tensor arena
-
-
-class MicroError(RuntimeError):
-    """The TFLite-Micro export cannot be done; the message says why and what to do."""
-
-
-class UnsupportedOperatorError(MicroError):
-    """The flatbuffer uses operators the TFLite-Micro interpreter does not have."""
-
-    def __init__(self, missing: Sequence[str], operators: dict[str, int]) -> None:
-        self.missing = list(missing)
-        super().__init__(
-            f"TFLite-Micro has no kernel for {', '.join(self.missing)} (the model uses "
-            f"{', '.join(sorted(operators))}): replace those layers, or keep them out of the "
-            "part that runs on the microcontroller")
 
 
 @dataclass(frozen=True)
@@ -84,127 +64,6 @@ BUDGETS: dict[str, Budget] = {
         "Cortex-M4F, 256 KB SRAM", 256 * KIB, 64 * KIB, False,
         "64 KiB for stack, heap and the application; the flatbuffer stays in flash"),
 }
-
-
-# --- inspection with the TFLite-Micro interpreter -------------------------------------
-
-def _schema() -> object:
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
-
-    return schema_py_generated
-
-
-def operators(flatbuffer: bytes) -> dict[str, int]:
-    """Builtin operator name -> count in the flatbuffer's main graph."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    fb = _schema()
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(flatbuffer, 0))
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [runtime.get_builtin_code_from_operator_code(c) for c in model.operatorCodes]
-    return dict(sorted(Counter(names[codes[op.opcodeIndex]]
-                               for op in model.subgraphs[0].operators).items()))
-
-
-def _interpreter(flatbuffer: bytes) -> object:
-    """A TFLite-Micro interpreter with an arena ample for the model's input size, or
-    :class:`UnsupportedOperatorError` naming the operators it lacks (from its own log)."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    fb = _schema()
-    graph = fb.Model.GetRootAsModel(flatbuffer, 0).Subgraphs(0)
-    pixels = int(np.prod(graph.Tensors(graph.Inputs(0)).ShapeAsNumpy()))
-    arena = 16 * 2**20 + 64 * pixels  # Q-Segment needs ~22 bytes per input value
-    with captured_stderr() as log:
-        try:
-            return runtime.Interpreter.from_bytes(flatbuffer, arena_size=arena)
-        except RuntimeError as err:
-            failure = err
-    missing = sorted({m.group(1) for line in log
-                      if (m := re.search(r"Didn't find op for builtin opcode '(\w+)'", line))})
-    if missing:
-        raise UnsupportedOperatorError(missing, operators(flatbuffer))
-    raise MicroError(f"TFLite-Micro could not load the model: {failure}; "
-                     + " ".join(line.strip() for line in log if line.strip()))
-
-
-def measure_arena(flatbuffer: bytes) -> int:
-    """Tensor arena bytes the model needs (:meth:`MicroModel.arena_bytes`)."""
-    return MicroModel(flatbuffer).arena_bytes()
-
-
-def lsb_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """How far two int8 outputs are apart, in quantization steps."""
-    lsb = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    return {"max_lsb": int(lsb.max()), "identical_fraction": float((lsb == 0).mean())}
-
-
-class MicroModel:
-    """A fully int8 flatbuffer run by TFLite-Micro (``runtime="tflm"``) or by the LiteRT
-    interpreter, with its reference kernels (``"litert-ref"``: the arithmetic TFLite-Micro
-    implements, so outputs must be bit-identical) or its default optimized ones
-    (``"litert"``, XNNPACK: other rounding). ``runner(x)`` maps an (N, 3, S, S) float32
-    RGB batch in [0, 1] to float logits (N, 1, S, S), quantizing and dequantizing with
-    the flatbuffer's own parameters; :meth:`raw` gives the int8 output."""
-
-    size_multiple = STEP
-    RUNTIMES = ("tflm", "litert-ref", "litert")
-
-    def __init__(self, source: str | Path | bytes, runtime: str = "tflm") -> None:
-        if runtime not in self.RUNTIMES:
-            raise ValueError(f"runtime must be one of {self.RUNTIMES}, got {runtime!r}")
-        self.path = None if isinstance(source, bytes) else Path(source)
-        self.flatbuffer = source if isinstance(source, bytes) else self.path.read_bytes()
-        self.runtime = runtime
-        self._invoked = False
-        card = None if self.path is None else self.path.with_suffix(".json")
-        self.card = json.loads(card.read_text()) if card and card.is_file() else {}
-        if runtime == "tflm":
-            self._micro = _interpreter(self.flatbuffer)
-            inp, out = self._micro.get_input_details(0), self._micro.get_output_details(0)
-            self.input_quantization, self.output_quantization = (quantization(inp),
-                                                                 quantization(out))
-            self.input_shape = tuple(int(d) for d in inp["shape"])
-        else:
-            self._lite = Int8Session(self.flatbuffer, reference=runtime == "litert-ref")
-            self.input_quantization = self._lite.input_quantization
-            self.output_quantization = self._lite.output_quantization
-            self.input_shape = self._lite.shape
-        self.size = self.input_shape[1]
-
-    def arena_bytes(self) -> int:
-        """Tensor arena bytes the model needs, as TFLite-Micro's recording allocator
-        reports after an inference (head, the planned activations, plus tail, the
-        persistent data)."""
-        if self.runtime != "tflm":
-            raise ValueError("only the TFLite-Micro interpreter measures its arena")
-        if not self._invoked:
-            self._run(np.full(self.input_shape, self.input_quantization[1], np.int8))
-        with captured_stderr() as log:
-            self._micro.print_allocations()
-        for line in log:
-            if m := re.search(r"Arena allocation total (\d+) bytes", line):
-                return int(m.group(1))
-        raise MicroError("TFLite-Micro did not report its arena use: " + " ".join(log))
-
-    def _run(self, quantized: np.ndarray) -> np.ndarray:
-        if self.runtime != "tflm":
-            return self._lite.run(quantized)
-        self._micro.set_input(quantized, 0)
-        self._micro.invoke()
-        self._invoked = True
-        return self._micro.get_output(0)[0]
-
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        """int8 output (N, S, S, 1) of an (N, 3, S, S) float batch."""
-        if x.ndim != 4 or x.shape[1:] != (3, self.size, self.size):
-            raise ValueError(f"this TFLite model takes (N, 3, {self.size}, {self.size}) "
-                             f"inputs, got {tuple(x.shape)}: infer at size {self.size}")
-        q = quantize_input(x, *self.input_quantization)
-        return np.stack([self._run(image[None]) for image in q])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return dequantize_output(self.raw(x), *self.output_quantization)
 
 
 # --- C sources ------------------------------------------------------------------------
@@ -294,7 +153,8 @@ def tiles(size: int, height: int = 960, width: int = 999, overlap: int = 16) -> 
 
 def fit_table(model: nn.Module, calibration: torch.Tensor,
               budgets: dict[str, Budget] = BUDGETS) -> list[dict]:
-    """For each budget: the largest square input (multiple of 8) whose measured arena
+    """For each budget: the largest square input (a multiple of the model's
+    ``size_multiple``) whose measured arena
     (plus, where the program runs from SRAM, the flatbuffer) fits. Quantization parameters
     do not change the arena, so one calibration image per size is enough."""
     import torch.nn.functional as F
@@ -317,7 +177,7 @@ def fit_table(model: nn.Module, calibration: torch.Tensor,
             return arena <= budget.arena_limit(flash)
 
         guess = int(64 * math.sqrt(max(budget.arena_limit(0), 1) / arena64))
-        best = search_largest(fits, guess)
+        best = search_largest(fits, guess, model.size_multiple)
         arena, flash = measure(best) if best else (None, None)
         rows.append({"budget": key, "label": budget.label, "sram": budget.sram,
                      "reserve": budget.reserve, "reserve_note": budget.reserve_note,
@@ -343,25 +203,19 @@ def format_fit_table(rows: list[dict]) -> str:
 
 def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = None,
                         calibration: int = 16, board: str = "spresense", fit: bool = False,
-                        data: str | Path | None = None, seed: int = 0) -> dict:
+                        data: str | Path | FundusDataset | None = None, seed: int = 0) -> dict:
     """Quantize a checkpoint to a fully int8 TFLite model and write, into the folder
     ``out``: ``qsegment.tflite``, ``qsegment.json`` (the card), ``model_data.h`` and
     ``model_data.cc``. ``size`` defaults to the largest that fits ``board``'s budget;
     ``fit`` also measures every budget in :data:`BUDGETS`. Returns the card."""
-    import torch
-
-    from ..checkpoint import write_json
-    from ..data import load_split
-    from ..engine.infer import to_input
-    from ..engine.train import git_commit
-    from ..pretrained import checkpoint_reference, load_model
-    from ..quantize import agreement, calibration_images, package_versions
+    from ..data import calibration_images
+    from ..datasets import load_split
+    from ..pretrained import load_model
 
     if board not in BUDGETS:
         raise MicroError(f"unknown board {board!r}; choose one of: {', '.join(BUDGETS)}")
-    if size is not None and (size <= 0 or size % STEP):
-        raise MicroError(f"--size must be a positive multiple of {STEP}, got {size}")
     model, float_card = load_model(source)
+    check_size(size, model.size_multiple, MicroError)
     train, val = load_split(data)
     fit_rows = None
     if fit or size is None:
@@ -374,40 +228,11 @@ def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = 
     names, images = calibration_images(train, size, calibration, seed)
     start = time.perf_counter()
     flatbuffer = convert_int8(model, images)
-    convert_s = time.perf_counter() - start
-    ops = operators(flatbuffer)
-    micro = MicroModel(flatbuffer)  # raises on an operator TFLite-Micro lacks
-    threshold = float((float_card.get("threshold") or {}).get("value", 0.5))
-    probe = to_input(val[0].image, size)
-    with torch.no_grad():
-        float_logits = model(probe).numpy()
-    micro_raw = micro.raw(probe.numpy())
-    arena = micro.arena_bytes()
-    card = {
-        "format": "tflite-int8",
-        "name": f"{float_card.get('name', float_card['model'])} int8 tflite-micro",
-        "model": float_card["model"], "model_args": float_card.get("model_args", {}),
-        "source_checkpoint": checkpoint_reference(source), "source": str(source), "size": size,
-        "input": {"shape": list(micro.input_shape), "layout": "NHWC", "dtype": "int8",
-                  "colour": "RGB", "model_expects": "RGB in [0, 1], no mean/std",
-                  "resize": "the whole image to NxN (bilinear, antialiased)"},
-        "input_quantization": list(micro.input_quantization),
-        "output_quantization": list(micro.output_quantization),
-        "threshold": {"value": threshold, "rule": "the float model's, chosen on training images"},
-        "calibration": {"images": names, "count": len(names), "seed": seed,
-                        "how": "whole training images resized to NxN (bilinear, antialiased)"},
-        "operators": ops, "flatbuffer_bytes": len(flatbuffer), "arena_bytes": arena,
-        "arena_bytes_aligned": -(-arena // TFLM_ALIGNMENT) * TFLM_ALIGNMENT,
-        "agreement": {"image": val[0].name,
-                      **{f"tflm_vs_{runtime}": lsb_difference(
-                          micro_raw, MicroModel(flatbuffer, runtime).raw(probe.numpy()))
-                         for runtime in ("litert-ref", "litert")},
-                      "float_vs_tflm": agreement(
-                          float_logits, dequantize_output(micro_raw, *micro.output_quantization),
-                          threshold)},
-        "convert_s": round(convert_s, 1),
-        "versions": package_versions(), "git_commit": git_commit(),
-    }
+    facts = {"convert_s": round(time.perf_counter() - start, 1),
+             "calibration": {"images": names, "count": len(names), "seed": seed,
+                             "how": "whole training images resized to NxN (bilinear, "
+                                    "antialiased)"}}
+    card = _card(model, float_card, source, size, flatbuffer, val[0], facts)
     if fit_rows is not None:
         card["fit"] = fit_rows
     header, source_cc = c_sources(flatbuffer, card)
@@ -418,3 +243,63 @@ def export_tflite_micro(source: str | Path, out: str | Path, size: int | None = 
         write_json(staging / "qsegment.json", card)
     return card
 
+
+def _card(model: nn.Module, float_card: Card, source: str | Path, size: int,
+          flatbuffer: bytes, probe_sample: Sample, facts: dict) -> dict:
+    """The exported model's card: conventions, measured arena and operators, and how its
+    int8 output agrees with LiteRT's kernels and with the float model on one image."""
+    import torch
+
+    from ..data import to_input
+    from ..metrics import agreement
+    from ..pretrained import checkpoint_reference
+    from ..provenance import git_commit, package_versions
+
+    micro = MicroModel(flatbuffer)  # raises on an operator TFLite-Micro lacks
+    threshold = float_card.threshold_value
+    probe = to_input(probe_sample.image, size)
+    with torch.no_grad():
+        float_logits = model(probe).numpy()
+    micro_raw = micro.raw(probe.numpy())
+    arena = micro.arena_bytes()
+    return {
+        "format": "tflite-int8",
+        "name": f"{float_card.label} int8 tflite-micro",
+        "model": float_card.model, "model_args": float_card.model_args,
+        "source_checkpoint": checkpoint_reference(source), "source": str(source), "size": size,
+        "input": {"shape": list(micro.input_shape), "layout": "NHWC", "dtype": "int8",
+                  "colour": "RGB", "model_expects": "RGB in [0, 1], no mean/std",
+                  "resize": "the whole image to NxN (bilinear, antialiased)"},
+        "input_quantization": list(micro.input_quantization),
+        "output_quantization": list(micro.output_quantization),
+        "threshold": {"value": threshold, "rule": "the float model's, chosen on training images"},
+        "calibration": facts["calibration"],
+        "operators": operators(flatbuffer), "flatbuffer_bytes": len(flatbuffer),
+        "arena_bytes": arena,
+        "arena_bytes_aligned": -(-arena // TFLM_ALIGNMENT) * TFLM_ALIGNMENT,
+        "agreement": {"image": probe_sample.name,
+                      **{f"tflm_vs_{runtime}": lsb_difference(
+                          micro_raw, MicroModel(flatbuffer, runtime).raw(probe.numpy()))
+                         for runtime in ("litert-ref", "litert")},
+                      "float_vs_tflm": agreement(
+                          float_logits, dequantize_output(micro_raw, *micro.output_quantization),
+                          threshold)},
+        "convert_s": facts["convert_s"],
+        "versions": package_versions(), "git_commit": git_commit(),
+    }
+
+
+def report_lines(card: dict) -> list[str]:
+    """What the terminal shows after a TFLite-Micro export."""
+    lines = [format_fit_table(card["fit"])] if "fit" in card else []
+    size, agree = card["size"], card["agreement"]
+    lines += [
+        f"tflite-micro: {size}x{size} int8, flatbuffer {card['flatbuffer_bytes']:,} bytes, "
+        f"tensor arena {card['arena_bytes']:,} bytes (measured by TFLite-Micro); operators: "
+        + ", ".join(f"{k} x{v}" for k, v in card["operators"].items()),
+        f"on {agree['image']}: TFLite-Micro vs LiteRT reference kernels max "
+        f"{agree['tflm_vs_litert-ref']['max_lsb']} LSB; vs LiteRT XNNPACK max "
+        f"{agree['tflm_vs_litert']['max_lsb']} LSB; float vs int8 mask agreement "
+        f"{agree['float_vs_tflm']['mask_agreement']:.2%}",
+        "wrote qsegment.tflite, model_data.h, model_data.cc and qsegment.json"]
+    return lines

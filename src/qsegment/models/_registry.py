@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from ..registry import lookup, register
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 
@@ -15,11 +17,8 @@ def register_model(name: str, description: str) -> Callable:
     """Decorator adding a model constructor to the registry under ``name``."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
         _DESCRIPTIONS[name] = description
-        return fn
+        return register(_MODELS, name, fn, "model")
 
     return wrap
 
@@ -31,16 +30,10 @@ def list_models() -> list[str]:
 
 def describe_model(name: str) -> str:
     """One-line description of a registered model."""
-    _check_name(name)
+    lookup(_MODELS, name, "model")
     return _DESCRIPTIONS[name]
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name; an unknown name lists the valid ones."""
-    _check_name(name)
-    return _MODELS[name](**kwargs)
-
-
-def _check_name(name: str) -> None:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_MODELS)}")
+    return lookup(_MODELS, name, "model")(**kwargs)

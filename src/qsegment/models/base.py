@@ -9,8 +9,9 @@ from torch import nn
 class SegmentationModel(nn.Module):
     """Base class: ``forward`` maps (N, 3, H, W) images in [0, 1] to (N, 1, H, W) logits.
 
-    ``size_multiple`` is the factor H and W must be divisible by; callers pad to it
-    (see :func:`qsegment.models.pad_to_multiple`).
+    ``size_multiple`` is the factor H and W must be divisible by (the total stride of
+    its pooling): the one place that number lives. Callers pad to it
+    (:func:`qsegment.models.pad_to_multiple`) and tile on it.
     """
 
     size_multiple: int = 8
@@ -29,7 +30,7 @@ class SegmentationModel(nn.Module):
             )
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int = 8) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Zero-pad H and W (bottom/right) up to a multiple; returns the padded tensor and (H, W)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple

@@ -25,14 +25,17 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..checkpoint import write_json
-from ..quantize import package_versions, read_card, require_mct_onnx
-from .common import STEP, search_largest, staged_folder
+from ...card import Card
+from ...errors import QsegmentError
+from ...files import write_json
+from ...provenance import package_versions
+from ...runtimes.onnxrt import require_mct_onnx
+from ..common import check_size, search_largest, staged_folder
 
 NETWORK = "qsegment"  # the converter names its outputs after the ONNX file
 
 
-class Imx500Error(RuntimeError):
+class Imx500Error(QsegmentError, RuntimeError):
     """The IMX500 export cannot be done; the message says why and what to do."""
 
 
@@ -99,6 +102,16 @@ def onnx_size(path: str | Path) -> int:
     return int(dims[-1].dim_value)
 
 
+def size_multiple(card: Card) -> int:
+    """The network's stride, from the card `qsegment quantize` wrote beside the ONNX (older
+    cards name only the model, which is then built to ask)."""
+    if "size_multiple" in card:
+        return int(card["size_multiple"])
+    from ...models import create_model
+
+    return create_model(card.model, **card.model_args).size_multiple
+
+
 def resize_onnx(src: str | Path, dst: str | Path, size: int) -> Path:
     """Copy of an MCT ONNX for size x size inputs: the spatial dims of every activation
     (the tensors with the dynamic batch axis) are scaled; weights are untouched. The
@@ -114,7 +127,7 @@ def resize_onnx(src: str | Path, dst: str | Path, size: int) -> Path:
             for dim in dims[2:]:
                 if dim.dim_value * size % old:
                     raise Imx500Error(f"{size} is not a size this network can take: use a "
-                                      f"multiple of {STEP}")
+                                      "multiple of its stride")
                 dim.dim_value = dim.dim_value * size // old
     onnx.save(model, str(dst))
     return Path(dst)
@@ -155,16 +168,18 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def largest_fitting_size(onnx_path: str | Path, cache: bool = True) -> tuple[int | None, dict]:
+def largest_fitting_size(onnx_path: str | Path, multiple: int | None = None, cache: bool = True
+                         ) -> tuple[int | None, dict]:
     """(largest square size that fits the IMX500, {size: MemoryReport} of the sizes tried).
 
     The first guess scales the activation memory of the ONNX's own size by area. Memory
     is not quite monotone in the size (the converter tiles large layers: 296 can need less
     than 288), so the answer is the edge the search bracketed: it fits and the next
-    multiple of 8 does not. The answer is cached in ``NAME.imx500-fit.json`` beside the
+    size multiple does not. The answer is cached in ``NAME.imx500-fit.json`` beside the
     ONNX, keyed by its SHA-256.
     """
     onnx_path = require_mct_onnx(onnx_path)
+    multiple = multiple or size_multiple(Card.beside(onnx_path))
     cache_path = onnx_path.with_name(onnx_path.stem + ".imx500-fit.json")
     digest = _sha256(onnx_path)
     if cache and cache_path.is_file():
@@ -184,7 +199,7 @@ def largest_fitting_size(onnx_path: str | Path, cache: bool = True) -> tuple[int
     first = reports[own]
     room = max(first.available - (first.required - first.activations), 0)
     guess = int(own * (room / max(first.activations, 1)) ** 0.5)
-    largest = search_largest(fits, guess)
+    largest = search_largest(fits, guess, multiple)
     if cache:
         write_json(cache_path, {"onnx_sha256": digest, "largest_size": largest,
                                 "reports": {str(k): asdict(v) for k, v in sorted(
@@ -242,20 +257,20 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
     """
     onnx_path = require_mct_onnx(onnx_path)
     converter()  # fail early on a missing Java or converter
-    card = read_card(onnx_path)
+    card = Card.beside(onnx_path)
+    multiple = size_multiple(card)
     calibrated = onnx_size(onnx_path)
     largest = None
     if size is None:
-        largest, _ = largest_fitting_size(onnx_path)
+        largest, _ = largest_fitting_size(onnx_path, multiple)
         if largest is None:
-            report = memory_report(onnx_path, STEP)
-            raise ModelTooLargeError(STEP, report.required, report.available, None)
+            report = memory_report(onnx_path, multiple)
+            raise ModelTooLargeError(multiple, report.required, report.available, None)
         size = largest
-    if size <= 0 or size % STEP:
-        raise Imx500Error(f"--size must be a positive multiple of {STEP}, got {size}")
+    check_size(size, multiple, Imx500Error)
     report = memory_report(onnx_path, size)
     if not report.fits:
-        largest, _ = largest_fitting_size(onnx_path)
+        largest, _ = largest_fitting_size(onnx_path, multiple)
         raise ModelTooLargeError(size, report.required, report.available, largest)
     with staged_folder(Path(out)) as staging:
         model = resize_onnx(onnx_path, staging / f"{NETWORK}.onnx", size)
@@ -265,7 +280,7 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
         seconds = time.perf_counter() - start
         if not (staging / "packerOut.zip").is_file():
             raise Imx500Error("imxconv-pt finished without writing packerOut.zip")
-        threshold = float((card.get("threshold") or {}).get("value", 0.5))
+        threshold = card.threshold_value
         note = {
             "network": NETWORK, "size": size, "source_onnx": str(onnx_path),
             "calibrated_size": calibrated, "method": card.get("method"),
@@ -284,3 +299,14 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
         write_json(staging / "deploy.json", note)
     return note
 
+
+
+def report_lines(note: dict) -> list[str]:
+    """What the terminal shows after an IMX500 export."""
+    memory = note["memory"]
+    lines = [f"imx500: {note['size']}x{note['size']} uses {memory['required'] / 2**20:.2f} of "
+             f"{memory['available'] / 2**20:.2f} MB; converted in {note['conversion_s']:.0f} s",
+             f"camera input: {note['input']['camera_must_apply']}"]
+    if "warning" in note:
+        lines.append(f"warning: {note['warning']}")
+    return lines

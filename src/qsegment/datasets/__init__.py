@@ -1,0 +1,69 @@
+"""Datasets: named images with labels, FOV masks and a default split, in one registry.
+
+Adding a dataset is one module (a :class:`FundusDataset` subclass) and one row
+(:func:`register_dataset` below). Everything here is numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..registry import lookup, register
+from .base import DatasetError, FundusDataset, Sample, Split, load_label
+from .chasedb1 import ChaseDB1, default_data_dir
+from .fov import fov_mask
+
+DATASETS: dict[str, type[FundusDataset]] = {}
+DEFAULT_DATASET = "chasedb1"
+
+
+def register_dataset(cls: type[FundusDataset]) -> type[FundusDataset]:
+    """Add a dataset class to the registry under its ``name``."""
+    return register(DATASETS, cls.name, cls, "dataset")
+
+
+register_dataset(ChaseDB1)
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def open_dataset(data: str | Path | FundusDataset | None = None,
+                 dataset: str = DEFAULT_DATASET) -> FundusDataset:
+    """The dataset ``dataset`` in the folder ``data`` (default: the dataset's own default
+    folder); a dataset object is returned as it is."""
+    if isinstance(data, FundusDataset):
+        return data
+    return lookup(DATASETS, dataset, "dataset")(data)
+
+
+def load_split(data: str | Path | FundusDataset | None = None, split: Split | None = None,
+               observer: int = 1) -> tuple[list[Sample], list[Sample]]:
+    """(train, val) samples of ``split`` (default: the dataset's) from ``data``."""
+    return open_dataset(data).split(split, observer)
+
+
+def load_sample(data: str | Path | FundusDataset | None, name: str, observer: int = 1
+                ) -> Sample:
+    """One image of ``data`` with the label of ``observer`` (1: the reference)."""
+    return open_dataset(data).sample(name, observer)
+
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "ChaseDB1",
+    "DatasetError",
+    "FundusDataset",
+    "Sample",
+    "Split",
+    "default_data_dir",
+    "fov_mask",
+    "list_datasets",
+    "load_label",
+    "load_sample",
+    "load_split",
+    "open_dataset",
+    "register_dataset",
+]

@@ -1,0 +1,157 @@
+"""What every dataset is: named images with reference labels, FOV masks and a split.
+
+A dataset module subclasses :class:`FundusDataset` with the two things that differ
+between datasets (which images a folder holds, and where an image's label and FOV
+are) and registers it (:func:`qsegment.datasets.register_dataset`); training,
+evaluation, calibration and threshold selection take the dataset object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ..errors import QsegmentError
+from .fov import fov_mask
+
+
+class DatasetError(QsegmentError, ValueError):
+    """A data folder or file that cannot be used; the message names it."""
+
+
+def _names(first: int, last: int) -> tuple[str, ...]:
+    return tuple(f"Image_{i:02d}{eye}" for i in range(first, last + 1) for eye in "LR")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which images train and which validate (default: CHASE_DB1's 20:8 of the paper)."""
+
+    train: tuple[str, ...] = _names(1, 10)
+    val: tuple[str, ...] = _names(11, 14)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its reference label and FOV mask, all (H, W[, 3])."""
+
+    name: str
+    image: np.ndarray  # float32 RGB in [0, 1]
+    label: np.ndarray  # bool vessel map (float in [0, 1] when softened by a teacher)
+    fov: np.ndarray  # bool field of view
+    path: Path = field(compare=False)
+
+
+def open_image(path: Path, mode: str) -> np.ndarray:
+    """A fully decoded image file as an array in PIL ``mode``, or a DatasetError naming it."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes fully: a truncated file fails here, not later
+            return np.asarray(im.convert(mode))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from err
+
+
+def load_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A binary label as bool (H, W); checks its size against the image's."""
+    label = open_image(path, "L")
+    if label.shape != shape:
+        raise DatasetError(
+            f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+            f"{shape[1]}x{shape[0]} (width x height)"
+        )
+    values = np.unique(label)
+    if len(values) > 2:
+        raise DatasetError(f"{path}: label is not binary ({len(values)} distinct values)")
+    return label > 127 if values.max() > 1 else label > 0
+
+
+@cache
+def load_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image, FOV) of one photograph, decoded once per process whichever label is asked;
+    read-only arrays, the FOV derived from the image (:mod:`qsegment.datasets.fov`)."""
+    rgb = open_image(path, "RGB")
+    image = rgb.astype(np.float32) / 255.0
+    fov = fov_mask(rgb)
+    for array in (image, fov):
+        array.setflags(write=False)
+    return image, fov
+
+
+class FundusDataset:
+    """A folder of fundus photographs with vessel labels.
+
+    Subclasses set ``name``, ``title``, ``description``, ``observers`` (how many human
+    label sets) and ``default_split``, and implement :meth:`names` (validate the folder, list its
+    images) and :meth:`label_path` (where an image's label of an observer is).
+    """
+
+    name: ClassVar[str]  # the registry's key
+    title: ClassVar[str]  # how cards and tables name it
+    description: ClassVar[str]
+    reference: ClassVar[str] = "the first observer"  # which labels are the reference
+    fov: ClassVar[str] = "derived (qsegment.datasets.fov)"  # where FOV masks come from
+    observers: ClassVar[int] = 1
+    default_split: ClassVar[Split]
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).resolve() if root is not None else self.default_root()
+
+    @classmethod
+    def default_root(cls) -> Path:
+        raise DatasetError(f"no {cls.name} folder given: pass --data DIR")
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def image_path(self, name: str) -> Path:
+        raise NotImplementedError
+
+    def label_path(self, name: str, observer: int) -> Path:
+        raise NotImplementedError
+
+    def sample(self, name: str, observer: int = 1) -> Sample:
+        """One image with the label of ``observer`` (1: the reference). Arrays are
+        read-only and cached per process: samples are shared, never copied."""
+        if not 1 <= observer <= self.observers:
+            raise ValueError(f"{self.name} has {self.observers} observer(s), not {observer}")
+        return _sample(self, name, observer)
+
+    def split(self, split: Split | None = None, observer: int = 1
+              ) -> tuple[list[Sample], list[Sample]]:
+        """(train, val) samples of ``split`` (default: the dataset's) after validating the
+        folder."""
+        split = split or self.default_split
+        available = set(self.names())
+        for name in (*split.train, *split.val):
+            if name not in available:
+                raise DatasetError(f"{self.image_path(name)}: image of the split not found")
+        return ([self.sample(n, observer) for n in split.train],
+                [self.sample(n, observer) for n in split.val])
+
+    def describe(self, split: Split) -> dict:
+        """What a card records about the data a model was trained and validated on."""
+        return {"dataset": self.title, "train": list(split.train), "val": list(split.val),
+                "reference": self.reference, "fov": self.fov}
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.root))
+
+
+@cache
+def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
+    path = dataset.image_path(name)
+    image, fov = load_image(path)
+    label = load_label(dataset.label_path(name, observer), image.shape[:2])
+    label.setflags(write=False)
+    return Sample(name=name, image=image, label=label, fov=fov, path=path)

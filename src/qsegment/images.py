@@ -1,0 +1,110 @@
+"""Reading the user's images: any file Pillow opens, any channel layout and bit depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import QsegmentError
+
+
+class ImageError(QsegmentError, ValueError):
+    """An input that cannot be read as an image; the message names the file."""
+
+
+def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] from a PIL image or array: grayscale is repeated
+    over the channels, alpha is dropped, 16-bit and float inputs are scaled."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image, dtype=np.float32)
+            image = array / (65535.0 if image.mode.startswith("I;16") or array.max() > 255
+                             else 255.0)
+        elif image.mode == "F":
+            image = np.asarray(image, dtype=np.float32)
+        else:
+            image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {array.shape}")
+    if array.shape[2] in (1, 2):  # gray, gray + alpha
+        array = np.repeat(array[..., :1], 3, axis=2)
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    array = array.astype(np.float32)
+    if array.min() < 0 or array.max() > 1:
+        raise ValueError("float images must lie in [0, 1]")
+    return array
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any image file Pillow understands as (H, W, 3) float32 RGB in [0, 1]."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode fully: truncated files fail here
+            return to_rgb_float(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{path}: not a readable image ({err})") from err
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files from paths, folders (their images, not recursive) and glob patterns;
+    returns (files, [(input, problem)]) so one bad input does not stop the others."""
+    import glob
+
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            files += matches
+            if not matches:
+                problems.append((item, "no file matches this pattern"))
+        elif path.is_dir():
+            matches = sorted(p for p in path.iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += matches
+            if not matches:
+                problems.append((item, "folder holds no image files"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append((item, "no such file or folder"))
+    return files, problems
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """(N, C, h, w) float32 resized to ``size`` (PyTorch's bilinear, corners not aligned):
+    the one resampling of inputs (antialiased) and of output maps."""
+    import torch
+    import torch.nn.functional as F
+
+    out = F.interpolate(torch.from_numpy(x), size=size, mode="bilinear", antialias=antialias,
+                        align_corners=False)
+    return out.numpy()
+
+
+def network_input(image: np.ndarray, size: int | tuple[int, int] | None, multiple: int
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
+    """(1, 3, H', W') float32 input of an (H, W, 3) image in [0, 1]: resized to ``size``
+    (bilinear, antialiased) if given, zero-padded bottom/right to ``multiple``; with the
+    size before padding."""
+    x = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None])
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        x = resize_bilinear(x, size, antialias=True)
+    h, w = x.shape[-2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (0, (-h) % multiple), (0, (-w) % multiple)))
+    return padded, (h, w)

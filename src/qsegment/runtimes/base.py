@@ -1,0 +1,54 @@
+"""The one protocol every way of running a model follows.
+
+A runtime maps an (N, 3, H, W) float32 batch in [0, 1] to (N, 1, H, W) float32
+logits as numpy, whatever runs underneath (PyTorch, ONNX Runtime, LiteRT,
+TFLite-Micro). It says what it accepts: ``fixed_size`` (a square input it was
+built for, or None for any size that is a multiple of ``size_multiple``) and
+``accepts_uint8`` (whether :meth:`probability_uint8` takes 8-bit RGB straight).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..card import Card
+from ..errors import QsegmentError
+
+
+class ModelFileError(QsegmentError, ValueError):
+    """A model file that a runtime cannot open; the message names it and says why."""
+
+
+class Runtime:
+    """Base class of the runtimes in :data:`qsegment.runtimes.RUNTIMES`."""
+
+    name: ClassVar[str]
+    accepts_uint8: ClassVar[bool] = False
+    size_multiple: int = 1
+    fixed_size: int | None = None
+    card: Card = Card()
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.logits(x)
+
+    def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
+        """Vessel probability (H, W) of an (H, W, 3) uint8 image (``accepts_uint8``)."""
+        raise NotImplementedError(f"the {self.name} runtime takes float input only")
+
+    def check_input(self, x: np.ndarray, where: Path | str) -> None:
+        """Refuse a batch that a fixed-size model cannot take, saying what size would do."""
+        s = self.fixed_size
+        if s is not None and (x.ndim != 4 or x.shape[1:] != (3, s, s)):
+            raise ValueError(f"{where} takes (N, 3, {s}, {s}) inputs, got {tuple(x.shape)}: "
+                             f"infer at size {s}")
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of logits, float32 (computed in float64: no overflow warnings)."""
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)

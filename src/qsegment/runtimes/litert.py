@@ -1,0 +1,196 @@
+"""Fully int8 TFLite models run by LiteRT on the CPU: the ``tflite-int8`` runtime.
+
+:class:`Int8Session` is one flatbuffer in one interpreter, with lookup tables that
+quantize 8-bit pixels and turn int8 logits into probabilities, so the path from a
+uint8 image to the mask never leaves numpy. :class:`LiteRtInt8` holds a model's
+sessions, one per padded image shape (TFLite graphs have a fixed shape): shipped
+beside the weights, cached on disk, or built from the calibrated ranges
+(:mod:`qsegment.export.tflite`). The interpreters kept alive are bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..console import captured_stderr
+from ..files import atomic_write
+from .base import Runtime
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def quantization(detail: dict) -> tuple[float, int]:
+    """(scale, zero point) of an interpreter's tensor details (LiteRT or TFLite-Micro)."""
+    q = detail["quantization_parameters"]
+    return float(q["scales"][0]), int(q["zero_points"][0])
+
+
+def input_lut(scale: float, zero_point: int) -> np.ndarray:
+    """int8 model input for each 8-bit pixel value 0..255 (the model reads pixel/255)."""
+    pixels = np.arange(256, dtype=np.float64) / 255.0
+    return np.clip(np.round(pixels / scale) + zero_point, -128, 127).astype(np.int8)
+
+def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """(N, H, W, 3) int8 model input of an (N, 3, H, W) float batch in [0, 1]."""
+    q = np.round(x.transpose(0, 2, 3, 1) / scale) + zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize_output(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """(N, 1, H, W) float logits of an (N, H, W, 1) int8 output."""
+    return ((q.astype(np.float32) - zero_point) * scale).transpose(0, 3, 1, 2)
+
+
+class Int8Session:
+    """A fully int8 flatbuffer in LiteRT with its lookup tables; one input shape. The
+    default XNNPACK kernels run on ``threads`` threads; ``reference=True`` takes TFLite's
+    reference kernels instead (the integer arithmetic TFLite-Micro implements)."""
+
+    def __init__(self, flatbuffer: bytes, threads: int = 1, reference: bool = False) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        kernels = OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO
+        with captured_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter = Interpreter(model_content=flatbuffer, num_threads=threads,
+                                           experimental_op_resolver_type=kernels)
+            self.interpreter.allocate_tensors()
+        inp = self.interpreter.get_input_details()[0]
+        out = self.interpreter.get_output_details()[0]
+        self.input_index, self.output_index = inp["index"], out["index"]
+        self.shape = tuple(int(d) for d in inp["shape"])  # (1, H, W, 3)
+        self.input_quantization, self.output_quantization = quantization(inp), quantization(out)
+        self.lut = input_lut(*self.input_quantization)
+        # scale 1/255 and zero point -128 make the lookup a flip of the sign bit
+        self.lut_is_flip = np.array_equal(self.lut.astype(np.int16), np.arange(-128, 128))
+        scale, zero = self.output_quantization
+        codes = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float64)
+        # indexed by the output's bytes read as uint8: probability of each int8 logit
+        self.probability_lut = (1 / (1 + np.exp(-(codes - zero) * scale))).astype(np.float32)
+
+    def run(self, quantized: np.ndarray) -> np.ndarray:
+        """int8 (H, W, 1) output of an int8 (1, H, W, 3) input."""
+        self.interpreter.set_tensor(self.input_index, quantized)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index)[0]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Float logits (N, 1, H, W) of an (N, 3, H, W) float batch in [0, 1]."""
+        q = quantize_input(x, *self.input_quantization)
+        outputs = np.stack([self.run(image[None]) for image in q])
+        return dequantize_output(outputs, *self.output_quantization)
+
+
+class LiteRtInt8(Runtime):
+    """A model as fully int8 TFLite, run by LiteRT (XNNPACK kernels) on the CPU.
+
+    :meth:`logits` takes an (N, 3, H, W) float32 batch in [0, 1]; :meth:`probability_uint8`
+    is the fast path from an 8-bit RGB image (a lookup table quantizes the input, another
+    gives the probability of each int8 output). One flatbuffer per input shape: looked up
+    as ``{prebuilt}-{H}x{W}.tflite`` (shipped beside the weights), then in the cache
+    (:func:`qsegment.export.tflite.cache_dir`), else built from ``observers`` (about 10 s,
+    once) and cached, keyed by the weights and observers. At most ``max_sessions``
+    interpreters stay alive (least recently used dropped first).
+    """
+
+    name = "tflite-int8"
+    accepts_uint8 = True
+
+    def __init__(self, model: nn.Module | None, observers: dict[str, torch.Tensor] | None,
+                 threads: int | None = None, prebuilt: str | Path | None = None,
+                 max_sessions: int = 4) -> None:
+        self.model = model.eval() if model is not None else None
+        self.observers = observers
+        self.threads = threads or os.cpu_count() or 1
+        self.prebuilt = prebuilt
+        self.max_sessions = max_sessions
+        self.size_multiple = model.size_multiple if model is not None else 1
+        self.key = None
+        if model is not None:
+            from ..export.tflite import weights_digest
+
+            self.key = weights_digest(model.state_dict(), observers)
+        self._sessions: OrderedDict[tuple[int, int], Int8Session] = OrderedDict()
+
+    @classmethod
+    def from_model(cls, model: nn.Module, weights: Path | None = None) -> LiteRtInt8:
+        """The ranges and built models shipped beside ``weights``
+        (``NAME.int8-observers.safetensors``, ``NAME.int8-HxW.tflite``), else calibrated
+        now on the dataset's training images (cached)."""
+        from ..export.tflite import observers_for
+
+        stem = weights.with_suffix(".int8") if weights is not None else None
+        sidecar = None if stem is None else Path(f"{stem}-observers.safetensors")
+        return cls(model, observers_for(model, sidecar), prebuilt=stem)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LiteRtInt8:
+        """One flatbuffer, at the one shape it was built for."""
+        session = Int8Session(Path(path).read_bytes(), os.cpu_count() or 1)
+        runtime = cls(None, None)
+        height, width = session.shape[1:3]
+        runtime._sessions[(height, width)] = session
+        runtime.fixed_size = height if height == width else None
+        return runtime
+
+    def flatbuffer_path(self, height: int, width: int) -> Path:
+        """Where the flatbuffer for a padded height x width input is (or will be) cached."""
+        from ..export.tflite import cache_dir
+
+        return cache_dir() / f"{self.key}-{height}x{width}.tflite"
+
+    def session(self, height: int, width: int) -> Int8Session:
+        """The interpreter for a padded height x width input, built on first use."""
+        shape = (height, width)
+        if shape in self._sessions:
+            self._sessions.move_to_end(shape)
+            return self._sessions[shape]
+        if self.model is None:
+            known = ", ".join(f"{h}x{w}" for h, w in self._sessions)
+            raise ValueError(f"this flatbuffer takes {known} inputs, not {height}x{width}")
+        session = Int8Session(self._flatbuffer(height, width), self.threads)
+        self._sessions[shape] = session
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return session
+
+    def _flatbuffer(self, height: int, width: int) -> bytes:
+        from ..export.tflite import convert_int8
+
+        path = self.flatbuffer_path(height, width)
+        shipped = self.prebuilt and Path(f"{self.prebuilt}-{height}x{width}.tflite")
+        for found in (shipped, path):
+            if found and found.is_file():
+                return found.read_bytes()
+        log.warning("building the int8 TFLite model for %dx%d inputs (once, about 10 s; "
+                    "cached in %s)", height, width, path.parent)
+        flatbuffer = convert_int8(self.model, observers=self.observers,
+                                  shape=(1, 3, height, width))
+        atomic_write(path, lambda tmp: tmp.write_bytes(flatbuffer))
+        return flatbuffer
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session(*x.shape[2:]).logits(x)
+
+    def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
+        """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, padded to the
+        network's multiple with black (the quantized 0) and cropped back."""
+        height, width = rgb.shape[:2]
+        m = self.size_multiple
+        session = self.session(-(-height // m) * m, -(-width // m) * m)
+        q = np.full(session.shape, session.input_quantization[1], dtype=np.int8)
+        if session.lut_is_flip:
+            np.bitwise_xor(rgb, 0x80, out=q.view(np.uint8)[0, :height, :width])
+        else:
+            np.take(session.lut, rgb, out=q[0, :height, :width])
+        out = session.run(q)[:height, :width, 0]
+        return session.probability_lut[out.view(np.uint8)]

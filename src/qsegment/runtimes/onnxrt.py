@@ -1,0 +1,125 @@
+"""ONNX Runtime on the CPU: float32, static int8, and Sony MCT's int8 ONNX.
+
+One session wrapper serves all three; PyTorch is imported only to export a
+checkpoint that has no ONNX file yet.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..card import Card
+from .base import ModelFileError, Runtime
+
+MCT_DOMAIN = "mct_quantizers"
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class OnnxRuntime(Runtime):
+    """An ONNX file in an ONNX Runtime CPU session (input ``image``, output logits)."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None, size_multiple: int = 1,
+                 options: object | None = None) -> None:
+        import onnxruntime as ort
+
+        if options is None:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.inter_op_num_threads = 1
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.size_multiple = size_multiple
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> OnnxRuntime:
+        return cls(path)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, weights: Path | None = None) -> OnnxRuntime:
+        """The model exported to float ONNX in a temporary folder (the session keeps it)."""
+        from ..export.onnx import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
+            return cls(export_onnx(model, Path(tmp) / "model.onnx"),
+                       size_multiple=model.size_multiple)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self.check_input(x, self.path.name)
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+class OnnxInt8Runtime(OnnxRuntime):
+    """Static int8 ONNX: the ``NAME.int8.onnx`` shipped beside the weights, else one
+    quantized now on the dataset's training images (full resolution)."""
+
+    name = "onnx-int8"
+
+    @classmethod
+    def from_model(cls, model: nn.Module, weights: Path | None = None) -> OnnxInt8Runtime:
+        from ..export.onnx import export_onnx, quantize_onnx_int8
+
+        shipped = weights.with_suffix(".int8.onnx") if weights is not None else None
+        if shipped is not None and shipped.is_file():
+            return cls(shipped, size_multiple=model.size_multiple)
+        with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "model.onnx")
+            int8 = quantize_onnx_int8(fp32, Path(tmp) / "model.int8.onnx",
+                                      multiple=model.size_multiple)
+            return cls(int8, size_multiple=model.size_multiple)
+
+
+class MctOnnxRuntime(OnnxRuntime):
+    """MCT's int8 ONNX (custom ops of the ``mct_quantizers`` domain registered), at the
+    fixed square size it was exported for; its card lies beside it."""
+
+    name = "mct-int8"
+
+    def __init__(self, path: str | Path, threads: int | None = 1) -> None:
+        import mct_quantizers
+
+        path = require_mct_onnx(path)
+        super().__init__(path, threads, options=mct_quantizers.get_ort_session_options())
+        self.size = self.fixed_size = int(self.session.get_inputs()[0].shape[-1])
+        self.size_multiple = self.size
+        self.card = Card.beside(path)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> MctOnnxRuntime:
+        return cls(path)
+
+
+def is_mct_onnx(path: str | Path) -> bool:
+    """Whether an ONNX file holds MCT's quantizer ops (the IMX500 converter needs them)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.domain == MCT_DOMAIN for node in graph.node)
+
+
+def require_mct_onnx(path: str | Path) -> Path:
+    """``path`` if it is an MCT-quantized ONNX, else a :class:`ModelFileError` saying why."""
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such file")
+    try:
+        ok = is_mct_onnx(path)
+    except (DecodeError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable ONNX file ({err})") from err
+    if not ok:
+        raise ModelFileError(f"{path}: not an MCT-quantized ONNX (no {MCT_DOMAIN} ops; a float "
+                             "export cannot run on the IMX500): make one with `qsegment quantize`")
+    return path

@@ -1,0 +1,31 @@
+"""PyTorch eager: the reference every other runtime is compared with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Runtime
+
+
+class TorchRuntime(Runtime):
+    """A module on its own device; numpy in, numpy out."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        self.size_multiple = model.size_multiple
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_model(cls, model: nn.Module, weights: Path | None = None) -> TorchRuntime:
+        return cls(model)
+
+    @torch.inference_mode()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+        return out.float().cpu().numpy()
