@@ -1,5 +1,11 @@
 """`qsegment predict` and the Segmenter API on real CHASE_DB1 images."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -249,10 +255,7 @@ def test_int8_runtime_uses_the_shipped_int8_model_and_agrees(segmenter, sample):
 def test_default_runtime_is_int8_tflite_from_the_shipped_files(segmenter, sample):
     """A CHASE-size image runs the shipped int8 flatbuffer (nothing is built) and scores
     like PyTorch; 8-bit input goes the fast way and equals the float path."""
-    import os
-    from pathlib import Path
-
-    fast = Segmenter.from_pretrained()
+    fast = Segmenter.from_pretrained("qsegment-nearest")
     assert fast.runtime == "tflite-int8"
     cache = Path(os.environ["QSEGMENT_CACHE"])
     before = sorted(cache.rglob("*.tflite"))
@@ -267,21 +270,65 @@ def test_default_runtime_is_int8_tflite_from_the_shipped_files(segmenter, sample
     assert np.abs(slow.probability - b.probability).max() < 1e-6  # same int8 output
 
 
-def test_int8_tflite_builds_and_caches_a_model_for_a_new_size(segmenter, sample):
-    import os
-    from pathlib import Path
+def test_the_default_model_is_the_best_one_pass_shipped_weights():
+    from qsegment import list_pretrained
+    from qsegment.pretrained import read_card, resolve_checkpoint
 
+    def dice(name):
+        card = read_card(resolve_checkpoint(name))
+        return card["val_metrics_at_threshold"]["pooled"]["dice"]
+
+    full_size = [n for n in list_pretrained() if n != "qsegment-nearest-312"]  # 312: in-sensor
+    assert Segmenter.from_pretrained().name == max(full_size, key=dice)
+
+
+def test_int8_tflite_runs_any_size_on_the_shipped_shapes_without_torch(segmenter, sample):
+    """Any image size runs on the flatbuffers shipped beside the weights (the smallest that
+    holds it, or tiles of the largest), in a fresh process that never imports PyTorch;
+    at most two interpreters stay alive."""
     crop = np.round(sample.image[100:433, 200:701] * 255).astype(np.uint8)  # 333 x 501
-    fast = Segmenter.from_pretrained(runtime="tflite-int8")
-    built = fast.runner.flatbuffer_path(336, 504)
-    assert built.parent == Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
+    fast = Segmenter.from_pretrained("qsegment-nearest", runtime="tflite-int8")
+    assert fast.runner.shape_for(333, 501) == (512, 512)
+    assert fast.runner.shape_for(960, 999) == (960, 1000)
     out = fast.predict(crop)
-    assert out.mask.shape == (333, 501) and built.is_file()
-    stamp = built.stat().st_mtime_ns
-    again = Segmenter.from_pretrained(runtime="tflite-int8").predict(crop)
-    assert built.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert np.array_equal(again.probability, out.probability)
+    assert out.mask.shape == (333, 501)
     assert (out.mask == segmenter.predict(crop).mask).mean() > 0.99
+    big = np.asarray(Image.fromarray(np.round(sample.image * 255).astype(np.uint8)).resize(
+        (1600, 1500)))
+    tiled = fast.predict(big)
+    assert tiled.mask.shape == (1500, 1600) and len(fast.runner._sessions) <= 2
+    code = ("import sys, json, numpy as np; from qsegment import Segmenter; "
+            "s = Segmenter.from_pretrained('qsegment-nearest'); "
+            "m = s.predict(np.load(sys.argv[1])).mask; "
+            "print(json.dumps([int(m.sum()), 'torch' in sys.modules]))")
+    path = Path(os.environ["QSEGMENT_CACHE"]) / "crop.npy"
+    np.save(path, crop)
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, check=True)
+    vessels, imported_torch = json.loads(done.stdout.strip().splitlines()[-1])
+    assert vessels == int(out.mask.sum()) and not imported_torch
+
+
+def test_int8_tflite_builds_and_caches_a_shape_no_shipped_model_holds(sample):
+    """Where no shipped shape holds the input and PyTorch is there, the exact shape is
+    built once from the shipped calibrated ranges and cached."""
+    from qsegment import load_model
+    from qsegment.pretrained import resolve_checkpoint
+    from qsegment.runtimes.litert import LiteRtInt8
+
+    model, _ = load_model("qsegment-nearest")
+    weights = resolve_checkpoint("qsegment-nearest")
+    runner = LiteRtInt8.from_model(model, weights)
+    assert runner.shape_for(1040, 200) == (1040, 200)
+    built = runner.flatbuffer_path(1040, 200)
+    assert built.parent == Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
+    x = np.zeros((1, 3, 1040, 200), np.float32)
+    x[0, :, :960] = sample.image[:, 400:600].transpose(2, 0, 1)
+    first = runner.logits(x)
+    assert built.is_file()
+    stamp = built.stat().st_mtime_ns
+    again = LiteRtInt8.from_model(model, weights).logits(x)
+    assert built.stat().st_mtime_ns == stamp and np.array_equal(first, again)
 
 
 def test_shipped_int8_tflite_is_rebuilt_identically_from_its_observers(sample):
@@ -308,7 +355,7 @@ def test_int8_tflite_calibrates_a_model_without_shipped_ranges_once(sample):
 
     from qsegment import load_model
 
-    model, card = load_model("qsegment-nearest-312")  # ships no int8 files
+    model, card = load_model("qsegment-nearest-312")  # a module alone: no files beside it
     cache = Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
     first = Segmenter(model, card["threshold"]["value"], runtime="tflite-int8")
     ranges = sorted(cache.glob("*.observers.safetensors"))
@@ -319,3 +366,22 @@ def test_int8_tflite_calibrates_a_model_without_shipped_ranges_once(sample):
     crop = np.round(sample.image[:312, :312] * 255).astype(np.uint8)
     reference = Segmenter(model, first.threshold).predict(crop).mask  # PyTorch
     assert (first.predict(crop).mask == reference).mean() > 0.98
+
+
+def test_the_cli_scores_what_evaluate_scores(tmp_path, data_dir, split):
+    """The default `qsegment predict` path (8-bit pixels to the shipped int8 model) gives
+    the validation Dice that `evaluate` reports for the same weights and runtime."""
+    from qsegment.engine.evaluate import table_iv
+    from qsegment.pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
+    from qsegment.runtimes import open_weights
+
+    val = split[1]
+    assert main(["predict", *(str(data_dir / f"{s.name}.jpg") for s in val), "-o",
+                 str(tmp_path)]) == 0
+    masks = [np.asarray(Image.open(tmp_path / f"{s.name}_mask.png")) > 0 for s in val]
+    cli = evaluate([m.astype(np.float32) for m in masks], [s.label for s in val],
+                   [s.fov for s in val], 0.5)["pooled"]["dice"]
+    weights = resolve_checkpoint(DEFAULT_MODEL)
+    result = table_iv(open_weights("tflite-int8", weights), read_card(weights), data_dir,
+                      figures=False, progress=False)
+    assert cli == pytest.approx(next(iter(result["rows"].values()))["pooled"]["dice"], abs=1e-3)

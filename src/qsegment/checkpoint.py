@@ -17,12 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .errors import QsegmentError
+from .errors import CheckpointError
 from .files import atomic_write
 
-
-class CheckpointError(QsegmentError, ValueError):
-    """A checkpoint that cannot be read or does not fit the model; names the file."""
+__all__ = ["CheckpointError", "load_weights", "read_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict | None = None,

@@ -21,6 +21,7 @@ from . import __version__
 from .datasets import list_datasets
 from .errors import QsegmentError, UsageError
 from .export import TARGETS
+from .pretrained import DEFAULT_MODEL
 from .runtimes import DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
 
 Handler = Callable[[argparse.Namespace], int]
@@ -189,10 +190,10 @@ def _add_evaluate(sub: Commands) -> None:
                  "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float\n"
                  "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter",
                  _evaluate)
-    p.add_argument("checkpoint", nargs="?", default="qsegment-nearest",
+    p.add_argument("checkpoint", nargs="?", default=DEFAULT_MODEL,
                    help="pretrained name, run folder, .safetensors, or an int8 model file "
                         f"scored beside its float model at its size: {files} "
-                        "(qsegment-nearest)")
+                        f"({DEFAULT_MODEL})")
     _add_data(p)
     p.add_argument("--size", type=int, nargs="*", default=[],
                    help="extra square inference sizes (image resized, probabilities resized back)")
@@ -205,17 +206,48 @@ def _add_evaluate(sub: Commands) -> None:
 
 # --- predict ----------------------------------------------------------------------------
 
+def _scale(args: argparse.Namespace) -> dict:
+    return {"mm_per_pixel": args.mm_per_pixel, "fov_degrees": args.fov_degrees,
+            "min_object_px": args.min_object_px}
+
+
+def _add_scale(p: argparse.ArgumentParser, note: str = "") -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mm-per-pixel", type=float,
+                       help=f"{note}lengths in mm with this scale (default: pixels)")
+    group.add_argument("--fov-degrees", type=float,
+                       help=f"{note}lengths in mm from the camera's field of view angle, "
+                       "e.g. 45 (0.29 mm per degree; docs/BIOMARKERS.md)")
+    p.add_argument("--min-object-px", type=int, default=0,
+                   help=f"{note}drop vessel fragments smaller than this before measuring (0)")
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .engine.predict import Segmenter, predict_files
 
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
                                           runtime=args.runtime, tta=args.tta)
+    rows: list[dict] = []
+    measure = None
+    if args.biomarkers:
+        from .biomarkers.report import measure_photograph, photograph_row
+
+        def measure(path: Path, rgb: object, prediction: object) -> None:
+            analysis = measure_photograph(rgb, prediction.mask, **_scale(args))
+            rows.append(photograph_row(path, path.stem, analysis, segmenter,
+                                       prediction.threshold))
+
     summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
-                            overlay=args.overlay)
+                            overlay=args.overlay, on_result=measure, workers=args.workers)
     for source, problem in summary.failed:
         print(f"qsegment predict: {source}: {problem}", file=sys.stderr)
     print(f"{len(summary.written)} image(s) segmented into {args.out} "
           f"(threshold {segmenter.threshold:.3f}), {len(summary.failed)} failed")
+    if args.biomarkers:
+        from .biomarkers.report import write_rows
+
+        csv_path, _ = write_rows(rows, args.out)
+        print(f"biomarkers of {len(rows)} image(s) in {csv_path} and .json")
     return 1 if summary.failed else 0
 
 
@@ -230,8 +262,9 @@ def _add_predict(sub: Commands) -> None:
                  _predict)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", default="qsegment-nearest",
-                   help="pretrained name, run folder or .safetensors (qsegment-nearest)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="pretrained name, run folder or .safetensors"
+                   f" ({DEFAULT_MODEL})")
     p.add_argument("--threshold", type=float,
                    help="decision threshold (default: the model card's, chosen on training data)")
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
@@ -240,6 +273,66 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--tile", type=int, default=1024,
                    help="tile size for large images, a multiple of the network's stride (1024)")
     _add_tta(p, "; the card's threshold still applies")
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads that read the next images and write PNGs while the network "
+                   "runs (2)")
+    p.add_argument("--biomarkers", action="store_true",
+                   help="also measure each map's vessel biomarkers inside the FOV: "
+                   "biomarkers.csv and .json (docs/BIOMARKERS.md)")
+    _add_scale(p, "with --biomarkers: ")
+
+
+# --- analyze ----------------------------------------------------------------------------
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .biomarkers import report
+    from .engine.predict import Segmenter
+    from .images import collect_inputs
+
+    if not args.inputs and not args.agreement:
+        raise UsageError("give masks or photographs to measure, or --agreement")
+    segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime)
+    if args.agreement:  # the float model beside it: how much int8 moves the biomarkers
+        reference = Segmenter.from_pretrained(args.model, runtime="torch")
+        table = report.agreement(args.data, args.out, segmenter=segmenter,
+                                 float_segmenter=reference, **_scale(args))
+        print(report.agreement_markdown(table))
+        print(f"wrote {Path(args.out) / 'agreement.md'} and agreement.json")
+        return 0
+    files, failed = collect_inputs(args.inputs)
+    rows = report.analyze(files, args.out, segmenter=segmenter, figures=not args.no_figures,
+                          **_scale(args))
+    failed += [(r["input"], r["error"]) for r in rows if r["status"] != "ok"]
+    for source, problem in failed:
+        print(f"qsegment analyze: {source}: {problem}", file=sys.stderr)
+    measured = sum(r["status"] == "ok" for r in rows)
+    print(f"{measured} image(s) measured into {Path(args.out) / 'biomarkers.csv'} and .json, "
+          f"{len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _add_analyze(sub: Commands) -> None:
+    p = _command(sub, "analyze", "Vessel biomarkers of binary vessel masks or of photographs "
+                 "(segmented first): densities, fractal dimension, tortuosity, calibre, "
+                 "branching, inside the FOV; biomarkers.csv and .json (one row per image), "
+                 "NAME_segments.csv and a figure per image. --agreement compares the model's "
+                 "biomarkers with CHASE_DB1's two human annotators.",
+                 "  qsegment analyze out/Image_11L_mask.png -o bio/\n"
+                 "  qsegment analyze photos/ -o bio/ --fov-degrees 45\n"
+                 "  qsegment analyze --agreement -o bio/agreement",
+                 _analyze)
+    p.add_argument("inputs", nargs="*", help="mask or photograph files, folders or glob "
+                   "patterns (a gray image of two values is a mask)")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="the model that segments photographs"
+                   f" ({DEFAULT_MODEL})")
+    _add_runtime(p, DEFAULT_RUNTIME)
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--agreement", action="store_true",
+                   help="the agreement study on CHASE_DB1's validation images (--data)")
+    _add_data(p)
+    _add_scale(p)
 
 
 # --- quantize, export, camera -----------------------------------------------------------
@@ -272,8 +365,9 @@ def _add_quantize(sub: Commands) -> None:
                  "  qsegment quantize runs/fast -o q/qat.onnx --method qat --epochs 3\n"
                  "  qsegment quantize -o q/ptq.onnx     # size: largest that fits (Java)",
                  _quantize)
-    p.add_argument("checkpoint", nargs="?", default="qsegment-nearest",
-                   help="pretrained name, run folder or .safetensors (qsegment-nearest)")
+    p.add_argument("checkpoint", nargs="?", default=DEFAULT_MODEL,
+                   help="pretrained name, run folder or .safetensors"
+                   f" ({DEFAULT_MODEL})")
     p.add_argument("-o", "--out", required=True, type=Path, help="quantized .onnx to write")
     p.add_argument("--method", choices=["ptq", "gptq", "qat"], default="ptq",
                    help="quantization method (ptq)")
@@ -397,8 +491,8 @@ def _add_bench(sub: Commands) -> None:
 
 # --- entry point ------------------------------------------------------------------------
 
-COMMANDS = (_add_models, _add_train, _add_evaluate, _add_predict, _add_quantize, _add_export,
-            _add_camera, _add_bench)
+COMMANDS = (_add_models, _add_train, _add_evaluate, _add_predict, _add_analyze, _add_quantize,
+            _add_export, _add_camera, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each optional import needs (pyproject's extras): a light install says which to add.
+EXTRAS = {"torch": "train", "torchvision": "train", "sklearn": "train", "matplotlib": "train",
+          "yaml": "train", "tensorboard": "train", "onnxruntime": "onnx", "onnx": "onnx",
+          "skimage": "biomarkers", "skan": "biomarkers", "model_compression_toolkit": "imx500",
+          "mct_quantizers": "imx500", "litert_torch": "mcu", "tflite_micro": "mcu"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="qsegment: %(message)s", level=logging.WARNING)
@@ -430,6 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `qsegment models --json | head`: the reader left; end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
         return 0
+    except ModuleNotFoundError as err:
+        extra = EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        command = (argv if argv is not None else sys.argv[1:])[:1]
+        print(f"qsegment {' '.join(command)}: error: this needs {err.name}, which the base "
+              f"install leaves out: pip install 'qsegment[{extra}]'", file=sys.stderr)
+        return 2
     except QsegmentError as err:
         command = (argv if argv is not None else sys.argv[1:])[:1]
         print(f"qsegment {' '.join(command)}: error: {err}", file=sys.stderr)

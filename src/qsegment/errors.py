@@ -12,3 +12,7 @@ class QsegmentError(Exception):
 
 class UsageError(QsegmentError, ValueError):
     """Options that do not go together."""
+
+
+class CheckpointError(QsegmentError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model; names the file."""

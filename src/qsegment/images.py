@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +47,38 @@ def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
     return array
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any image file Pillow understands as (H, W, 3) float32 RGB in [0, 1]."""
+MAX_MEGAPIXELS = 100  # larger files are refused before decoding, never an out-of-memory kill
+_EIGHT_BIT = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Any image file Pillow understands as (H, W, 3) RGB: uint8 for 8-bit files (the
+    int8 runtime's fast path takes them as they are), float32 in [0, 1] for 16-bit and
+    float files. Files over :data:`MAX_MEGAPIXELS` are refused before decoding."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()  # decode fully: truncated files fail here
-            return to_rgb_float(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
+            with Image.open(path) as im:
+                megapixels = im.width * im.height / 1e6
+                if megapixels > MAX_MEGAPIXELS:
+                    raise ImageError(f"{path}: {im.width}x{im.height} is {megapixels:.0f} MP, "
+                                     f"over the {MAX_MEGAPIXELS} MP limit: downscale it first")
+                im.load()  # decode fully: truncated files fail here
+                if im.mode in _EIGHT_BIT:
+                    return np.asarray(im.convert("RGB"))
+                return to_rgb_float(im)
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{path}: over the {MAX_MEGAPIXELS} MP limit ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, ImageError):
+            raise
         raise ImageError(f"{path}: not a readable image ({err})") from err
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any image file Pillow understands as (H, W, 3) float32 RGB in [0, 1]."""
+    return to_rgb_float(read_rgb(path))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".webp")
@@ -81,8 +107,33 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]
         elif path.is_file():
             files.append(path)
         else:
-            problems.append((item, "no such file or folder"))
+            problems.append((item, _missing(path)))
     return files, problems
+
+
+def _missing(path: Path) -> str:
+    """Why ``path`` is not a file: a symbolic link that never ends, one that points
+    nowhere, or nothing at all."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 says "Symlink loop from ..."
+            return "symlink loop (the link points back to itself)"
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return "symlink loop (the link points back to itself)"
+        return f"broken symbolic link (to {os.readlink(path)})"
+    return "no such file or folder"
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0),
+            alpha: float = 0.6) -> np.ndarray:
+    """uint8 RGB: the image with vessel pixels blended towards ``colour``."""
+    rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+    out = rgb.copy()
+    tint = np.asarray(colour, dtype=np.float32) / 255.0
+    out[mask] = (1 - alpha) * rgb[mask] + alpha * tint
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:

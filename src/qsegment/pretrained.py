@@ -1,17 +1,24 @@
-"""Loading a model with its card: a shipped pretrained name, a run folder or a checkpoint."""
+"""Loading a model with its card: a shipped pretrained name, a run folder or a checkpoint.
+
+Finding weights and reading their card need no PyTorch (the card lives in the
+safetensors metadata, read with safetensors' numpy API); only :func:`load_model`
+builds the network.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .card import Card
-from .checkpoint import CheckpointError, load_weights, read_checkpoint
-from .models import create_model
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "qsegment-nearest"
+DEFAULT_MODEL = "qsegment-nearest-distill"  # the best one-pass weights (docs/RESULTS.md)
 
 
 def list_pretrained() -> list[str]:
@@ -43,7 +50,13 @@ def checkpoint_reference(source: str | Path) -> str:
 
 def read_card(path: Path) -> Card:
     """The card of a checkpoint: in its metadata, else the JSON beside it."""
-    _, meta = read_checkpoint(path)
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {}).get("qsegment", "{}"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({err})") from err
     card = Card.from_dict(meta["card"]) if meta.get("card") else Card.beside(path)
     if not card.model:
         raise CheckpointError(f"{path}: no card naming its model (expected a qsegment checkpoint)")
@@ -56,6 +69,9 @@ def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, Card]:
     The model is in eval mode. The card (:class:`qsegment.card.Card`; see
     docs/RESULTS.md) records data, split, recipe, threshold and measured metrics.
     """
+    from .checkpoint import load_weights
+    from .models import create_model
+
     path = resolve_checkpoint(source)
     card = read_card(path)
     model = create_model(card.model, **card.model_args)

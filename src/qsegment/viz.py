@@ -109,13 +109,3 @@ def training_curve(log_csv: Path | Mapping[str, Path], path: Path, label: str = 
     ax.set_title(label or f"training curve: {', '.join(runs)}")
     fig.tight_layout()
     _save(fig, path)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0),
-            alpha: float = 0.6) -> np.ndarray:
-    """uint8 RGB: the image with vessel pixels blended towards ``colour``."""
-    rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
-    out = rgb.copy()
-    tint = np.asarray(colour, dtype=np.float32) / 255.0
-    out[mask] = (1 - alpha) * rgb[mask] + alpha * tint
-    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)

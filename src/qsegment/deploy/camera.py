@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..errors import QsegmentError
 from ..files import atomic_write
-from ..viz import overlay
+from ..images import overlay
 
 
 class CameraError(QsegmentError, RuntimeError):

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..datasets import DEFAULT_DATASET, Split
 from ..errors import QsegmentError
 
@@ -90,6 +88,8 @@ RUNTIME_FIELDS = ("device", "threads", "max_minutes", "channels_last", "compile"
 
 def load_config(preset: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """A preset by name (``paper``, ``fast``) or YAML path, with field overrides."""
+    import yaml
+
     values: dict[str, Any] = {}
     if preset is not None:
         path = Path(preset)

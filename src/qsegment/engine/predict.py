@@ -10,6 +10,8 @@ numpy alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ..images import ImageError, collect_inputs, read_image, to_rgb_float
-from ..pretrained import DEFAULT_MODEL, load_model, resolve_checkpoint
-from ..runtimes import DEFAULT_RUNTIME, open_runtime
+from ..errors import QsegmentError
+from ..files import atomic_write
+from ..images import ImageError, collect_inputs, read_rgb, to_rgb_float
+from ..images import overlay as tint_vessels
+from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
+from ..runtimes import DEFAULT_RUNTIME, open_runtime, open_weights
+from ..runtimes.base import Runtime
 from .infer import predict_proba, symmetries
 
 if TYPE_CHECKING:
@@ -36,67 +42,77 @@ class Prediction:
 
 
 class Segmenter:
-    """A model plus its threshold, ready for images of any size, on one of the checkpoint
-    runtimes (:func:`qsegment.runtimes.checkpoint_runtimes`; ``weights``: its
-    .safetensors file, beside which the int8 runtimes find their files), optionally
-    averaging ``tta`` views (:func:`~qsegment.engine.infer.symmetries`: more accurate,
-    one pass per view).
+    """A runtime plus the model's threshold, ready for images of any size: ``model`` is a
+    runtime (:mod:`qsegment.runtimes`) or a PyTorch module run on ``runtime`` (``weights``:
+    its .safetensors file, beside which the int8 runtimes find their files), optionally
+    averaging ``tta`` views (:func:`~qsegment.engine.infer.symmetries`: more accurate, one
+    pass per view).
 
     >>> seg = Segmenter.from_pretrained()              # the shipped Q-Segment
     >>> out = seg.predict(np.asarray(PIL.Image.open("fundus.jpg")))
     >>> out.mask.shape == out.probability.shape
     """
 
-    def __init__(self, model: nn.Module, threshold: float = 0.5, tile: int = 1024,
+    def __init__(self, model: nn.Module | Runtime, threshold: float = 0.5, tile: int = 1024,
                  overlap: int = 128, runtime: str = "torch", weights: Path | None = None,
-                 tta: str = "none") -> None:
-        multiple = model.size_multiple
+                 tta: str = "none", name: str | None = None) -> None:
+        symmetries(tta)  # an unknown mode fails here, not at the first image
+        if isinstance(model, Runtime):
+            self.runner, self.model = model, getattr(model, "model", None)
+        else:
+            self.model = model.eval()
+            self.runner = open_runtime(runtime, self.model, weights)
+        multiple = self.runner.size_multiple
         if tile % multiple or overlap % multiple or tile <= 2 * overlap:
             raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
                              f"{multiple} with tile > 2 * overlap")
-        symmetries(tta)  # an unknown mode fails here, not at the first image
-        self.model = model.eval()
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
-        self.runtime = runtime
+        self.runtime = self.runner.name
         self.tta = tta
-        self.runner = open_runtime(runtime, self.model, weights)
+        self.name = name or type(self.model or self.runner).__name__  # how outputs name it
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
                         runtime: str = DEFAULT_RUNTIME, **kwargs: object) -> Segmenter:
         """A shipped model by name (or a run folder / checkpoint), with its card's threshold,
-        on the fastest CPU runtime by default; int8 runtimes use the files shipped beside
-        the weights (``NAME.int8.onnx``, ``NAME.int8-observers.safetensors``,
-        ``NAME.int8-HxW.tflite``)."""
-        model, card = load_model(source)
-        if threshold is None:
-            threshold = card.threshold_value
-        return cls(model, threshold, runtime=runtime, weights=resolve_checkpoint(source),
-                   **kwargs)
+        on the fastest CPU runtime by default. The int8 runtimes run the files shipped
+        beside the weights (``NAME.int8.json`` lists them) without PyTorch."""
+        weights = resolve_checkpoint(source)
+        card = read_card(weights)
+        kwargs.setdefault("name", card.name or str(source))
+        return cls(open_weights(runtime, weights),
+                   card.threshold_value if threshold is None else threshold, **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image) -> Prediction:
+        """The probability map and mask of an RGB, gray, RGBA, 8- or 16-bit image; 8-bit RGB
+        goes to an int8 runtime as it is."""
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
-                and array.shape[2] == 3 and max(array.shape[:2]) <= self.tile
-                and self.tta == "none" and self.runner.accepts_uint8):
-            prob = self.runner.probability_uint8(array)  # 8-bit RGB straight to int8
+                and array.shape[2] == 3 and self.tta == "none" and self.runner.accepts_uint8):
+            prob = self._tiled(array, self.runner.probability_uint8)  # 8-bit RGB straight to int8
         else:
             prob = self.probability(to_rgb_float(image))
         return Prediction(prob, prob >= self.threshold, self.threshold)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """Probability map of an (H, W, 3) float image, tiled when it exceeds ``tile``."""
-        h, w = rgb.shape[:2]
+        return self._tiled(rgb, lambda part: predict_proba(self.runner, part, tta=self.tta))
+
+    def _tiled(self, image: np.ndarray, probability: Callable[[np.ndarray], np.ndarray]
+               ) -> np.ndarray:
+        """``probability`` of the whole image, or of overlapping tiles whose interiors are
+        stitched when the image exceeds ``tile`` (origins on the network's grid)."""
+        h, w = image.shape[:2]
         if max(h, w) <= self.tile:
-            return predict_proba(self.runner, rgb, tta=self.tta)
+            return probability(image)
         out = np.empty((h, w), dtype=np.float32)
         step, margin = self.tile - 2 * self.overlap, self.overlap
         for y in range(0, h, step):
             for x in range(0, w, step):
                 y0, x0 = max(0, y - margin), max(0, x - margin)
                 y1, x1 = min(h, y + step + margin), min(w, x + step + margin)
-                tile = predict_proba(self.runner, rgb[y0:y1, x0:x1], tta=self.tta)
+                tile = probability(image[y0:y1, x0:x1])
                 ye, xe = min(h, y + step), min(w, x + step)
                 out[y:ye, x:xe] = tile[y - y0:ye - y0, x - x0:xe - x0]
         return out
@@ -110,50 +126,80 @@ class RunSummary:
     failed: list[tuple[str, str]]
 
 
+OnResult = Callable[[Path, np.ndarray, Prediction], None]
+
+
+def _plan(files: list[Path], out: Path, kinds: list[str], failed: list[tuple[str, str]]
+          ) -> list[tuple[Path, dict[str, Path]]]:
+    """Each input with its output files, refusing an output name that another input
+    already claimed or that would overwrite an input."""
+    sources = {f.resolve() for f in files}
+    claimed: dict[str, Path] = {}
+    plan = []
+    for path in files:
+        stem = path.stem
+        if stem in claimed and claimed[stem] != path:
+            failed.append((str(path), f"output name {stem}_mask.png collides with the output of "
+                                      f"{claimed[stem]}; rename one of them"))
+            continue
+        targets = {kind: out / f"{stem}_{kind}.png" for kind in kinds}
+        if clash := [t for t in targets.values() if t.resolve() in sources]:
+            failed.append((str(path), f"would overwrite the input {clash[0]}; choose another -o"))
+            continue
+        claimed[stem] = path
+        plan.append((path, targets))
+    return plan
+
+
+def _write_outputs(targets: dict[str, Path], image: np.ndarray, result: Prediction) -> None:
+    arrays = {"mask": lambda: result.mask.astype(np.uint8) * 255,
+              "prob": lambda: np.round(result.probability * 255).astype(np.uint8),
+              "overlay": lambda: tint_vessels(image, result.mask)}
+    for kind, target in targets.items():
+        png = Image.fromarray(arrays[kind]())
+        atomic_write(target, lambda p, im=png: im.save(p, format="PNG"))
+
+
 def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probability: bool = False,
-                  overlay: bool = False, progress: bool = True) -> RunSummary:
+                  overlay: bool = False, progress: bool = True,
+                  on_result: OnResult | None = None, workers: int = 2) -> RunSummary:
     """Segment every input into ``out``: ``NAME_mask.png`` (0/255, the input's size), and on
     request ``NAME_prob.png`` (probability x 255) and ``NAME_overlay.png``. Each file is
-    written atomically; a failing input is reported and the others go on."""
+    written atomically; a failing input is reported and the others go on. ``workers``
+    threads read the next images and write the last ones' PNGs while the network runs
+    (8-bit files stay 8-bit: the int8 runtime's fast path). ``on_result`` receives each
+    (path, image, prediction), e.g. to measure biomarkers; an error it raises for bad
+    input fails that image only."""
     from tqdm import tqdm
-
-    from ..files import atomic_write
-    from ..viz import overlay as make_overlay
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ImageError(f"{out}: output path exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     files, failed = collect_inputs(inputs)
-    sources = {f.resolve() for f in files}
-    claimed: dict[str, Path] = {}
+    kinds = ["mask", *(["prob"] if probability else []), *(["overlay"] if overlay else [])]
+    plan = _plan(files, out, kinds, failed)
     written: dict[Path, list[Path]] = {}
-    for path in tqdm(files, desc="predict", unit="image", disable=not progress):
-        stem = path.stem
-        if stem in claimed and claimed[stem] != path:
-            failed.append((str(path), f"output name {stem}_mask.png collides with the output of "
-                                      f"{claimed[stem]}; rename one of them"))
-            continue
-        targets = {"mask": out / f"{stem}_mask.png"}
-        if probability:
-            targets["prob"] = out / f"{stem}_prob.png"
-        if overlay:
-            targets["overlay"] = out / f"{stem}_overlay.png"
-        if clash := [t for t in targets.values() if t.resolve() in sources]:
-            failed.append((str(path), f"would overwrite the input {clash[0]}; choose another -o"))
-            continue
-        claimed[stem] = path
-        try:
-            rgb = read_image(path)
-        except ImageError as err:
-            failed.append((str(path), str(err).removeprefix(f"{path}: ")))
-            continue
-        result = segmenter.predict(rgb)
-        arrays = {"mask": result.mask.astype(np.uint8) * 255,
-                  "prob": np.round(result.probability * 255).astype(np.uint8),
-                  "overlay": make_overlay(rgb, result.mask) if overlay else None}
-        for kind, target in targets.items():
-            image = Image.fromarray(arrays[kind])
-            atomic_write(target, lambda p, im=image: im.save(p, format="PNG"))
-        written[path] = list(targets.values())
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        reads = [pool.submit(read_rgb, path) for path, _ in plan[:workers + 1]]
+        writes = []
+        for i, (path, targets) in enumerate(tqdm(plan, desc="predict", unit="image",
+                                                 disable=not progress)):
+            if i + workers + 1 < len(plan):  # keep the next images decoding
+                reads.append(pool.submit(read_rgb, plan[i + workers + 1][0]))
+            try:
+                image = reads[i].result()
+            except ImageError as err:
+                failed.append((str(path), str(err).removeprefix(f"{path}: ")))
+                continue
+            result = segmenter.predict(image)
+            writes.append(pool.submit(_write_outputs, targets, image, result))
+            written[path] = list(targets.values())
+            if on_result is not None:
+                try:
+                    on_result(path, image, result)
+                except QsegmentError as err:
+                    failed.append((str(path), str(err)))
+        for done in writes:
+            done.result()  # a failed write (disk full) is an error of the run, not one image
     return RunSummary(written, failed)

@@ -221,18 +221,6 @@ def observers_for(model: nn.Module, sidecar: Path | None = None,
     return observers
 
 
-def publish_int8(model: nn.Module, weights: Path, shape: tuple[int, int] = (960, 1000),
-                 data: str | Path | FundusDataset | None = None) -> list[Path]:
-    """Ship the ``tflite-int8`` runtime beside ``weights`` (NAME.safetensors): the observers
-    calibrated on CHASE_DB1 training images (``NAME.int8-observers.safetensors``) and the
-    model built for one common padded shape (``NAME.int8-HxW.tflite``; a CHASE image)."""
-    stem = weights.with_suffix(".int8")
-    observers = observers_for(model, data=data)
-    built = Path(f"{stem}-{shape[0]}x{shape[1]}.tflite")
-    flatbuffer = convert_int8(model, observers=observers, shape=(1, 3, *shape))
-    atomic_write(built, lambda tmp: tmp.write_bytes(flatbuffer))
-    return [save_observers(Path(f"{stem}-observers.safetensors"), observers), built]
-
 def cache_dir() -> Path:
     """Where built flatbuffers are kept: ``$QSEGMENT_CACHE``, else ~/.cache/qsegment."""
     root = os.environ.get("QSEGMENT_CACHE") or Path.home() / ".cache" / "qsegment"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..registry import lookup, register, resolve
+from .base import ModelFileError, read_manifest
 
 if TYPE_CHECKING:
     from torch import nn
@@ -76,6 +77,21 @@ def open_runtime(name: str, model: nn.Module, weights: Path | None = None) -> Ru
     return _info(name, checkpoint=True).load().from_model(model, weights)
 
 
+def open_weights(name: str, weights: Path) -> Runtime:
+    """The runtime ``name`` for a weights file: from the files shipped beside it where the
+    runtime can run them alone (no PyTorch), else from the network the weights build."""
+    cls = _info(name, checkpoint=True).load()
+    if reason := read_manifest(weights).get("unsupported", {}).get(name):
+        raise ModelFileError(f"{weights.stem} cannot run on the {name} runtime (publishing it "
+                             f"failed: {reason}); choose another --runtime, e.g. torch")
+    runtime = cls.from_weights(weights) if hasattr(cls, "from_weights") else None
+    if runtime is None:
+        from ..pretrained import load_model
+
+        runtime = cls.from_model(load_model(weights)[0], weights)
+    return runtime
+
+
 def open_file(path: str | Path, name: str | None = None) -> Runtime:
     """The runtime of a model file, chosen by ``name`` or by the file's suffix."""
     path = Path(path)
@@ -90,4 +106,4 @@ def open_file(path: str | Path, name: str | None = None) -> Runtime:
 
 
 __all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RuntimeInfo", "checkpoint_runtimes", "open_file",
-           "open_runtime", "register_runtime"]
+           "open_runtime", "open_weights", "register_runtime"]

@@ -9,6 +9,7 @@ built for, or None for any size that is a multiple of ``size_multiple``) and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,6 +48,14 @@ class Runtime:
         if s is not None and (x.ndim != 4 or x.shape[1:] != (3, s, s)):
             raise ValueError(f"{where} takes (N, 3, {s}, {s}) inputs, got {tuple(x.shape)}: "
                              f"infer at size {s}")
+
+
+def read_manifest(weights: Path) -> dict:
+    """``NAME.int8.json`` beside ``NAME.safetensors``: the int8 runtimes' files shipped
+    with the weights and the network's size multiple (written by
+    :func:`qsegment.export.publish.publish_int8_files`); {} where there is none."""
+    path = weights.with_suffix(".int8.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

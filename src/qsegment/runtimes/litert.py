@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +21,9 @@ import numpy as np
 
 from ..console import captured_stderr
 from ..files import atomic_write
-from .base import Runtime
+from .base import ModelFileError, Runtime, read_manifest
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -95,68 +95,87 @@ class LiteRtInt8(Runtime):
 
     :meth:`logits` takes an (N, 3, H, W) float32 batch in [0, 1]; :meth:`probability_uint8`
     is the fast path from an 8-bit RGB image (a lookup table quantizes the input, another
-    gives the probability of each int8 output). One flatbuffer per input shape: looked up
-    as ``{prebuilt}-{H}x{W}.tflite`` (shipped beside the weights), then in the cache
-    (:func:`qsegment.export.tflite.cache_dir`), else built from ``observers`` (about 10 s,
-    once) and cached, keyed by the weights and observers. At most ``max_sessions``
-    interpreters stay alive (least recently used dropped first).
+    gives the probability of each int8 output). A TFLite graph has one input shape: an
+    image is padded (black, bottom/right) up to the smallest shape in ``flatbuffers``
+    (the shapes shipped beside the weights) that holds it, so nothing is built at run
+    time. Only without such a shape, and where ``build`` is given (it needs PyTorch), is
+    a flatbuffer built for the exact padded shape (about 10 s, once) and cached under
+    ``key``. At most ``max_sessions`` interpreters stay alive (least recently used
+    dropped first).
     """
 
     name = "tflite-int8"
     accepts_uint8 = True
 
-    def __init__(self, model: nn.Module | None, observers: dict[str, torch.Tensor] | None,
-                 threads: int | None = None, prebuilt: str | Path | None = None,
-                 max_sessions: int = 4) -> None:
-        self.model = model.eval() if model is not None else None
-        self.observers = observers
+    def __init__(self, flatbuffers: dict[tuple[int, int], Path], size_multiple: int,
+                 build: Callable[[int, int], bytes] | None = None, key: str | None = None,
+                 threads: int | None = None, max_sessions: int = 2) -> None:
+        self.flatbuffers = dict(sorted(flatbuffers.items(), key=lambda kv: kv[0][0] * kv[0][1]))
+        self.size_multiple = size_multiple
+        self.build, self.key = build, key
         self.threads = threads or os.cpu_count() or 1
-        self.prebuilt = prebuilt
         self.max_sessions = max_sessions
-        self.size_multiple = model.size_multiple if model is not None else 1
-        self.key = None
-        if model is not None:
-            from ..export.tflite import weights_digest
-
-            self.key = weights_digest(model.state_dict(), observers)
         self._sessions: OrderedDict[tuple[int, int], Int8Session] = OrderedDict()
 
     @classmethod
-    def from_model(cls, model: nn.Module, weights: Path | None = None) -> LiteRtInt8:
-        """The ranges and built models shipped beside ``weights``
-        (``NAME.int8-observers.safetensors``, ``NAME.int8-HxW.tflite``), else calibrated
-        now on the dataset's training images (cached)."""
-        from ..export.tflite import observers_for
+    def from_weights(cls, weights: Path) -> LiteRtInt8 | None:
+        """The flatbuffers shipped beside ``weights`` (their manifest lists them); None
+        where there are none. Needs no PyTorch."""
+        info = read_manifest(weights)
+        shapes = {tuple(int(n) for n in shape.split("x")): weights.with_name(name)
+                  for shape, name in info.get("tflite", {}).items()}
+        return cls(shapes, info["size_multiple"]) if shapes else None
 
-        stem = weights.with_suffix(".int8") if weights is not None else None
-        sidecar = None if stem is None else Path(f"{stem}-observers.safetensors")
-        return cls(model, observers_for(model, sidecar), prebuilt=stem)
+    @classmethod
+    def from_model(cls, model: nn.Module, weights: Path | None = None) -> LiteRtInt8:
+        """The shipped flatbuffers of ``weights`` where they exist, and ``model`` to build
+        any other shape from the calibrated ranges shipped beside them (else calibrated
+        now on the dataset's training images, and cached)."""
+        from ..export.tflite import convert_int8, observers_for, weights_digest
+
+        shipped = cls.from_weights(weights) if weights is not None else None
+        sidecar = None if weights is None else weights.with_suffix(".int8-observers.safetensors")
+        observers = observers_for(model, sidecar)
+        model = model.eval()
+
+        def build(height: int, width: int) -> bytes:
+            return convert_int8(model, observers=observers, shape=(1, 3, height, width))
+
+        return cls(shipped.flatbuffers if shipped else {}, model.size_multiple, build,
+                   key=weights_digest(model.state_dict(), observers))
 
     @classmethod
     def from_file(cls, path: str | Path) -> LiteRtInt8:
         """One flatbuffer, at the one shape it was built for."""
         session = Int8Session(Path(path).read_bytes(), os.cpu_count() or 1)
-        runtime = cls(None, None)
         height, width = session.shape[1:3]
+        runtime = cls({(height, width): Path(path)}, 1)
         runtime._sessions[(height, width)] = session
         runtime.fixed_size = height if height == width else None
         return runtime
 
     def flatbuffer_path(self, height: int, width: int) -> Path:
-        """Where the flatbuffer for a padded height x width input is (or will be) cached."""
+        """Where the flatbuffer built for a padded height x width input is cached."""
         from ..export.tflite import cache_dir
 
         return cache_dir() / f"{self.key}-{height}x{width}.tflite"
 
+    def shape_for(self, height: int, width: int) -> tuple[int, int]:
+        """The input shape an image of height x width runs at: the smallest shipped shape
+        that holds it, else its own size padded to the network's multiple."""
+        for shape in self.flatbuffers:
+            if shape[0] >= height and shape[1] >= width:
+                return shape
+        m = self.size_multiple
+        return -(-height // m) * m, -(-width // m) * m
+
     def session(self, height: int, width: int) -> Int8Session:
-        """The interpreter for a padded height x width input, built on first use."""
+        """The interpreter for an input of exactly height x width, loaded or built on first
+        use."""
         shape = (height, width)
         if shape in self._sessions:
             self._sessions.move_to_end(shape)
             return self._sessions[shape]
-        if self.model is None:
-            known = ", ".join(f"{h}x{w}" for h, w in self._sessions)
-            raise ValueError(f"this flatbuffer takes {known} inputs, not {height}x{width}")
         session = Int8Session(self._flatbuffer(height, width), self.threads)
         self._sessions[shape] = session
         while len(self._sessions) > self.max_sessions:
@@ -164,29 +183,34 @@ class LiteRtInt8(Runtime):
         return session
 
     def _flatbuffer(self, height: int, width: int) -> bytes:
-        from ..export.tflite import convert_int8
-
+        if (height, width) in self.flatbuffers:
+            return self.flatbuffers[(height, width)].read_bytes()
+        if self.build is None:
+            largest = ", ".join(f"{h}x{w}" for h, w in self.flatbuffers) or "none"
+            raise ModelFileError(
+                f"no int8 TFLite model holds a {height}x{width} input (shipped: {largest}) and "
+                "none can be built without PyTorch: tile the image (Segmenter(tile=...)), or "
+                "install qsegment[train] to build one")
         path = self.flatbuffer_path(height, width)
-        shipped = self.prebuilt and Path(f"{self.prebuilt}-{height}x{width}.tflite")
-        for found in (shipped, path):
-            if found and found.is_file():
-                return found.read_bytes()
+        if path.is_file():
+            return path.read_bytes()
         log.warning("building the int8 TFLite model for %dx%d inputs (once, about 10 s; "
                     "cached in %s)", height, width, path.parent)
-        flatbuffer = convert_int8(self.model, observers=self.observers,
-                                  shape=(1, 3, height, width))
+        flatbuffer = self.build(height, width)
         atomic_write(path, lambda tmp: tmp.write_bytes(flatbuffer))
         return flatbuffer
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        return self.session(*x.shape[2:]).logits(x)
+        height, width = x.shape[2:]
+        shape = self.shape_for(height, width)
+        padded = np.pad(x, ((0, 0), (0, 0), (0, shape[0] - height), (0, shape[1] - width)))
+        return self.session(*shape).logits(padded)[..., :height, :width]
 
     def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
-        """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, padded to the
-        network's multiple with black (the quantized 0) and cropped back."""
+        """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, padded with black
+        (the quantized 0) up to its shape (:meth:`shape_for`) and cropped back."""
         height, width = rgb.shape[:2]
-        m = self.size_multiple
-        session = self.session(-(-height // m) * m, -(-width // m) * m)
+        session = self.session(*self.shape_for(height, width))
         q = np.full(session.shape, session.input_quantization[1], dtype=np.int8)
         if session.lut_is_flip:
             np.bitwise_xor(rgb, 0x80, out=q.view(np.uint8)[0, :height, :width])

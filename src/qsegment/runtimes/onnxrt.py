@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..card import Card
-from .base import ModelFileError, Runtime
+from .base import ModelFileError, Runtime, read_manifest
 
 MCT_DOMAIN = "mct_quantizers"
 
@@ -65,6 +65,14 @@ class OnnxInt8Runtime(OnnxRuntime):
     quantized now on the dataset's training images (full resolution)."""
 
     name = "onnx-int8"
+
+    @classmethod
+    def from_weights(cls, weights: Path) -> OnnxInt8Runtime | None:
+        """The shipped file (no PyTorch needed); None where there is none."""
+        info = read_manifest(weights)
+        if "onnx" not in info:
+            return None
+        return cls(weights.with_name(info["onnx"]), size_multiple=info["size_multiple"])
 
     @classmethod
     def from_model(cls, model: nn.Module, weights: Path | None = None) -> OnnxInt8Runtime:

@@ -1,0 +1,124 @@
+"""What a user of `qsegment predict` waits for, against what the network takes, in one run.
+
+1. One CHASE_DB1 image from a cold process: wall time and peak RSS of the command.
+2. The folder of 28 CHASE_DB1 images: the command's time per image after start-up
+   (folder run minus one-image run, over 27), against `Segmenter.predict` on the same
+   images already decoded to uint8 arrays (in this process).
+3. A 3504x2336 photograph (a CHASE image resized up, written as PNG): wall and peak RSS
+   of the command; its time over (pixel ratio x the CHASE per-image time of step 2);
+   and, in this process, the first predict of that size against the second.
+
+    python benchmarks/bench_cli.py [--json out.json]
+
+Each command runs as a child process whose peak RSS is its own (``os.wait4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+QSEGMENT = [sys.executable, "-m", "qsegment"]
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a command run to its end."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    from qsegment import Segmenter
+    from qsegment.datasets import default_data_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--repeats", type=int, default=3, help="cold one-image runs (3)")
+    args = parser.parse_args()
+    data = default_data_dir()
+    photos = sorted(data.glob("Image_*[LR].jpg"))
+    with tempfile.TemporaryDirectory(prefix="qsegment-bench-cli-") as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "chase"
+        folder.mkdir()
+        for photo in photos:
+            shutil.copy(photo, folder / photo.name)
+        one = [run([*QSEGMENT, "predict", str(photos[0]), "-o", str(tmp / f"one{i}")])
+               for i in range(args.repeats)]
+        folder_wall, folder_rss = run([*QSEGMENT, "predict", str(folder), "-o",
+                                       str(tmp / "folder")])
+        big_path = tmp / "big.png"
+        rgb = np.asarray(Image.open(photos[10]).convert("RGB"))
+        Image.fromarray(rgb).resize((3504, 2336), Image.BILINEAR).save(big_path)
+        big_wall, big_rss = run([*QSEGMENT, "predict", str(big_path), "-o", str(tmp / "big")])
+
+        segmenter = Segmenter.from_pretrained()
+        arrays = [np.asarray(Image.open(p).convert("RGB")) for p in photos]
+        segmenter.predict(arrays[0])  # warm-up
+        in_process = []
+        for array in arrays:
+            start = time.perf_counter()
+            segmenter.predict(array)
+            in_process.append(time.perf_counter() - start)
+        big = np.asarray(Image.open(big_path))
+        firsts = []
+        for _ in range(2):  # a fresh Segmenter each time: the first image of a new size
+            fresh = Segmenter.from_pretrained()
+            start = time.perf_counter()
+            fresh.predict(big)
+            firsts.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            fresh.predict(big)
+            firsts.append(time.perf_counter() - start)
+
+    cold = statistics.median(w for w, _ in one)
+    per_image_cli = (folder_wall - cold) / (len(photos) - 1)
+    per_image_api = statistics.mean(in_process)
+    pixels = 3504 * 2336 / (rgb.shape[0] * rgb.shape[1])
+    result = {
+        "model": segmenter.name, "runtime": segmenter.runtime, "images": len(photos),
+        "cold_one_image_s": cold, "cold_one_image_peak_rss_mb": max(r for _, r in one),
+        "folder_s": folder_wall, "folder_peak_rss_mb": folder_rss,
+        "cli_s_per_image": per_image_cli, "segmenter_s_per_image": per_image_api,
+        "cli_over_segmenter": per_image_cli / per_image_api,
+        "big_s": big_wall, "big_peak_rss_mb": big_rss, "big_pixel_ratio": pixels,
+        "big_over_scaled_chase": big_wall / (pixels * per_image_cli),
+        "big_first_s": firsts[0], "big_second_s": firsts[1],
+        "big_first_over_second": firsts[0] / firsts[1],
+    }
+    print(f"model {result['model']} on {result['runtime']}")
+    print("| measure | measured | target |\n|---|---:|---|")
+    print(f"| one image, cold process: wall | {cold:.2f} s | <= 1.0 s |")
+    print(f"| one image, cold process: peak RSS | {result['cold_one_image_peak_rss_mb']:.0f} MB "
+          "| <= 300 MB |")
+    print(f"| 28-image folder: CLI per image / Segmenter.predict per image | "
+          f"{per_image_cli * 1000:.0f} / {per_image_api * 1000:.0f} ms = "
+          f"{result['cli_over_segmenter']:.2f}x | <= 1.2x |")
+    print(f"| 3504x2336: peak RSS | {big_rss:.0f} MB | < 1000 MB |")
+    print(f"| 3504x2336: wall / ({pixels:.2f} x CHASE per image) | {big_wall:.2f} s / "
+          f"{pixels * per_image_cli:.2f} s = {result['big_over_scaled_chase']:.2f}x | "
+          "<= 1.5x |")
+    print(f"| 3504x2336: first predict / second (same Segmenter) | {firsts[0]:.2f} / "
+          f"{firsts[1]:.2f} s = {result['big_first_over_second']:.2f}x | <= 1x (no build) |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

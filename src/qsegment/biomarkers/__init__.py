@@ -1,0 +1,60 @@
+"""Vessel biomarkers: from a vessel map to numbers a clinician reads.
+
+Density, length, fractal dimension, tortuosity, calibre and branching of a binary
+vessel map inside its field of view, in pixels or millimetres (:mod:`.measures`:
+pure functions of arrays), run over files with CSV / JSON / figures and checked
+against CHASE_DB1's two human annotators (:mod:`.report`). What each number means,
+with references: docs/BIOMARKERS.md.
+"""
+
+from .measures import (
+    FIELDS,
+    MM_PER_DEGREE,
+    BiomarkerError,
+    Scale,
+    Segment,
+    VesselAnalysis,
+    box_counting_dimension,
+    measure,
+    pixel_scale,
+)
+from .report import (
+    InputError,
+    agreement,
+    agreement_markdown,
+    agreement_table,
+    agreement_values,
+    analyze,
+    icc_a1,
+    markdown,
+    measure_photograph,
+    read_input,
+    save_figure,
+    source_differences,
+    write_rows,
+)
+
+__all__ = [
+    "FIELDS",
+    "MM_PER_DEGREE",
+    "BiomarkerError",
+    "InputError",
+    "Scale",
+    "Segment",
+    "VesselAnalysis",
+    "agreement",
+    "agreement_markdown",
+    "agreement_table",
+    "agreement_values",
+    "analyze",
+    "box_counting_dimension",
+    "icc_a1",
+    "markdown",
+    "measure",
+    "measure_photograph",
+    "pixel_scale",
+    "read_input",
+    "save_figure",
+    "source_differences",
+    "write_rows",
+]

@@ -1,0 +1,483 @@
+"""Biomarkers of files, and how well the model's agree with the human annotators'.
+
+:func:`analyze` measures masks or photographs (segmented first) and writes one row per
+file to ``biomarkers.csv`` and ``biomarkers.json``, each image's segments to
+``NAME_segments.csv`` and a figure ``NAME_biomarkers.png``; a file that cannot be read
+or measured gets an error row and the others go on. :func:`agreement` measures
+CHASE_DB1's validation images from the first observer's labels, the second
+observer's, the default (int8) model's and the float model's, and tabulates how close
+each source comes to the first observer (:func:`agreement_markdown` prints it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from scipy import stats
+
+from ..errors import QsegmentError
+from ..files import atomic_write
+from .measures import FIELD_NAMES, FIELDS, VesselAnalysis, as_binary, measure
+
+if TYPE_CHECKING:
+    from ..engine.predict import Segmenter
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("name", "input", "kind", "status", "error", "model", "runtime", "threshold",
+               "fov_source", *FIELD_NAMES, "length_unit", "mm_per_pixel", "scale_source",
+               "reasons", "warnings", "figure")
+SEGMENT_COLUMNS = ("kind", "length", "chord", "arc_chord", "curvature", "calibre",
+                   "length_unit", "y0_px", "x0_px", "y1_px", "x1_px")
+AGREEMENT_FIELDS = ("area_density", "length_density", "fractal_dimension", "tortuosity",
+                    "tortuosity_median", "curvature", "calibre_mean", "calibre_median",
+                    "calibre_widest", "segments", "branch_points", "crossings", "end_points",
+                    "branching_angle")
+SOURCES = ("observer1", "observer2", "model", "model_float")
+FOV_FROM_PHOTO = "photograph (red channel > 20, qsegment.datasets.fov_mask)"
+FOV_WHOLE_FRAME = "whole frame (a mask alone carries no FOV)"
+
+Progress = Callable[[int, int, str], None]
+
+
+class InputError(QsegmentError, ValueError):
+    """A file that is neither a binary mask nor a colour photograph."""
+
+
+def read_input(path: str | Path) -> tuple[str, np.ndarray]:
+    """``("mask", bool HxW)`` or ``("photograph", uint8 HxWx3)`` from an image file.
+
+    The rule: an image whose pixels are gray (one channel, or three equal ones; alpha
+    ignored) and take at most two values is a mask, its nonzero pixels the vessels. A
+    colour image is a photograph. A gray image with more values is refused: it may be
+    a probability map or a red-free photograph, and guessing either would be wrong."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "P":
+                image = image.convert("RGBA")
+            array = np.asarray(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{path}: cannot read the image ({err})") from err
+    if array.ndim == 3:
+        array = array[..., :3] if array.shape[2] >= 3 else array[..., 0]
+    gray = array.ndim == 2 or bool(np.all(array == array[..., :1]))
+    if not gray:
+        return "photograph", _to_uint8(array, path)
+    plane = array if array.ndim == 2 else array[..., 0]
+    values = np.unique(plane)
+    if values.size > 2:
+        raise InputError(f"{path}: a gray image with {values.size} values is neither a binary "
+                         "mask (two values) nor a colour photograph")
+    return "mask", as_binary(plane != values[0] if values.size == 2 else plane, str(path))
+
+
+def _to_uint8(rgb: np.ndarray, path: Path) -> np.ndarray:
+    if rgb.dtype == np.uint8:
+        return rgb
+    if rgb.dtype == np.uint16:
+        return (rgb // 257).astype(np.uint8)
+    raise InputError(f"{path}: unsupported colour pixel type {rgb.dtype}")
+
+
+def measure_photograph(image: np.ndarray, mask: np.ndarray, *,
+                       mm_per_pixel: float | None = None, fov_degrees: float | None = None,
+                       min_object_px: int = 0) -> VesselAnalysis:
+    """The biomarkers of ``mask`` inside the FOV of its photograph ``image`` (RGB, uint8
+    or float in [0, 1]): what ``qsegment predict`` has in hand after segmenting."""
+    from ..datasets import fov_mask
+
+    mask = as_binary(mask)
+    if image.shape[:2] != mask.shape:
+        raise InputError(f"the mask is {mask.shape[1]}x{mask.shape[0]} px but its photograph "
+                         f"is {image.shape[1]}x{image.shape[0]}: they must match")
+    fov = fov_mask(image)
+    analysis = measure(mask, fov, mm_per_pixel=mm_per_pixel, fov_degrees=fov_degrees,
+                       min_object_px=min_object_px)
+    if not fov.any():
+        analysis.warnings.append("no field of view found in the photograph (its red channel "
+                                 "is 20 or darker everywhere)")
+    return analysis
+
+
+class _Model:
+    """The segmenter for photographs, the default one loaded only when first needed."""
+
+    def __init__(self, segmenter: Segmenter | None = None) -> None:
+        self.segmenter = segmenter
+
+    @property
+    def name(self) -> str | None:
+        return None if self.segmenter is None else self.segmenter.name
+
+    def get(self) -> Segmenter:
+        if self.segmenter is None:
+            from ..engine.predict import Segmenter
+
+            self.segmenter = Segmenter.from_pretrained()
+        return self.segmenter
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _csv_bytes(rows: Sequence[dict], columns: Sequence[str]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    return text.getvalue().encode()
+
+
+def _csv_cell(value: object) -> object:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(map(str, value))
+    return "" if value is None else value
+
+
+def _json_safe(value: object) -> object:
+    """NaN and infinity as null (JSON has neither); numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def save_figure(path: str | Path, analysis: VesselAnalysis, background: np.ndarray,
+                title: str = "") -> None:
+    """A PNG of the centreline coloured by calibre, with branch points (circles) and
+    free ends (dots), over ``background`` (the photograph, or the mask in dim gray)."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from scipy import ndimage
+
+    scale = analysis.scale.mm_per_pixel or 1.0
+    width = np.nan_to_num(analysis.width, nan=0.0) * scale
+    shown = ndimage.binary_dilation(analysis.skeleton, iterations=1)
+    width = ndimage.grey_dilation(width, size=3)
+    top = float(np.percentile(width[shown], 99)) if shown.any() else 1.0
+    norm = Normalize(0.0, top or 1.0)
+    overlay = colormaps["turbo"](norm(width))
+    overlay[..., 3] = shown
+    h, w = analysis.skeleton.shape
+    fig = Figure(figsize=(8, 7.2 * h / w / 0.93), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 0.9, 0.93))
+    ax.imshow(background if background.ndim == 3 else background * 0.35, cmap="gray",
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(overlay, interpolation="nearest")
+    for points, marker in ((analysis.branch_points, "o"), (analysis.end_points, ".")):
+        if len(points):
+            ax.plot(points[:, 1], points[:, 0], marker, ms=4, mfc="none", mec="white", mew=0.8)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap="turbo"),
+                       cax=fig.add_axes((0.91, 0.1, 0.02, 0.75)))
+    bar.set_label(f"calibre ({analysis.scale.unit})")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    _write_atomic(Path(path), buffer.getvalue())
+
+
+def _summary(analysis: VesselAnalysis) -> str:
+    v, unit = analysis.values, analysis.scale.unit
+    return (f"area density {v['area_density']:.3f}, FD {v['fractal_dimension']:.3f}, "
+            f"tortuosity {v['tortuosity']:.3f}, calibre {v['calibre_mean']:.3g} {unit}, "
+            f"{v['branch_points']} branch points")
+
+
+def _row(path: Path, name: str, kind: str, analysis: VesselAnalysis, **source: Any) -> dict:
+    """One table row: what was measured, from what, and the values with their scale."""
+    return {"name": name, "input": str(path), "kind": kind, "status": "ok", "error": "",
+            **source, **analysis.values, "length_unit": analysis.scale.unit,
+            "mm_per_pixel": analysis.scale.mm_per_pixel, "scale_source": analysis.scale.source,
+            "reasons": analysis.reasons, "warnings": analysis.warnings,
+            "units": analysis.scale.units(), "figure": None}
+
+
+def photograph_row(path: Path, name: str, analysis: VesselAnalysis, segmenter: Segmenter,
+                   threshold: float) -> dict:
+    """The row of a photograph that ``segmenter`` segmented at ``threshold``
+    (``qsegment analyze`` and ``qsegment predict --biomarkers`` write the same)."""
+    return _row(path, name, "photograph", analysis, model=segmenter.name,
+                runtime=segmenter.runtime, threshold=float(threshold),
+                fov_source=FOV_FROM_PHOTO)
+
+
+def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: dict,
+                 figures: bool) -> dict:
+    """One file's row (raises on any failure, which :func:`analyze` records)."""
+    kind, array = read_input(path)
+    if kind == "photograph":
+        segmenter = model.get()
+        prediction = segmenter.predict(array)
+        analysis = measure_photograph(array, prediction.mask, **options)
+        row = photograph_row(path, name, analysis, segmenter, prediction.threshold)
+    else:
+        analysis = measure(array, **options)
+        if options["fov_degrees"] is not None:
+            analysis.warnings.append("fov_degrees on a mask alone takes the frame's width "
+                                     "for the FOV's; give mm_per_pixel, or the photograph")
+        row = _row(path, name, "mask", analysis, model=None, runtime=None, threshold=None,
+                   fov_source=FOV_WHOLE_FRAME)
+    segments = [s.row(analysis.scale) for s in analysis.segments]
+    _write_atomic(out_dir / f"{name}_segments.csv", _csv_bytes(segments, SEGMENT_COLUMNS))
+    if figures:
+        figure = out_dir / f"{name}_biomarkers.png"
+        save_figure(figure, analysis, array, f"{name}: {_summary(analysis)}")
+        row["figure"] = str(figure)
+    return row
+
+
+def _output_names(paths: list[Path], out_dir: Path) -> list[str | None]:
+    """A unique output name per input (the file's stem, -2, -3 ... on a clash); None
+    where an output would land on an input."""
+    inputs = {p.resolve() for p in paths}
+    names: list[str | None] = []
+    used: set[str] = set()
+    for path in paths:
+        stem, k = path.stem, 2
+        while stem in used:
+            stem, k = f"{path.stem}-{k}", k + 1
+        used.add(stem)
+        outputs = (out_dir / f"{stem}_biomarkers.png", out_dir / f"{stem}_segments.csv")
+        names.append(None if any(o.resolve() in inputs for o in outputs) else stem)
+    return names
+
+
+def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
+            segmenter: Segmenter | None = None, mm_per_pixel: float | None = None,
+            fov_degrees: float | None = None, min_object_px: int = 0, figures: bool = True,
+            progress: Progress | None = None) -> list[dict]:
+    """Measure every input (a binary mask, or a photograph segmented by ``segmenter``,
+    default: ``Segmenter.from_pretrained()``, loaded at the first photograph) and write
+    ``biomarkers.csv`` / ``biomarkers.json`` into ``out_dir``, with each image's
+    ``NAME_segments.csv`` and, if ``figures``, ``NAME_biomarkers.png``; all written
+    atomically, none over an input (an input named like a table is refused up front).
+    Returns the rows; a file that fails gets ``status="error"`` and the reason in
+    ``error``. ``progress(done, total, name)`` is called after each file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in inputs]
+    tables = [out_dir / "biomarkers.csv", out_dir / "biomarkers.json"]
+    if clash := {t.resolve() for t in tables} & {p.resolve() for p in paths}:
+        raise InputError(f"refusing to overwrite the input {sorted(clash)[0]}: choose another "
+                         "output folder")
+    model = _Model(segmenter)
+    options = {"mm_per_pixel": mm_per_pixel, "fov_degrees": fov_degrees,
+               "min_object_px": min_object_px}
+    rows = []
+    for i, (path, name) in enumerate(zip(paths, _output_names(paths, out_dir), strict=True)):
+        start = time.perf_counter()
+        try:
+            if name is None:
+                raise InputError(f"{path}: its outputs would overwrite an input")
+            rows.append(_analyze_one(path, name, out_dir, model, options, figures))
+            log.info("%s: %s (%.1f s)", path, _row_summary(rows[-1]), time.perf_counter() - start)
+        except (QsegmentError, OSError, ValueError) as err:  # unreadable or unmeasurable:
+            log.warning("%s: %s", path, err)  # one bad file must not stop the others
+            rows.append({"name": name or path.stem, "input": str(path), "status": "error",
+                         "error": f"{type(err).__name__}: {err}"})
+        if progress is not None:
+            progress(i + 1, len(paths), str(path))
+    write_rows(rows, out_dir)
+    return rows
+
+
+def _row_summary(row: dict) -> str:
+    return ", ".join(f"{k} {row[k]:.4g}" for k in ("area_density", "fractal_dimension",
+                                                   "tortuosity", "calibre_mean")
+                     if isinstance(row.get(k), float))
+
+
+def write_rows(rows: Sequence[dict], out_dir: str | Path) -> tuple[Path, Path]:
+    """``biomarkers.csv`` and ``biomarkers.json`` of ``rows``, written atomically."""
+    out_dir = Path(out_dir)
+    csv_path, json_path = out_dir / "biomarkers.csv", out_dir / "biomarkers.json"
+    _write_atomic(csv_path, _csv_bytes(rows, ROW_COLUMNS))
+    document = {"fields": {f.name: f.doc for f in FIELDS}, "rows": _json_safe(list(rows))}
+    _write_atomic(json_path, (json.dumps(document, indent=1) + "\n").encode())
+    return csv_path, json_path
+
+
+def icc_a1(ratings: np.ndarray) -> float:
+    """ICC(2,1) of Shrout & Fleiss (1979), ICC(A,1) of McGraw & Wong (1996): two-way
+    random effects, absolute agreement, one rater, from the two-way ANOVA of an
+    (n subjects, k raters) table. Absolute agreement, because a model that reads every
+    vessel 20 % wider than the annotator does not agree with them."""
+    x = np.asarray(ratings, dtype=float)
+    n, k = x.shape
+    grand = x.mean()
+    ms_rows = k * np.sum((x.mean(axis=1) - grand) ** 2) / (n - 1)
+    ms_cols = n * np.sum((x.mean(axis=0) - grand) ** 2) / (k - 1)
+    residual = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + grand
+    ms_error = np.sum(residual ** 2) / ((n - 1) * (k - 1))
+    denominator = ms_rows + (k - 1) * ms_error + k * (ms_cols - ms_error) / n
+    return float((ms_rows - ms_error) / denominator) if denominator > 0 else math.nan
+
+
+def _compare(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Mean absolute relative difference, Pearson r and ICC(A,1) of two sources."""
+    ok = np.isfinite(values) & np.isfinite(reference)
+    a, b = values[ok], reference[ok]
+    nonzero = b != 0
+    mard = float(np.mean(np.abs(a - b)[nonzero] / np.abs(b[nonzero]))) if nonzero.any() \
+        else math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        r = float(stats.pearsonr(a, b).statistic) if ok.sum() >= 3 else math.nan
+    icc = icc_a1(np.column_stack([a, b])) if ok.sum() >= 3 else math.nan
+    return {"mard": mard, "r": r, "icc": icc}
+
+
+def agreement_table(values: Sequence[dict]) -> list[dict]:
+    """Per biomarker: how close the model (int8) and the second observer come to the
+    first observer (MARD, Pearson r, ICC(A,1)), whether the model does at least as well
+    on both MARD and ICC, and how far the int8 model is from the float one."""
+    by_source = {s: {v["name"]: v for v in values if v["source"] == s} for s in SOURCES}
+    names = sorted(by_source["observer1"])
+    units = {f.name: f.unit for f in FIELDS}
+    table = []
+    for field in AGREEMENT_FIELDS:
+        col = {s: np.array([by_source[s][n][field] if n in by_source[s] else math.nan
+                            for n in names], dtype=float) for s in SOURCES}
+        model, human = _compare(col["model"], col["observer1"]), \
+            _compare(col["observer2"], col["observer1"])
+        drift = _compare(col["model"], col["model_float"])
+        diff = np.abs(col["model"] - col["model_float"])
+        table.append({
+            "biomarker": field, "unit": units[field], "images": len(names),
+            "observer1_mean": float(np.nanmean(col["observer1"])),
+            "observer2_mean": float(np.nanmean(col["observer2"])),
+            "model_mean": float(np.nanmean(col["model"])),
+            "model_mard": model["mard"], "observer2_mard": human["mard"],
+            "model_r": model["r"], "observer2_r": human["r"],
+            "model_icc": model["icc"], "observer2_icc": human["icc"],
+            "goal_met": bool(model["mard"] <= human["mard"] and model["icc"] >= human["icc"]),
+            "int8_vs_float_mard": drift["mard"],
+            "int8_vs_float_max_abs": float(np.nanmax(diff)) if np.isfinite(diff).any()
+            else math.nan,
+        })
+    return table
+
+
+def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter | None = None,
+                     float_segmenter: Segmenter | None = None, names: Sequence[str] | None = None,
+                     mm_per_pixel: float | None = None, fov_degrees: float | None = None,
+                     min_object_px: int = 0, progress: Progress | None = None) -> list[dict]:
+    """Biomarkers of CHASE_DB1's validation images (or ``names`` among them) from each
+    of :data:`SOURCES`: the two observers' labels, ``segmenter`` (default: the int8
+    ``Segmenter.from_pretrained()``) and ``float_segmenter`` (default: the default
+    model on the ``torch`` runtime when ``segmenter`` is the default too; none
+    otherwise), all inside the image's FOV. One dict per image and source."""
+    from ..datasets import load_split
+    from ..engine.predict import Segmenter
+
+    if segmenter is None:
+        segmenter = Segmenter.from_pretrained()
+        if float_segmenter is None:
+            float_segmenter = Segmenter.from_pretrained(segmenter.name, runtime="torch")
+    first = load_split(data_dir)[1]
+    second = {s.name: s for s in load_split(data_dir, observer=2)[1]}
+    chosen = [s for s in first if names is None or s.name in names]
+    rows = []
+    for i, sample in enumerate(chosen):
+        rgb = np.round(sample.image * 255).astype(np.uint8)
+        masks = {"observer1": sample.label, "observer2": second[sample.name].label,
+                 "model": segmenter.predict(rgb).mask}
+        if float_segmenter is not None:
+            masks["model_float"] = float_segmenter.predict(rgb).mask
+        for source, mask in masks.items():
+            analysis = measure(mask, sample.fov, mm_per_pixel=mm_per_pixel,
+                               fov_degrees=fov_degrees, min_object_px=min_object_px)
+            rows.append({"name": sample.name, "source": source, **analysis.values,
+                         "length_unit": analysis.scale.unit})
+        log.info("agreement: %s measured from %s", sample.name, ", ".join(masks))
+        if progress is not None:
+            progress(i + 1, len(chosen), sample.name)
+    return rows
+
+
+def agreement(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
+              **kwargs: Any) -> list[dict]:
+    """:func:`agreement_table` of :func:`agreement_values` (``kwargs`` go there); with
+    ``out_dir``, also ``agreement.json`` (the table, the int8 model's per-image
+    differences from the float model's and every value) and ``agreement.md`` there."""
+    values = agreement_values(data_dir, **kwargs)
+    table = agreement_table(values)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        document = {"table": table, "int8_minus_float": source_differences(values),
+                    "values": values}
+        _write_atomic(out / "agreement.json",
+                      (json.dumps(_json_safe(document), indent=1) + "\n").encode())
+        _write_atomic(out / "agreement.md", (agreement_markdown(table) + "\n").encode())
+    return table
+
+
+def source_differences(values: Sequence[dict], source: str = "model",
+                       reference: str = "model_float") -> list[dict]:
+    """Per image, ``source`` minus ``reference`` on each of :data:`AGREEMENT_FIELDS`
+    (by default how far the int8 model's biomarkers are from the float model's)."""
+    pairs: dict[str, dict[str, dict]] = {}
+    for v in values:
+        pairs.setdefault(v["name"], {})[v["source"]] = v
+    return [{"name": name, **{f: float(p[source][f]) - float(p[reference][f])
+                              for f in AGREEMENT_FIELDS}}
+            for name, p in sorted(pairs.items()) if source in p and reference in p]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3g}"
+    return str(value)
+
+
+def markdown(rows: Sequence[dict], columns: Sequence[str],
+             header: Sequence[str] | None = None) -> str:
+    """``rows`` as a Markdown table of ``columns`` (numbers to 3 significant digits),
+    text columns left-aligned and numbers right-aligned."""
+    header = header or columns
+    numeric = [not isinstance(rows[0][c], str) if rows else False for c in columns]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(_fmt(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def agreement_markdown(table: Sequence[dict]) -> str:
+    """The :func:`agreement_table` as Markdown, one biomarker a row."""
+    columns = ("biomarker", "unit", "observer1_mean", "observer2_mean", "model_mean",
+               "model_mard", "observer2_mard", "model_r", "observer2_r", "model_icc",
+               "observer2_icc", "goal_met", "int8_vs_float_mard")
+    header = ("biomarker", "unit", "mean 1st obs.", "mean 2nd obs.", "mean model",
+              "MARD model", "MARD 2nd obs.", "r model", "r 2nd obs.", "ICC model",
+              "ICC 2nd obs.", "model as good", "MARD int8 vs float")
+    return markdown(table, columns, header)
