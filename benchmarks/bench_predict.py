@@ -39,13 +39,14 @@ def worker(runtime: str, model: str, repeats: int) -> dict:
 
 
 def main() -> None:
+    from qsegment.pretrained import DEFAULT_MODEL
     from qsegment.runtimes import DEFAULT_RUNTIME, checkpoint_runtimes
 
     runtimes = checkpoint_runtimes()
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--model", default="qsegment-nearest")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", choices=runtimes, help=argparse.SUPPRESS)
     args = parser.parse_args()

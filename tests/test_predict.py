@@ -72,6 +72,8 @@ def test_tiled_equals_untiled_on_a_large_image(segmenter, data_dir, sample):
     tiled = Segmenter(segmenter.model, segmenter.threshold, tile=512, overlap=128).probability(big)
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() < 1e-4  # no seams
+    default = Segmenter(segmenter.model, segmenter.threshold, tile=512).probability(big)
+    assert np.abs(default - whole).max() < 1e-4  # the default overlap covers the field too
 
 
 def _logit(p):
@@ -385,3 +387,46 @@ def test_the_cli_scores_what_evaluate_scores(tmp_path, data_dir, split):
     result = table_iv(open_weights("tflite-int8", weights), read_card(weights), data_dir,
                       figures=False, progress=False)
     assert cli == pytest.approx(next(iter(result["rows"].values()))["pooled"]["dice"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_every_shipped_model_runs_on_every_runtime_without_the_dataset(sample, tmp_path,
+                                                                      monkeypatch):
+    """Nothing is calibrated at first use: the int8 files ship with the weights. With the
+    dataset out of reach, every shipped model runs on every runtime its manifest allows,
+    and refuses the others with the reason."""
+    from qsegment import list_pretrained
+    from qsegment.pretrained import resolve_checkpoint
+    from qsegment.runtimes import checkpoint_runtimes
+    from qsegment.runtimes.base import ModelFileError, read_manifest
+
+    monkeypatch.setenv("QSEGMENT_DATA", str(tmp_path / "no-dataset-here"))
+    crop = np.round(sample.image[300:556, 300:556] * 255).astype(np.uint8)
+    for name in list_pretrained():
+        unsupported = read_manifest(resolve_checkpoint(name)).get("unsupported", {})
+        reference = Segmenter.from_pretrained(name, runtime="torch").predict(crop).mask
+        for runtime in checkpoint_runtimes():
+            if runtime in unsupported:
+                with pytest.raises(ModelFileError, match="cannot run on the"):
+                    Segmenter.from_pretrained(name, runtime=runtime)
+                continue
+            mask = Segmenter.from_pretrained(name, runtime=runtime).predict(crop).mask
+            assert (mask == reference).mean() > 0.98, (name, runtime)
+
+
+def test_huge_files_symlink_loops_and_a_closed_pipe(sample, tmp_path, capsys):
+    """A file over 100 MP is refused before decoding, a symbolic link to itself is named a
+    symlink loop, the other inputs are still segmented; a reader that closes the pipe
+    early ends the command quietly."""
+    Image.new("1", (10_100, 10_000)).save(tmp_path / "huge.png")  # 101 MP, a few KB
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    _write_inputs(tmp_path / "in", sample, ["good.png"])
+    code = main(["predict", str(tmp_path / "huge.png"), str(tmp_path / "loop.png"),
+                 str(tmp_path / "in" / "good.png"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and (tmp_path / "out" / "good_mask.png").is_file()
+    assert "huge.png: 10100x10000 is 101 MP, over the 100 MP limit" in err
+    assert "loop.png: symlink loop" in err
+    done = subprocess.run(f"{sys.executable} -m qsegment models --json | head -c 10",
+                          shell=True, capture_output=True, text=True)
+    assert done.stdout == '{\n  "input' and done.stderr == ""
