@@ -304,6 +304,7 @@ def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_d
     (same model, threshold, FOV, scale); a mask without its photograph is measured over
     the whole frame; a missing file fails with exit code 1, the others still measured."""
     from qsegment.cli import main
+    from qsegment.pretrained import DEFAULT_MODEL
 
     photo = data_dir / "Image_12L.jpg"
     assert main(["predict", str(photo), "-o", str(tmp_path / "p"), "--biomarkers",
@@ -317,7 +318,7 @@ def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_d
     analyzed = {r["name"]: r for r in json.loads(
         (tmp_path / "a" / "biomarkers.json").read_text())["rows"]}
     row = analyzed["Image_12L"]
-    assert len(predicted) == 1 and predicted[0]["model"] == row["model"] == "qsegment-nearest"
+    assert len(predicted) == 1 and predicted[0]["model"] == row["model"] == DEFAULT_MODEL
     for key in ("area_density", "fractal_dimension", "tortuosity", "calibre_mean",
                 "threshold", "mm_per_pixel"):
         assert predicted[0][key] == pytest.approx(row[key]), key
