@@ -205,3 +205,67 @@ def test_resize_sample_is_what_a_camera_at_that_size_sees(data_dir):
     assert abs(small.fov.mean() - s.fov.mean()) < 0.01
     assert abs(small.image.mean() - s.image.mean()) < 0.01
     assert 0.5 < small.label.mean() / s.label.mean() < 1.5  # thin vessels partly vanish
+
+
+def _save(array, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_a_drive_style_folder_of_your_own_labelled_images(tmp_path, data_dir):
+    """images/, 1st_manual/ and mask/ as DRIVE has them: matched by number, the given FOV
+    masks used, every image a validation image, one observer."""
+    from qsegment.datasets import LabelledFolder, detect_dataset
+
+    chase = {"21": "Image_01L", "22": "Image_02R", "23": "Image_11L"}
+    for number, name in chase.items():
+        s = load_sample(data_dir, name)
+        _save(np.round(s.image * 255).astype(np.uint8), tmp_path / "images" / f"{number}_test.png")
+        _save(s.label.astype(np.uint8) * 255, tmp_path / "1st_manual" / f"{number}_manual1.gif")
+        fov = s.fov.copy()
+        fov[:100] = False  # a given mask, not the derived one
+        _save(fov.astype(np.uint8) * 255, tmp_path / "mask" / f"{number}_test_mask.gif")
+    folder = detect_dataset(tmp_path)
+    assert isinstance(folder, LabelledFolder) and folder.observers == 1
+    train, val = folder.split()
+    assert train == [] and [s.name for s in val] == ["21", "22", "23"]
+    reference = load_sample(data_dir, "Image_02R")
+    assert np.array_equal(val[1].label, reference.label)
+    assert not val[1].fov[:100].any() and np.array_equal(val[1].fov[100:], reference.fov[100:])
+
+
+def test_a_stare_style_folder_with_two_observers_and_its_errors(tmp_path, data_dir):
+    from qsegment.datasets import LabelledFolder
+
+    for i, name in enumerate(("Image_11L", "Image_12R"), start=1):
+        s1, s2 = load_sample(data_dir, name), load_sample(data_dir, name, observer=2)
+        _save(np.round(s1.image * 255).astype(np.uint8), tmp_path / f"im000{i}.ppm")
+        _save(s1.label.astype(np.uint8) * 255, tmp_path / f"im000{i}.ah.ppm")
+        _save(s2.label.astype(np.uint8) * 255, tmp_path / f"im000{i}.vk.ppm")
+    folder = LabelledFolder(tmp_path)
+    assert folder.names() == ["im0001", "im0002"] and folder.observers == 2
+    assert np.array_equal(folder.sample("im0002", 2).label,
+                          load_sample(data_dir, "Image_12R", observer=2).label)
+    (tmp_path / "im0002.ah.ppm").rename(tmp_path / "im0003.ah.ppm")
+    with pytest.raises(DatasetError, match=r"im0002\.ppm: no vessel label matches this image"):
+        LabelledFolder(tmp_path)
+    _save(np.zeros((10, 10), np.uint8), tmp_path / "im0002.ah.ppm")
+    with pytest.raises(DatasetError, match=r"im0003\.ah\.ppm: no image matches this file"):
+        LabelledFolder(tmp_path)
+    (tmp_path / "im0003.ah.ppm").unlink()
+    with pytest.raises(DatasetError, match=r"im0002\.ah\.ppm: label is 10x10 but its image"):
+        LabelledFolder(tmp_path).sample("im0002")
+
+
+def test_evaluate_scores_a_partial_chase_copy_as_your_own_images(small_copy, capsys):
+    """Two CHASE_DB1 images are not the paper's split: they are scored as a labelled
+    folder, both of them, with the second observer."""
+    from qsegment.cli import main
+
+    assert main(["evaluate", "qsegment-nearest", "--data", str(small_copy),
+                 "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "pooled over 2 validation images" in out and "second observer vs first" in out
+    assert main(["evaluate", "qsegment-nearest", "--data", str(small_copy), "--tta",
+                 "flip"]) == 2
+    assert "has none: score without --tta" in capsys.readouterr().err

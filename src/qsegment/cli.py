@@ -148,15 +148,18 @@ def _add_train(sub: Commands) -> None:
 # --- evaluate ---------------------------------------------------------------------------
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .datasets import detect_dataset, open_dataset
     from .engine.evaluate import format_table, int8_table, table_iv
 
+    data = (detect_dataset(args.data) if args.dataset == "auto"
+            else open_dataset(args.data, args.dataset))
     suffixes = tuple(i.suffix for i in RUNTIMES.values() if i.suffix)
     if str(args.checkpoint).endswith(suffixes):
         if args.tta != "none":
             raise UsageError("--tta applies to float checkpoints, not to an int8 model file")
         if len(args.size) > 1:
             raise UsageError("an int8 model runs at one size: give at most one --size")
-        result = int8_table(args.checkpoint, (args.size or [None])[0], args.data, out=args.out,
+        result = int8_table(args.checkpoint, (args.size or [None])[0], data, out=args.out,
                             figures=not args.no_figures)
     else:
         from .pretrained import load_model, resolve_checkpoint
@@ -166,7 +169,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         runner = open_runtime(args.runtime, model, resolve_checkpoint(args.checkpoint))
         if args.runtime != "torch":  # label the rows with the runtime that scored them
             card = card.replace(name=f"{card.label} ({args.runtime})")
-        result = table_iv(runner, card, args.data, [None, *args.size], out=args.out,
+        result = table_iv(runner, card, data, [None, *args.size], out=args.out,
                           figures=not args.no_figures, tta=args.tta)
     print(format_table(result))
     if "dice_drop" in result:
@@ -188,13 +191,21 @@ def _add_evaluate(sub: Commands) -> None:
                  "  qsegment evaluate qsegment-nearest --out eval/\n"
                  "  qsegment evaluate runs/fast --size 336 256 --out runs/fast/eval\n"
                  "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float\n"
-                 "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter",
+                 "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter\n"
+                 "  qsegment evaluate --data my_images/        # your own labelled images",
                  _evaluate)
     p.add_argument("checkpoint", nargs="?", default=DEFAULT_MODEL,
                    help="pretrained name, run folder, .safetensors, or an int8 model file "
                         f"scored beside its float model at its size: {files} "
                         f"({DEFAULT_MODEL})")
-    _add_data(p)
+    p.add_argument("--data", metavar="DIR",
+                   help="the images to score: a CHASE_DB1 folder (default: $QSEGMENT_DATA, "
+                   "else ../shared/data/CHASEDB1), or your own images with vessel labels "
+                   "(NAME_manual1 / _1stHO / .ah / _label, DRIVE-, STARE- and HRF-style "
+                   "folders; FOV masks used where given), all of them scored")
+    p.add_argument("--dataset", choices=["auto", *list_datasets()], default="auto",
+                   help="how to read --data (auto: CHASE_DB1 when it holds the whole "
+                   "CHASE_DB1 split, else a labelled folder)")
     p.add_argument("--size", type=int, nargs="*", default=[],
                    help="extra square inference sizes (image resized, probabilities resized back)")
     p.add_argument("--out", type=Path, help="folder for metrics.json and figures")

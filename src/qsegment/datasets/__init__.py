@@ -11,6 +11,7 @@ from pathlib import Path
 from ..registry import lookup, register
 from .base import DatasetError, FundusDataset, Sample, Split, load_label
 from .chasedb1 import ChaseDB1, default_data_dir
+from .folder import LabelledFolder
 from .fov import fov_mask
 
 DATASETS: dict[str, type[FundusDataset]] = {}
@@ -23,6 +24,7 @@ def register_dataset(cls: type[FundusDataset]) -> type[FundusDataset]:
 
 
 register_dataset(ChaseDB1)
+register_dataset(LabelledFolder)
 
 
 def list_datasets() -> list[str]:
@@ -36,6 +38,20 @@ def open_dataset(data: str | Path | FundusDataset | None = None,
     if isinstance(data, FundusDataset):
         return data
     return lookup(DATASETS, dataset, "dataset")(data)
+
+
+def detect_dataset(data: str | Path | None) -> FundusDataset:
+    """The dataset a folder holds: CHASE_DB1 where it is a complete CHASE_DB1 folder (its
+    default split is there), else your own labelled images (:class:`LabelledFolder`)."""
+    try:
+        chase = ChaseDB1(data)
+        split = chase.default_split
+        if set(split.train) | set(split.val) <= set(chase.names()):
+            return chase
+    except DatasetError:
+        if data is None:
+            raise
+    return LabelledFolder(data)
 
 
 def load_split(data: str | Path | FundusDataset | None = None, split: Split | None = None,
@@ -56,9 +72,11 @@ __all__ = [
     "ChaseDB1",
     "DatasetError",
     "FundusDataset",
+    "LabelledFolder",
     "Sample",
     "Split",
     "default_data_dir",
+    "detect_dataset",
     "fov_mask",
     "list_datasets",
     "load_label",

@@ -117,6 +117,10 @@ class FundusDataset:
     def label_path(self, name: str, observer: int) -> Path:
         raise NotImplementedError
 
+    def fov_path(self, name: str) -> Path | None:
+        """A given FOV mask of the image, or None: derived from the image then."""
+        return None
+
     def sample(self, name: str, observer: int = 1) -> Sample:
         """One image with the label of ``observer`` (1: the reference). Arrays are
         read-only and cached per process: samples are shared, never copied."""
@@ -152,6 +156,9 @@ class FundusDataset:
 def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
     path = dataset.image_path(name)
     image, fov = load_image(path)
+    if (given := dataset.fov_path(name)) is not None:
+        fov = load_label(given, image.shape[:2])
     label = load_label(dataset.label_path(name, observer), image.shape[:2])
-    label.setflags(write=False)
+    for array in (label, fov):
+        array.setflags(write=False)
     return Sample(name=name, image=image, label=label, fov=fov, path=path)

@@ -78,6 +78,9 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
     dataset = open_dataset(data)
     model = as_runtime(model)
     train, val = dataset.split(split)
+    if tta != "none" and not train:
+        raise UsageError(f"--tta chooses its threshold on training images, and {dataset.title} "
+                         "has none: score without --tta")
     threshold = card.threshold_value
     rule = "card (train-chosen)" if card.threshold else "fixed 0.5"
     if tta != "none":

@@ -43,8 +43,8 @@ def register_runtime(info: RuntimeInfo) -> RuntimeInfo:
 
 for _info in (
     RuntimeInfo("tflite-int8", "qsegment.runtimes.litert:LiteRtInt8",
-                "int8 TFLite in LiteRT/XNNPACK, the fastest on a CPU (one model per image "
-                "size: shipped, cached, or built once in ~10 s)"),
+                "int8 TFLite in LiteRT/XNNPACK, the fastest on a CPU, no PyTorch (models "
+                "shipped at 512x512, 960x1000 and 1024x1024; larger images tiled)"),
     RuntimeInfo("torch", "qsegment.runtimes.pytorch:TorchRuntime", "PyTorch eager, float32"),
     RuntimeInfo("onnx", "qsegment.runtimes.onnxrt:OnnxRuntime", "ONNX Runtime, float32"),
     RuntimeInfo("onnx-int8", "qsegment.runtimes.onnxrt:OnnxInt8Runtime",
