@@ -346,6 +346,39 @@ def _add_analyze(sub: Commands) -> None:
     _add_scale(p)
 
 
+# --- data -------------------------------------------------------------------------------
+
+def _data(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .datasets.download import download_chasedb1
+
+    with tqdm(total=0, unit="B", unit_scale=True, desc=args.dataset) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        folder = download_chasedb1(args.to, url=args.url, progress=progress)
+    print(f"CHASE_DB1 in {folder}: every file matches CHASEDB1.sha256 (CC BY 4.0: cite "
+          "Fraz et al. 2012 and Owen et al. 2009)")
+    return 0
+
+
+def _add_data_command(sub: Commands) -> None:
+    from .datasets.download import CHASEDB1_URL
+
+    p = _command(sub, "data", "Get a dataset: download CHASE_DB1 from its publisher, check "
+                 "every file against the SHA-256 list shipped with qsegment and unpack it "
+                 "in the flat layout (resumes a broken download; retries).",
+                 "  qsegment data download chasedb1\n"
+                 "  qsegment data download chasedb1 --to data/CHASEDB1", _data)
+    p.add_argument("action", choices=["download"], help="what to do")
+    p.add_argument("dataset", choices=["chasedb1"], help="which dataset")
+    p.add_argument("--to", type=Path, help="folder to create (default: "
+                   "~/.cache/qsegment/data/CHASEDB1, where the commands look for it)")
+    p.add_argument("--url", default=CHASEDB1_URL, help=f"the archive ({CHASEDB1_URL})")
+
+
 # --- quantize, export, camera -----------------------------------------------------------
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -502,8 +535,8 @@ def _add_bench(sub: Commands) -> None:
 
 # --- entry point ------------------------------------------------------------------------
 
-COMMANDS = (_add_models, _add_train, _add_evaluate, _add_predict, _add_analyze, _add_quantize,
-            _add_export, _add_camera, _add_bench)
+COMMANDS = (_add_models, _add_data_command, _add_train, _add_evaluate, _add_predict,
+            _add_analyze, _add_quantize, _add_export, _add_camera, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from .base import DatasetError, FundusDataset, Split
+from .download import default_download_dir
 
 ENV_VAR = "QSEGMENT_DATA"
 _IMAGE = re.compile(r"^Image_(\d{2})([LR])\.jpg$")
@@ -32,17 +33,18 @@ _OBSERVERS = {1: "1st", 2: "2nd"}
 
 def default_data_dir() -> Path:
     """``$QSEGMENT_DATA``, else ``../shared/data/CHASEDB1`` from the working directory or
-    from this source checkout."""
+    from this source checkout, else where `qsegment data download` puts it."""
     if env := os.environ.get(ENV_VAR):
         return Path(env)
     candidates = [Path.cwd() / "../shared/data/CHASEDB1",
-                  Path(__file__).resolve().parents[3] / "../shared/data/CHASEDB1"]
+                  Path(__file__).resolve().parents[3] / "../shared/data/CHASEDB1",
+                  default_download_dir()]
     for path in candidates:
         if path.is_dir():
             return path.resolve()
     raise DatasetError(
-        f"no CHASE_DB1 folder given: pass --data DIR or set {ENV_VAR} "
-        f"(looked in {', '.join(str(p) for p in candidates)})"
+        f"no CHASE_DB1 folder given: pass --data DIR, set {ENV_VAR}, or run `qsegment data "
+        f"download chasedb1` (looked in {', '.join(str(p) for p in candidates)})"
     )
 
 
