@@ -430,3 +430,32 @@ def test_huge_files_symlink_loops_and_a_closed_pipe(sample, tmp_path, capsys):
     done = subprocess.run(f"{sys.executable} -m qsegment models --json | head -c 10",
                           shell=True, capture_output=True, text=True)
     assert done.stdout == '{\n  "input' and done.stderr == ""
+
+
+def test_scale_auto_brings_a_photograph_to_the_training_scale(sample, data_dir):
+    """A CHASE image shown at 60 % of its size: `--scale auto` measures its FOV (553 px
+    against the training images' 917), segments it at CHASE's scale and gives a better
+    map than segmenting it as it is; on CHASE itself and on a crop without a FOV rim it
+    changes nothing."""
+    from qsegment.engine.infer import scale_factor
+    from qsegment.images import resize_image, resize_map
+
+    rgb8 = np.round(sample.image * 255).astype(np.uint8)
+    assert scale_factor(rgb8, "auto", 917.0) == 1.0  # CHASE: within 10 %
+    assert scale_factor(rgb8[200:600, 200:700], "auto", 917.0) == 1.0  # no rim: as it is
+    small = resize_image(rgb8, (576, 599))
+    assert scale_factor(small, "auto", 917.0) == pytest.approx(917 / 553, rel=0.03)
+    label = resize_map(sample.label.astype(np.float32), (576, 599)) >= 0.5
+    fov = resize_map(sample.fov.astype(np.float32), (576, 599)) >= 0.5
+    dice = {}
+    for scale in ("auto", "none"):
+        out = Segmenter.from_pretrained("qsegment-nearest", scale=scale).predict(small)
+        assert out.mask.shape == (576, 599)
+        dice[scale] = evaluate([out.probability], [label], [fov], out.threshold)["pooled"]["dice"]
+        assert out.scale == (1.0 if scale == "none" else pytest.approx(917 / 553, rel=0.03))
+    assert dice["auto"] > dice["none"] + 0.01, dice
+    same = [Segmenter.from_pretrained("qsegment-nearest", scale=s).predict(rgb8).probability
+            for s in ("auto", "none")]
+    assert np.array_equal(*same)
+    with pytest.raises(ValueError, match="scale must be auto, none or a positive factor"):
+        Segmenter.from_pretrained("qsegment-nearest", scale="big")

@@ -48,6 +48,14 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="CHASE_DB1 folder (default: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
 
 
+def _add_scale_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", default="auto", metavar="auto|none|FACTOR",
+                   help="auto: resize each photograph so that its field of view is as wide "
+                   "as the training images' (917 px), the map resized back (a no-op on "
+                   "CHASE_DB1; crops without a visible FOV rim stay as they are); none: as "
+                   "it is; a number: that factor (auto)")
+
+
 def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
     names = checkpoint_runtimes()
     p.add_argument("--runtime", choices=names, default=default,
@@ -170,7 +178,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.runtime != "torch":  # label the rows with the runtime that scored them
             card = card.replace(name=f"{card.label} ({args.runtime})")
         result = table_iv(runner, card, data, [None, *args.size], out=args.out,
-                          figures=not args.no_figures, tta=args.tta)
+                          figures=not args.no_figures, tta=args.tta, scale=args.scale)
     print(format_table(result))
     if "dice_drop" in result:
         print(f"int8 minus float Dice at the same resolution: {-result['dice_drop']:+.4f}")
@@ -213,6 +221,7 @@ def _add_evaluate(sub: Commands) -> None:
     _add_runtime(p, "torch")
     _add_tta(p, "; the threshold is then chosen anew on the training images with the same "
              "views")
+    _add_scale_option(p)
 
 
 # --- predict ----------------------------------------------------------------------------
@@ -237,7 +246,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .engine.predict import Segmenter, predict_files
 
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
-                                          runtime=args.runtime, tta=args.tta)
+                                          runtime=args.runtime, tta=args.tta, scale=args.scale)
     rows: list[dict] = []
     measure = None
     if args.biomarkers:
@@ -284,6 +293,7 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--tile", type=int, default=1024,
                    help="tile size for large images, a multiple of the network's stride (1024)")
     _add_tta(p, "; the card's threshold still applies")
+    _add_scale_option(p)
     p.add_argument("--workers", type=int, default=2,
                    help="threads that read the next images and write PNGs while the network "
                    "runs (2)")

@@ -159,3 +159,21 @@ def network_input(image: np.ndarray, size: int | tuple[int, int] | None, multipl
     h, w = x.shape[-2:]
     padded = np.pad(x, ((0, 0), (0, 0), (0, (-h) % multiple), (0, (-w) % multiple)))
     return padded, (h, w)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 or float image resized to ``size`` (height, width) with Pillow's
+    bilinear filter (antialiased when shrinking), its dtype kept; no PyTorch."""
+    height, width = size
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    channels = [resize_map(image[..., c], size) for c in range(image.shape[2])]
+    return np.stack(channels, axis=-1)
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W) float map (probabilities) resized to ``size`` (height, width), bilinear."""
+    height, width = size
+    resized = Image.fromarray(values.astype(np.float32), mode="F").resize((width, height),
+                                                                       Image.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)

@@ -12,7 +12,7 @@ from ..registry import lookup, register
 from .base import DatasetError, FundusDataset, Sample, Split, load_label
 from .chasedb1 import ChaseDB1, default_data_dir
 from .folder import LabelledFolder
-from .fov import fov_mask
+from .fov import fov_diameter, fov_mask
 
 DATASETS: dict[str, type[FundusDataset]] = {}
 DEFAULT_DATASET = "chasedb1"
@@ -77,6 +77,7 @@ __all__ = [
     "Split",
     "default_data_dir",
     "detect_dataset",
+    "fov_diameter",
     "fov_mask",
     "list_datasets",
     "load_label",

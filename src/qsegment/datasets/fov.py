@@ -31,3 +31,21 @@ def fov_mask(image: np.ndarray, threshold: int = 20) -> np.ndarray:
     sizes = ndimage.sum_labels(bright, labels, index=np.arange(1, count + 1))
     largest = labels == (int(np.argmax(sizes)) + 1)
     return ndimage.binary_fill_holes(largest)
+
+
+def fov_diameter(image: np.ndarray) -> float | None:
+    """The FOV's diameter in pixels: its extent along an axis on which it touches neither
+    border of the image (the larger of the two if both qualify), or None where no FOV rim
+    is visible on either axis (a crop inside the retina, or no FOV at all). Large images
+    are measured on every n-th pixel (n = side / 1024, rounded up): a diameter needs no
+    more."""
+    step = max(1, -(-max(image.shape[:2]) // 1024))
+    fov = fov_mask(image[::step, ::step])
+    if not fov.any():
+        return None
+    extents = []
+    for axis in (0, 1):
+        filled = np.flatnonzero(fov.any(axis=1 - axis))
+        if filled[0] > 0 and filled[-1] < fov.shape[axis] - 1:
+            extents.append((filled[-1] - filled[0] + 1) * step)
+    return float(max(extents)) if extents else None

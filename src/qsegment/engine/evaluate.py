@@ -12,12 +12,13 @@ from tqdm import tqdm
 from .. import viz
 from ..card import Card
 from ..datasets import FundusDataset, Sample, Split, open_dataset
+from ..datasets.chasedb1 import ChaseDB1
 from ..errors import UsageError
 from ..files import write_json
 from ..metrics import best_threshold, evaluate
 from ..runtimes import open_file
 from ..runtimes.base import ModelFileError, Runtime
-from .infer import as_runtime, predict_proba
+from .infer import Scale, as_runtime, predict_proba, rescaled, scale_factor
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,14 +27,16 @@ Data = str | Path | FundusDataset | None  # a folder of the default dataset, or 
 
 
 def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
-                    size: int | None = None, progress: bool = False, tta: str = "none"
-                    ) -> list[np.ndarray]:
+                    size: int | None = None, progress: bool = False, tta: str = "none",
+                    scale: Scale = "none") -> list[np.ndarray]:
     """Probability maps at each sample's full resolution (inferred at ``size`` if given,
-    averaged over the ``tta`` views of :func:`~qsegment.engine.infer.symmetries`).
+    averaged over the ``tta`` views of :func:`~qsegment.engine.infer.symmetries`, at the
+    training scale with ``scale="auto"``: :func:`~qsegment.engine.infer.scale_factor`).
     ``model`` is a runtime or a PyTorch module."""
     runtime = as_runtime(model)
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
-    return [predict_proba(runtime, s.image, size, tta) for s in items]
+    return [rescaled(s.image, scale_factor(s.image, scale, ChaseDB1.fov_diameter),
+                     lambda image: predict_proba(runtime, image, size, tta)) for s in items]
 
 
 def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
@@ -63,7 +66,7 @@ def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict
 def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
              sizes: Sequence[int | None] = (None,), split: Split | None = None,
              out: Path | None = None, figures: bool = True, progress: bool = True,
-             tta: str = "none") -> dict:
+             tta: str = "none", scale: Scale = "none") -> dict:
     """The Table IV rows of a model on the validation images, plus the human reference
     (when the dataset has a second observer).
 
@@ -92,7 +95,7 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
     for size in sizes:
         resolution = "full" if size is None else f"{size}x{size}"
         label = f"{card.label} @ {resolution}{views}"
-        probs = predict_samples(model, val, size, progress, tta)
+        probs = predict_samples(model, val, size, progress, tta, scale)
         metrics = score(probs, val, threshold)
         rows[label] = {"size": size, **metrics,
                        "whole_image": score(probs, val, threshold, inside_fov=False)["pooled"]}

@@ -7,11 +7,12 @@ the ``torch`` runtime). PyTorch is imported only to resize (``size``) or to wrap
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..images import network_input, resize_bilinear
+from ..images import network_input, resize_bilinear, resize_image, resize_map
 from ..runtimes.base import Runtime, sigmoid
 
 if TYPE_CHECKING:
@@ -79,3 +80,49 @@ def predict_proba(model: Runtime | nn.Module, image: np.ndarray,
     """Vessel probability map (H, W) of an RGB image (H, W, 3) in [0, 1]
     (:func:`predict_logits`, then the sigmoid)."""
     return sigmoid(predict_logits(model, image, size, tta))
+
+
+Scale = str | float  # "auto", "none" or a factor
+MIN_RESCALE = 0.1  # factors within 10 % of 1 leave the image as it is
+
+
+def check_scale(scale: Scale) -> None:
+    """Refuse a scale that is neither ``auto``, ``none`` nor a positive number."""
+    if scale in ("auto", "none"):
+        return
+    try:
+        ok = float(scale) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"scale must be auto, none or a positive factor, not {scale!r}")
+
+
+def scale_factor(image: np.ndarray, scale: Scale, fov_diameter: float) -> float:
+    """How much to resize ``image`` before the network: ``"none"`` 1; a number, that
+    factor; ``"auto"`` the factor that gives its field of view the training images'
+    diameter (``fov_diameter``), so that vessels are as wide as the network learned them.
+    An image without a visible FOV rim (a crop inside the retina) is left at its scale,
+    as is one within 10 % of the training scale (CHASE_DB1 itself)."""
+    from ..datasets import fov_diameter as measure
+
+    if scale == "none":
+        return 1.0
+    if scale != "auto":
+        check_scale(scale)
+        return float(scale)
+    diameter = measure(image)
+    if diameter is None:
+        return 1.0
+    factor = fov_diameter / diameter
+    return 1.0 if abs(factor - 1.0) < MIN_RESCALE else factor
+
+
+def rescaled(image: np.ndarray, factor: float,
+             probability: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``probability`` of ``image`` resized by ``factor``, resized back to the image's size."""
+    if factor == 1.0:
+        return probability(image)
+    h, w = image.shape[:2]
+    small = resize_image(image, (max(1, round(h * factor)), max(1, round(w * factor))))
+    return resize_map(probability(small), (h, w))

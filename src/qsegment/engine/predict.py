@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from ..datasets.chasedb1 import ChaseDB1
 from ..errors import QsegmentError
 from ..files import atomic_write
 from ..images import ImageError, collect_inputs, read_rgb, to_rgb_float
@@ -26,7 +27,7 @@ from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_runtime, open_weights
 from ..runtimes.base import Runtime
-from .infer import predict_proba, symmetries
+from .infer import Scale, check_scale, predict_proba, rescaled, scale_factor, symmetries
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,6 +46,7 @@ class Prediction:
     probability: np.ndarray  # (H, W) float32 in [0, 1]
     mask: np.ndarray  # (H, W) bool
     threshold: float
+    scale: float = 1.0  # the factor the image was resized by before the network
 
 
 class Segmenter:
@@ -61,9 +63,11 @@ class Segmenter:
 
     def __init__(self, model: nn.Module | Runtime, threshold: float = 0.5, tile: int = 1024,
                  overlap: int = TILE_OVERLAP, runtime: str = "torch",
-                 weights: Path | None = None, tta: str = "none", name: str | None = None
-                 ) -> None:
+                 weights: Path | None = None, tta: str = "none", name: str | None = None,
+                 scale: Scale = "auto", fov_diameter: float = ChaseDB1.fov_diameter) -> None:
         symmetries(tta)  # an unknown mode fails here, not at the first image
+        check_scale(scale)
+        self.scale, self.fov_diameter = scale, fov_diameter
         if isinstance(model, Runtime):
             self.runner, self.model = model, getattr(model, "model", None)
         else:
@@ -92,18 +96,25 @@ class Segmenter:
                    card.threshold_value if threshold is None else threshold, **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image) -> Prediction:
-        """The probability map and mask of an RGB, gray, RGBA, 8- or 16-bit image; 8-bit RGB
-        goes to an int8 runtime as it is."""
+        """The probability map and mask of an RGB, gray, RGBA, 8- or 16-bit image, at the
+        input's size; the network sees it at the training scale (``scale``,
+        :func:`~qsegment.engine.infer.scale_factor`). 8-bit RGB goes to an int8 runtime as
+        it is."""
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
                 and array.shape[2] == 3 and self.tta == "none" and self.runner.accepts_uint8):
-            prob = self._tiled(array, self.runner.probability_uint8)  # 8-bit RGB straight to int8
+            rgb, probability = array, self.runner.probability_uint8  # 8-bit RGB to int8
         else:
-            prob = self.probability(to_rgb_float(image))
-        return Prediction(prob, prob >= self.threshold, self.threshold)
+            rgb = to_rgb_float(image)
+            def probability(part: np.ndarray) -> np.ndarray:
+                return predict_proba(self.runner, part, tta=self.tta)
+        factor = scale_factor(rgb, self.scale, self.fov_diameter)
+        prob = rescaled(rgb, factor, lambda scaled: self._tiled(scaled, probability))
+        return Prediction(prob, prob >= self.threshold, self.threshold, factor)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
-        """Probability map of an (H, W, 3) float image, tiled when it exceeds ``tile``."""
+        """Probability map of an (H, W, 3) float image at its own scale, tiled when it
+        exceeds ``tile``."""
         return self._tiled(rgb, lambda part: predict_proba(self.runner, part, tta=self.tta))
 
     def _tiled(self, image: np.ndarray, probability: Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,106 @@
+"""Robustness to other cameras, from real data: CHASE_DB1's 8 validation images under
+shifts of scale, colour and quality, segmented as `qsegment predict` does (int8, the
+card's threshold) and scored inside the FOV at full resolution (each map resized back
+to 960x999 and compared with the first observer's label).
+
+Conditions: the image itself; rescaled so that its FOV is 540 px or 3300 px across
+(a 565x584 screening camera, a 3504x2336 one); grayscale (red-free) and the green
+channel alone; JPEG quality 30; gamma 0.6 and 1.6; a Gaussian blur (radius 2 px); a
+warm colour cast. Every condition with ``--scale auto`` (the default) and, for the
+rescaled ones, ``--scale none`` beside it.
+
+    python benchmarks/bench_robustness.py [--models qsegment-nearest-distill ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+Shift = Callable[[np.ndarray], np.ndarray]
+
+
+def _rescale_to(fov_px: float) -> Shift:
+    def shift(rgb: np.ndarray) -> np.ndarray:
+        factor = fov_px / 917.0  # CHASE_DB1's FOV diameter (qsegment.datasets.ChaseDB1)
+        h, w = rgb.shape[:2]
+        return np.asarray(Image.fromarray(rgb).resize((round(w * factor), round(h * factor)),
+                                                      Image.BILINEAR))
+    return shift
+
+
+def _jpeg(rgb: np.ndarray) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=30)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def _gamma(g: float) -> Shift:
+    return lambda rgb: np.round(255 * (rgb / 255.0) ** g).astype(np.uint8)
+
+
+SHIFTS: dict[str, Shift] = {
+    "clean": lambda rgb: rgb,
+    "FOV 540 px": _rescale_to(540),
+    "FOV 3300 px": _rescale_to(3300),
+    "grayscale": lambda rgb: np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None],
+                                       3, axis=2),
+    "green channel": lambda rgb: np.repeat(rgb[..., 1:2], 3, axis=2),
+    "JPEG q30": _jpeg,
+    "gamma 0.6": _gamma(0.6),
+    "gamma 1.6": _gamma(1.6),
+    "blur 2 px": lambda rgb: np.asarray(Image.fromarray(rgb).filter(
+        ImageFilter.GaussianBlur(2))),
+    "colour cast": lambda rgb: np.clip(rgb * np.array([1.15, 1.0, 0.8]), 0, 255).astype(
+        np.uint8),
+}
+RESCALED = ("FOV 540 px", "FOV 3300 px")
+
+
+def pooled_dice(model: str, condition: str, scale: str, samples: list) -> float:
+    from qsegment import Segmenter
+    from qsegment.images import resize_map
+    from qsegment.metrics import evaluate
+
+    segmenter = Segmenter.from_pretrained(model, scale=scale)
+    probs = []
+    for s in samples:
+        shifted = SHIFTS[condition](np.round(s.image * 255).astype(np.uint8))
+        prob = segmenter.predict(shifted).probability
+        probs.append(resize_map(prob, s.label.shape) if prob.shape != s.label.shape else prob)
+    return evaluate(probs, [s.label for s in samples], [s.fov for s in samples],
+                    segmenter.threshold)["pooled"]["dice"]
+
+
+def main() -> None:
+    from qsegment.datasets import load_split
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+",
+                        default=["qsegment-nearest-distill", "qsegment-nearest"])
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    _, val = load_split()
+    rows = {}
+    for condition in SHIFTS:
+        for scale in ("auto", "none") if condition in RESCALED else ("auto",):
+            rows[f"{condition}, --scale {scale}"] = {
+                model: pooled_dice(model, condition, scale, val) for model in args.models}
+    clean = rows["clean, --scale auto"]
+    print("| condition | " + " | ".join(f"{m}: Dice (minus clean)" for m in args.models)
+          + " |\n|---|" + "---:|" * len(args.models))
+    for name, dice in rows.items():
+        cells = [f"{dice[m]:.4f} ({dice[m] - clean[m]:+.4f})" for m in args.models]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
