@@ -5,8 +5,10 @@
    (folder run minus one-image run, over 27), against `Segmenter.predict` on the same
    images already decoded to uint8 arrays (in this process).
 3. A 3504x2336 photograph (a CHASE image resized up, written as PNG): wall and peak RSS
-   of the command; its time over (pixel ratio x the CHASE per-image time of step 2);
-   and, in this process, the first predict of that size against the second.
+   of the command, with ``--scale none`` (segmented at that size, in tiles) and with
+   the default ``--scale auto`` (brought to CHASE's scale first); the tiled time over
+   (pixel ratio x the CHASE per-image time of step 2); and, in this process, the first
+   tiled predict of that size against the second.
 
     python benchmarks/bench_cli.py [--json out.json]
 
@@ -66,7 +68,10 @@ def main() -> None:
         big_path = tmp / "big.png"
         rgb = np.asarray(Image.open(photos[10]).convert("RGB"))
         Image.fromarray(rgb).resize((3504, 2336), Image.BILINEAR).save(big_path)
-        big_wall, big_rss = run([*QSEGMENT, "predict", str(big_path), "-o", str(tmp / "big")])
+        big_wall, big_rss = run([*QSEGMENT, "predict", str(big_path), "-o", str(tmp / "big"),
+                                 "--scale", "none"])
+        auto_wall, auto_rss = run([*QSEGMENT, "predict", str(big_path), "-o",
+                                   str(tmp / "auto")])
 
         segmenter = Segmenter.from_pretrained()
         arrays = [np.asarray(Image.open(p).convert("RGB")) for p in photos]
@@ -79,7 +84,7 @@ def main() -> None:
         big = np.asarray(Image.open(big_path))
         firsts = []
         for _ in range(2):  # a fresh Segmenter each time: the first image of a new size
-            fresh = Segmenter.from_pretrained()
+            fresh = Segmenter.from_pretrained(scale="none")
             start = time.perf_counter()
             fresh.predict(big)
             firsts.append(time.perf_counter() - start)
@@ -98,6 +103,7 @@ def main() -> None:
         "cli_s_per_image": per_image_cli, "segmenter_s_per_image": per_image_api,
         "cli_over_segmenter": per_image_cli / per_image_api,
         "big_s": big_wall, "big_peak_rss_mb": big_rss, "big_pixel_ratio": pixels,
+        "big_auto_s": auto_wall, "big_auto_peak_rss_mb": auto_rss,
         "big_over_scaled_chase": big_wall / (pixels * per_image_cli),
         "big_first_s": firsts[0], "big_second_s": firsts[1],
         "big_first_over_second": firsts[0] / firsts[1],
@@ -110,11 +116,14 @@ def main() -> None:
     print(f"| 28-image folder: CLI per image / Segmenter.predict per image | "
           f"{per_image_cli * 1000:.0f} / {per_image_api * 1000:.0f} ms = "
           f"{result['cli_over_segmenter']:.2f}x | <= 1.2x |")
-    print(f"| 3504x2336: peak RSS | {big_rss:.0f} MB | < 1000 MB |")
-    print(f"| 3504x2336: wall / ({pixels:.2f} x CHASE per image) | {big_wall:.2f} s / "
+    print(f"| 3504x2336, --scale none (tiled): peak RSS | {big_rss:.0f} MB | < 1000 MB |")
+    print(f"| 3504x2336, --scale none: wall / ({pixels:.2f} x CHASE per image) | "
+          f"{big_wall:.2f} s / "
           f"{pixels * per_image_cli:.2f} s = {result['big_over_scaled_chase']:.2f}x | "
           "<= 1.5x |")
-    print(f"| 3504x2336: first predict / second (same Segmenter) | {firsts[0]:.2f} / "
+    print(f"| 3504x2336, --scale auto (the default): wall, peak RSS | {auto_wall:.2f} s, "
+          f"{auto_rss:.0f} MB | |")
+    print(f"| 3504x2336, --scale none: first predict / second (same Segmenter) | {firsts[0]:.2f} / "
           f"{firsts[1]:.2f} s = {result['big_first_over_second']:.2f}x | <= 1x (no build) |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
