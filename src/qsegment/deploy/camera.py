@@ -24,6 +24,7 @@ from PIL import Image
 from ..errors import QsegmentError
 from ..files import atomic_write
 from ..images import overlay
+from ..runtimes.base import sigmoid
 
 
 class CameraError(QsegmentError, RuntimeError):
@@ -50,9 +51,7 @@ def decode_output(outputs: list[np.ndarray] | np.ndarray, size: int | None = Non
     return squeezed.T if transpose else squeezed
 
 
-def probability(logits: np.ndarray) -> np.ndarray:
-    """Sigmoid of the logits, as float32 (the network outputs logits, never probabilities)."""
-    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+probability = sigmoid  # the network outputs logits, never probabilities
 
 
 def vessel_mask(logits: np.ndarray, threshold: float) -> np.ndarray:
