@@ -35,13 +35,16 @@ QSEGMENT = [sys.executable, "-m", "qsegment"]
 
 
 def run(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of a command run to its end."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.read().decode()[-2000:]}")
+    """(wall seconds, peak RSS in MB) of a command run to its end; its stderr goes to a
+    file (progress bars would fill a pipe that is read only at the end)."""
+    with tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status):
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(args)} failed: {stderr.read().decode()[-2000:]}")
     return wall, usage.ru_maxrss / 1024
 
 

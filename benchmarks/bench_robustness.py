@@ -10,6 +10,10 @@ warm colour cast. Every condition with ``--scale auto`` (the default) and, for t
 rescaled ones, ``--scale none`` beside it.
 
     python benchmarks/bench_robustness.py [--models qsegment-nearest-distill ...] [--json out.json]
+
+A second table says whether the card's threshold transfers: the best threshold of each
+condition's images (an oracle), the Dice it would add, and the expected calibration
+error (ECE, 15 bins, inside the FOV).
 """
 
 from __future__ import annotations
@@ -62,10 +66,13 @@ SHIFTS: dict[str, Shift] = {
 RESCALED = ("FOV 540 px", "FOV 3300 px")
 
 
-def pooled_dice(model: str, condition: str, scale: str, samples: list) -> float:
+def condition_scores(model: str, condition: str, scale: str, samples: list) -> dict:
+    """Pooled Dice at the card's threshold; for the threshold's transfer, the Dice at the
+    best threshold of these very images (an oracle, never a way to choose one) and the
+    expected calibration error of the probabilities."""
     from qsegment import Segmenter
     from qsegment.images import resize_map
-    from qsegment.metrics import evaluate
+    from qsegment.metrics import best_threshold, calibration_error, evaluate
 
     segmenter = Segmenter.from_pretrained(model, scale=scale)
     probs = []
@@ -73,8 +80,31 @@ def pooled_dice(model: str, condition: str, scale: str, samples: list) -> float:
         shifted = SHIFTS[condition](np.round(s.image * 255).astype(np.uint8))
         prob = segmenter.predict(shifted).probability
         probs.append(resize_map(prob, s.label.shape) if prob.shape != s.label.shape else prob)
-    return evaluate(probs, [s.label for s in samples], [s.fov for s in samples],
-                    segmenter.threshold)["pooled"]["dice"]
+    labels, fovs = [s.label for s in samples], [s.fov for s in samples]
+    oracle = best_threshold(probs, labels, fovs)
+    return {"dice": evaluate(probs, labels, fovs, segmenter.threshold)["pooled"]["dice"],
+            "threshold": segmenter.threshold, "best_threshold": oracle,
+            "best_dice": evaluate(probs, labels, fovs, oracle)["pooled"]["dice"],
+            "ece": calibration_error(probs, labels, fovs)}
+
+
+def markdown(rows: dict[str, dict[str, dict]], models: list[str]) -> str:
+    """The Dice table (each condition against the clean images) and the threshold one."""
+    clean = rows["clean, --scale auto"]
+    lines = ["| condition | " + " | ".join(f"{m}: Dice (minus clean)" for m in models)
+             + " |", "|---|" + "---:|" * len(models)]
+    for name, row in rows.items():
+        cells = [f"{row[m]['dice']:.4f} ({row[m]['dice'] - clean[m]['dice']:+.4f})"
+                 for m in models]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| condition | " + " | ".join(
+        f"{m}: best threshold (Dice there minus at the card's) / ECE" for m in models) + " |",
+        "|---|" + "---:|" * len(models)]
+    for name, row in rows.items():
+        cells = [f"{row[m]['best_threshold']:.2f} ({row[m]['best_dice'] - row[m]['dice']:+.4f})"
+                 f" / {row[m]['ece']:.4f}" for m in models]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -82,21 +112,17 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+",
-                        default=["qsegment-nearest-distill", "qsegment-nearest"])
+                        default=["qsegment-nearest-transfer", "qsegment-nearest-distill"])
+    parser.add_argument("--conditions", nargs="+", choices=list(SHIFTS), default=list(SHIFTS))
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     _, val = load_split()
     rows = {}
-    for condition in SHIFTS:
+    for condition in ["clean", *[c for c in args.conditions if c != "clean"]]:
         for scale in ("auto", "none") if condition in RESCALED else ("auto",):
             rows[f"{condition}, --scale {scale}"] = {
-                model: pooled_dice(model, condition, scale, val) for model in args.models}
-    clean = rows["clean, --scale auto"]
-    print("| condition | " + " | ".join(f"{m}: Dice (minus clean)" for m in args.models)
-          + " |\n|---|" + "---:|" * len(args.models))
-    for name, dice in rows.items():
-        cells = [f"{dice[m]:.4f} ({dice[m] - clean[m]:+.4f})" for m in args.models]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+                model: condition_scores(model, condition, scale, val) for model in args.models}
+    print(markdown(rows, args.models))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 
 from qsegment.data import SegmentationDataset, paper_augmentation, to_tensors
 from qsegment.data.transforms import apply
@@ -125,6 +126,43 @@ def test_rotate90_reaches_all_eight_symmetries_exactly(data_dir):
         seen.add(matches[0])
     assert seen == set(range(8))
     assert all(type(t).__name__ != "RandomApply" for t in paper_augmentation().transforms)
+
+
+def test_acquisition_shifts_touch_the_image_only(data_dir):
+    from qsegment.data.transforms import AcquisitionShift
+
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_03L"), MULTIPLE)
+    shift = AcquisitionShift(strength=5.0)  # every shift on, every time
+    torch.manual_seed(0)
+    for _ in range(3):
+        img, lab, fv = apply(shift, image, label, fov)
+        assert torch.equal(lab, label) and torch.equal(fv, fov)
+        assert img.shape == image.shape and img.min() >= 0 and img.max() <= 1
+        assert (img - image).abs().mean() > 0.01
+        assert torch.allclose(img[0], img[1], atol=0.1)  # red-free: channels nearly equal
+        vessel, retina = label[0].bool(), fov[0].bool() & ~label[0].bool()
+        assert img[1][vessel].mean() < img[1][retina].mean()  # vessels still darker
+    clean = AcquisitionShift(strength=0.0)
+    assert torch.equal(apply(clean, image, label, fov)[0], image)
+
+
+def test_acquisition_training_crops_at_other_zooms(data_dir):
+    from qsegment.data.transforms import AcquisitionShift, ZoomedCrop
+
+    ops = [type(t) for t in paper_augmentation(crop=128, acquisition=True).transforms]
+    assert ops[0] is ZoomedCrop and ops[-1] is AcquisitionShift
+    assert AcquisitionShift not in [type(t) for t in paper_augmentation(crop=128).transforms]
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_03L"), MULTIPLE)
+    torch.manual_seed(0)
+    sides = set()
+    for _ in range(20):
+        params = ZoomedCrop(128).make_params([tv_tensors.Image(image)])
+        assert params["height"] == params["width"]
+        sides.add(params["height"])
+        img, lab, _ = apply(ZoomedCrop(128), image, label, fov)
+        assert img.shape[-2:] == lab.shape[-2:] == (128, 128)
+        assert set(lab.unique().tolist()) <= {0.0, 1.0}  # masks by nearest neighbour
+    assert min(sides) >= 102 and max(sides) <= 160 and len(sides) > 5  # 128 / (1.25 .. 0.8)
 
 
 def test_dataset_repeats_and_augments(data_dir):

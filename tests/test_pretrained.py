@@ -11,7 +11,8 @@ from qsegment.engine.evaluate import predict_samples, score
 SHIPPED = {"qsegment-nearest": ("nearest", 0.79), "qsegment-unpool": ("unpool", 0.79),
            "qsegment-nearest-312": ("nearest", 0.77), "qsegment-nearest-long": ("nearest", 0.80),
            "qsegment-nearest-crop384": ("nearest", 0.80),
-           "qsegment-nearest-distill": ("nearest", 0.80)}
+           "qsegment-nearest-distill": ("nearest", 0.80),
+           "qsegment-nearest-transfer": ("nearest", 0.80)}
 
 
 def test_shipped_weights_are_listed():

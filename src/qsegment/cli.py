@@ -56,6 +56,11 @@ def _add_scale_option(p: argparse.ArgumentParser) -> None:
                    "it is; a number: that factor (auto)")
 
 
+def _add_model(p: argparse.ArgumentParser,
+               what: str = "pretrained name, run folder or .safetensors") -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{what} ({DEFAULT_MODEL})")
+
+
 def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
     names = checkpoint_runtimes()
     p.add_argument("--runtime", choices=names, default=default,
@@ -282,9 +287,7 @@ def _add_predict(sub: Commands) -> None:
                  _predict)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="pretrained name, run folder or .safetensors"
-                   f" ({DEFAULT_MODEL})")
+    _add_model(p)
     p.add_argument("--threshold", type=float,
                    help="decision threshold (default: the model card's, chosen on training data)")
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
@@ -300,6 +303,70 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--biomarkers", action="store_true",
                    help="also measure each map's vessel biomarkers inside the FOV: "
                    "biomarkers.csv and .json (docs/BIOMARKERS.md)")
+    _add_scale(p, "with --biomarkers: ")
+
+
+# --- batch ------------------------------------------------------------------------------
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import segment_batch
+
+    summary = segment_batch(args.inputs, args.out, model=args.model, runtime=args.runtime,
+                            threshold=args.threshold, scale=args.scale, tile=args.tile,
+                            probability=args.prob, biomarkers=args.biomarkers,
+                            address=args.address, workers=args.workers,
+                            cpus_per_worker=args.cpus_per_worker, **_scale(args))
+    shown = 20  # a million inputs can fail by the thousand: the manifest lists them all
+    for source, problem in summary.failed[:shown]:
+        print(f"qsegment batch: {source}: {problem}", file=sys.stderr)
+    if len(summary.failed) > shown:
+        print(f"qsegment batch: and {len(summary.failed) - shown} more (status 'failed' in "
+              f"{summary.manifest})", file=sys.stderr)
+    rate = summary.segmented / summary.seconds if summary.seconds else 0.0
+    print(f"{summary.segmented} image(s) segmented into {args.out} by {summary.workers} "
+          f"worker(s), {rate:.1f} images/s; {summary.skipped} complete already, "
+          f"{len(summary.failed)} failed; one row per input in {summary.manifest}")
+    return 1 if summary.failed else 0
+
+
+def _add_batch(sub: Commands) -> None:
+    p = _command(sub, "batch", "Segment images by the hundred thousand on Ray (pip install "
+                 "'qsegment[ray]'): the same PNGs as predict, written by a pool of workers "
+                 "that each hold the model, and DIR/manifest.parquet with one row per input "
+                 "(status, error, model, threshold, scale, vessel fraction, timings, and the "
+                 "biomarkers on request). Resumable: rerunning the same command skips the "
+                 "images whose outputs are complete (record and SHA-256 checked) and does "
+                 "the rest; a worker that dies is restarted and its batch retried. Inputs: "
+                 "files, folders, glob patterns, URIs (s3://, gs://) and manifests (.csv or "
+                 ".parquet with a 'path' column). Exit code 1 if any input failed.",
+                 "  qsegment batch photos/ -o out/                  # a local Ray, all CPUs\n"
+                 "  qsegment batch 'scans/*.jpg' list.csv -o out/ --workers 2 --biomarkers\n"
+                 "  qsegment batch paths.parquet -o /mnt/shared/out --address auto\n"
+                 "  qsegment batch photos/ -o out/                  # again: finishes the rest",
+                 _batch)
+    p.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, URIs, or "
+                   ".csv / .parquet manifests of paths or URIs (relative to the manifest)")
+    p.add_argument("-o", "--out", required=True, type=Path,
+                   help="output folder (on a cluster: a folder every node sees at this path)")
+    p.add_argument("--address", help="the Ray cluster: auto (the one this machine belongs "
+                   "to: its head node, a KubeRay job) or ray://HEAD:10001 (default: a local "
+                   "Ray, started and stopped by the command)")
+    p.add_argument("--workers", type=int,
+                   help="workers, each holding the model (default: the cluster's CPUs divided "
+                   "by --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=int, default=1,
+                   help="CPUs each worker reserves and runs the network on (1)")
+    _add_model(p)
+    p.add_argument("--threshold", type=float,
+                   help="decision threshold (default: the model card's, chosen on training data)")
+    p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
+    _add_runtime(p, DEFAULT_RUNTIME)
+    p.add_argument("--tile", type=int, default=1024,
+                   help="tile size for large images, a multiple of the network's stride (1024)")
+    _add_scale_option(p)
+    p.add_argument("--biomarkers", action="store_true",
+                   help="also measure each map's vessel biomarkers inside the FOV, as columns "
+                   "of the manifest (docs/BIOMARKERS.md)")
     _add_scale(p, "with --biomarkers: ")
 
 
@@ -345,9 +412,7 @@ def _add_analyze(sub: Commands) -> None:
     p.add_argument("inputs", nargs="*", help="mask or photograph files, folders or glob "
                    "patterns (a gray image of two values is a mask)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="the model that segments photographs"
-                   f" ({DEFAULT_MODEL})")
+    _add_model(p, "the model that segments photographs")
     _add_runtime(p, DEFAULT_RUNTIME)
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--agreement", action="store_true",
@@ -543,10 +608,42 @@ def _add_bench(sub: Commands) -> None:
                    help="write this Markdown report (with .json and _fig3.png beside it)")
 
 
+# --- app --------------------------------------------------------------------------------
+
+def _app(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(args.model, args.runtime, host=args.host, port=args.port, share=args.share,
+          max_megapixels=args.max_megapixels)
+    return 0
+
+
+def _add_app(sub: Commands) -> None:
+    from .app import LOOPBACK, MAX_MEGAPIXELS
+
+    p = _command(sub, "app", "Start the web app: drop fundus photographs into a page, see "
+                 "the vessel map (before/after slider, overlay, live threshold), download "
+                 "mask and probability, read the biomarkers. Local and private by default: "
+                 "listens on 127.0.0.1, stores nothing (a temporary folder removed at exit). "
+                 "Needs pip install 'qsegment[app]'.",
+                 "  qsegment app                       # then open http://127.0.0.1:7860\n"
+                 "  qsegment app --port 8080 --model qsegment-nearest\n"
+                 "  qsegment app --host 0.0.0.0        # reachable from your network", _app)
+    p.add_argument("--host", default=LOOPBACK,
+                   help=f"address to listen on; 0.0.0.0 opens it to the network ({LOOPBACK})")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (7860)")
+    _add_model(p)
+    _add_runtime(p, DEFAULT_RUNTIME)
+    p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+                   help=f"refuse larger photographs with a message ({MAX_MEGAPIXELS})")
+    p.add_argument("--share", action="store_true",
+                   help="also make a public gradio.live link (off: nothing leaves this machine)")
+
+
 # --- entry point ------------------------------------------------------------------------
 
 COMMANDS = (_add_models, _add_data_command, _add_train, _add_evaluate, _add_predict,
-            _add_analyze, _add_quantize, _add_export, _add_camera, _add_bench)
+            _add_batch, _add_analyze, _add_quantize, _add_export, _add_camera, _add_bench, _add_app)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -571,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS = {"torch": "train", "torchvision": "train", "sklearn": "train", "matplotlib": "train",
           "yaml": "train", "tensorboard": "train", "onnxruntime": "onnx", "onnx": "onnx",
           "skimage": "biomarkers", "skan": "biomarkers", "model_compression_toolkit": "imx500",
-          "mct_quantizers": "imx500", "litert_torch": "mcu", "tflite_micro": "mcu"}
+          "mct_quantizers": "imx500", "litert_torch": "mcu", "tflite_micro": "mcu", "gradio": "app",
+          "gradio_client": "app", "ray": "ray", "pyarrow": "ray"}
 
 
 def main(argv: list[str] | None = None) -> int:

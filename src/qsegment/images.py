@@ -51,25 +51,25 @@ MAX_MEGAPIXELS = 100  # larger files are refused before decoding, never an out-o
 _EIGHT_BIT = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> np.ndarray:
     """Any image file Pillow understands as (H, W, 3) RGB: uint8 for 8-bit files (the
     int8 runtime's fast path takes them as they are), float32 in [0, 1] for 16-bit and
-    float files. Files over :data:`MAX_MEGAPIXELS` are refused before decoding."""
+    float files. Files over ``max_megapixels`` are refused before decoding."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
             with Image.open(path) as im:
                 megapixels = im.width * im.height / 1e6
-                if megapixels > MAX_MEGAPIXELS:
+                if megapixels > max_megapixels:
                     raise ImageError(f"{path}: {im.width}x{im.height} is {megapixels:.0f} MP, "
-                                     f"over the {MAX_MEGAPIXELS} MP limit: downscale it first")
+                                     f"over the {max_megapixels:g} MP limit: downscale it first")
                 im.load()  # decode fully: truncated files fail here
                 if im.mode in _EIGHT_BIT:
                     return np.asarray(im.convert("RGB"))
                 return to_rgb_float(im)
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{path}: over the {MAX_MEGAPIXELS} MP limit ({err})") from err
+        raise ImageError(f"{path}: over the {max_megapixels:g} MP limit ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, ImageError):
             raise

@@ -118,6 +118,20 @@ def best_threshold(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
+def calibration_error(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                      fovs: Sequence[np.ndarray | None], bins: int = 15) -> float:
+    """Expected calibration error inside the FOV, pooled: the pixel-weighted mean gap
+    between the mean probability and the fraction of vessel pixels in ``bins`` equal
+    bins of probability. 0 when "p = 0.8" means vessel 80 % of the time."""
+    pixels = [_in_fov(p, t, f) for p, t, f in zip(probs, labels, fovs, strict=True)]
+    all_p = np.concatenate([p for p, _ in pixels]).astype(np.float64)
+    all_t = np.concatenate([t for _, t in pixels]).astype(np.float64)
+    which = np.minimum((all_p * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, all_p, bins) - np.bincount(which, all_t, bins))
+    return float(gap.sum() / max(count.sum(), 1))
+
+
 def agreement(reference: np.ndarray, other: np.ndarray, threshold: float) -> dict[str, float]:
     """How close two logit maps are (a float model and its int8 copy, two runtimes):
     logits, probabilities and the thresholded masks."""

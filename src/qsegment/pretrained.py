@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "qsegment-nearest-distill"  # the best one-pass weights (docs/RESULTS.md)
+# the best one-pass weights, robust to other cameras (docs/RESULTS.md, "Other cameras")
+DEFAULT_MODEL = "qsegment-nearest-transfer"
 
 
 def list_pretrained() -> list[str]:

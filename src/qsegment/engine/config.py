@@ -48,6 +48,9 @@ class TrainConfig:
     repeats: int = _field(1, "visits of each image per epoch")
     rotate90: bool = _field(False, "augment with random quarter turns too (all 8 symmetries "
                                    "of a crop)")
+    acquisition: bool = _field(False, "augment for other cameras too: zoom 0.8-1.25, colour "
+                                      "cast, gamma, contrast, red-free, blur, noise, JPEG "
+                                      "(qsegment.data.transforms.AcquisitionShift)")
     loss: str = _field("structure", "structure | bce_dice")
     optimizer: str = _field("sgd", "sgd | adamw")
     lr: float = _field(1e-3, "initial learning rate")

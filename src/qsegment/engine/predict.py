@@ -10,6 +10,8 @@ numpy alone.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,14 +87,16 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
-                        runtime: str = DEFAULT_RUNTIME, **kwargs: object) -> Segmenter:
+                        runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
+                        **kwargs: object) -> Segmenter:
         """A shipped model by name (or a run folder / checkpoint), with its card's threshold,
         on the fastest CPU runtime by default. The int8 runtimes run the files shipped
-        beside the weights (``NAME.int8.json`` lists them) without PyTorch."""
+        beside the weights (``NAME.int8.json`` lists them) without PyTorch, on ``threads``
+        threads (default: one per CPU)."""
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
-        return cls(open_weights(runtime, weights),
+        return cls(open_weights(runtime, weights, threads),
                    card.threshold_value if threshold is None else threshold, **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image) -> Prediction:
@@ -147,10 +151,20 @@ class RunSummary:
 OnResult = Callable[[Path, np.ndarray, Prediction], None]
 
 
-def _plan(files: list[Path], out: Path, kinds: list[str], failed: list[tuple[str, str]]
-          ) -> list[tuple[Path, dict[str, Path]]]:
-    """Each input with its output files, refusing an output name that another input
-    already claimed or that would overwrite an input."""
+def output_folder(out: str | Path) -> Path:
+    """``out``, created if needed; an existing file there is refused."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ImageError(f"{out}: output path exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def plan_outputs(files: list[Path], out: Path, kinds: list[str], failed: list[tuple[str, str]]
+                 ) -> list[tuple[Path, dict[str, Path]]]:
+    """Each input with its output files (``out/STEM_KIND.png``), refusing an output name
+    that another input already claimed or that would overwrite an input (appended to
+    ``failed``). ``qsegment predict`` and ``qsegment batch`` name outputs alike."""
     sources = {f.resolve() for f in files}
     claimed: dict[str, Path] = {}
     plan = []
@@ -169,13 +183,21 @@ def _plan(files: list[Path], out: Path, kinds: list[str], failed: list[tuple[str
     return plan
 
 
-def _write_outputs(targets: dict[str, Path], image: np.ndarray, result: Prediction) -> None:
+def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Prediction
+                  ) -> dict[str, str]:
+    """Each requested PNG (``mask``, ``prob``, ``overlay``) written atomically; returns the
+    SHA-256 of each, with which ``qsegment batch`` recognises complete outputs."""
     arrays = {"mask": lambda: result.mask.astype(np.uint8) * 255,
               "prob": lambda: np.round(result.probability * 255).astype(np.uint8),
               "overlay": lambda: tint_vessels(image, result.mask)}
+    digests = {}
     for kind, target in targets.items():
-        png = Image.fromarray(arrays[kind]())
-        atomic_write(target, lambda p, im=png: im.save(p, format="PNG"))
+        buffer = io.BytesIO()
+        Image.fromarray(arrays[kind]()).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        atomic_write(target, lambda p, data=data: p.write_bytes(data))
+        digests[kind] = hashlib.sha256(data).hexdigest()
+    return digests
 
 
 def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probability: bool = False,
@@ -190,13 +212,10 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
     input fails that image only."""
     from tqdm import tqdm
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ImageError(f"{out}: output path exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     files, failed = collect_inputs(inputs)
     kinds = ["mask", *(["prob"] if probability else []), *(["overlay"] if overlay else [])]
-    plan = _plan(files, out, kinds, failed)
+    plan = plan_outputs(files, out, kinds, failed)
     written: dict[Path, list[Path]] = {}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         reads = [pool.submit(read_rgb, path) for path, _ in plan[:workers + 1]]
@@ -211,7 +230,7 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
                 failed.append((str(path), str(err).removeprefix(f"{path}: ")))
                 continue
             result = segmenter.predict(image)
-            writes.append(pool.submit(_write_outputs, targets, image, result))
+            writes.append(pool.submit(write_outputs, targets, image, result))
             written[path] = list(targets.values())
             if on_result is not None:
                 try:

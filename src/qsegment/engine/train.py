@@ -187,7 +187,9 @@ def _loader(cfg: TrainConfig, samples: list[Sample], multiple: int, device: torc
     fitted = [resize_sample(s, cfg.resize) for s in samples] if cfg.resize else list(samples)
     if cfg.teacher:
         fitted = soften_labels(fitted, cfg.teacher, cfg.teacher_mix, device, progress)
-    dataset = _SeededDataset(fitted, paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90),
+    augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90,
+                                 acquisition=cfg.acquisition)
+    dataset = _SeededDataset(fitted, augment,
                              repeats=cfg.repeats, multiple=multiple, seed=cfg.seed,
                              device=device)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,

@@ -77,14 +77,16 @@ def open_runtime(name: str, model: nn.Module, weights: Path | None = None) -> Ru
     return _info(name, checkpoint=True).load().from_model(model, weights)
 
 
-def open_weights(name: str, weights: Path) -> Runtime:
+def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtime:
     """The runtime ``name`` for a weights file: from the files shipped beside it where the
-    runtime can run them alone (no PyTorch), else from the network the weights build."""
+    runtime can run them alone (no PyTorch), on ``threads`` threads (default: one per CPU;
+    one per process where several share a machine, e.g. ``qsegment batch``'s workers),
+    else from the network the weights build."""
     cls = _info(name, checkpoint=True).load()
     if reason := read_manifest(weights).get("unsupported", {}).get(name):
         raise ModelFileError(f"{weights.stem} cannot run on the {name} runtime (publishing it "
                              f"failed: {reason}); choose another --runtime, e.g. torch")
-    runtime = cls.from_weights(weights) if hasattr(cls, "from_weights") else None
+    runtime = cls.from_weights(weights, threads) if hasattr(cls, "from_weights") else None
     if runtime is None:
         from ..pretrained import load_model
 

@@ -118,13 +118,14 @@ class LiteRtInt8(Runtime):
         self._sessions: OrderedDict[tuple[int, int], Int8Session] = OrderedDict()
 
     @classmethod
-    def from_weights(cls, weights: Path) -> LiteRtInt8 | None:
-        """The flatbuffers shipped beside ``weights`` (their manifest lists them); None
-        where there are none. Needs no PyTorch."""
+    def from_weights(cls, weights: Path, threads: int | None = None) -> LiteRtInt8 | None:
+        """The flatbuffers shipped beside ``weights`` (their manifest lists them), run on
+        ``threads`` threads (default: one per CPU); None where there are none. Needs no
+        PyTorch."""
         info = read_manifest(weights)
         shapes = {tuple(int(n) for n in shape.split("x")): weights.with_name(name)
                   for shape, name in info.get("tflite", {}).items()}
-        return cls(shapes, info["size_multiple"]) if shapes else None
+        return cls(shapes, info["size_multiple"], threads=threads) if shapes else None
 
     @classmethod
     def from_model(cls, model: nn.Module, weights: Path | None = None) -> LiteRtInt8:

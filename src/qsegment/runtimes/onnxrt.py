@@ -67,12 +67,14 @@ class OnnxInt8Runtime(OnnxRuntime):
     name = "onnx-int8"
 
     @classmethod
-    def from_weights(cls, weights: Path) -> OnnxInt8Runtime | None:
-        """The shipped file (no PyTorch needed); None where there is none."""
+    def from_weights(cls, weights: Path, threads: int | None = None) -> OnnxInt8Runtime | None:
+        """The shipped file (no PyTorch needed) on ``threads`` threads (default: one per
+        CPU); None where there is none."""
         info = read_manifest(weights)
         if "onnx" not in info:
             return None
-        return cls(weights.with_name(info["onnx"]), size_multiple=info["size_multiple"])
+        return cls(weights.with_name(info["onnx"]), threads,
+                   size_multiple=info["size_multiple"])
 
     @classmethod
     def from_model(cls, model: nn.Module, weights: Path | None = None) -> OnnxInt8Runtime:

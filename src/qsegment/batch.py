@@ -1,0 +1,377 @@
+"""Segmenting photographs by the hundred thousand on Ray: ``qsegment batch``.
+
+The driver lists the work (each input with its output files, named as ``qsegment
+predict`` names them) and hands it to Ray Data, whose pool of actors each hold one
+:class:`~qsegment.engine.predict.Segmenter`, loaded once, its int8 interpreter on the
+actor's CPUs. An actor writes an image's PNGs atomically and only then its record,
+``DIR/.records/NAME.json``: the manifest row with each output's SHA-256 and the settings.
+An image whose record has the same settings and whose files still match the checksums is
+complete, and is never segmented again. So a worker killed mid-batch (Ray restarts it and
+retries the batch) or an interrupted run leaves each image either complete or without a
+record, and rerunning the same command finishes the rest. The rows stream back to the
+driver, which writes ``DIR/manifest.parquet``: one row per input, de-duplicated by path,
+renamed into place at the end. A file that cannot be read becomes a ``failed`` row with
+the reason, never the end of the job.
+
+Ray and pyarrow (``pip install 'qsegment[ray]'``) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .engine.predict import Segmenter, output_folder, plan_outputs, write_outputs
+from .errors import QsegmentError, UsageError
+from .files import atomic_write, write_json
+from .images import ImageError, collect_inputs, read_rgb
+from .pretrained import DEFAULT_MODEL
+from .runtimes import DEFAULT_RUNTIME
+
+MANIFEST = "manifest.parquet"
+RECORDS = ".records"
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+TASK_RETRIES = 3  # a batch whose worker dies is retried on a restarted worker this often
+MAX_BLOCKS = 20_000  # Ray Data blocks: small enough to balance the tail, few enough to track
+ROWS_PER_WRITE = 10_000  # manifest rows held by the driver before they go to the file
+BIOMARKER_COLUMNS = ("fov_source", "length_unit", "mm_per_pixel", "scale_source", "reasons",
+                     "warnings")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass
+class BatchSummary:
+    """What :func:`segment_batch` did; ``manifest`` holds one row per input."""
+
+    manifest: Path
+    segmented: int = 0  # images segmented by this run
+    skipped: int = 0  # complete from an earlier run (record and checksums match)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    workers: int = 0
+    seconds: float = 0.0
+
+    def count(self, row: dict, skipped: bool) -> None:
+        if row["status"] != "ok":
+            self.failed.append((row["path"], row["error"]))
+        elif skipped:
+            self.skipped += 1
+        else:
+            self.segmented += 1
+
+
+def is_uri(source: str) -> bool:
+    """Whether ``source`` names a file by URI (``s3://``, ``gs://``, ``file://``...)."""
+    return bool(_URI.match(source))
+
+
+def read_manifest(path: Path) -> list[str]:
+    """The image paths or URIs of a CSV or Parquet file: its ``path`` column (or its only
+    column); relative paths are relative to the manifest's folder. ``qsegment batch``'s
+    own ``manifest.parquet`` is one."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    try:
+        table = (pyarrow.parquet.read_table(path) if path.suffix.lower() == ".parquet"
+                 else pyarrow.csv.read_csv(path))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable CSV or Parquet manifest ({err})") from err
+    names = table.column_names
+    column = "path" if "path" in names else names[0] if len(names) == 1 else None
+    if column is None:
+        raise UsageError(f"{path}: a manifest needs a 'path' column (it has: {', '.join(names)})")
+    values = [str(v) for v in table.column(column).to_pylist() if v not in (None, "")]
+    return [v if is_uri(v) else str((path.parent / v).absolute()) for v in values]
+
+
+def collect_sources(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Images from files, folders, glob patterns, URIs and manifests (``.csv`` /
+    ``.parquet``, :func:`read_manifest`), local paths made absolute, each once; with
+    (input, problem) for inputs that give none."""
+    sources: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for item in map(str, inputs):
+        if is_uri(item):
+            sources.append(item)
+        elif item.lower().endswith(MANIFEST_SUFFIXES) and Path(item).is_file():
+            sources += read_manifest(Path(item))
+        else:
+            files, problems = collect_inputs([item])
+            sources += [str(f.absolute()) for f in files]
+            failed += problems
+    return list(dict.fromkeys(sources)), failed
+
+
+def read_source(source: str) -> np.ndarray:
+    """An image from a local path (:func:`~qsegment.images.read_rgb`) or from a URI that
+    pyarrow's filesystems open (S3, GCS, HDFS, ``file://``), fetched to a temporary file."""
+    if not is_uri(source):
+        return read_rgb(source)
+    from pyarrow import fs
+
+    with tempfile.TemporaryDirectory(prefix="qsegment-batch-") as tmp:
+        local = Path(tmp) / "image"
+        try:
+            filesystem, path = fs.FileSystem.from_uri(source)
+            with filesystem.open_input_stream(path) as stream:
+                local.write_bytes(stream.read())
+        except (OSError, ValueError) as err:
+            raise ImageError(f"{source}: cannot fetch it ({err})") from err
+        try:
+            return read_rgb(local)
+        except ImageError as err:
+            raise ImageError(f"{source}: {str(err).removeprefix(f'{local}: ')}") from err
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def complete_record(item: dict, settings: dict) -> dict | None:
+    """The record of an image segmented before with ``settings``, if it succeeded and
+    each output file still has its recorded SHA-256; else None (the image is redone)."""
+    try:
+        record = json.loads(Path(item["record"]).read_text())
+        if (record.pop("settings", None) != settings or record.get("status") != "ok"
+                or record.get("path") != item["path"]):
+            return None
+        for kind in settings["kinds"]:
+            if record.get(kind) != item[kind] or _sha256(item[kind]) != record[f"{kind}_sha256"]:
+                return None
+    except (OSError, ValueError, KeyError):  # no record, a torn one, a missing output
+        return None
+    return record
+
+
+def _plain(value: object) -> object:
+    """A manifest cell: NaN as null, dicts and lists as JSON text."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+class SegmentWorker:
+    """One Ray actor's state: a Segmenter loaded once, its interpreter on ``threads``
+    threads (the actor's CPUs, so that workers sharing a machine do not oversubscribe
+    it). Called on a batch of work items, it returns each image's row as JSON text and
+    whether it was complete already."""
+
+    def __init__(self, settings: dict, threads: int) -> None:
+        self.settings = settings
+        self.segmenter = Segmenter.from_pretrained(
+            settings["model"], settings["threshold"], settings["runtime"], threads=threads,
+            scale=settings["scale"], tile=settings["tile"])
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, skipped = [], []
+        for i in range(len(batch["path"])):
+            item = {key: str(values[i]) for key, values in batch.items()}
+            row = complete_record(item, self.settings)
+            skipped.append(row is not None)
+            rows.append(row if row is not None else self.segment(item))
+        return {"row": np.array([json.dumps(r) for r in rows], dtype=object),
+                "skipped": np.array(skipped)}
+
+    def segment(self, item: dict) -> dict:
+        """Read, segment, write the PNGs, measure if asked; then the record."""
+        row = {"path": item["path"], "name": item["name"], "model": self.segmenter.name,
+               "runtime": self.segmenter.runtime, "worker": self.worker}
+        clock = time.perf_counter()
+
+        def lap(key: str) -> None:
+            nonlocal clock
+            row[key], clock = time.perf_counter() - clock, time.perf_counter()
+
+        try:
+            image = read_source(item["path"])
+            lap("read_s")
+            result = self.segmenter.predict(image)
+            lap("segment_s")
+            targets = {kind: Path(item[kind]) for kind in self.settings["kinds"]}
+            digests = write_outputs(targets, image, result)
+            lap("write_s")
+            row.update(status="ok", error="", threshold=result.threshold, scale=result.scale,
+                       height=image.shape[0], width=image.shape[1],
+                       vessel_fraction=float(result.mask.mean()))
+            for kind, target in targets.items():
+                row[kind], row[f"{kind}_sha256"] = str(target), digests[kind]
+            if self.settings["biomarkers"] is not None:
+                row.update(self.measure(item, image, result))
+                lap("measure_s")
+        except QsegmentError as err:  # unreadable or unmeasurable: this image only
+            row.update(status="failed", error=str(err))
+        write_json(item["record"], {**row, "settings": self.settings})  # after the outputs
+        return row
+
+    def measure(self, item: dict, image: np.ndarray, result: object) -> dict:
+        from .biomarkers.measures import FIELD_NAMES
+        from .biomarkers.report import measure_photograph, photograph_row
+
+        analysis = measure_photograph(image, result.mask, **self.settings["biomarkers"])
+        row = photograph_row(Path(item["path"]), item["name"], analysis, self.segmenter,
+                             result.threshold)
+        return {key: _plain(row[key]) for key in (*FIELD_NAMES, *BIOMARKER_COLUMNS)}
+
+
+def manifest_schema(biomarkers: bool) -> object:
+    """The Parquet manifest's columns (biomarkers' only when measured)."""
+    import pyarrow as pa
+
+    text, number, integer = pa.string(), pa.float64(), pa.int64()
+    columns = [("path", text), ("name", text), ("status", text), ("error", text),
+               ("model", text), ("runtime", text), ("threshold", number), ("scale", number),
+               ("height", integer), ("width", integer), ("vessel_fraction", number),
+               ("mask", text), ("mask_sha256", text), ("prob", text), ("prob_sha256", text),
+               ("read_s", number), ("segment_s", number), ("write_s", number),
+               ("measure_s", number), ("worker", text)]
+    if biomarkers:
+        from .biomarkers.measures import FIELDS
+
+        columns += [(f.name, integer if f.unit == "count" else number) for f in FIELDS]
+        columns += [(name, number if name == "mm_per_pixel" else text)
+                    for name in BIOMARKER_COLUMNS]
+    return pa.schema(columns)
+
+
+def _write_manifest(path: Path, rows: Iterable[dict], schema: object) -> None:
+    """Rows into a Parquet file as they arrive, ``ROWS_PER_WRITE`` at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, schema) as writer:
+        chunk: list[dict] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == ROWS_PER_WRITE:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                chunk = []
+        writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+
+
+def _failed_row(source: str, reason: str) -> dict:
+    return {"path": source, "name": Path(source).stem, "status": "failed", "error": reason}
+
+
+def _rows(items: list[dict], stream: Iterable[dict], summary: BatchSummary) -> Iterator[dict]:
+    """One row per work item: the first of each path (a retried batch can send an image
+    twice, with the same outputs), and a failed row for any the job ended without."""
+    expected = {item["path"] for item in items}
+    for result in stream:
+        row = json.loads(result["row"])
+        if row["path"] in expected:
+            expected.discard(row["path"])
+            summary.count(row, bool(result["skipped"]))
+            yield row
+    for source in sorted(expected):
+        row = _failed_row(source, "the job ended without a result for it; run it again")
+        summary.count(row, False)
+        yield row
+
+
+def _work(sources: list[str], out: Path, kinds: list[str], failed: list[tuple[str, str]]
+          ) -> list[dict]:
+    """The work items: each source with its output files and its record."""
+    paths = {Path(s): s for s in sources}
+    return [{"path": paths[path], "name": path.stem,
+             "record": str(out / RECORDS / f"{path.stem}.json"),
+             **{kind: str(target) for kind, target in targets.items()}}
+            for path, targets in plan_outputs(list(paths), out, kinds, failed)]
+
+
+def _submit(items: list[dict], settings: dict, summary: BatchSummary, workers: int | None,
+            cpus_per_worker: int, batch_size: int, progress: bool) -> Iterator[dict]:
+    """The rows of a Ray Data job over ``items``, streamed as the actors finish them."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    cpus = ray.cluster_resources().get("CPU", 1)
+    summary.workers = workers or max(1, int(cpus // cpus_per_worker))
+    blocks = min(MAX_BLOCKS, math.ceil(len(items) / batch_size))
+    with warnings.catch_warnings():  # Ray 2.60 takes the retry limits only as remote args
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            SegmentWorker, batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=summary.workers),
+            num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=TASK_RETRIES,
+            fn_constructor_kwargs={"settings": settings, "threads": cpus_per_worker},
+        ).iter_rows()
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to ``address`` (a cluster), or start a local Ray; False where this process
+    is connected already (a notebook, a test), which is then left as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address or "local", include_dashboard=False,
+             logging_level=logging.WARNING)
+    return True
+
+
+def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path = DEFAULT_MODEL,
+                  runtime: str = DEFAULT_RUNTIME, threshold: float | None = None,
+                  scale: str | float = "auto", tile: int = 1024, probability: bool = False,
+                  biomarkers: bool = False, mm_per_pixel: float | None = None,
+                  fov_degrees: float | None = None, min_object_px: int = 0,
+                  address: str | None = None, workers: int | None = None,
+                  cpus_per_worker: int = 1, batch_size: int = 4,
+                  progress: bool = True) -> BatchSummary:
+    """Segment every input (files, folders, glob patterns, URIs, CSV / Parquet manifests)
+    into ``out`` on Ray, as ``qsegment predict`` would (the same PNGs, byte for byte),
+    with ``workers`` actors of ``cpus_per_worker`` CPUs each (default: as many as the
+    cluster's CPUs hold). ``address``: a Ray cluster (``auto``, ``ray://HOST:10001``);
+    without it a local Ray is started and stopped, unless this process is connected
+    already. Images complete from an earlier run are skipped; ``out/manifest.parquet``
+    gets one row per input. ``biomarkers`` adds the vessel biomarkers of each map."""
+    started = time.perf_counter()
+    if (workers is not None and workers < 1) or cpus_per_worker < 1 or batch_size < 1:
+        raise UsageError("workers, cpus per worker and batch size must be at least 1")
+    out = output_folder(out)
+    Segmenter.from_pretrained(model, threshold, runtime, scale=scale, tile=tile)  # checked here
+    options = None
+    if biomarkers:  # fail here, not in every worker, when the extra is missing
+        from .biomarkers.report import measure_photograph  # noqa: F401
+
+        options = {"mm_per_pixel": mm_per_pixel, "fov_degrees": fov_degrees,
+                   "min_object_px": min_object_px}
+    kinds = ["mask", *(["prob"] if probability else [])]
+    settings = json.loads(json.dumps({
+        "model": str(model), "runtime": runtime, "threshold": threshold, "scale": scale,
+        "tile": tile, "kinds": kinds, "biomarkers": options}))  # as a record reads back
+    sources, failed = collect_sources(inputs)
+    items = _work(sources, out, kinds, failed)
+    summary = BatchSummary(out / MANIFEST)
+    head = [_failed_row(source, reason) for source, reason in failed]
+    for row in head:
+        summary.count(row, False)
+    ray_started = bool(items) and _start_ray(address)
+    try:  # the job runs as the manifest is written: the driver never holds all the rows
+        stream = _submit(items, settings, summary, workers, cpus_per_worker, batch_size,
+                         progress) if items else []
+        atomic_write(summary.manifest, lambda tmp: _write_manifest(
+            tmp, itertools.chain(head, _rows(items, stream, summary)),
+            manifest_schema(biomarkers)))
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - started
+    return summary
