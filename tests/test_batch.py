@@ -186,7 +186,10 @@ def test_a_rerun_after_an_interruption_does_every_image_once(ray_local, referenc
     while len(list((out / RECORDS).glob("*.json"))) < 3 and run.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    run.send_signal(signal.SIGINT)  # Ctrl-C mid-job
+    assert run.poll() is None, "the job ended before it could be interrupted"
+    while run.poll() is None and time.monotonic() < deadline:  # Ctrl-C mid-job, pressed
+        run.send_signal(signal.SIGINT)  # again if the first lands where Ray swallows it
+        time.sleep(0.5)
     assert run.wait(timeout=60) == 130
     assert not (out / "manifest.parquet").exists()
     records = sorted((out / RECORDS).glob("*.json"))
