@@ -62,10 +62,10 @@ def test_biomarker_rows_follow_the_threshold(tmp_path: Path, data_dir: Path,
                                              segmenter: Segmenter) -> None:
     image = data_dir / "Image_11L.jpg"
     entry = segment_upload(segmenter, image, tmp_path / "one")
-    rows = {r[0]: r for r in biomarker_rows(entry, segmenter.threshold, image)}
+    rows = {r[0]: r for r in biomarker_rows(entry, segmenter.threshold)}
     assert list(rows) == [f.name for f in FIELDS]
     assert rows["vessel_length"][2] == "px" and float(rows["area_density"][1]) > 0.05
-    lower = {r[0]: r for r in biomarker_rows(entry, 0.2, image)}
+    lower = {r[0]: r for r in biomarker_rows(entry, 0.2)}
     assert float(lower["vessel_area"][1]) > float(rows["vessel_area"][1])
 
 

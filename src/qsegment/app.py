@@ -53,6 +53,7 @@ class Segmented:
     height: int
     scale: float  # the factor the photograph was resized by before the network
     seconds: float  # the network's time, resizing and tiling included
+    photograph: str = ""  # the uploaded file, read again for the biomarkers' FOV
 
     def file(self, what: str) -> Path:
         return Path(self.folder) / what
@@ -103,7 +104,7 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
     _save_npy(folder / "display_photograph.npy", resize_image(rgb, small))
     _save_png(folder / f"{_stem(name)}_prob.png",
               np.round(prediction.probability * 255).astype(np.uint8))
-    return Segmented(name, str(folder), width, height, prediction.scale, seconds)
+    return Segmented(name, str(folder), width, height, prediction.scale, seconds, str(path))
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,14 @@ def view(entry: Segmented, threshold: float, model: str = "", runtime: str = "")
                 [str(mask_png), str(entry.file(f"{_stem(entry.name)}_prob.png"))], summary)
 
 
-def biomarker_rows(entry: Segmented, threshold: float, photograph: str | Path
-                   ) -> list[list[Any]]:
+def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
     """The biomarkers of ``entry``'s mask at ``threshold`` inside the field of view of its
-    ``photograph`` file: one row per measure (name, value, unit, meaning), in pixels."""
+    photograph: one row per measure (name, value, unit, meaning), in pixels."""
     from .biomarkers import FIELDS
     from .biomarkers.report import measure_photograph
 
     full = np.load(entry.file("probability.npy")) >= threshold
-    analysis = measure_photograph(read_rgb(photograph), full)
+    analysis = measure_photograph(read_rgb(entry.photograph), full)
     units = analysis.scale.units()
     rows = []
     for field in FIELDS:
@@ -174,10 +174,10 @@ class App:
             return self.workdir / f"result-{self._count:06d}"
 
     def segment(self, paths: list[str], state: dict[str, dict]
-                ) -> tuple[dict[str, dict], str | None, list[str]]:
-        """Segment uploaded files into ``state`` (name -> :class:`Segmented` as a dict and
-        its photograph's path); returns the new state, the name to show and the problems
-        of the files that failed (named by their file names)."""
+                ) -> tuple[dict[str, dict], str | None]:
+        """Segment uploaded files into ``state`` (name -> :class:`Segmented` as a dict);
+        returns the new state and the name to show. The files that failed are named in
+        warnings (by their file names)."""
         import gradio as gr
 
         state, problems, first = dict(state or {}), [], None
@@ -192,35 +192,33 @@ class App:
             except QsegmentError as err:
                 problems.append(str(err))
                 continue
-            state[name] = {**asdict(entry), "photograph": str(path)}
+            state[name] = asdict(entry)
             first = first or name
         if first is None:
             raise gr.Error("Nothing segmented. " + " ".join(problems), title="Not an image",
                            print_exception=False)  # the visitor's problem, not the server's
         for problem in problems:
             gr.Warning(problem)
-        return state, first, problems
+        return state, first
 
     def show(self, state: dict[str, dict], name: str | None, threshold: float) -> tuple:
         """The slider, overlay, downloads and summary of image ``name`` of ``state``."""
         if not state or name not in state:
             return None, None, None, ""
-        record = {k: v for k, v in state[name].items() if k != "photograph"}
-        shown = view(Segmented(**record), threshold, self.segmenter.name, self.segmenter.runtime)
+        entry = Segmented(**state[name])
+        shown = view(entry, threshold, self.segmenter.name, self.segmenter.runtime)
         return (shown.photograph, shown.mask), shown.overlay, shown.downloads, shown.summary
 
     def biomarkers(self, state: dict[str, dict], name: str | None, threshold: float
                    ) -> list[list[Any]]:
         if not state or name not in state:
             return []
-        record = dict(state[name])
-        photograph = record.pop("photograph")
-        return biomarker_rows(Segmented(**record), threshold, photograph)
+        return biomarker_rows(Segmented(**state[name]), threshold)
 
 
-def _intro(segmenter: "Segmenter") -> str:
+def _intro(segmenter: "Segmenter", max_megapixels: float) -> str:
     return (f"# Q-Segment: retinal vessels\nDrop one or several fundus photographs (JPEG, "
-            f"PNG, TIFF; up to {MAX_MEGAPIXELS} MP each), or pick an example. The vessel map "
+            f"PNG, TIFF; up to {max_megapixels:g} MP each), or pick an example. The vessel map "
             f"is made by **{segmenter.name}** on the **{segmenter.runtime}** runtime, on this "
             "computer. Move the threshold to re-cut the map without re-running the network. "
             "Nothing is stored: uploads and maps are deleted when the app stops. "
@@ -237,7 +235,7 @@ def build_app(segmenter: "Segmenter", workdir: str | Path,
     samples = sorted(SAMPLES.glob("*.jpg"))
     with gr.Blocks(title="Q-Segment", analytics_enabled=False,
                    delete_cache=(600, 3600)) as page:
-        gr.Markdown(_intro(segmenter))
+        gr.Markdown(_intro(segmenter, max_megapixels))
         state = gr.State({})
         with gr.Row():
             with gr.Column(scale=1):
@@ -269,7 +267,7 @@ def build_app(segmenter: "Segmenter", workdir: str | Path,
         network = {"concurrency_id": "network", "concurrency_limit": 1}
 
         def segment(paths: list[str] | None, current: dict, cut: float) -> tuple:
-            new, name, _ = app.segment(list(paths or []), current)
+            new, name = app.segment(list(paths or []), current)
             return new, gr.Dropdown(choices=list(new), value=name), *app.show(new, name, cut)
 
         def example(current: dict, cut: float, selected: gr.SelectData) -> tuple:
@@ -297,7 +295,7 @@ def _warm_up(segmenter: "Segmenter", workdir: Path) -> None:
     if sample is None:
         return
     entry = segment_upload(segmenter, sample, workdir / "warm-up")
-    biomarker_rows(entry, segmenter.threshold, sample)
+    biomarker_rows(entry, segmenter.threshold)
     shutil.rmtree(workdir / "warm-up", ignore_errors=True)
 
 
