@@ -240,3 +240,47 @@ def test_cli_evaluate_int8_beside_float(quantized, data_dir, tmp_path, capsys):
     assert len(result["rows"]) == 2 and abs(result["dice_drop"]) < 0.02
     assert main(["evaluate", str(quantized[0]), "--size", "320", "--data", str(data_dir)]) == 2
     assert "runs at 256x256 only" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def imx_quantized(tmp_path_factory, data_dir):
+    """PTQ of the shipped IMX500 variant (``qsegment-imx``) at 128x128 on 4 images."""
+    path = tmp_path_factory.mktemp("imx") / "imx.onnx"
+    return path, quantize("qsegment-imx", path, size=128, calibration=4, data=data_dir)
+
+
+def test_imx_variant_returns_phases_that_the_host_interleaves(imx_quantized, split):
+    """The sensor graph stops at the 2x2 phases (the converter has no DepthToSpace); the
+    int8 runtime and the camera's decoder interleave them into the full-resolution map."""
+    from qsegment.runtimes.base import depth_to_space
+
+    path, card = imx_quantized
+    assert card["output_phases"] == 2 and card["size_multiple"] == 16
+    assert card["agreement"]["float_vs_int8"]["mask_agreement"] > 0.97
+    runner = QuantizedOnnxModel(path)
+    x = to_input(split[1][0].image, 128).numpy()
+    raw = runner.session.run(None, {runner.input_name: x})[0]
+    full = runner.logits(x)
+    assert raw.shape == (1, 4, 64, 64) and full.shape == (1, 1, 128, 128)
+    assert np.array_equal(full, depth_to_space(raw, 2))
+    for layout in (raw, [raw[0]], [raw[0].transpose(1, 2, 0)]):
+        assert np.array_equal(decode_output(layout, 128, phases=2), full[0, 0])
+    with pytest.raises(ValueError, match="as 2x2 phases of a vessel map"):
+        decode_output([raw[0, :3]], 128, phases=2)
+
+
+def test_imx_variant_converts_with_its_phases_in_deploy_json(imx_quantized, tmp_path):
+    note = export_imx500(imx_quantized[0], tmp_path / "deploy", size=128)
+    assert (tmp_path / "deploy" / "packerOut.zip").is_file()
+    assert note["output_phases"] == 2 and note["output"]["shape"] == [1, 4, 64, 64]
+    assert "interleave" in note["output"]["meaning"]
+
+
+@pytest.mark.slow
+def test_imx_variant_fits_640_in_the_sensor(imx_quantized):
+    """Why the variant exists: the converter fits it into the 8 MB at 640x640 (Q-Segment
+    itself stops at 312x312); 720x720 does not fit (its limit is 704: the converter's
+    tiling makes the memory non-monotone, docs/DEPLOY_IMX500.md)."""
+    fit, over = memory_report(imx_quantized[0], 640), memory_report(imx_quantized[0], 720)
+    assert fit.fits and fit.required <= fit.available == 8388480
+    assert not over.fits and over.required > over.available

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,8 +18,9 @@ PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06
 
 
 def test_registry_holds_the_paper_models():
-    assert list_models() == list(PAPER_PARAMS)
-    with pytest.raises(ValueError, match="choose one of: qsegment, tnet"):
+    assert [m for m in list_models() if m != "qsegment-imx"] == list(PAPER_PARAMS)
+    assert "qsegment-imx" in list_models()
+    with pytest.raises(ValueError, match="choose one of: qsegment, qsegment-imx, tnet"):
         create_model("unet")
 
 
@@ -90,8 +92,9 @@ def test_models_command_json(capsys):
     assert main(["models", "--json", "--size", "96"]) == 0
     table = json.loads(capsys.readouterr().out)
     rows = {r["model"]: r for r in table["models"]}
-    assert list(rows) == list(PAPER_PARAMS)
+    assert list(rows) == list_models()
     q = rows["qsegment"]
+    assert rows["qsegment-imx"]["gmacs"] < 0.35 * q["gmacs"]  # its body runs at half size
     assert q["params"] == count_parameters(create_model("qsegment"))
     assert q["fp32_mb"] == pytest.approx(4 * q["int8_mb"])
     assert q["gmacs"] * 1e9 == count_macs(create_model("qsegment"), 96, 96)
@@ -99,3 +102,30 @@ def test_models_command_json(capsys):
     assert main(["models", "--json", "--size", "192"]) == 0
     big = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}
     assert big["qsegment"]["gmacs"] == pytest.approx(4 * q["gmacs"], rel=0.01)
+
+
+def test_qsegment_imx_predicts_full_resolution_from_interleaved_phases(real_crop):
+    """The IMX500 variant: <= 0.15M parameters, full-resolution logits that are exactly
+    the sensor's phases interleaved by the host's NumPy depth-to-space, sizes in 16s."""
+    from qsegment.runtimes.base import depth_to_space
+
+    model = create_model("qsegment-imx").eval()
+    assert count_parameters(model) <= 150_000 and model.size_multiple == 16
+    image = real_crop[0][:1]
+    with torch.no_grad():
+        phases, full = model.forward_phases(image), model(image)
+    assert phases.shape == (1, 4, 32, 32) and full.shape == (1, 1, 64, 64)
+    assert np.array_equal(depth_to_space(phases.numpy(), 2), full.numpy())
+    assert full[0, 0, 1, 0] == phases[0, 2, 0, 0] and full[0, 0, 0, 1] == phases[0, 1, 0, 0]
+    with pytest.raises(ValueError, match=r"divisible by 16.*pad to 80x96"):
+        model(torch.rand(1, 3, 72, 88))
+    with pytest.raises(ValueError, match="expected 4 phase channels"):
+        depth_to_space(np.zeros((1, 3, 4, 4), np.float32), 2)
+
+
+def test_qsegment_imx_trains_every_parameter(real_crop):
+    torch.manual_seed(0)
+    model = create_model("qsegment-imx").train()
+    image, label = real_crop
+    structure_loss(model(image), label.repeat(2, 1, 1, 1)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() for p in model.parameters())

@@ -238,6 +238,21 @@ def test_init_fine_tunes_from_given_weights(tmp_path, data_dir, monkeypatch):
               tmp_path / "wrong", progress=False)
 
 
+def test_init_of_the_imx_variant_from_qsegment_weights(tmp_path, data_dir, capsys):
+    """qsegment-imx starts from Q-Segment weights: every tensor of the same name and shape
+    (all but the stem's and the head's) is loaded, and the log says how many."""
+    cfg = dict(TINY, epochs=1, resize=128, val_every=100, data=str(data_dir))
+    train(load_config("fast", model="qsegment-imx", init="qsegment-nearest", lr=1e-12, **cfg),
+          tmp_path / "imx", progress=False)
+    assert "init: 181 of 184 tensors from qsegment" in capsys.readouterr().err
+    shipped = _weights(resolve_checkpoint("qsegment-nearest"))
+    tuned = _weights(tmp_path / "imx" / "last.safetensors")
+    assert torch.allclose(tuned["model.decoder.0.conv3x3.0.weight"],
+                          shipped["model.decoder.0.conv3x3.0.weight"],
+                          atol=1e-6)
+    assert tuned["model.head.weight"].shape == (4, 16, 3, 3)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,
                                                                    monkeypatch):
     calls = {"n": 0}

@@ -46,10 +46,21 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def load_weights(model: nn.Module, path: Path) -> dict:
-    """Load the model weights of a checkpoint into ``model``; returns its meta."""
+def load_weights(model: nn.Module, path: Path, matching_only: bool = False) -> dict:
+    """Load the model weights of a checkpoint into ``model``; returns its meta.
+
+    ``matching_only``: load only the tensors whose name and shape ``model`` shares (to
+    start a related architecture, e.g. ``qsegment-imx``, from a Q-Segment checkpoint);
+    their names are listed in the meta under ``"loaded"``."""
     tensors, meta = read_checkpoint(path)
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    if matching_only:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not state:
+            raise CheckpointError(f"{path}: no weights fit {type(model).__name__}")
+        model.load_state_dict(state, strict=False)
+        return {**meta, "loaded": sorted(state)}
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

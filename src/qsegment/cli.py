@@ -541,25 +541,51 @@ def _add_export(sub: Commands) -> None:
 
 
 def _camera(args: argparse.Namespace) -> int:
-    from .deploy.camera import read_deploy_info, run_camera
+    from .deploy.camera import read_deploy_info, run_camera, tiling_plan
 
+    if args.tiles < 1 or args.settle_frames < 0:
+        raise UsageError(f"--tiles must be >= 1 and --settle-frames >= 0, got {args.tiles} "
+                         f"and {args.settle_frames}")
     info_path = args.info or Path(args.network).with_name("deploy.json")
     info = read_deploy_info(info_path) if args.info or info_path.is_file() else {}
     threshold = args.threshold if args.threshold is not None else float(
         info.get("output", {}).get("threshold", 0.5))
+    plan = None
+    if args.tiles > 1 or args.fov is not None:
+        plan = tiling_plan(info, args.tiles, args.fov)
+        print(f"tiling: {plan.rows}x{plan.cols} ROIs of {plan.side}x{plan.side} sensor pixels "
+              f"(resize factor {plan.resize_factor:.2f}), one per frame: a full map every "
+              f"{plan.tiles * (1 + args.settle_frames)} frames")
     frames = run_camera(args.network, threshold, size=info.get("size"), save=args.save,
                         save_every=args.save_every, seconds=args.seconds,
-                        preview=not args.no_preview, transpose=args.transpose)
+                        preview=not args.no_preview, transpose=args.transpose, plan=plan,
+                        settle_frames=args.settle_frames,
+                        phases=int(info.get("output_phases", 1)))
     print(f"{frames} frame(s) segmented in the sensor (threshold {threshold:.3f})")
     return 0
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    """X,Y,W,H in sensor pixels."""
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in sensor pixels, got "
+                                         f"{text!r}") from None
+    return x, y, w, h
 
 
 def _add_camera(sub: Commands) -> None:
     p = _command(sub, "camera", "Run the exported network on the Raspberry Pi AI Camera "
                  "(picamera2): overlays the in-sensor vessel map on the preview, prints the "
-                 "sensor's DNN runtime and the frame rate, optionally saves frames and maps.",
+                 "sensor's DNN runtime and the frame rate, optionally saves frames and maps. "
+                 "With --tiles K the inference region cycles over K overlapping squares of "
+                 "the fundus, one per frame, and the preview shows their stitched map: "
+                 "closer to the sensor's native resolution, refreshed every K frames.",
                  "  qsegment camera out/network.rpk --info deploy/deploy.json\n"
-                 "  qsegment camera out/network.rpk --save shots/ --save-every 30",
+                 "  qsegment camera out/network.rpk --save shots/ --save-every 30\n"
+                 "  qsegment camera out/network.rpk --info deploy/deploy.json --tiles 16 "
+                 "--fov 1000,500,2000,2000",
                  _camera)
     p.add_argument("network", type=Path, help="network.rpk from imx500-package")
     p.add_argument("--info", type=Path,
@@ -571,6 +597,17 @@ def _add_camera(sub: Commands) -> None:
     p.add_argument("--no-preview", action="store_true", help="no preview window")
     p.add_argument("--transpose", action="store_true",
                    help="swap the output map's axes (if the map appears mirrored diagonally)")
+    p.add_argument("--tiles", type=int, default=1,
+                   help="at most this many overlapping square regions covering --fov, one "
+                   "per frame, as small as that count allows but not below the network's "
+                   "input (needs deploy.json for its size; 1: the whole fundus at once)")
+    p.add_argument("--fov", type=_roi, metavar="X,Y,W,H",
+                   help="the fundus's bounding box in sensor pixels (of 4056x3040) for the "
+                   "tiles to cover; with --tiles 1, one square region around it (default: "
+                   "the sensor's centred 3040x3040 square)")
+    p.add_argument("--settle-frames", type=int, default=0,
+                   help="with tiles: outputs dropped after each region change, if the new "
+                   "region takes effect only some frames later (0)")
 
 
 # --- bench ------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ each frame's metadata. picamera2's IMX500 helper loads ``network.rpk`` (made by
 ``imx500-package`` from the export's ``packerOut.zip``), and for every frame this
 app decodes the tensor to logits, thresholds the sigmoid, tints the vessels on the
 preview inside the region the sensor saw, and prints the in-sensor DNN runtime
-(the camera's KPI metadata) and the frame rate.
+(the camera's KPI metadata) and the frame rate. With a tiling plan
+(:mod:`qsegment.deploy.tiling`, ``qsegment camera --tiles K``) the app moves the
+inference region over the plan's tiles, one per frame, and overlays the stitched map.
 
 Everything but :func:`run_camera` is pure and tested on real outputs of the
 quantized model; picamera2 exists only on the Pi and is imported inside it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,11 @@ from PIL import Image
 from ..errors import QsegmentError
 from ..files import atomic_write
 from ..images import overlay
-from ..runtimes.base import sigmoid
+from ..runtimes.base import depth_to_space, sigmoid
+from .tiling import DEFAULT_HALO, Roi, TileCycler, TilePlan, plan_tiles
+
+SENSOR_FRAME = (3040, 4056)  # (height, width): the IMX500's pixel array, in which
+# picamera2's IMX500.set_inference_roi_abs((x, y, width, height)) counts
 
 
 class CameraError(QsegmentError, RuntimeError):
@@ -32,15 +39,19 @@ class CameraError(QsegmentError, RuntimeError):
 
 
 def decode_output(outputs: list[np.ndarray] | np.ndarray, size: int | None = None,
-                  transpose: bool = False) -> np.ndarray:
+                  transpose: bool = False, phases: int = 1) -> np.ndarray:
     """(H, W) float32 logits from the IMX500's output tensor(s).
 
     picamera2 returns a list of float arrays (already de-quantized), with or without a
     batch axis and with the single channel first or last; a flat vector of ``size**2``
     values is also accepted. ``transpose`` swaps H and W (for a column-major read).
+    ``phases`` > 1 (deploy.json's ``output_phases``, ``qsegment-imx``): the tensor holds
+    phases**2 sub-maps of size/phases, channels first or last, interleaved here.
     """
     tensor = np.asarray(outputs[0] if isinstance(outputs, list | tuple) else outputs,
                         dtype=np.float32)
+    if phases > 1:
+        return _interleave(tensor, size, phases, transpose)
     if tensor.ndim == 1 and size is not None and tensor.size == size * size:
         tensor = tensor.reshape(size, size)
     squeezed = tensor.squeeze()
@@ -49,6 +60,22 @@ def decode_output(outputs: list[np.ndarray] | np.ndarray, size: int | None = Non
         raise ValueError(f"cannot read an output tensor of shape {tensor.shape} as a vessel "
                          f"map (expected {expected}, optionally with batch/channel axes of 1)")
     return squeezed.T if transpose else squeezed
+
+
+def _interleave(tensor: np.ndarray, size: int | None, phases: int, transpose: bool
+                ) -> np.ndarray:
+    channels = phases * phases
+    squeezed = tensor.reshape(tensor.shape[-3:]) if tensor.ndim == 4 else tensor
+    if squeezed.ndim == 3 and squeezed.shape[-1] == channels and squeezed.shape[0] != channels:
+        squeezed = squeezed.transpose(2, 0, 1)  # channels last
+    side = None if size is None else size // phases
+    if (squeezed.ndim != 3 or squeezed.shape[0] != channels
+            or (side is not None and squeezed.shape[1:] != (side, side))):
+        expected = f"{channels}x{side}x{side}" if side else f"{channels} phase maps"
+        raise ValueError(f"cannot read an output tensor of shape {tensor.shape} as "
+                         f"{phases}x{phases} phases of a vessel map (expected {expected})")
+    full = depth_to_space(squeezed[None], phases)[0, 0]
+    return full.T if transpose else full
 
 
 probability = sigmoid  # the network outputs logits, never probabilities
@@ -103,8 +130,92 @@ def read_deploy_info(path: str | Path) -> dict:
     """The export's ``deploy.json`` (size, threshold, normalisation)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no deploy.json (written by `qsegment export`)")
-    return json.loads(path.read_text())
+        raise CameraError(f"{path}: no deploy.json (written by `qsegment export`)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CameraError(f"{path}: not a readable deploy.json ({err})") from err
+    if not isinstance(info, dict):
+        raise CameraError(f"{path}: not a deploy.json (expected a JSON object)")
+    return info
+
+
+def centred_square(frame: tuple[int, int] = SENSOR_FRAME) -> Roi:
+    """The centred square of a (height, width) frame: the region picamera2's
+    ``set_auto_aspect_ratio()`` gives a square network, the whole-fundus view."""
+    height, width = frame
+    side = min(frame)
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
+def tiling_plan(info: dict, tiles: int, fov: Roi | None = None, halo: int = DEFAULT_HALO,
+                frame: tuple[int, int] = SENSOR_FRAME) -> TilePlan:
+    """The tiling plan for ``qsegment camera --tiles K``, checked before the camera opens.
+
+    ``info`` is the export's ``deploy.json``: its ``size`` is the network input the plan
+    is made for, so it must be there and agree with the input and output shapes (one
+    NxN map per tile) and the memory report. ``fov`` (sensor pixels) defaults to the
+    centred square of the sensor, the single-ROI view. Raises :class:`CameraError`
+    saying what is wrong.
+    """
+    if not info:
+        raise CameraError("tiling needs the network's input size before the camera starts: "
+                          "pass --info deploy.json (written by `qsegment export`)")
+    size = info.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise CameraError(f"deploy.json has no valid network input size (size: {size!r}): "
+                          "re-run `qsegment export`")
+    phases = info.get("output_phases", 1)
+    if not isinstance(phases, int) or phases < 1 or size % phases:
+        raise CameraError(f"deploy.json is inconsistent: output_phases {phases!r} for size "
+                          f"{size}; re-run `qsegment export`")
+    expected = {"input": [1, 3, size, size],
+                "output": [1, phases * phases, size // phases, size // phases]}
+    for key, shape in expected.items():
+        found = (info.get(key) or {}).get("shape")
+        if found is not None and list(found) != shape:
+            raise CameraError(f"deploy.json is inconsistent: size {size} but {key} shape "
+                              f"{found} (tiling needs {shape}); re-run `qsegment export`")
+    reported = (info.get("memory") or {}).get("size", size)
+    if reported != size:
+        raise CameraError(f"deploy.json is inconsistent: size {size} but the memory report "
+                          f"is for {reported}x{reported}; re-run `qsegment export`")
+    try:
+        return plan_tiles(frame, size, tiles, fov or centred_square(frame), halo)
+    except ValueError as err:
+        raise CameraError(f"cannot tile the sensor for the {size}x{size} network: {err}"
+                          ) from err
+
+
+def require_input_size(input_size: tuple[int, int], plan: TilePlan) -> None:
+    """Refuse a network file whose input (picamera2's ``get_input_size()``, width and
+    height) is not the size the plan was made for (deploy.json's)."""
+    if tuple(input_size) != (plan.size, plan.size):
+        raise CameraError(f"the network file takes {input_size[0]}x{input_size[1]} inputs but "
+                          f"deploy.json (the tiling plan) says {plan.size}x{plan.size}: "
+                          "pass the deploy.json of this network with --info")
+
+
+def sensor_to_preview(rect: Roi, scaler_crop: Roi, preview_size: tuple[int, int]) -> Roi:
+    """A rectangle in sensor pixels in the coordinates of a preview frame of
+    ``preview_size`` (width, height) that shows the sensor's ``scaler_crop`` (the
+    frame's ``ScalerCrop`` metadata, sensor pixels), as picamera2 maps its own ROI."""
+    x, y, w, h = rect
+    cx, cy, cw, ch = scaler_crop
+    sx, sy = preview_size[0] / cw, preview_size[1] / ch
+    return (round((x - cx) * sx), round((y - cy) * sy), round(w * sx), round(h * sy))
+
+
+def tiled_overlay(frame: np.ndarray, cycler: TileCycler, threshold: float,
+                  scaler_crop: Roi) -> np.ndarray:
+    """uint8 RGB copy of the preview ``frame`` with the stitched vessel map of every tile
+    seen so far tinted where it lies; stitched at about the preview's scale, so that a
+    frame costs little however many tiles the plan has."""
+    height, width = frame.shape[:2]
+    scale = max(width / scaler_crop[2], height / scaler_crop[3])
+    mask = cycler.stitched(scale).probability >= threshold
+    sensor = (0, 0, cycler.plan.frame[1], cycler.plan.frame[0])
+    return overlay_in_roi(frame, mask, sensor_to_preview(sensor, scaler_crop, (width, height)))
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -112,13 +223,38 @@ def _save(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda p: image.save(p, format="PNG"))
 
 
-def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
-               save: Path | None = None, save_every: int = 30, seconds: float | None = None,
-               preview: bool = True, transpose: bool = False) -> int:
-    """Stream the camera with the in-sensor vessel map overlaid until Ctrl-C (or
-    ``seconds``); with ``save``, every ``save_every``-th frame and its map are written
-    there. Returns the number of frames with an output tensor."""
-    rpk = Path(rpk)
+class TiledPreview:
+    """The per-frame work of ``qsegment camera --tiles``: credit each output to its tile
+    (:class:`TileCycler`), move the inference region with ``set_roi`` (picamera2's
+    ``IMX500.set_inference_roi_abs``) and overlay the stitched map on the preview."""
+
+    def __init__(self, plan: TilePlan, threshold: float, set_roi: Callable[[Roi], None],
+                 settle_frames: int = 0) -> None:
+        self.cycler = TileCycler(plan, settle_frames)
+        self.threshold = threshold
+        self.set_roi = set_roi
+
+    def start(self) -> None:
+        """Point the sensor at the first tile (instead of the centred square)."""
+        self.set_roi(self.cycler.roi)
+
+    def show(self, frame: np.ndarray, logits: np.ndarray, scaler_crop: Roi) -> np.ndarray:
+        """The preview with the stitched map, after crediting this frame's ``logits``."""
+        roi = self.cycler.add(probability(logits))
+        if roi is not None:
+            self.set_roi(roi)
+        return tiled_overlay(frame, self.cycler, self.threshold, scaler_crop)
+
+    def mask(self) -> np.ndarray:
+        """The stitched vessel mask at the network's sampling of the sensor (whole-sensor
+        frame, False outside the tiles seen so far)."""
+        plan = self.cycler.plan
+        return self.cycler.stitched(plan.resize_factor).probability >= self.threshold
+
+
+def _picamera2(rpk: Path) -> tuple:
+    """picamera2's MappedArray, Picamera2 and IMX500, or a CameraError saying what is
+    missing (the network file, or picamera2 off the Pi)."""
     if not rpk.is_file():
         raise CameraError(f"{rpk}: no such network file (make it with imx500-package)")
     try:
@@ -127,8 +263,26 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
     except ImportError as err:
         raise CameraError(f"picamera2 is not available ({err}): run this on a Raspberry Pi "
                           "with `sudo apt install python3-picamera2 imx500-all`") from err
+    return MappedArray, Picamera2, IMX500
+
+
+def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
+               save: Path | None = None, save_every: int = 30, seconds: float | None = None,
+               preview: bool = True, transpose: bool = False, plan: TilePlan | None = None,
+               settle_frames: int = 0, phases: int = 1) -> int:
+    """Stream the camera with the in-sensor vessel map overlaid until Ctrl-C (or
+    ``seconds``); with ``save``, every ``save_every``-th frame and its map are written
+    there. With a tiling ``plan`` (:func:`tiling_plan`), the inference region cycles
+    over its tiles (:class:`TiledPreview`) and the map shown and saved is the stitched
+    one. ``phases``: deploy.json's ``output_phases`` (:func:`decode_output`). Returns
+    the number of frames with an output tensor."""
+    MappedArray, Picamera2, IMX500 = _picamera2(Path(rpk))
     imx500 = IMX500(str(rpk))  # before Picamera2(): it uploads the network firmware
+    if plan is not None:
+        require_input_size(imx500.get_input_size(), plan)
     size = size or imx500.get_input_size()[0]
+    tiled = (None if plan is None else
+             TiledPreview(plan, threshold, imx500.set_inference_roi_abs, settle_frames))
     picam2 = Picamera2(imx500.camera_num)
     config = picam2.create_preview_configuration(main={"format": "XBGR8888"}, buffer_count=12)
     meter, frames = FrameRate(), [0]
@@ -140,21 +294,30 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
         outputs = imx500.get_outputs(metadata)
         if outputs is None:
             return
-        mask = vessel_mask(decode_output(outputs, size, transpose), threshold)
+        logits = decode_output(outputs, size, transpose, phases)
         with MappedArray(request, "main") as m:
-            shown = overlay_in_roi(m.array, mask, imx500.get_roi_scaled(request))
+            if tiled is None:
+                mask = vessel_mask(logits, threshold)
+                shown = overlay_in_roi(m.array, mask, imx500.get_roi_scaled(request))
+            else:
+                shown = tiled.show(m.array, logits, metadata["ScalerCrop"])
             m.array[..., :3] = shown
         frames[0] += 1
-        print(status_text(meter.tick(time.monotonic()), imx500.get_kpi_info(metadata)),
-              end="\r", flush=True)
+        status = status_text(meter.tick(time.monotonic()), imx500.get_kpi_info(metadata))
+        print(status if tiled is None else f"{status} | {tiled.cycler.status()}", end="\r",
+              flush=True)
         if save is not None and frames[0] % save_every == 0:
             _save(Path(save) / f"frame_{frames[0]:06d}.png", shown)
+            mask = mask if tiled is None else tiled.mask()
             _save(Path(save) / f"mask_{frames[0]:06d}.png", mask.astype(np.uint8) * 255)
 
     imx500.show_network_fw_progress_bar()
     picam2.pre_callback = on_request
     picam2.start(config, show_preview=preview)
-    imx500.set_auto_aspect_ratio()
+    if tiled is None:
+        imx500.set_auto_aspect_ratio()
+    else:
+        tiled.start()
     start = time.monotonic()
     try:
         while seconds is None or time.monotonic() - start < seconds:

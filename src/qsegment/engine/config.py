@@ -60,7 +60,8 @@ class TrainConfig:
     restart_epochs: int = _field(20, "period of the warm restarts")
     warmup_epochs: int = _field(0, "linear warm-up of the cosine schedule")
     init: str = _field("", "start from these weights (name, run folder or .safetensors) "
-                           "instead of random ones: fine-tuning")
+                           "instead of random ones: fine-tuning; weights of another model "
+                           "(qsegment into qsegment-imx) give the tensors that match")
     ema: float = _field(0.0, "per-step decay of a moving average of the weights, validated "
                              "and saved instead of them, e.g. 0.999 (0: none)")
     teacher: str = _field("", "distil from these weights (name or path): training targets "

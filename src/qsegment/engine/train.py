@@ -172,7 +172,13 @@ def _resolve_config(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
 def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
     model = create_model(cfg.model, **cfg.model_args)
     if cfg.init:
-        ckpt.load_weights(model, resolve_checkpoint(cfg.init))
+        path = resolve_checkpoint(cfg.init)
+        source = ckpt.read_checkpoint(path)[1].get("card", {}).get("model", cfg.model)
+        related = source != cfg.model and source in getattr(model, "init_from", ())
+        meta = ckpt.load_weights(model, path, matching_only=related)
+        if "loaded" in meta:
+            print(f"init: {len(meta['loaded'])} of {len(model.state_dict())} tensors from "
+                  f"{source} ({path.name}); the rest start random", file=sys.stderr)
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
         model = dist.sync_batchnorm(model, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format

@@ -4,7 +4,8 @@ int8 runtimes) without PyTorch.
 
 Beside ``NAME.safetensors`` and its card: ``NAME.int8-observers.safetensors`` (the
 ranges calibrated on the dataset's training images), ``NAME.int8-HxW.tflite`` for each
-of :data:`TFLITE_SHAPES` (the ``tflite-int8`` runtime pads an image up to the smallest
+of :data:`TFLITE_SHAPES` (rounded up to the network's size multiple; the ``tflite-int8``
+runtime pads an image up to the smallest
 that holds it, and tiles larger ones), ``NAME.int8.onnx`` (static int8 for ONNX
 Runtime) and ``NAME.int8.json``, the manifest that lists them with the network's size
 multiple.
@@ -39,7 +40,9 @@ def publish_int8_files(source: str | Path, shapes: tuple[tuple[int, int], ...] =
     without that runtime, and runs on PyTorch only."""
     weights = resolve_checkpoint(source)
     model, _ = load_model(weights)
-    manifest: dict = {"size_multiple": model.size_multiple, "tflite": {}, "unsupported": {}}
+    m = model.size_multiple
+    shapes = tuple((-(-h // m) * m, -(-w // m) * m) for h, w in shapes)  # e.g. 960x1008 at 16
+    manifest: dict = {"size_multiple": m, "tflite": {}, "unsupported": {}}
     observers_path = weights.with_suffix(".int8-observers.safetensors")
     try:
         observers = observers_for(model, observers_path)
@@ -60,7 +63,7 @@ def publish_int8_files(source: str | Path, shapes: tuple[tuple[int, int], ...] =
     try:
         if not onnx_int8.is_file():
             with tempfile.TemporaryDirectory() as tmp:
-                fp32 = export_onnx(model, Path(tmp) / "model.onnx", (960, 1000))
+                fp32 = export_onnx(model, Path(tmp) / "model.onnx", shapes[1])
                 quantize_onnx_int8(fp32, onnx_int8, multiple=model.size_multiple)
         manifest["onnx"] = onnx_int8.name
     except (RuntimeError, TypeError) as err:  # the ONNX tracer cannot take max-unpooling

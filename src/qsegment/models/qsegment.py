@@ -6,6 +6,9 @@ projection gives an additive skip around every block whose input is not the
 image; the decoder adds the encoder's early (post-3x3) feature of the same level.
 Up-sampling is either max-unpooling with the encoder's pooling indices (the
 paper) or nearest-neighbour (what the Sony IMX500 converter accepts).
+
+``qsegment-imx`` is the same network run at half resolution so that the sensor can
+take inputs of 640x640 (see :class:`QSegmentIMX`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ._registry import register_model
 from .base import SegmentationModel
@@ -111,3 +115,48 @@ class QSegment(SegmentationModel):
 def qsegment(upsample: Upsample = "nearest", widths: tuple[int, int, int] = (16, 32, 64)
              ) -> QSegment:
     return QSegment(widths=widths, upsample=upsample)
+
+
+class QSegmentIMX(QSegment):
+    """Q-Segment at half resolution, for the IMX500's 8 MB: a 2x2 stride-2 stem (a learned
+    space-to-depth) replaces the first 3x3 convolution, and the head predicts the four
+    2x2 phases of the full-resolution logits, interleaved by ``pixel_shuffle``.
+
+    Why: the converter pads tensors of up to 32 channels to 32 lanes after depthwise
+    convolutions and resizes, so every full-resolution activation costs 32 bytes per
+    pixel whatever its width; at half resolution the network fits 640x640 instead of
+    312x312 (measured in docs/DEPLOY_IMX500.md). The converter has no DepthToSpace, so
+    the sensor returns the phases (:meth:`forward_phases`) and the host interleaves
+    them (:func:`depth_to_space`, a reshape). The last decoder block has no projection
+    skip: holding its input was the memory peak.
+    """
+
+    factor = 2
+    init_from = ("qsegment",)  # --init from Q-Segment weights: all but the stem and head fit
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__(widths=widths, upsample="nearest")
+        w1 = widths[0]
+        stem = self.encoder[0].conv3x3
+        stem[0] = nn.Conv2d(3, w1, self.factor, stride=self.factor)
+        self.decoder[2].skip = None
+        self.head = nn.Conv2d(w1, self.factor**2, 3, padding=1)
+        self.size_multiple = 8 * self.factor
+
+    def forward_phases(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 4, H/2, W/2) logits: what the sensor computes and returns."""
+        return super().forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depth_to_space(self.forward_phases(x), self.factor)
+
+
+def depth_to_space(phases: torch.Tensor, factor: int) -> torch.Tensor:
+    """Interleave (N, factor**2, h, w) phase logits into (N, 1, h*factor, w*factor)."""
+    return F.pixel_shuffle(phases, factor)
+
+
+@register_model("qsegment-imx", "Q-Segment at half resolution for the IMX500 (fits 640x640), "
+                "~0.11M params")
+def qsegment_imx(widths: tuple[int, int, int] = (16, 32, 64)) -> QSegmentIMX:
+    return QSegmentIMX(widths=widths)

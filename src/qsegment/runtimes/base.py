@@ -58,6 +58,17 @@ def read_manifest(weights: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def depth_to_space(phases: np.ndarray, factor: int) -> np.ndarray:
+    """Interleave (N, factor**2, h, w) phase logits into (N, 1, h*factor, w*factor), as
+    ``torch.nn.functional.pixel_shuffle`` does: what the host does with the output of a
+    network that the sensor runs at reduced resolution (``qsegment-imx``)."""
+    n, c, h, w = phases.shape
+    if c != factor * factor:
+        raise ValueError(f"expected {factor * factor} phase channels, got {c}")
+    grid = phases.reshape(n, factor, factor, h, w).transpose(0, 3, 1, 4, 2)
+    return grid.reshape(n, 1, h * factor, w * factor)
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Probabilities of logits, float32 (computed in float64: no overflow warnings)."""
     return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..card import Card
-from .base import ModelFileError, Runtime, read_manifest
+from .base import ModelFileError, Runtime, depth_to_space, read_manifest
 
 MCT_DOMAIN = "mct_quantizers"
 
@@ -96,7 +96,10 @@ class MctOnnxRuntime(OnnxRuntime):
 
     name = "mct-int8"
 
-    def __init__(self, path: str | Path, threads: int | None = 1) -> None:
+    def __init__(self, path: str | Path, threads: int | None = 1,
+                 output_phases: int | None = None) -> None:
+        """``output_phases``: k where the graph returns k x k phases of the map (default:
+        the card's ``output_phases``, else 1)."""
         import mct_quantizers
 
         path = require_mct_onnx(path)
@@ -104,6 +107,14 @@ class MctOnnxRuntime(OnnxRuntime):
         self.size = self.fixed_size = int(self.session.get_inputs()[0].shape[-1])
         self.size_multiple = self.size
         self.card = Card.beside(path)
+        self.output_phases = (int(self.card.get("output_phases", 1)) if output_phases is None
+                              else output_phases)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Full-resolution logits: a network whose sensor graph returns 2x2 (or kxk) phases
+        has them interleaved here, as the camera host does."""
+        out = super().logits(x)
+        return depth_to_space(out, self.output_phases) if self.output_phases > 1 else out
 
     @classmethod
     def from_file(cls, path: str | Path) -> MctOnnxRuntime:

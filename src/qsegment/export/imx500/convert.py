@@ -33,6 +33,9 @@ from ...runtimes.onnxrt import require_mct_onnx
 from ..common import check_size, search_largest, staged_folder
 
 NETWORK = "qsegment"  # the converter names its outputs after the ONNX file
+# The camera app never reads the input tensor back, so the sensor need not keep it: the
+# Raspberry Pi documentation recommends this flag for memory (1.2 MB at 640x640).
+CONVERTER_FLAGS = ["--no-input-persistency"]
 
 
 class Imx500Error(QsegmentError, RuntimeError):
@@ -158,7 +161,7 @@ def memory_report(onnx_path: str | Path, size: int | None = None) -> MemoryRepor
         model = resize_onnx(onnx_path, Path(tmp) / f"{NETWORK}.onnx", size)
         report = Path(tmp) / "out" / f"{NETWORK}_MemoryReport.json"
         proc = _run(["-i", str(model), "-o", str(report.parent), "--memory-report",
-                     "--report-size-unit", "B"], what, check=False)
+                     "--report-size-unit", "B", *CONVERTER_FLAGS], what, check=False)
         if not report.is_file():
             raise _failure(proc, what)
         return _parse_report(report, size)
@@ -219,8 +222,9 @@ def _tensor_info(dnn_params: Path) -> dict:
     return info
 
 
-def normalisation_note(size: int, tensors: dict, threshold: float) -> dict:
-    """What the camera must feed the network and how to read its output."""
+def normalisation_note(size: int, tensors: dict, threshold: float, phases: int = 1) -> dict:
+    """What the camera must feed the network and how to read its output (``phases``: the
+    sensor returns phases x phases interleaved sub-maps, see ``output_phases``)."""
     scale_in, scale_out = tensors["inputTensor"]["scale"], tensors["outputTensor"]["scale"]
     return {
         "input": {
@@ -238,7 +242,10 @@ def normalisation_note(size: int, tensors: dict, threshold: float) -> dict:
                                   f"{size}x{size}",
         },
         "output": {
-            "shape": [1, 1, size, size], "meaning": "vessel logits",
+            "shape": [1, phases**2, size // phases, size // phases],
+            "meaning": "vessel logits" if phases == 1 else (
+                f"the {phases}x{phases} phases of the {size}x{size} vessel logits: "
+                "interleave them (depth-to-space, as torch's pixel_shuffle)"),
             "sensor_tensor": f"{tensors['outputTensor']['bits']}-bit "
                              f"{tensors['outputTensor']['format']}, scale {scale_out}",
             "probability": "sigmoid(logit)", "threshold": threshold,
@@ -276,17 +283,20 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
         model = resize_onnx(onnx_path, staging / f"{NETWORK}.onnx", size)
         start = time.perf_counter()
         _run(["-i", str(model), "-o", str(staging), "--overwrite-output",
-              "--report-size-unit", "B"], f"conversion at {size}x{size}")
+              "--report-size-unit", "B", *CONVERTER_FLAGS], f"conversion at {size}x{size}")
         seconds = time.perf_counter() - start
         if not (staging / "packerOut.zip").is_file():
             raise Imx500Error("imxconv-pt finished without writing packerOut.zip")
         threshold = card.threshold_value
+        phases = int(card.get("output_phases", 1))
         note = {
             "network": NETWORK, "size": size, "source_onnx": str(onnx_path),
             "calibrated_size": calibrated, "method": card.get("method"),
             "memory": asdict(_parse_report(staging / f"{NETWORK}_MemoryReport.json", size)),
             **({"largest_fitting_size": largest} if largest else {}),
-            **normalisation_note(size, _tensor_info(staging / "dnnParams.xml"), threshold),
+            "output_phases": phases,
+            **normalisation_note(size, _tensor_info(staging / "dnnParams.xml"), threshold,
+                                 phases),
             "conversion_s": round(seconds, 1),
             "converter": package_versions().get("imx500-converter"),
             "next": "on the Raspberry Pi: imx500-package -i packerOut.zip -o out; "

@@ -13,6 +13,10 @@ Calibration (and QAT) images are whole training images resized to NxN with
 ISP also scales the whole field of view into the input tensor, so the statistics
 match what the sensor will see (random crops would show vessels at the wrong scale).
 
+A network with a ``forward_phases`` (``qsegment-imx``) is quantized as the sensor runs
+it: up to its phase output, which the host interleaves into the full-resolution map
+(the converter has no DepthToSpace); the card records ``output_phases``.
+
 The result is MCT's ONNX (custom ops of the ``mct_quantizers`` domain, fixed NxN
 input), with a JSON card beside it. The ``mct-int8`` runtime
 (:class:`qsegment.runtimes.onnxrt.MctOnnxRuntime`) runs it in ONNX Runtime.
@@ -53,6 +57,44 @@ def target_platform() -> object:
     return mct.get_target_platform_capabilities("pytorch", "imx500", "v1")
 
 
+class _Phases(nn.Module):
+    """The part of a reduced-resolution network that runs in the sensor: up to its phase
+    logits (N, k*k, H/k, W/k)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_phases(x)
+
+
+class _Interleaved(nn.Module):
+    """A quantized phase network seen at full resolution (for QAT's loss and checks)."""
+
+    def __init__(self, phases: nn.Module, factor: int) -> None:
+        super().__init__()
+        self.phases, self.factor = phases, factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pixel_shuffle(self.phases(x), self.factor)
+
+
+def output_phases(model: nn.Module) -> int:
+    """k where the sensor returns k x k phases of the map (``forward_phases``), else 1."""
+    return int(getattr(model, "factor", 1)) if hasattr(model, "forward_phases") else 1
+
+
+def sensor_graph(model: nn.Module) -> nn.Module:
+    """What MCT quantizes and the sensor runs: the model, or its phase part."""
+    return _Phases(model) if output_phases(model) > 1 else model
+
+
+def full_resolution(qmodel: nn.Module, factor: int) -> nn.Module:
+    """A quantized sensor graph with its phases interleaved (itself when factor is 1)."""
+    return _Interleaved(qmodel, factor) if factor > 1 else qmodel
+
+
 def _batches(images: torch.Tensor, batch: int = 4) -> Callable[[], Iterator[list[torch.Tensor]]]:
     """MCT's representative dataset: a generator factory yielding lists of input batches."""
     return lambda: ([images[i:i + batch]] for i in range(0, len(images), batch))
@@ -90,7 +132,7 @@ def _qat_fine_tune(qat_model: nn.Module, samples: Sequence[Sample], size: int, e
 def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "ptq", *,
                    train: Sequence[Sample] = (), epochs: int = 3, lr: float = 1e-4,
                    seed: int = 0) -> tuple[nn.Module, dict]:
-    """MCT-quantized copy of ``model`` (eval mode) and facts about the run.
+    """MCT-quantized copy of ``model``'s sensor graph (eval mode) and facts about the run.
 
     ``epochs``: GPTQ epochs over the calibration images, or QAT epochs over ``train``.
     """
@@ -98,7 +140,8 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "p
 
     if method not in METHODS:
         raise QuantizeError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    model = model.eval()
+    factor = output_phases(model)
+    model = sensor_graph(model.eval())
     data = _batches(calibration)
     tpc = target_platform()
     facts: dict = {"method": method}
@@ -118,11 +161,14 @@ def quantize_model(model: nn.Module, calibration: torch.Tensor, method: str = "p
         qat_model, _ = mct.qat.pytorch_quantization_aware_training_init_experimental(
             model, data, target_platform_capabilities=tpc)
         size = calibration.shape[-1]
-        losses = _qat_fine_tune(qat_model, train, size, epochs, lr, seed)
+        losses = _qat_fine_tune(full_resolution(qat_model, factor), train, size, epochs,
+                                lr, seed)
         qmodel = mct.qat.pytorch_quantization_aware_training_finalize_experimental(qat_model)
         facts["qat"] = {"epochs": epochs, "lr": lr, "optimizer": "adam", "batch": 4,
                         "loss": "structure", "augmentation": "paper (flips, +-1 deg, brightness)",
                         "images": [s.name for s in train], "epoch_losses": losses}
+    if factor > 1:
+        facts["output_phases"] = factor
     return qmodel.eval(), facts
 
 
@@ -208,12 +254,14 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     start = time.perf_counter()
     qmodel, facts = quantize_model(model, images, method, train=train, epochs=epochs, lr=lr,
                                    seed=seed)
+    factor = facts.get("output_phases", 1)
     quantize_s = time.perf_counter() - start
     probe = to_input(val[0].image, size)
     with torch.no_grad():
-        float_logits, mct_logits = model(probe).numpy(), qmodel(probe).numpy()
+        float_logits = model(probe).numpy()
+        mct_logits = full_resolution(qmodel, factor)(probe).numpy()
     export_quantized(qmodel, out, images)
-    ort_logits = MctOnnxRuntime(out).logits(probe.numpy())
+    ort_logits = MctOnnxRuntime(out, output_phases=factor).logits(probe.numpy())
     card = {
         "format": "mct-onnx",
         "name": f"{float_card.label} int8 {method}",
