@@ -8,7 +8,7 @@ export` does. A candidate the converter refuses is listed with its message.
 
     python benchmarks/bench_imx500_variants.py [--size 640] [--json out.json]
 
-About 30 s per candidate on this machine's two cores. Needs Java 17 and Sony's toolchain.
+About 30-50 s per candidate on this machine's two cores. Needs Java 17 and Sony's toolchain.
 """
 
 from __future__ import annotations
