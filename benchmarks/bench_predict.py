@@ -4,7 +4,9 @@ Preprocessing (8-bit RGB to the model's input, padding) and postprocessing (crop
 probabilities, threshold) are included, decoding the file is not. Each runtime
 runs in its own process, one after the other in one invocation: in a shared
 process the thread pools of one runtime (OpenMP, ONNX Runtime) keep spinning
-after it returns and slow the next one down.
+after it returns and slow the next one down. The default runtime runs twice: in the
+tiles shipped with the weights (400x1008: three for this image, the default) and whole
+(``tile=1024``: one 960x1000 pass, the previous default), a ratio from the same run.
 
     python benchmarks/bench_predict.py [--repeats 20] [--json out.json]
 """
@@ -19,7 +21,7 @@ import sys
 import time
 
 
-def worker(runtime: str, model: str, repeats: int) -> dict:
+def worker(runtime: str, model: str, repeats: int, tile: int | None = None) -> dict:
     import numpy as np
 
     from qsegment import Segmenter
@@ -27,7 +29,7 @@ def worker(runtime: str, model: str, repeats: int) -> dict:
 
     image = load_sample(None, "Image_11L").image
     rgb8 = np.round(image * 255).astype(np.uint8)  # what a decoded file gives
-    segmenter = Segmenter.from_pretrained(model, runtime=runtime)
+    segmenter = Segmenter.from_pretrained(model, runtime=runtime, tile=tile)
     segmenter.predict(rgb8)  # warm-up (and, for tflite-int8, a model for a new size)
     times = []
     for _ in range(repeats):
@@ -49,14 +51,16 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", choices=runtimes, help=argparse.SUPPRESS)
+    parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.repeats)))
+        print(json.dumps(worker(args.worker, args.model, args.repeats, args.tile)))
         return
     rows = {}
-    for runtime in runtimes:
-        done = subprocess.run([sys.executable, __file__, "--worker", runtime, "--model",
-                               args.model, "--repeats", str(args.repeats)],
+    whole = f"{DEFAULT_RUNTIME}, whole (tile=1024)"
+    for runtime, tile in [*((r, []) for r in runtimes), (whole, ["--tile", "1024"])]:
+        done = subprocess.run([sys.executable, __file__, "--worker", runtime.split(",")[0],
+                               "--model", args.model, "--repeats", str(args.repeats), *tile],
                               capture_output=True, text=True, check=True)
         rows[runtime] = json.loads(done.stdout.strip().splitlines()[-1])
     shape = rows[DEFAULT_RUNTIME]["image"]
@@ -64,10 +68,12 @@ def main() -> None:
     print("|---|---:|---:|")
     for runtime, r in rows.items():
         print(f"| {runtime} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} |")
-    for runtime in runtimes:
+    for runtime in rows:
         if runtime != "torch":
             ratio = rows[runtime]["median_ms"] / rows["torch"]["median_ms"]
             print(f"{runtime} / torch median ratio: {ratio:.3f}")
+    ratio = rows[DEFAULT_RUNTIME]["median_ms"] / rows[whole]["median_ms"]
+    print(f"{DEFAULT_RUNTIME} in tiles / whole median ratio: {ratio:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"repeats": args.repeats, "rows": rows}, f, indent=2)

@@ -129,3 +129,19 @@ def test_qsegment_imx_trains_every_parameter(real_crop):
     image, label = real_crop
     structure_loss(model(image), label.repeat(2, 1, 1, 1)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() for p in model.parameters())
+
+
+def test_receptive_radius_of_known_stacks():
+    """A 5x5 convolution reaches 2 pixels; two 3x3 around a 2x2 pool and a nearest x2
+    reach further, by the pooling grid; a reach past the probe is refused."""
+    from qsegment.models.profile import receptive_radius
+
+    torch.manual_seed(0)
+    assert receptive_radius(nn.Conv2d(3, 1, 5, padding=2), size=64) == 2
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2),
+                           nn.Conv2d(4, 4, 3, padding=1), nn.Upsample(scale_factor=2),
+                           nn.Conv2d(4, 1, 1))
+    pooled.size_multiple = 2
+    assert receptive_radius(pooled, size=64) == 4  # 1 + 2 (pooled 3x3) + 1 (grid offset)
+    with pytest.raises(ValueError, match="larger size"):
+        receptive_radius(nn.Conv2d(3, 1, 31, padding=15), size=24)

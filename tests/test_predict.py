@@ -14,7 +14,7 @@ from qsegment import Segmenter
 from qsegment.cli import main
 from qsegment.datasets import load_sample
 from qsegment.engine.infer import predict_proba
-from qsegment.engine.predict import predict_files
+from qsegment.engine.predict import predict_files, tile_windows
 from qsegment.images import ImageError, read_image, to_rgb_float
 from qsegment.metrics import evaluate
 from qsegment.models import create_model
@@ -74,6 +74,23 @@ def test_tiled_equals_untiled_on_a_large_image(segmenter, data_dir, sample):
     assert np.abs(tiled - whole).max() < 1e-4  # no seams
     default = Segmenter(segmenter.model, segmenter.threshold, tile=512).probability(big)
     assert np.abs(default - whole).max() < 1e-4  # the default overlap covers the field too
+    assert segmenter.tile == (400, 1008) and segmenter.overlap == 56  # shipped with the weights
+    assert np.abs(segmenter.probability(big) - whole).max() < 1e-4  # its margin is enough
+
+
+@pytest.mark.parametrize(("tile", "margin", "grid"), [(400, 56, 8), (1008, 56, 8), (400, 112, 16),
+                                                      (512, 64, 8)])
+def test_tile_windows_partition_the_axis_with_one_tile_length(tile, margin, grid):
+    for length in [*range(1, 3000, 37), 960, 999, 2336, 3504]:
+        windows = tile_windows(length, tile, margin, grid)
+        kept = [k for _, _, k0, k1 in windows for k in range(k0, k1)]
+        assert kept == list(range(length))  # every pixel kept once, in order
+        for start, stop, k0, k1 in windows:
+            assert start % grid == 0 and stop <= min(start + tile, length)
+            if len(windows) > 1:  # all of the tile's length (the last may run past the end)
+                assert start + tile <= -(-length // grid) * grid
+                assert k0 - start >= margin or start == 0
+                assert start + tile - k1 >= margin or k1 == length
 
 
 def _logit(p):
@@ -303,6 +320,14 @@ def test_int8_tflite_runs_any_size_on_the_shipped_shapes_without_torch(segmenter
         (1600, 1500)))
     tiled = fast.predict(big)
     assert tiled.mask.shape == (1500, 1600) and len(fast.runner._sessions) <= 2
+    chase = np.round(sample.image * 255).astype(np.uint8)  # 960 x 999: three 400x1008 tiles
+    by_tiles = fast.predict(chase).probability
+    assert set(fast.runner._sessions) == {(512, 512), (400, 1008)}  # one for every larger size
+    whole = fast.runner.probability_uint8(chase)  # untiled, at the shipped 960x1000
+    # equal but within the receptive radius of the padding (to 1000 vs 1008 columns)
+    assert np.array_equal(by_tiles[:, :944], whole[:, :944])
+    assert np.abs(by_tiles - whole).max() < 0.05
+    assert np.array_equal(by_tiles >= fast.threshold, whole >= fast.threshold)
     code = ("import sys, json, numpy as np; from qsegment import Segmenter; "
             "s = Segmenter.from_pretrained('qsegment-nearest'); "
             "m = s.predict(np.load(sys.argv[1])).mask; "

@@ -327,7 +327,8 @@ def _start_ray(address: str | None) -> bool:
 
 def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path = DEFAULT_MODEL,
                   runtime: str = DEFAULT_RUNTIME, threshold: float | None = None,
-                  scale: str | float = "auto", tile: int = 1024, probability: bool = False,
+                  scale: str | float = "auto",
+                  tile: int | tuple[int, int] | None = None, probability: bool = False,
                   biomarkers: bool = False, mm_per_pixel: float | None = None,
                   fov_degrees: float | None = None, min_object_px: int = 0,
                   address: str | None = None, workers: int | None = None,

@@ -48,6 +48,24 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="CHASE_DB1 folder (default: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
 
 
+def _tile(text: str) -> int | tuple[int, int]:
+    """N (square) or HxW."""
+    try:
+        sides = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HEIGHTxWIDTH in pixels, got {text!r}")
+    return sides[0] if len(sides) == 1 else sides
+
+
+def _add_tile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=_tile, metavar="N|HxW",
+                   help="larger images run in overlapping tiles of this size, multiples of the "
+                   "network's stride (default: the one shipped with the weights, 400x1008 for "
+                   "Q-Segment: bounded memory, one interpreter for every size)")
+
+
 def _add_scale_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", default="auto", metavar="auto|none|FACTOR",
                    help="auto: resize each photograph so that its field of view is as wide "
@@ -293,8 +311,7 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     _add_runtime(p, DEFAULT_RUNTIME)
-    p.add_argument("--tile", type=int, default=1024,
-                   help="tile size for large images, a multiple of the network's stride (1024)")
+    _add_tile(p)
     _add_tta(p, "; the card's threshold still applies")
     _add_scale_option(p)
     p.add_argument("--workers", type=int, default=2,
@@ -361,8 +378,7 @@ def _add_batch(sub: Commands) -> None:
                    help="decision threshold (default: the model card's, chosen on training data)")
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     _add_runtime(p, DEFAULT_RUNTIME)
-    p.add_argument("--tile", type=int, default=1024,
-                   help="tile size for large images, a multiple of the network's stride (1024)")
+    _add_tile(p)
     _add_scale_option(p)
     p.add_argument("--biomarkers", action="store_true",
                    help="also measure each map's vessel biomarkers inside the FOV, as columns "

@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 
 from .base import DatasetError, FundusDataset, Split
-from .download import default_download_dir
 
 ENV_VAR = "QSEGMENT_DATA"
 _IMAGE = re.compile(r"^Image_(\d{2})([LR])\.jpg$")
@@ -34,6 +33,8 @@ _OBSERVERS = {1: "1st", 2: "2nd"}
 def default_data_dir() -> Path:
     """``$QSEGMENT_DATA``, else ``../shared/data/CHASEDB1`` from the working directory or
     from this source checkout, else where `qsegment data download` puts it."""
+    from .download import default_download_dir  # http and zip stay out of `predict`'s start
+
     if env := os.environ.get(ENV_VAR):
         return Path(env)
     candidates = [Path.cwd() / "../shared/data/CHASEDB1",

@@ -1,9 +1,10 @@
 """Segmenting one's own fundus images: any size, channel layout and bit depth.
 
 :class:`Segmenter` wraps a runtime (:mod:`qsegment.runtimes`) with the model's decision
-threshold. Images larger than ``tile`` pixels on a side are processed in overlapping
-tiles whose origins lie on the network's pooling grid; each tile keeps only its
-interior, so the stitched map has no seams and memory stays bounded by the tile size.
+threshold. Images larger than the tile (by default the one shipped with the weights,
+400x1008) are processed in overlapping tiles of that one shape, whose origins lie on the
+network's pooling grid; each tile keeps only its interior, so the stitched map has no
+seams, memory stays bounded by the tile size and no image size needs a new interpreter.
 8-bit RGB on a runtime that takes it (``tflite-int8``) goes from pixels to the mask in
 numpy alone.
 """
@@ -15,6 +16,7 @@ import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,10 +37,34 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-# Each tile keeps its interior: a margin of at least the receptive field's radius (47 px
-# for Q-Segment, measured by perturbing one pixel) makes the stitched map equal the whole
+# Without shipped weights' tiling (Runtime.tile_shape, tile_margin): square tiles, and a
+# margin of at least the receptive radius (Q-Segment's is 52 px,
+# qsegment.models.profile.receptive_radius), which makes the stitched map equal the whole
 # one (tests/test_predict.py); a multiple of the network's stride keeps tiles on its grid.
+TILE = 1024
 TILE_OVERLAP = 64
+
+
+def tile_windows(length: int, tile: int, margin: int, grid: int
+                 ) -> list[tuple[int, int, int, int]]:
+    """Windows (start, stop, keep_start, keep_stop) that cover an axis of ``length`` with
+    as few tiles of ``tile`` as can each keep their interior (``margin`` from a cut edge;
+    starts on the ``grid``), all of that same length: one interpreter serves every image
+    size. The kept parts partition the axis; the last window may run past the end (the
+    runtime pads it)."""
+    if length <= tile:
+        return [(0, length, 0, length)]
+    padded = -(-length // grid) * grid
+    step = tile - 2 * margin
+    n = -(-(padded - 2 * margin) // step)
+    while True:
+        starts = [(i * (padded - tile) // (n - 1)) // grid * grid for i in range(n)]
+        if all(b - a <= step for a, b in pairwise(starts)):
+            break
+        n += 1
+    cuts = [(b + margin + a + tile - margin) // 2 for a, b in pairwise(starts)]
+    keeps = zip([0, *cuts], [*cuts, length], strict=True)
+    return [(s, min(s + tile, length), k0, k1) for s, (k0, k1) in zip(starts, keeps, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -63,8 +89,9 @@ class Segmenter:
     >>> out.mask.shape == out.probability.shape
     """
 
-    def __init__(self, model: nn.Module | Runtime, threshold: float = 0.5, tile: int = 1024,
-                 overlap: int = TILE_OVERLAP, runtime: str = "torch",
+    def __init__(self, model: nn.Module | Runtime, threshold: float = 0.5,
+                 tile: int | tuple[int, int] | None = None, overlap: int | None = None,
+                 runtime: str = "torch",
                  weights: Path | None = None, tta: str = "none", name: str | None = None,
                  scale: Scale = "auto", fov_diameter: float = ChaseDB1.fov_diameter) -> None:
         symmetries(tta)  # an unknown mode fails here, not at the first image
@@ -76,9 +103,12 @@ class Segmenter:
             self.model = model.eval()
             self.runner = open_runtime(runtime, self.model, weights)
         multiple = self.runner.size_multiple
-        if tile % multiple or overlap % multiple or tile <= 2 * overlap:
-            raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of "
-                             f"{multiple} with tile > 2 * overlap")
+        tile = tile or self.runner.tile_shape or TILE
+        tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+        overlap = overlap or self.runner.tile_margin or TILE_OVERLAP
+        if any(t % multiple or t <= 2 * overlap for t in tile) or overlap % multiple:
+            raise ValueError(f"tile ({'x'.join(map(str, tile))}) and overlap ({overlap}) must "
+                             f"be multiples of {multiple} with tile > 2 * overlap")
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
         self.runtime = self.runner.name
@@ -124,19 +154,16 @@ class Segmenter:
     def _tiled(self, image: np.ndarray, probability: Callable[[np.ndarray], np.ndarray]
                ) -> np.ndarray:
         """``probability`` of the whole image, or of overlapping tiles whose interiors are
-        stitched when the image exceeds ``tile`` (origins on the network's grid)."""
+        stitched when the image exceeds ``tile`` (:func:`tile_windows`)."""
         h, w = image.shape[:2]
-        if max(h, w) <= self.tile:
+        if h <= self.tile[0] and w <= self.tile[1]:
             return probability(image)
         out = np.empty((h, w), dtype=np.float32)
-        step, margin = self.tile - 2 * self.overlap, self.overlap
-        for y in range(0, h, step):
-            for x in range(0, w, step):
-                y0, x0 = max(0, y - margin), max(0, x - margin)
-                y1, x1 = min(h, y + step + margin), min(w, x + step + margin)
+        grid = self.runner.size_multiple
+        for y0, y1, ky0, ky1 in tile_windows(h, self.tile[0], self.overlap, grid):
+            for x0, x1, kx0, kx1 in tile_windows(w, self.tile[1], self.overlap, grid):
                 tile = probability(image[y0:y1, x0:x1])
-                ye, xe = min(h, y + step), min(w, x + step)
-                out[y:ye, x:xe] = tile[y - y0:ye - y0, x - x0:xe - x0]
+                out[ky0:ky1, kx0:kx1] = tile[ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
         return out
 
 

@@ -6,9 +6,9 @@ Beside ``NAME.safetensors`` and its card: ``NAME.int8-observers.safetensors`` (t
 ranges calibrated on the dataset's training images), ``NAME.int8-HxW.tflite`` for each
 of :data:`TFLITE_SHAPES` (rounded up to the network's size multiple; the ``tflite-int8``
 runtime pads an image up to the smallest
-that holds it, and tiles larger ones), ``NAME.int8.onnx`` (static int8 for ONNX
-Runtime) and ``NAME.int8.json``, the manifest that lists them with the network's size
-multiple.
+that holds it), ``NAME.int8.onnx`` (static int8 for ONNX Runtime) and ``NAME.int8.json``,
+the manifest that lists them with the network's size multiple, its measured receptive
+radius and the tiling that :class:`~qsegment.engine.predict.Segmenter` uses by default.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..checkpoint import save_checkpoint
 from ..files import write_json
+from ..models.profile import receptive_radius
 from ..pretrained import WEIGHTS_DIR, load_model, resolve_checkpoint
 from ..runtimes.litert import Int8Session
 from .onnx import export_onnx, quantize_onnx_int8
@@ -26,15 +27,19 @@ from .tflite import ConversionError, convert_int8, observers_for, save_observers
 
 log = logging.getLogger(__name__)
 
-# 512x512 for small photographs, 960x1000 for CHASE_DB1's 960x999, 1024x1024 for the rest
-# and for the tiles of large images (Segmenter's default tile)
-TFLITE_SHAPES = ((512, 512), (960, 1000), (1024, 1024))
+# Segmenter's default tile: three cover a CHASE_DB1 image (960x999) and its 0.40 MP bound
+# what XNNPACK sets up (about 390 MB per megapixel of input, benchmarks/bench_litert_memory.py)
+TILE_SHAPE = (400, 1008)
+# 512x512 for small photographs, 960x1000 for CHASE_DB1's 960x999 whole (evaluate), the tile
+TFLITE_SHAPES = ((512, 512), (960, 1000), TILE_SHAPE)
 
 
 def publish_int8_files(source: str | Path, shapes: tuple[tuple[int, int], ...] = TFLITE_SHAPES
                        ) -> dict:
     """Write the int8 runtimes' files beside the weights ``source`` (a name or a
-    .safetensors file) and their manifest; returns the manifest. Files already there are
+    .safetensors file) and their manifest; returns the manifest. The last of ``shapes`` is
+    the default tile, with a margin of the receptive radius (rounded up to the size
+    multiple: the kept interiors then equal the whole image's map). Files already there are
     kept (calibrated ranges are reused, so rebuilt flatbuffers are identical); a model a
     converter cannot express (max-unpooling, in TFLite and in the ONNX tracer) is listed
     without that runtime, and runs on PyTorch only."""
@@ -42,7 +47,10 @@ def publish_int8_files(source: str | Path, shapes: tuple[tuple[int, int], ...] =
     model, _ = load_model(weights)
     m = model.size_multiple
     shapes = tuple((-(-h // m) * m, -(-w // m) * m) for h, w in shapes)  # e.g. 960x1008 at 16
-    manifest: dict = {"size_multiple": m, "tflite": {}, "unsupported": {}}
+    radius = receptive_radius(model)
+    manifest: dict = {"size_multiple": m, "receptive_radius": radius,
+                      "tile": {"shape": list(shapes[-1]), "margin": -(-(radius + 1) // m) * m},
+                      "tflite": {}, "unsupported": {}}
     observers_path = weights.with_suffix(".int8-observers.safetensors")
     try:
         observers = observers_for(model, observers_path)

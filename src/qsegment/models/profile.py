@@ -41,3 +41,30 @@ def model_stats(model: nn.Module, height: int = 960, width: int = 960) -> dict[s
         "int8_mb": params / 1e6,
         "gmacs": count_macs(model, height, width) / 1e9,
     }
+
+
+def receptive_radius(model: nn.Module, size: int = 384) -> int:
+    """How far (pixels) one input pixel reaches in the output, measured by perturbing it:
+    the margin a tile needs for its kept interior to equal the whole image's map. Probed
+    at every offset of the network's pooling grid (the reach depends on it) in the middle
+    of a ``size`` x ``size`` random image (logit changes over 1e-5 count); a reach to the
+    border raises."""
+    multiple = getattr(model, "size_multiple", 1)
+    size = -(-size // multiple) * multiple
+    centre = size // 2 // multiple * multiple
+    base = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    probes = base.repeat(multiple + 1, 1, 1, 1)  # the first stays unperturbed: the reference
+    for k in range(multiple):
+        probes[k + 1, :, centre + k, centre + k] += 0.5
+    with torch.no_grad():
+        out = model.eval()(probes)[:, 0]
+    changed = (out[1:] - out[:1]).abs() > 1e-5
+    radius = 0
+    for k in range(multiple):
+        ys, xs = torch.nonzero(changed[k], as_tuple=True)
+        if ys.min() == 0 or xs.min() == 0 or ys.max() == size - 1 or xs.max() == size - 1:
+            raise ValueError(f"the receptive field reaches past a {size}x{size} probe: "
+                             "measure with a larger size")
+        at = centre + k
+        radius = max(radius, int((ys - at).abs().max()), int((xs - at).abs().max()))
+    return radius

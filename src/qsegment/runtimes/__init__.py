@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..registry import lookup, register, resolve
-from .base import ModelFileError, read_manifest
+from .base import ModelFileError, read_manifest, with_shipped_tiling
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,7 +44,7 @@ def register_runtime(info: RuntimeInfo) -> RuntimeInfo:
 for _info in (
     RuntimeInfo("tflite-int8", "qsegment.runtimes.litert:LiteRtInt8",
                 "int8 TFLite in LiteRT/XNNPACK, the fastest on a CPU, no PyTorch (models "
-                "shipped at 512x512, 960x1000 and 1024x1024; larger images tiled)"),
+                "shipped at 512x512, 960x1000 and 400x1008, the tile of larger images)"),
     RuntimeInfo("torch", "qsegment.runtimes.pytorch:TorchRuntime", "PyTorch eager, float32"),
     RuntimeInfo("onnx", "qsegment.runtimes.onnxrt:OnnxRuntime", "ONNX Runtime, float32"),
     RuntimeInfo("onnx-int8", "qsegment.runtimes.onnxrt:OnnxInt8Runtime",
@@ -74,7 +74,8 @@ def _info(name: str, checkpoint: bool) -> RuntimeInfo:
 def open_runtime(name: str, model: nn.Module, weights: Path | None = None) -> Runtime:
     """``model`` on the runtime ``name``; ``weights`` (its .safetensors file) lets int8
     runtimes use the files shipped beside it."""
-    return _info(name, checkpoint=True).load().from_model(model, weights)
+    return with_shipped_tiling(_info(name, checkpoint=True).load().from_model(model, weights),
+                               weights)
 
 
 def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtime:
@@ -91,7 +92,7 @@ def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtim
         from ..pretrained import load_model
 
         runtime = cls.from_model(load_model(weights)[0], weights)
-    return runtime
+    return with_shipped_tiling(runtime, weights)
 
 
 def open_file(path: str | Path, name: str | None = None) -> Runtime:

@@ -5,6 +5,8 @@ logits as numpy, whatever runs underneath (PyTorch, ONNX Runtime, LiteRT,
 TFLite-Micro). It says what it accepts: ``fixed_size`` (a square input it was
 built for, or None for any size that is a multiple of ``size_multiple``) and
 ``accepts_uint8`` (whether :meth:`probability_uint8` takes 8-bit RGB straight).
+A runtime opened for shipped weights also carries their default tiling
+(``tile_shape``, ``tile_margin``: :func:`read_manifest`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Runtime:
     accepts_uint8: ClassVar[bool] = False
     size_multiple: int = 1
     fixed_size: int | None = None
+    tile_shape: tuple[int, int] | None = None  # what Segmenter tiles large images into
+    tile_margin: int | None = None  # each tile's margin: at least the receptive radius
     card: Card = Card()
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -52,10 +56,18 @@ class Runtime:
 
 def read_manifest(weights: Path) -> dict:
     """``NAME.int8.json`` beside ``NAME.safetensors``: the int8 runtimes' files shipped
-    with the weights and the network's size multiple (written by
+    with the weights, the network's size multiple and its default tiling (written by
     :func:`qsegment.export.publish.publish_int8_files`); {} where there is none."""
     path = weights.with_suffix(".int8.json")
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def with_shipped_tiling(runtime: Runtime, weights: Path | None) -> Runtime:
+    """``runtime`` with the default tiling shipped beside ``weights``, where there is one."""
+    tile = read_manifest(weights).get("tile") if weights is not None else None
+    if tile:
+        runtime.tile_shape, runtime.tile_margin = tuple(tile["shape"]), int(tile["margin"])
+    return runtime
 
 
 def depth_to_space(phases: np.ndarray, factor: int) -> np.ndarray:
