@@ -488,3 +488,14 @@ def test_scale_auto_brings_a_photograph_to_the_training_scale(sample, data_dir):
     assert np.array_equal(*same)
     with pytest.raises(ValueError, match="scale must be auto, none or a positive factor"):
         Segmenter.from_pretrained("qsegment-nearest", scale="big")
+
+
+def test_predict_refuses_a_tile_the_network_cannot_take(sample, tmp_path, capsys):
+    _write_inputs(tmp_path / "in", sample, ["a.png"])
+    command = ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile"]
+    assert main([*command, "100x1000"]) == 2
+    assert "must be multiples of 8 with tile > 2 * overlap" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*command, "12x"])
+    assert "expected N or HEIGHTxWIDTH" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..datasets.chasedb1 import ChaseDB1
-from ..errors import QsegmentError
+from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from ..images import ImageError, collect_inputs, read_rgb, to_rgb_float
 from ..images import overlay as tint_vessels
@@ -107,7 +107,7 @@ class Segmenter:
         tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
         overlap = overlap or self.runner.tile_margin or TILE_OVERLAP
         if any(t % multiple or t <= 2 * overlap for t in tile) or overlap % multiple:
-            raise ValueError(f"tile ({'x'.join(map(str, tile))}) and overlap ({overlap}) must "
+            raise UsageError(f"tile ({'x'.join(map(str, tile))}) and overlap ({overlap}) must "
                              f"be multiples of {multiple} with tile > 2 * overlap")
         self.threshold = threshold
         self.tile, self.overlap = tile, overlap
