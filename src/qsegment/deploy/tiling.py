@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 Roi = tuple[int, int, int, int]  # x, y, width, height: set_inference_roi_abs's order
 DEFAULT_HALO = 16  # network pixels of overlap, the band each tile's border is faded over
-# (zero padding disturbs the network's outer pixels; its receptive field is 47 px)
+# (zero padding disturbs the network's outer pixels; its receptive radius is about 52 px,
+# qsegment.models.profile.receptive_radius)
 
 
 @dataclass(frozen=True)
