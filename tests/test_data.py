@@ -146,6 +146,19 @@ def test_acquisition_shifts_touch_the_image_only(data_dir):
     assert torch.equal(apply(clean, image, label, fov)[0], image)
 
 
+def test_acquisition_jpeg_share_is_its_own_knob():
+    """--acquisition-jpeg sets how often JPEG compression is drawn (30-95), alone."""
+    from qsegment.data.transforms import AcquisitionShift
+
+    torch.manual_seed(0)
+    for share, low, high in [(0.0, 0, 0), (0.5, 70, 130), (1.0, 200, 200)]:
+        shift = paper_augmentation(crop=64, acquisition=True, jpeg=share).transforms[-1]
+        assert isinstance(shift, AcquisitionShift) and shift.p["blur"] == 0.15
+        qualities = [shift.make_params([])["jpeg"] for _ in range(200)]
+        drawn = [q for q in qualities if q is not None]
+        assert low <= len(drawn) <= high and all(30 <= q <= 95 for q in drawn)
+
+
 def test_acquisition_training_crops_at_other_zooms(data_dir):
     from qsegment.data.transforms import AcquisitionShift, ZoomedCrop
 

@@ -28,10 +28,10 @@ class AcquisitionShift(v2.Transform):
 
     _transformed_types = (tv_tensors.Image,)
 
-    def __init__(self, strength: float = 1.0) -> None:
+    def __init__(self, strength: float = 1.0, jpeg: float = 0.2) -> None:
         super().__init__()
         self.p = {"colour": 0.3, "gamma": 0.3, "contrast": 0.3, "red_free": 0.2,
-                  "blur": 0.15, "noise": 0.15, "jpeg": 0.2}
+                  "blur": 0.15, "noise": 0.15, "jpeg": jpeg}
         self.p = {k: v * strength for k, v in self.p.items()}
 
     def make_params(self, flat_inputs: list) -> dict:
@@ -86,7 +86,7 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
                        rotation: float = 1.0, rotate90: bool = False,
-                       acquisition: bool = False) -> v2.Compose:
+                       acquisition: bool = False, jpeg: float = 0.2) -> v2.Compose:
     """Brightness factor 0.2, horizontal and vertical flips (p=0.5 each), rotation within
     +-1 degree; optionally a random square crop first (the fast CPU recipe).
 
@@ -96,7 +96,7 @@ def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
 
     ``acquisition`` trains for other cameras: the crop is taken at a random zoom of
     0.8-1.25 (vessel widths of other scales) and :class:`AcquisitionShift` follows the
-    paper's transforms.
+    paper's transforms, JPEG-compressing a ``jpeg`` share of the samples.
     """
     ops: list[v2.Transform] = []
     if crop is not None and acquisition:
@@ -112,7 +112,7 @@ def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
         v2.ColorJitter(brightness=brightness),
     ]
     if acquisition:
-        ops.append(AcquisitionShift())
+        ops.append(AcquisitionShift(jpeg=jpeg))
     return v2.Compose(ops)
 
 

@@ -51,6 +51,8 @@ class TrainConfig:
     acquisition: bool = _field(False, "augment for other cameras too: zoom 0.8-1.25, colour "
                                       "cast, gamma, contrast, red-free, blur, noise, JPEG "
                                       "(qsegment.data.transforms.AcquisitionShift)")
+    acquisition_jpeg: float = _field(0.2, "share of --acquisition samples JPEG-compressed "
+                                          "(quality 30-95)")
     loss: str = _field("structure", "structure | bce_dice")
     optimizer: str = _field("sgd", "sgd | adamw")
     lr: float = _field(1e-3, "initial learning rate")

@@ -194,7 +194,7 @@ def _loader(cfg: TrainConfig, samples: list[Sample], multiple: int, device: torc
     if cfg.teacher:
         fitted = soften_labels(fitted, cfg.teacher, cfg.teacher_mix, device, progress)
     augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90,
-                                 acquisition=cfg.acquisition)
+                                 acquisition=cfg.acquisition, jpeg=cfg.acquisition_jpeg)
     dataset = _SeededDataset(fitted, augment,
                              repeats=cfg.repeats, multiple=multiple, seed=cfg.seed,
                              device=device)
