@@ -112,7 +112,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+",
-                        default=["qsegment-nearest-transfer", "qsegment-nearest-distill"])
+                        default=["qsegment-nearest-transfer-jpeg", "qsegment-nearest-transfer"])
     parser.add_argument("--conditions", nargs="+", choices=list(SHIFTS), default=list(SHIFTS))
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()

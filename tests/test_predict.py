@@ -221,7 +221,8 @@ def test_predict_benchmark_runs(tmp_path):
     subprocess.run([sys.executable, str(script), "--repeats", "1", "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"tflite-int8", "torch", "onnx", "onnx-int8"}
+    assert set(rows) == {"tflite-int8", "torch", "onnx", "onnx-int8",
+                         "tflite-int8, whole (tile=1024)"}
     for r in rows.values():
         assert r["image"] == [960, 999, 3]  # a whole CHASE_DB1 image went through
         assert 0 < r["median_ms"] <= r["p90_ms"]
@@ -289,7 +290,9 @@ def test_default_runtime_is_int8_tflite_from_the_shipped_files(segmenter, sample
     assert np.abs(slow.probability - b.probability).max() < 1e-6  # same int8 output
 
 
-def test_the_default_model_is_the_best_one_pass_shipped_weights():
+def test_the_default_model_is_within_0005_of_the_best_one_pass_shipped_weights():
+    """Issue 16's rule: the default (trained for other cameras too) may give up at most
+    0.005 of CHASE_DB1 validation Dice to the best shipped weights."""
     from qsegment import list_pretrained
     from qsegment.pretrained import read_card, resolve_checkpoint
 
@@ -302,7 +305,8 @@ def test_the_default_model_is_the_best_one_pass_shipped_weights():
     # those scored at a sensor's input size (312, 704) do not run at full resolution
     full_size = [n for n in list_pretrained() if "inference_size" not in card(n)["threshold"]]
     assert "qsegment-nearest-312" not in full_size and "qsegment-imx" in full_size
-    assert Segmenter.from_pretrained().name == max(full_size, key=dice)
+    default = Segmenter.from_pretrained().name
+    assert default in full_size and dice(default) >= dice(max(full_size, key=dice)) - 0.005
 
 
 def test_int8_tflite_runs_any_size_on_the_shipped_shapes_without_torch(segmenter, sample):

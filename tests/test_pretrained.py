@@ -15,6 +15,7 @@ SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
            "qsegment-nearest-crop384": ("qsegment", "nearest", 0.80),
            "qsegment-nearest-distill": ("qsegment", "nearest", 0.80),
            "qsegment-nearest-transfer": ("qsegment", "nearest", 0.80),
+           "qsegment-nearest-transfer-jpeg": ("qsegment", "nearest", 0.80),
            "qsegment-imx": ("qsegment-imx", "nearest", 0.80),
            "qsegment-imx-704": ("qsegment-imx", "nearest", 0.79)}
 

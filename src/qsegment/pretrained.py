@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# the best one-pass weights, robust to other cameras (docs/RESULTS.md, "Other cameras")
-DEFAULT_MODEL = "qsegment-nearest-transfer"
+# weights robust to other cameras, within 0.005 Dice of the best one-pass ones on CHASE_DB1
+# (docs/RESULTS.md, "Other cameras")
+DEFAULT_MODEL = "qsegment-nearest-transfer-jpeg"
 
 
 def list_pretrained() -> list[str]:
