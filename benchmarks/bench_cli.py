@@ -92,11 +92,7 @@ def main() -> None:
         segmenter = Segmenter.from_pretrained()
         arrays = [np.asarray(Image.open(p).convert("RGB")) for p in photos]
         segmenter.predict(arrays[0])  # warm-up
-        in_process = []
-        for array in arrays:
-            start = time.perf_counter()
-            segmenter.predict(array)
-            in_process.append(time.perf_counter() - start)
+        in_process = [_timed(segmenter.predict, array) for array in arrays]
         big = np.asarray(Image.open(big_path))
         pairs = []  # (first, second) predict of the new size, three times
         for _ in range(3):

@@ -74,8 +74,8 @@ def _info(name: str, checkpoint: bool) -> RuntimeInfo:
 def open_runtime(name: str, model: nn.Module, weights: Path | None = None) -> Runtime:
     """``model`` on the runtime ``name``; ``weights`` (its .safetensors file) lets int8
     runtimes use the files shipped beside it."""
-    return with_shipped_tiling(_info(name, checkpoint=True).load().from_model(model, weights),
-                               weights)
+    runtime = _info(name, checkpoint=True).load().from_model(model, weights)
+    return with_shipped_tiling(runtime, read_manifest(weights) if weights is not None else {})
 
 
 def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtime:
@@ -84,7 +84,8 @@ def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtim
     one per process where several share a machine, e.g. ``qsegment batch``'s workers),
     else from the network the weights build."""
     cls = _info(name, checkpoint=True).load()
-    if reason := read_manifest(weights).get("unsupported", {}).get(name):
+    manifest = read_manifest(weights)
+    if reason := manifest.get("unsupported", {}).get(name):
         raise ModelFileError(f"{weights.stem} cannot run on the {name} runtime (publishing it "
                              f"failed: {reason}); choose another --runtime, e.g. torch")
     runtime = cls.from_weights(weights, threads) if hasattr(cls, "from_weights") else None
@@ -92,7 +93,7 @@ def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtim
         from ..pretrained import load_model
 
         runtime = cls.from_model(load_model(weights)[0], weights)
-    return with_shipped_tiling(runtime, weights)
+    return with_shipped_tiling(runtime, manifest)
 
 
 def open_file(path: str | Path, name: str | None = None) -> Runtime:

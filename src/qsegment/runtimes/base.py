@@ -62,10 +62,10 @@ def read_manifest(weights: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def with_shipped_tiling(runtime: Runtime, weights: Path | None) -> Runtime:
-    """``runtime`` with the default tiling shipped beside ``weights``, where there is one."""
-    tile = read_manifest(weights).get("tile") if weights is not None else None
-    if tile:
+def with_shipped_tiling(runtime: Runtime, manifest: dict) -> Runtime:
+    """``runtime`` with the default tiling of a weights' ``manifest``
+    (:func:`read_manifest`), where it has one."""
+    if tile := manifest.get("tile"):
         runtime.tile_shape, runtime.tile_margin = tuple(tile["shape"]), int(tile["margin"])
     return runtime
 

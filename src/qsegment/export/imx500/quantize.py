@@ -39,6 +39,7 @@ from ...datasets import FundusDataset, Sample, Split, open_dataset
 from ...errors import QsegmentError
 from ...files import atomic_write
 from ...metrics import agreement
+from ...models.qsegment import depth_to_space
 from ...provenance import git_commit, package_versions
 from ...runtimes.onnxrt import MctOnnxRuntime
 from ..common import check_size
@@ -77,7 +78,7 @@ class _Interleaved(nn.Module):
         self.phases, self.factor = phases, factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.pixel_shuffle(self.phases(x), self.factor)
+        return depth_to_space(self.phases(x), self.factor)
 
 
 def output_phases(model: nn.Module) -> int:
