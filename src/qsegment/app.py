@@ -167,6 +167,7 @@ class App:
         self.max_megapixels, self.max_images = max_megapixels, max_images
         self._count = 0
         self._lock = threading.Lock()
+        self._network = threading.Lock()  # one interpreter: the warm-up and visitors take turns
 
     def _folder(self) -> Path:
         with self._lock:
@@ -187,8 +188,9 @@ class App:
         for path in paths[:self.max_images]:
             name = _unique(Path(path).name, state)
             try:
-                entry = segment_upload(self.segmenter, path, self._folder(), name,
-                                       self.max_megapixels)
+                with self._network:
+                    entry = segment_upload(self.segmenter, path, self._folder(), name,
+                                           self.max_megapixels)
             except QsegmentError as err:
                 problems.append(str(err))
                 continue
@@ -215,6 +217,18 @@ class App:
             return []
         return biomarker_rows(Segmented(**state[name]), threshold)
 
+    def warm_up(self) -> None:
+        """Segment and measure a shipped example once, so that the first visitor does not
+        wait for the interpreter's and the biomarkers' first-call set-up."""
+        sample = next(iter(sorted(SAMPLES.glob("*.jpg"))), None)
+        if sample is None:
+            return
+        folder = self.workdir / "warm-up"
+        with self._network:
+            entry = segment_upload(self.segmenter, sample, folder)
+        biomarker_rows(entry, self.segmenter.threshold)
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 def _intro(segmenter: "Segmenter", max_megapixels: float) -> str:
     return (f"# Q-Segment: retinal vessels\nDrop one or several fundus photographs (JPEG, "
@@ -225,13 +239,12 @@ def _intro(segmenter: "Segmenter", max_megapixels: float) -> str:
             "*A research tool, not a medical device.*")
 
 
-def build_app(segmenter: "Segmenter", workdir: str | Path,
-              max_megapixels: float = MAX_MEGAPIXELS) -> "gr.Blocks":
-    """The page: upload or examples, before/after slider, overlay, threshold, downloads,
-    biomarkers. ``workdir``: the temporary folder for maps (the caller removes it)."""
+def build_app(app: App) -> "gr.Blocks":
+    """The page around ``app``'s handlers: upload or examples, before/after slider,
+    overlay, threshold, downloads, biomarkers."""
     import gradio as gr
 
-    app = App(segmenter, workdir, max_megapixels)
+    segmenter, max_megapixels = app.segmenter, app.max_megapixels
     samples = sorted(SAMPLES.glob("*.jpg"))
     with gr.Blocks(title="Q-Segment", analytics_enabled=False,
                    delete_cache=(600, 3600)) as page:
@@ -264,7 +277,10 @@ def build_app(segmenter: "Segmenter", workdir: str | Path,
                     "al. 2012, Owen et al. 2009).")
 
         shown = [slider, tinted, downloads, summary]
-        network = {"concurrency_id": "network", "concurrency_limit": 1}
+        # "minimal" progress: the full one animates every output and, on a 2-core machine
+        # serving its own browser, slows the result it waits for by a quarter
+        network = {"concurrency_id": "network", "concurrency_limit": 1,
+                   "show_progress": "minimal"}
 
         def segment(paths: list[str] | None, current: dict, cut: float) -> tuple:
             new, name = app.segment(list(paths or []), current)
@@ -286,17 +302,6 @@ def build_app(segmenter: "Segmenter", workdir: str | Path,
                           api_name="biomarkers", concurrency_id="biomarkers")
     page.queue(default_concurrency_limit=2, max_size=64)
     return page
-
-
-def _warm_up(segmenter: "Segmenter", workdir: Path) -> None:
-    """Build the interpreter and compile the biomarkers' kernels before the first visitor
-    needs them (a few seconds, once)."""
-    sample = next(iter(sorted(SAMPLES.glob("*.jpg"))), None)
-    if sample is None:
-        return
-    entry = segment_upload(segmenter, sample, workdir / "warm-up")
-    biomarker_rows(entry, segmenter.threshold)
-    shutil.rmtree(workdir / "warm-up", ignore_errors=True)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -325,6 +330,8 @@ def serve(model: str | Path | None = None, runtime: str | None = None, host: str
     os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")  # read when Gradio is imported
     os.environ.setdefault("MPLCONFIGDIR", str(workdir / "matplotlib"))  # Gradio imports it
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Gradio reads the matplotlib backend around every event; named, it needs no pyplot
+    os.environ.setdefault("MPLBACKEND", "agg")
     try:
         import gradio as gr
 
@@ -332,12 +339,15 @@ def serve(model: str | Path | None = None, runtime: str | None = None, host: str
 
         segmenter = Segmenter.from_pretrained(model or DEFAULT_MODEL,
                                               runtime=runtime or DEFAULT_RUNTIME)
-        page = build_app(segmenter, workdir / "maps", max_megapixels)
-        threading.Thread(target=_warm_up, args=(segmenter, workdir), daemon=True).start()
+        app = App(segmenter, workdir / "maps", max_megapixels)
+        page = build_app(app)
         # system fonts: the default theme fetches Google's, which an offline clinic lacks
         theme = gr.themes.Base(font=["system-ui", "sans-serif"], font_mono=["monospace"])
         page.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-                    ssr_mode=False, show_error=False, quiet=False, theme=theme)
+                    ssr_mode=False, show_error=False, quiet=False, theme=theme,
+                    prevent_thread_lock=True)
+        app.warm_up()  # after the page is up: it must not delay it
+        page.block_thread()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the clean-up
         shutil.rmtree(workdir, ignore_errors=True)
