@@ -301,8 +301,9 @@ def test_agreement_values_on_one_validation_image(data_dir, segmenter):
 
 def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_dir, capsys):
     """`predict --biomarkers` and `analyze` of the same photograph write the same row
-    (same model, threshold, FOV, scale); a mask without its photograph is measured over
-    the whole frame; a missing file fails with exit code 1, the others still measured."""
+    (same model, threshold, FOV, scale), and `analyze --threshold` cuts elsewhere; a mask
+    without its photograph is measured over the whole frame; a missing file fails with
+    exit code 1, the others still measured."""
     from qsegment.cli import main
     from qsegment.pretrained import DEFAULT_MODEL
 
@@ -327,3 +328,8 @@ def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_d
     assert mask["kind"] == "mask" and mask["fov_source"].startswith("whole frame")
     assert mask["area_density"] < row["area_density"]  # the same vessels over a larger area
     assert not (tmp_path / "a" / "Image_12L_biomarkers.png").exists()  # --no-figures
+    assert main(["analyze", str(photo), "-o", str(tmp_path / "low"), "--threshold", "0.5",
+                 "--fov-degrees", "30", "--no-figures"]) == 0
+    lower = json.loads((tmp_path / "low" / "biomarkers.json").read_text())["rows"][0]
+    assert lower["threshold"] == 0.5 < row["threshold"]
+    assert lower["area_density"] > row["area_density"]  # a lower cut keeps more vessel

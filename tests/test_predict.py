@@ -15,7 +15,7 @@ from qsegment.cli import main
 from qsegment.datasets import load_sample
 from qsegment.engine.infer import predict_proba
 from qsegment.engine.predict import predict_files, tile_windows
-from qsegment.images import ImageError, read_image, to_rgb_float
+from qsegment.images import ImageError, read_image, round_up, to_rgb_float
 from qsegment.metrics import evaluate
 from qsegment.models import create_model
 
@@ -88,7 +88,7 @@ def test_tile_windows_partition_the_axis_with_one_tile_length(tile, margin, grid
         for start, stop, k0, k1 in windows:
             assert start % grid == 0 and stop <= min(start + tile, length)
             if len(windows) > 1:  # all of the tile's length (the last may run past the end)
-                assert start + tile <= -(-length // grid) * grid
+                assert start + tile <= round_up(length, grid)
                 assert k0 - start >= margin or start == 0
                 assert start + tile - k1 >= margin or k1 == length
 

@@ -37,6 +37,11 @@ def _command(sub: Commands, name: str, summary: str, examples: str,
     return p
 
 
+def _add_threshold(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float,
+                   help="decision threshold (default: the model card's, chosen on training data)")
+
+
 def _add_tta(p: argparse.ArgumentParser, note: str) -> None:
     p.add_argument("--tta", choices=["none", "flip", "d8"], default="none",
                    help="test-time augmentation: average the logits over flips (4 passes) or "
@@ -306,8 +311,7 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     _add_model(p)
-    p.add_argument("--threshold", type=float,
-                   help="decision threshold (default: the model card's, chosen on training data)")
+    _add_threshold(p)
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     _add_runtime(p, DEFAULT_RUNTIME)
@@ -374,8 +378,7 @@ def _add_batch(sub: Commands) -> None:
     p.add_argument("--cpus-per-worker", type=int, default=1,
                    help="CPUs each worker reserves and runs the network on (1)")
     _add_model(p)
-    p.add_argument("--threshold", type=float,
-                   help="decision threshold (default: the model card's, chosen on training data)")
+    _add_threshold(p)
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
@@ -395,9 +398,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.agreement:
         raise UsageError("give masks or photographs to measure, or --agreement")
-    segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime)
+    segmenter = Segmenter.from_pretrained(args.model, args.threshold, runtime=args.runtime)
     if args.agreement:  # the float model beside it: how much int8 moves the biomarkers
-        reference = Segmenter.from_pretrained(args.model, runtime="torch")
+        reference = Segmenter.from_pretrained(args.model, args.threshold, runtime="torch")
         table = report.agreement(args.data, args.out, segmenter=segmenter,
                                  float_segmenter=reference, **_scale(args))
         print(report.agreement_markdown(table))
@@ -429,6 +432,7 @@ def _add_analyze(sub: Commands) -> None:
                    "patterns (a gray image of two values is a mask)")
     p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
     _add_model(p, "the model that segments photographs")
+    _add_threshold(p)
     _add_runtime(p, DEFAULT_RUNTIME)
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--agreement", action="store_true",

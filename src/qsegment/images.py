@@ -17,6 +17,12 @@ class ImageError(QsegmentError, ValueError):
     """An input that cannot be read as an image; the message names the file."""
 
 
+def round_up(length: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` not below ``length``: the size a network with
+    that total stride, or an aligned buffer, needs."""
+    return -(-length // multiple) * multiple
+
+
 def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] from a PIL image or array: grayscale is repeated
     over the channels, alpha is dropped, 16-bit and float inputs are scaled."""

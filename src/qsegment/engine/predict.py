@@ -26,7 +26,7 @@ from PIL import Image
 from ..datasets.chasedb1 import ChaseDB1
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
-from ..images import ImageError, collect_inputs, read_rgb, to_rgb_float
+from ..images import ImageError, collect_inputs, read_rgb, round_up, to_rgb_float
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_runtime, open_weights
@@ -54,7 +54,7 @@ def tile_windows(length: int, tile: int, margin: int, grid: int
     runtime pads it)."""
     if length <= tile:
         return [(0, length, 0, length)]
-    padded = -(-length // grid) * grid
+    padded = round_up(length, grid)
     step = tile - 2 * margin
     n = -(-(padded - 2 * margin) // step)
     while True:

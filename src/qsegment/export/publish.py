@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..checkpoint import save_checkpoint
 from ..files import write_json
+from ..images import round_up
 from ..models.profile import receptive_radius
 from ..pretrained import WEIGHTS_DIR, load_model, resolve_checkpoint
 from ..runtimes.litert import Int8Session
@@ -46,10 +47,10 @@ def publish_int8_files(source: str | Path, shapes: tuple[tuple[int, int], ...] =
     weights = resolve_checkpoint(source)
     model, _ = load_model(weights)
     m = model.size_multiple
-    shapes = tuple((-(-h // m) * m, -(-w // m) * m) for h, w in shapes)  # e.g. 960x1008 at 16
+    shapes = tuple((round_up(h, m), round_up(w, m)) for h, w in shapes)  # e.g. 960x1008 at 16
     radius = receptive_radius(model)
     manifest: dict = {"size_multiple": m, "receptive_radius": radius,
-                      "tile": {"shape": list(shapes[-1]), "margin": -(-(radius + 1) // m) * m},
+                      "tile": {"shape": list(shapes[-1]), "margin": round_up(radius + 1, m)},
                       "tflite": {}, "unsupported": {}}
     observers_path = weights.with_suffix(".int8-observers.safetensors")
     try:

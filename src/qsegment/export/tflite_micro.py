@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..files import write_json
+from ..images import round_up
 from ..runtimes.litert import dequantize_output, input_lut
 from ..runtimes.tflm import MicroError, MicroModel, lsb_difference, measure_arena, operators
 from .common import check_size, search_largest, staged_folder
@@ -276,7 +277,7 @@ def _card(model: nn.Module, float_card: Card, source: str | Path, size: int,
         "calibration": facts["calibration"],
         "operators": operators(flatbuffer), "flatbuffer_bytes": len(flatbuffer),
         "arena_bytes": arena,
-        "arena_bytes_aligned": -(-arena // TFLM_ALIGNMENT) * TFLM_ALIGNMENT,
+        "arena_bytes_aligned": round_up(arena, TFLM_ALIGNMENT),
         "agreement": {"image": probe_sample.name,
                       **{f"tflm_vs_{runtime}": lsb_difference(
                           micro_raw, MicroModel(flatbuffer, runtime).raw(probe.numpy()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..images import round_up
+
 
 class SegmentationModel(nn.Module):
     """Base class: ``forward`` maps (N, 3, H, W) images in [0, 1] to (N, 1, H, W) logits.
@@ -26,7 +28,7 @@ class SegmentationModel(nn.Module):
         if h % m or w % m:
             raise ValueError(
                 f"{type(self).__name__} needs H and W divisible by {m}, got {h}x{w}; "
-                f"pad to {-(-h // m) * m}x{-(-w // m) * m} (qsegment.models.pad_to_multiple)"
+                f"pad to {round_up(h, m)}x{round_up(w, m)} (qsegment.models.pad_to_multiple)"
             )
 
 

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..images import round_up
+
 
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (what papers report)."""
@@ -50,7 +52,7 @@ def receptive_radius(model: nn.Module, size: int = 384) -> int:
     of a ``size`` x ``size`` random image (logit changes over 1e-5 count); a reach to the
     border raises."""
     multiple = getattr(model, "size_multiple", 1)
-    size = -(-size // multiple) * multiple
+    size = round_up(size, multiple)
     centre = size // 2 // multiple * multiple
     base = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     probes = base.repeat(multiple + 1, 1, 1, 1)  # the first stays unperturbed: the reference

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..console import captured_stderr
 from ..files import atomic_write
+from ..images import round_up
 from .base import ModelFileError, Runtime, read_manifest
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class LiteRtInt8(Runtime):
             if shape[0] >= height and shape[1] >= width:
                 return shape
         m = self.size_multiple
-        return -(-height // m) * m, -(-width // m) * m
+        return round_up(height, m), round_up(width, m)
 
     def session(self, height: int, width: int) -> Int8Session:
         """The interpreter for an input of exactly height x width, loaded or built on first
