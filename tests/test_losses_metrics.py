@@ -6,7 +6,13 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from qsegment.datasets import load_sample
-from qsegment.losses import bce_dice_loss, boundary_weights, get_loss, structure_loss
+from qsegment.losses import (
+    bce_dice_loss,
+    boundary_weights,
+    get_loss,
+    structure_cldice_loss,
+    structure_loss,
+)
 from qsegment.metrics import best_threshold, confusion, evaluate, scores
 
 
@@ -53,6 +59,21 @@ def test_structure_loss_matches_the_written_formula():
     assert structure_loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
     unweighted = F.binary_cross_entropy_with_logits(logits, target) + wiou.mean()
     assert abs(structure_loss(logits, target).item() - unweighted.item()) > 1e-3
+
+
+def test_cldice_term_costs_a_broken_vessel_more_than_a_thinner_one():
+    """Two predictions of a 5-px bar, each 25 pixels short: cut across, or thinned along
+    an edge. The structure loss rates them alike; the clDice term only the cut."""
+    target = torch.zeros(1, 1, 64, 64)
+    target[..., 30:35, 4:60] = 1
+    cut, thinned = target.clone(), target.clone()
+    cut[..., 30:35, 30:35] = 0
+    thinned[..., 34, 4:29] = 0
+    logits = {name: (p * 2 - 1) * 8 for name, p in (("cut", cut), ("thinned", thinned))}
+    structure = {k: structure_loss(v, target).item() for k, v in logits.items()}
+    cldice = {k: structure_cldice_loss(v, target).item() - structure[k] for k, v in logits.items()}
+    assert structure["cut"] == pytest.approx(structure["thinned"], abs=0.01)
+    assert cldice["cut"] > 0.02 > 0.001 > cldice["thinned"]
 
 
 def test_loss_registry():

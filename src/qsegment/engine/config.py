@@ -53,7 +53,8 @@ class TrainConfig:
                                       "(qsegment.data.transforms.AcquisitionShift)")
     acquisition_jpeg: float = _field(0.2, "share of --acquisition samples JPEG-compressed "
                                           "(quality 30-95)")
-    loss: str = _field("structure", "structure | bce_dice")
+    loss: str = _field("structure", "structure | bce_dice | structure_cldice (plus MONAI's "
+                                     "soft clDice, a connectivity term)")
     optimizer: str = _field("sgd", "sgd | adamw")
     lr: float = _field(1e-3, "initial learning rate")
     momentum: float = _field(0.9, "SGD momentum")
