@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qsegment.app import MAX_MEGAPIXELS, biomarker_rows, segment_upload, view
+from qsegment.app import MAX_MEGAPIXELS, App, biomarker_rows, segment_upload, view
 from qsegment.biomarkers import FIELDS
 from qsegment.engine.predict import Segmenter
 from qsegment.images import ImageError
@@ -81,6 +81,14 @@ def test_unreadable_and_oversized_uploads_are_named_not_traced(tmp_path: Path,
     with pytest.raises(ImageError, match=r"huge\.png: 4000x2000 is 8 MP, over the 5 MP limit"):
         segment_upload(segmenter, huge, tmp_path / "out", max_megapixels=5)
     assert not (tmp_path / "out").exists()  # nothing written for a refused file
+
+
+def test_warm_up_segments_an_example_and_leaves_nothing(tmp_path: Path,
+                                                        segmenter: Segmenter) -> None:
+    app = App(segmenter, tmp_path / "maps")
+    app.warm_up()
+    assert (tmp_path / "maps").is_dir()  # it segmented into the app's folder...
+    assert list((tmp_path / "maps").rglob("*")) == []  # ...and removed its maps
 
 
 # --- a real server ---------------------------------------------------------------------
