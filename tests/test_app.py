@@ -1,5 +1,5 @@
 """The web app (``qsegment app``): its functions on CHASE_DB1, then a real server started
-by the CLI on a free loopback port, driven by ``gradio_client`` and by headless Chromium
+by the CLI on a free loopback port, driven through its HTTP API and by headless Chromium
 (Debian's ``chromium`` and ``chromium-driver``, which ``.ci/run`` installs).
 
 The browser test saves a screenshot and the measured timings under
@@ -7,12 +7,16 @@ The browser test saves a screenshot and the measured timings under
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +25,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qsegment.app import MAX_MEGAPIXELS, App, biomarker_rows, segment_upload, view
+from qsegment.app import (
+    MAX_MEGAPIXELS,
+    MAX_UPLOAD_MB,
+    MAX_WAITING,
+    App,
+    _Api,
+    biomarker_rows,
+    mask_png,
+    segment_upload,
+)
 from qsegment.biomarkers import FIELDS
 from qsegment.engine.predict import Segmenter
 from qsegment.images import ImageError
@@ -37,8 +50,8 @@ def segmenter() -> Segmenter:
     return Segmenter.from_pretrained()
 
 
-def _mask(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path)) > 0
+def _png_mask(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data))) > 0
 
 
 def test_segment_upload_gives_predicts_mask_and_recuts_without_the_network(
@@ -47,15 +60,25 @@ def test_segment_upload_gives_predicts_mask_and_recuts_without_the_network(
     entry = segment_upload(segmenter, image, tmp_path / "one")
     reference = segmenter.predict(np.asarray(Image.open(image).convert("RGB")))
     assert (entry.width, entry.height, entry.scale) == (999, 960, 1.0)
-    at_card = view(entry, segmenter.threshold, "m", "r")
-    np.testing.assert_array_equal(_mask(at_card.downloads[0]), reference.mask)
-    prob = np.asarray(Image.open(at_card.downloads[1]))
+    np.testing.assert_array_equal(_png_mask(mask_png(entry, segmenter.threshold)),
+                                  reference.mask)
+    prob = np.asarray(Image.open(entry.file("probability.png")))
     np.testing.assert_array_equal(prob, np.round(reference.probability * 255).astype(np.uint8))
-    assert at_card.overlay.shape == at_card.photograph.shape == (960, 999, 3)
-    lower = view(entry, 0.3)  # a new cut of the saved map: more vessels, the same files
-    assert _mask(lower.downloads[0]).sum() > reference.mask.sum()
-    assert lower.mask.sum() > at_card.mask.sum()
-    assert "threshold 0.30" in lower.summary and "999x960" in lower.summary
+    shown = np.asarray(Image.open(entry.file("display_probability.png")))
+    assert shown.shape == (960, 999) and np.abs(shown.astype(int) - prob).max() <= 1
+    assert Image.open(entry.file("display_photograph.jpg")).size == (999, 960)
+    lower = _png_mask(mask_png(entry, 0.3))  # a new cut of the saved map, no network
+    assert lower.sum() > reference.mask.sum() and (lower >= reference.mask).all()
+
+
+def test_a_large_photograph_is_shown_small_and_downloaded_at_its_size(
+        tmp_path: Path, data_dir: Path, segmenter: Segmenter) -> None:
+    big = tmp_path / "big.png"
+    Image.open(data_dir / "Image_12R.jpg").resize((1998, 1920)).save(big)
+    entry = segment_upload(segmenter, big, tmp_path / "one")
+    assert Image.open(entry.file("display_photograph.jpg")).size == (1024, 984)
+    assert Image.open(entry.file("display_probability.png")).size == (1024, 984)
+    assert _png_mask(mask_png(entry, 0.5)).shape == (1920, 1998)
 
 
 def test_biomarker_rows_follow_the_threshold(tmp_path: Path, data_dir: Path,
@@ -74,8 +97,9 @@ def test_unreadable_and_oversized_uploads_are_named_not_traced(tmp_path: Path,
     broken = tmp_path / "upload-7f3a" / "broken.jpg"
     broken.parent.mkdir()
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
-    with pytest.raises(ImageError, match=r"^eye\.jpg: not a readable image"):
+    with pytest.raises(ImageError, match=r"^eye\.jpg: not a readable image") as err:
         segment_upload(segmenter, broken, tmp_path / "out", name="eye.jpg")
+    assert "upload-7f3a" not in str(err.value)  # the server's paths stay on the server
     huge = tmp_path / "huge.png"
     Image.new("L", (4000, 2000)).save(huge)  # 8 MP, over a 5 MP limit
     with pytest.raises(ImageError, match=r"huge\.png: 4000x2000 is 8 MP, over the 5 MP limit"):
@@ -90,6 +114,15 @@ def test_warm_up_segments_an_example_and_leaves_nothing(tmp_path: Path,
     assert (tmp_path / "maps").is_dir()  # it segmented into the app's folder...
     assert list((tmp_path / "maps").rglob("*")) == []  # ...and removed its maps
 
+
+def test_a_full_queue_answers_busy_without_segmenting(tmp_path: Path, data_dir: Path,
+                                                      segmenter: Segmenter) -> None:
+    pytest.importorskip("starlette")
+    api = _Api(App(segmenter, tmp_path / "maps"))
+    api.waiting = MAX_WAITING  # as if that many photographs were queued for the network
+    answer = asyncio.run(api._segment((data_dir / "Image_11L.jpg").read_bytes(), "eye.jpg"))
+    assert answer.status_code == 503 and b"busy" in answer.body
+    assert not (tmp_path / "maps").exists()
 
 # --- a real server ---------------------------------------------------------------------
 
@@ -145,7 +178,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("gradio")
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
     root = tmp_path_factory.mktemp("app")
     server = Server(root)
     server.report = {"page_http_ready_s": round(server.ready_s, 2)}
@@ -161,45 +195,56 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     assert left == {"home": [], "cwd": [], "tmp": []}, left  # uploads and maps removed
 
 
-def _client(server: Server, downloads: Path):
-    from gradio_client import Client
+def _call(server: Server, path: str, data: bytes | None = None, method: str = "GET"
+          ) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) of one request to the server."""
+    request = urllib.request.Request(server.url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
 
-    downloads.mkdir(exist_ok=True)
-    return Client(server.url, verbose=False, download_files=str(downloads))
+
+def _upload(server: Server, path: Path, name: str | None = None) -> tuple[int, dict]:
+    status, body, _ = _call(server, f"api/segment?name={name or path.name}",
+                            path.read_bytes(), "POST")
+    return status, json.loads(body)
 
 
 @pytest.mark.slow
-def test_client_segments_recuts_and_measures(server: Server, tmp_path: Path, data_dir: Path,
-                                             segmenter: Segmenter) -> None:
-    from gradio_client import handle_file
-
-    client = _client(server, tmp_path / "dl")
+def test_api_segments_recuts_and_measures(server: Server, data_dir: Path,
+                                          segmenter: Segmenter) -> None:
     image = data_dir / "Image_13R.jpg"
-    choice, pair, overlay, files, summary = client.predict(
-        paths=[handle_file(str(image))], cut=segmenter.threshold, api_name="/segment")
-    assert choice["value"] == "Image_13R.jpg" and len(pair) == 2 and Path(overlay).is_file()
+    status, info = _upload(server, image)
+    assert status == 200, info
+    assert (info["name"], info["width"], info["height"], info["scale"]) == (
+        "Image_13R.jpg", 999, 960, 1.0)
+    assert (info["model"], info["runtime"]) == (DEFAULT_MODEL, "tflite-int8")
     reference = segmenter.predict(np.asarray(Image.open(image).convert("RGB")))
-    mask_file = next(f for f in files if f.endswith("_mask.png"))
-    np.testing.assert_array_equal(_mask(mask_file), reference.mask)  # = qsegment predict's
-    assert DEFAULT_MODEL in summary and "tflite-int8" in summary
-    *_, files, lower = client.predict(name="Image_13R.jpg", threshold=0.3, api_name="/threshold")
-    assert "threshold 0.30" in lower
-    assert _mask(next(f for f in files if f.endswith("_mask.png"))).sum() > reference.mask.sum()
-    table = client.predict(name="Image_13R.jpg", threshold=0.3, api_name="/biomarkers")
-    assert [row[0] for row in table["data"]] == [f.name for f in FIELDS]
-    two = [handle_file(str(data_dir / n)) for n in ("Image_14L.jpg", "Image_14R.jpg")]
-    choice, *_, summary = client.predict(paths=two, cut=0.5, api_name="/segment")
-    assert [c[0] for c in choice["choices"]] == ["Image_13R.jpg", "Image_14L.jpg",
-                                                 "Image_14R.jpg"]
-    assert choice["value"] == "Image_14L.jpg" and "Image_14L.jpg" in summary
+    base = f"api/results/{info['key']}/"
+    status, mask, headers = _call(server, f"{base}mask.png?threshold={segmenter.threshold}")
+    assert status == 200 and 'filename="Image_13R_mask.png"' in headers["content-disposition"]
+    np.testing.assert_array_equal(_png_mask(mask), reference.mask)  # = qsegment predict's
+    _, lower, _ = _call(server, f"{base}mask.png?threshold=0.3")
+    assert _png_mask(lower).sum() > reference.mask.sum()
+    _, prob, headers = _call(server, f"{base}probability_full.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(prob))),
+                                  np.round(reference.probability * 255).astype(np.uint8))
+    assert 'filename="Image_13R_prob.png"' in headers["content-disposition"]
+    _, body, _ = _call(server, f"{base}biomarkers?threshold=0.3")
+    assert [row[0] for row in json.loads(body)] == [f.name for f in FIELDS]
+    for path, status in ((f"{base}mask.png?threshold=1.5", 400),
+                         (f"{base}biomarkers?threshold=x", 400),
+                         ("api/results/not-a-key/mask.png?threshold=0.5", 404),
+                         (f"{base}../../../etc/passwd", 404), ("examples/../app.py", 404)):
+        assert _call(server, path)[0] == status, path
+    status, body, _ = _call(server, "api/examples/Image_11L.jpg", b"", "POST")
+    assert status == 200 and json.loads(body)["name"] == "Image_11L.jpg"
 
 
 @pytest.mark.slow
 def test_bad_uploads_get_a_message(server: Server, tmp_path: Path) -> None:
-    from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
-
-    client = _client(server, tmp_path / "dl")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     huge = tmp_path / "huge.png"
@@ -207,45 +252,50 @@ def test_bad_uploads_get_a_message(server: Server, tmp_path: Path) -> None:
     Image.new("L", (side, side)).save(huge)
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
     for path, message in ((broken, "broken.jpg: not a readable image"),
-                          (huge, f"over the {MAX_MEGAPIXELS} MP limit"),
-                          (notes, "Invalid file type")):
-        with pytest.raises(AppError, match=message):
-            client.predict(paths=[handle_file(str(path))], cut=0.5, api_name="/segment")
-    assert "qsegment/app.py" not in server.log.read_text()  # refused, not crashed
+                          (huge, f"huge.png: {side}x{side} is {side * side / 1e6:.0f} MP, "
+                                 f"over the {MAX_MEGAPIXELS} MP limit"),
+                          (notes, "notes.txt: not a readable image"),
+                          (empty, "empty.png: an empty file")):
+        status, answer = _upload(server, path)
+        assert status == 400 and answer["error"].startswith(message), answer
+        assert "qsegment-app-" not in answer["error"]  # no server path in the message
+    assert "Traceback" not in server.log.read_text()  # refused, not crashed
 
 
 @pytest.mark.slow
-def test_the_server_refuses_uploads_over_its_size_limit(server: Server, tmp_path: Path) -> None:
-    import httpx
-
-    from qsegment.app import MAX_FILE_SIZE
-
-    limit = int(MAX_FILE_SIZE.removesuffix("mb")) * 2**20
-    big = tmp_path / "big.jpg"
-    big.write_bytes(b"\xff\xd8" + bytes(limit))
-    with big.open("rb") as f:  # straight to the upload route, past any client-side check
-        answer = httpx.post(f"{server.url}gradio_api/upload", timeout=60,
-                            files={"files": ("big.jpg", f, "image/jpeg")})
-    assert answer.status_code == 413 and "maximum allowed size" in answer.text
+def test_the_server_refuses_uploads_over_its_size_limit(server: Server) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.putrequest("POST", "/api/segment?name=big.jpg")  # the headers, no body:
+    connection.putheader("Content-Length", str(MAX_UPLOAD_MB * 2**20 + 1))
+    connection.endheaders()  # the server answers before reading any of it
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"] == (
+        f"big.jpg: over the {MAX_UPLOAD_MB} MB upload limit")
+    connection.close()
+    # a chunked body has no length to refuse up front: it is counted as it comes
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    chunks = (bytes(2**20) for _ in range(MAX_UPLOAD_MB + 1))
+    connection.request("POST", "/api/segment?name=stream.jpg", body=chunks,
+                       encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and b"stream.jpg: over the" in response.read()
+    connection.close()
 
 
 @pytest.mark.slow
-def test_ten_concurrent_uploads_are_all_answered(server: Server, tmp_path: Path,
-                                                 data_dir: Path) -> None:
-    from gradio_client import handle_file
-
+def test_ten_concurrent_uploads_are_all_answered(server: Server, data_dir: Path) -> None:
     images = sorted(data_dir.glob("Image_*.jpg"))[:10]
-    clients = [_client(server, tmp_path / f"dl{i}") for i in range(len(images))]
     peak_before = _rss_peak_mb(server.process.pid)
     start = time.perf_counter()
-    jobs = [c.submit(paths=[handle_file(str(p))], cut=0.5, api_name="/segment")
-            for c, p in zip(clients, images, strict=True)]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        answers = list(pool.map(lambda job: job.result(timeout=120), jobs))
+    with ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(lambda p: _upload(server, p), images))
     seconds = time.perf_counter() - start
-    assert [a[0]["value"] for a in answers] == [p.name for p in images]  # none lost or mixed
-    assert all(Path(f).is_file() for a in answers for f in a[3])
+    assert [(s, a["name"]) for s, a in answers] == [(200, p.name) for p in images]  # none lost
+    for _, answer in answers:  # each key leads to its own image's map
+        assert _call(server, f"api/results/{answer['key']}/probability.png")[0] == 200
     peak = _rss_peak_mb(server.process.pid)
     server.report |= {"ten_concurrent_uploads_s": round(seconds, 2),
                       "peak_rss_before_ten_uploads_mb": round(peak_before, 1),
@@ -281,7 +331,7 @@ def _wait(condition, timeout: float = 30.0):
 
 @pytest.mark.slow
 def test_browser_uploads_sees_the_overlay_and_moves_the_threshold(
-        server: Server, data_dir: Path) -> None:
+        server: Server, data_dir: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -289,47 +339,59 @@ def test_browser_uploads_sees_the_overlay_and_moves_the_threshold(
     try:
         start = time.perf_counter()
         browser.get(server.url)
-        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#biomarkers"))
+        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#examples img"))
         server.report["page_rendered_after_http_ready_s"] = round(time.perf_counter() - start, 2)
 
-        def overlay_source() -> str | None:
-            images = browser.find_elements(By.CSS_SELECTOR, "#overlay img")
-            return images[0].get_attribute("src") if images else None
+        def drawn() -> str | None:  # the threshold the overlay was last drawn at
+            return browser.find_element(By.ID, "overlay").get_attribute("data-threshold")
 
         def summary() -> str:
             return browser.find_element(By.ID, "summary").text
 
-        upload = browser.find_element(By.CSS_SELECTOR, "#upload input[type=file]")
+        upload = browser.find_element(By.ID, "upload")
         start = time.perf_counter()
         upload.send_keys(str(data_dir / "Image_11L.jpg"))
-        first = _wait(overlay_source)
+        _wait(drawn)
         server.report["upload_to_overlay_s"] = round(time.perf_counter() - start, 2)
-        before = _wait(lambda: "threshold" in summary() and summary())
+        before = summary()
         assert "Image_11L.jpg" in before and "999x960" in before
 
-        slider = browser.find_element(By.CSS_SELECTOR, "#threshold input[type=range]")
+        slider = browser.find_element(By.ID, "threshold")
+        first = browser.find_element(By.ID, "overlay").screenshot_as_png
         slider.send_keys(*[Keys.ARROW_LEFT] * 30)  # 0.30 lower, as a user's keyboard does
-        cut = f"threshold {float(slider.get_attribute('value')):.2f}"  # each key is an event:
-        after = _wait(lambda: cut in summary() and summary())  # wait for the last one's
-        assert _wait(lambda: overlay_source() != first)  # a new mask was drawn
+        cut = f"{float(slider.get_attribute('value')):.2f}"
+        _wait(lambda: drawn() == cut)
+        assert browser.find_element(By.ID, "overlay").screenshot_as_png != first  # redrawn
+        after = summary()
         percent = [float(s.split(" % ")[0].split()[-1]) for s in (before, after)]
         assert percent[1] > percent[0]  # a lower threshold keeps more vessel pixels
-        _wait(lambda: "fractal_dimension" in browser.find_element(By.ID, "biomarkers").text)
+        table = browser.find_element(By.ID, "biomarkers")
+        _wait(lambda: table.get_attribute("data-threshold") == cut)
+        assert "fractal_dimension" in table.text
+        mask_link = browser.find_element(By.ID, "download-mask").get_attribute("href")
+        assert mask_link.endswith(f"mask.png?threshold={slider.get_attribute('value')}")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "app.png"))
 
-        browser.find_elements(By.CSS_SELECTOR, "#examples button img")[1].click()
+        browser.find_elements(By.CSS_SELECTOR, "#examples button")[1].click()
         assert "Image_13R.jpg" in _wait(lambda: "Image_13R" in summary() and summary())
+        choices = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#choice option")]
+        assert choices == ["Image_11L.jpg", "Image_13R.jpg"]
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not a photograph")
+        upload.send_keys(str(notes))
+        message = browser.find_element(By.ID, "message")
+        assert "notes.txt: not a readable image" in _wait(lambda: message.text)
     finally:
         browser.quit()
 
 
-def test_app_help_needs_no_gradio_import() -> None:
+def test_app_help_needs_no_web_server_import() -> None:
     code = ("import sys; from qsegment.cli import build_parser; build_parser(); "
-            "print('gradio' in sys.modules)")
+            "print(sorted({'starlette', 'uvicorn'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_busy_port_is_refused_before_anything_starts(capsys: pytest.CaptureFixture) -> None:

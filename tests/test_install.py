@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,6 @@ def test_the_base_install_predicts_without_torch(tmp_path, data_dir):
     done = subprocess.run([str(qsegment), "predict", str(image), "-o", str(tmp_path / "torch"),
                            "--runtime", "torch"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and "pip install 'qsegment[train]'" in done.stderr
+    done = subprocess.run([str(qsegment), "app"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "pip install 'qsegment[app]'" in done.stderr
+    assert "qsegment/web/index.html" in zipfile.ZipFile(wheel).namelist()  # the app's page

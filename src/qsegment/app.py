@@ -1,17 +1,24 @@
 """The web app (``qsegment app``): drop fundus photographs into a page and look at their
 vessels, for people who do not use a terminal.
 
-One :class:`~qsegment.engine.predict.Segmenter` serves every visitor, one image at a
-time (Gradio's queue), so memory stays bounded whatever the number of users. Uploads
-and the maps made of them live in one temporary folder that is removed when the app
-stops; nothing is written elsewhere. The network runs once per image: moving the
-threshold re-cuts the saved probability map.
+A small Starlette server and one static page (``web/index.html``). Gradio was the first
+choice, but importing it takes 2-3.8 s on a 2-core machine, more than the 3 s in which
+the page must be up; Starlette and uvicorn import in 0.15 s. The network runs once per
+photograph, on the server; the page re-cuts the probability map it was sent, so moving
+the threshold redraws the mask at once, without the server.
 
-The functions below :func:`build_app` are plain Python (no Gradio) so that they can be
-tested and reused; :func:`build_app` wires them to the page and :func:`serve` runs it.
+One :class:`~qsegment.engine.predict.Segmenter` serves every visitor, one photograph at a
+time, so memory stays bounded whatever the number of users. Uploads and the maps made
+of them live in one temporary folder that is removed when the app stops; nothing is
+written elsewhere. The functions above :func:`build_app` are plain Python, tested and
+reusable without a server.
 """
 
+import asyncio
+import io
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,26 +26,32 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
 from .errors import QsegmentError, UsageError
 from .files import atomic_write
-from .images import ImageError, overlay, read_rgb, resize_image, resize_map
+from .images import ImageError, read_rgb, resize_image, resize_map
 
 if TYPE_CHECKING:
-    import gradio as gr
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
 
     from .engine.predict import Segmenter
 
 SAMPLES = Path(__file__).parent / "sample_images"  # two CHASE_DB1 test images (CC BY 4.0)
+PAGE = Path(__file__).parent / "web" / "index.html"
 MAX_MEGAPIXELS = 25  # larger photographs are refused before decoding, with a message
-MAX_FILE_SIZE = "30mb"  # Gradio refuses larger uploads before they reach the app
-MAX_IMAGES = 8  # per upload: one visitor cannot hold the queue for long
+MAX_UPLOAD_MB = 30  # larger files are refused before they are read to the end
+MAX_WAITING = 32  # photographs queued for the network; more get "busy, try again"
+MAX_RESULTS = 64  # results kept; the oldest one's folder is removed for each new one
 DISPLAY_SIDE = 1024  # what the browser is sent; the downloads keep the photograph's size
 LOOPBACK = "127.0.0.1"
 
@@ -48,89 +61,77 @@ class Segmented:
     """One segmented photograph: where its files are and how its map was made."""
 
     name: str
-    folder: str  # this image's own folder in the app's temporary folder
+    folder: Path  # this image's own folder in the app's temporary folder
     width: int
     height: int
     scale: float  # the factor the photograph was resized by before the network
     seconds: float  # the network's time, resizing and tiling included
-    photograph: str = ""  # the uploaded file, read again for the biomarkers' FOV
+    photograph: Path  # the uploaded file, read again for the biomarkers' field of view
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem or "image"
 
     def file(self, what: str) -> Path:
-        return Path(self.folder) / what
+        return self.folder / what
 
 
-def _stem(name: str) -> str:
-    return Path(name).stem or "image"
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
-def _save_png(path: Path, array: np.ndarray) -> Path:
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
-    return path
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # a file object: np.save would append .npy to a name
-            np.save(f, array, allow_pickle=False)
-
-    atomic_write(path, write)
+def _save(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
                    name: str | None = None, max_megapixels: float = MAX_MEGAPIXELS
                    ) -> Segmented:
     """Segment the photograph at ``path`` into ``folder``: its probability map at full size
-    (``NAME_prob.png`` to download, ``probability.npy`` to re-cut at other thresholds) and
-    display-size copies of the photograph and the map. A file that is not a readable
-    image, or is larger than ``max_megapixels``, raises :class:`ImageError` naming it by
-    ``name`` (the visitor's file name, not the temporary path)."""
+    (``probability.npy`` to cut at any threshold, ``probability.png`` to download) and
+    display-size copies of the photograph (JPEG) and of the map (8-bit PNG) for the page.
+    A file that is not a readable image, or is larger than ``max_megapixels``, raises
+    :class:`ImageError` naming it by ``name`` (the visitor's file name, not the path)."""
     path, folder = Path(path), Path(folder)
     name = name or path.name
     try:
         rgb = read_rgb(path, max_megapixels=max_megapixels)
     except ImageError as err:
-        raise ImageError(str(err).replace(str(path), name, 1)) from err
+        raise ImageError(str(err).replace(str(path), name)) from err
     start = time.perf_counter()
     prediction = segmenter.predict(rgb)
     seconds = time.perf_counter() - start
-    folder.mkdir(parents=True, exist_ok=True)
     height, width = prediction.probability.shape
     shrink = min(1.0, DISPLAY_SIDE / max(height, width))
     small = (max(1, round(height * shrink)), max(1, round(width * shrink)))
-    _save_npy(folder / "probability.npy", prediction.probability)  # masks equal predict's
-    _save_npy(folder / "display_probability.npy", resize_map(prediction.probability, small))
+
+    def write_npy(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.save would append .npy to a name
+            np.save(f, prediction.probability, allow_pickle=False)
+
+    atomic_write(folder / "probability.npy", write_npy)
+    _save(folder / "probability.png", _png(_to_uint8(prediction.probability)))
+    _save(folder / "display_probability.png",
+          _png(_to_uint8(resize_map(prediction.probability, small))))
     if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
-        rgb = np.round(rgb * 255).astype(np.uint8)
-    _save_npy(folder / "display_photograph.npy", resize_image(rgb, small))
-    _save_png(folder / f"{_stem(name)}_prob.png",
-              np.round(prediction.probability * 255).astype(np.uint8))
-    return Segmented(name, str(folder), width, height, prediction.scale, seconds, str(path))
+        rgb = _to_uint8(rgb)
+    photo = io.BytesIO()
+    Image.fromarray(resize_image(rgb, small)).save(photo, format="JPEG", quality=90)
+    _save(folder / "display_photograph.jpg", photo.getvalue())
+    return Segmented(name, folder, width, height, prediction.scale, seconds, path)
 
 
-@dataclass(frozen=True)
-class View:
-    """What the page shows of a segmented photograph at one threshold."""
-
-    photograph: np.ndarray  # display size, RGB
-    mask: np.ndarray  # display size, 0/255
-    overlay: np.ndarray  # display size, vessels tinted green
-    downloads: list[str]  # NAME_mask.png (this threshold) and NAME_prob.png, full size
-    summary: str  # Markdown: model, runtime, network time, scale, vessel fraction
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
 
 
-def view(entry: Segmented, threshold: float, model: str = "", runtime: str = "") -> View:
-    """The photograph, mask and overlay of ``entry`` at ``threshold`` from its saved maps,
-    without the network, and the full-size mask PNG written for download."""
-    photograph = np.load(entry.file("display_photograph.npy"))
-    mask = np.load(entry.file("display_probability.npy")) >= threshold
-    full = np.load(entry.file("probability.npy")) >= threshold
-    mask_png = _save_png(entry.file(f"{_stem(entry.name)}_mask.png"), full.astype(np.uint8) * 255)
-    summary = (f"**{entry.name}**: {entry.width}x{entry.height} px · model `{model}` on "
-               f"`{runtime}` · network {entry.seconds * 1000:.0f} ms · scale {entry.scale:.2f} "
-               f"(field of view resized to the training images') · threshold {threshold:.2f} · "
-               f"vessels {full.mean() * 100:.1f} % of the pixels")
-    return View(photograph, mask.astype(np.uint8) * 255, overlay(photograph, mask),
-                [str(mask_png), str(entry.file(f"{_stem(entry.name)}_prob.png"))], summary)
+def mask_png(entry: Segmented, threshold: float) -> bytes:
+    """The full-size mask of ``entry`` at ``threshold`` (0/255 PNG), cut from the saved
+    float map: the mask ``qsegment predict --threshold`` writes."""
+    probability = np.load(entry.file("probability.npy"))
+    return _png((probability >= threshold).astype(np.uint8) * 255)
 
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
@@ -150,72 +151,48 @@ def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
     return rows
 
 
-def _unique(name: str, taken: dict[str, Any]) -> str:
-    stem, suffix, n = Path(name).stem, Path(name).suffix, 2
-    candidate = name
-    while candidate in taken:
-        candidate, n = f"{stem} ({n}){suffix}", n + 1
-    return candidate
-
-
 class App:
-    """The page's handlers around one segmenter and one temporary folder."""
+    """The server's state: one segmenter, one temporary folder, the results by key."""
 
     def __init__(self, segmenter: "Segmenter", workdir: str | Path,
-                 max_megapixels: float = MAX_MEGAPIXELS, max_images: int = MAX_IMAGES) -> None:
+                 max_megapixels: float = MAX_MEGAPIXELS, max_results: int = MAX_RESULTS
+                 ) -> None:
         self.segmenter, self.workdir = segmenter, Path(workdir)
-        self.max_megapixels, self.max_images = max_megapixels, max_images
-        self._count = 0
-        self._lock = threading.Lock()
+        self.max_megapixels, self.max_results = max_megapixels, max_results
+        self.results: OrderedDict[str, Segmented] = OrderedDict()
+        self._lock = threading.Lock()  # guards results
         self._network = threading.Lock()  # one interpreter: the warm-up and visitors take turns
 
-    def _folder(self) -> Path:
+    def segment(self, data: bytes, name: str) -> tuple[str, Segmented]:
+        """Segment an uploaded file's bytes; returns the result's key (a random token, so
+        that visitors cannot see each other's results) and the result."""
+        key = secrets.token_urlsafe(12)
+        folder = self.workdir / key
+        upload = folder / ("upload" + Path(name).suffix.lower()[:8])
+        _save(upload, data)
+        try:
+            with self._network:
+                entry = segment_upload(self.segmenter, upload, folder, name,
+                                       self.max_megapixels)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         with self._lock:
-            self._count += 1
-            return self.workdir / f"result-{self._count:06d}"
+            self.results[key] = entry
+            while len(self.results) > self.max_results:
+                _, old = self.results.popitem(last=False)
+                shutil.rmtree(old.folder, ignore_errors=True)
+        return key, entry
 
-    def segment(self, paths: list[str], state: dict[str, dict]
-                ) -> tuple[dict[str, dict], str | None]:
-        """Segment uploaded files into ``state`` (name -> :class:`Segmented` as a dict);
-        returns the new state and the name to show. The files that failed are named in
-        warnings (by their file names)."""
-        import gradio as gr
+    def result(self, key: str) -> Segmented | None:
+        with self._lock:
+            return self.results.get(key)
 
-        state, problems, first = dict(state or {}), [], None
-        if len(paths) > self.max_images:
-            problems.append(f"{len(paths)} files: only the first {self.max_images} are "
-                            "segmented; upload the others next")
-        for path in paths[:self.max_images]:
-            name = _unique(Path(path).name, state)
-            try:
-                with self._network:
-                    entry = segment_upload(self.segmenter, path, self._folder(), name,
-                                           self.max_megapixels)
-            except QsegmentError as err:
-                problems.append(str(err))
-                continue
-            state[name] = asdict(entry)
-            first = first or name
-        if first is None:
-            raise gr.Error("Nothing segmented. " + " ".join(problems), title="Not an image",
-                           print_exception=False)  # the visitor's problem, not the server's
-        for problem in problems:
-            gr.Warning(problem)
-        return state, first
-
-    def show(self, state: dict[str, dict], name: str | None, threshold: float) -> tuple:
-        """The slider, overlay, downloads and summary of image ``name`` of ``state``."""
-        if not state or name not in state:
-            return None, None, None, ""
-        entry = Segmented(**state[name])
-        shown = view(entry, threshold, self.segmenter.name, self.segmenter.runtime)
-        return (shown.photograph, shown.mask), shown.overlay, shown.downloads, shown.summary
-
-    def biomarkers(self, state: dict[str, dict], name: str | None, threshold: float
-                   ) -> list[list[Any]]:
-        if not state or name not in state:
-            return []
-        return biomarker_rows(Segmented(**state[name]), threshold)
+    def describe(self, key: str, entry: Segmented) -> dict[str, Any]:
+        """What the page shows of a result besides its maps."""
+        return {"key": key, "name": entry.name, "width": entry.width, "height": entry.height,
+                "scale": round(entry.scale, 4), "network_ms": round(entry.seconds * 1000),
+                "model": self.segmenter.name, "runtime": self.segmenter.runtime}
 
     def warm_up(self) -> None:
         """Segment and measure a shipped example once, so that the first visitor does not
@@ -224,88 +201,175 @@ class App:
         if sample is None:
             return
         folder = self.workdir / "warm-up"
-        with self._network:
-            entry = segment_upload(self.segmenter, sample, folder)
-        biomarker_rows(entry, self.segmenter.threshold)
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            with self._network:
+                entry = segment_upload(self.segmenter, sample, folder)
+            biomarker_rows(entry, self.segmenter.threshold)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _intro(segmenter: "Segmenter", max_megapixels: float) -> str:
-    return (f"# Q-Segment: retinal vessels\nDrop one or several fundus photographs (JPEG, "
-            f"PNG, TIFF; up to {max_megapixels:g} MP each), or pick an example. The vessel map "
-            f"is made by **{segmenter.name}** on the **{segmenter.runtime}** runtime, on this "
-            "computer. Move the threshold to re-cut the map without re-running the network. "
-            "Nothing is stored: uploads and maps are deleted when the app stops. "
-            "*A research tool, not a medical device.*")
+def _threshold(request: "Request") -> float:
+    try:
+        threshold = float(request.query_params.get("threshold", "nan"))
+    except ValueError:
+        threshold = float("nan")
+    if not 0 <= threshold <= 1:  # NaN too
+        raise ValueError("threshold must be a number from 0 to 1")
+    return threshold
 
 
-def build_app(app: App) -> "gr.Blocks":
-    """The page around ``app``'s handlers: upload or examples, before/after slider,
-    overlay, threshold, downloads, biomarkers."""
-    import gradio as gr
+async def _read_body(request: "Request", limit: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to be over ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    segmenter, max_megapixels = app.segmenter, app.max_megapixels
-    samples = sorted(SAMPLES.glob("*.jpg"))
-    with gr.Blocks(title="Q-Segment", analytics_enabled=False,
-                   delete_cache=(600, 3600)) as page:
-        gr.Markdown(_intro(segmenter, max_megapixels))
-        state = gr.State({})
-        with gr.Row():
-            with gr.Column(scale=1):
-                files = gr.File(label="Fundus photographs", file_count="multiple",
-                                file_types=["image"], type="filepath", elem_id="upload")
-                examples = gr.Gallery([(str(p), p.name) for p in samples], columns=2,
-                                      label="Or pick an example (CHASE_DB1, CC BY 4.0)",
-                                      allow_preview=False, height=180, elem_id="examples")
-                threshold = gr.Slider(0.05, 0.95, value=round(segmenter.threshold, 2),
-                                      step=0.01, label="Threshold (the model card's chosen "
-                                      "on training images)", elem_id="threshold")
-                choice = gr.Dropdown([], label="Image shown", elem_id="choice")
-                summary = gr.Markdown(elem_id="summary")
-                downloads = gr.File(label="Mask (this threshold) and probability, PNG",
-                                    file_count="multiple", interactive=False,
-                                    elem_id="downloads")
-            with gr.Column(scale=2):
-                slider = gr.ImageSlider(label="Photograph | vessel mask", format="jpeg",
-                                        interactive=False, height=440, elem_id="slider")
-                tinted = gr.Image(label="Overlay", format="jpeg", interactive=False,
-                                  height=440, elem_id="overlay")
-        table = gr.Dataframe(headers=["biomarker", "value", "unit", "meaning"],
-                             label="Biomarkers inside the field of view (docs/BIOMARKERS.md)",
-                             interactive=False, elem_id="biomarkers")
-        gr.Markdown("Examples: CHASE_DB1, Kingston University, London (CC BY 4.0; Fraz et "
-                    "al. 2012, Owen et al. 2009).")
 
-        shown = [slider, tinted, downloads, summary]
-        # "minimal" progress: the full one animates every output and, on a 2-core machine
-        # serving its own browser, slows the result it waits for by a quarter
-        network = {"concurrency_id": "network", "concurrency_limit": 1,
-                   "show_progress": "minimal"}
+def _error(message: str, status: int) -> "Response":
+    from starlette.responses import JSONResponse
 
-        def segment(paths: list[str] | None, current: dict, cut: float) -> tuple:
-            new, name = app.segment(list(paths or []), current)
-            return new, gr.Dropdown(choices=list(new), value=name), *app.show(new, name, cut)
+    return JSONResponse({"error": message}, status_code=status)
 
-        def example(current: dict, cut: float, selected: gr.SelectData) -> tuple:
-            return segment([str(samples[selected.index])], current, cut)
 
-        for event, handler, inputs, api in (
-                (files.upload, segment, [files, state, threshold], "segment"),
-                (examples.select, example, [state, threshold], False)):  # a click, no API
-            event(handler, inputs, [state, choice, *shown], api_name=api, **network).then(
-                app.biomarkers, [state, choice, threshold], table, api_name=False)
-        choice.input(app.show, [state, choice, threshold], shown, api_name=False).then(
-            app.biomarkers, [state, choice, threshold], table, api_name=False)
-        threshold.change(app.show, [state, choice, threshold], shown, api_name="threshold",
-                         trigger_mode="always_last", show_progress="hidden")
-        threshold.release(app.biomarkers, [state, choice, threshold], table,
-                          api_name="biomarkers", concurrency_id="biomarkers")
-    page.queue(default_concurrency_limit=2, max_size=64)
-    return page
+class _Api:
+    """The HTTP handlers around an :class:`App`; each answers JSON errors as
+    ``{"error": message}`` with a 4xx status, or 503 when the queue is full."""
+
+    RESULT_FILES: ClassVar[dict[str, str]] = {"photograph.jpg": "display_photograph.jpg",
+                                              "probability.png": "display_probability.png",
+                                              "probability_full.png": "probability.png"}
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.samples = {p.name: p for p in sorted(SAMPLES.glob("*.jpg"))}
+        self.waiting = 0  # requests queued for the network (one event loop: no lock needed)
+        # one thread each for the network and the biomarkers: requests wait their turn in
+        # order, and memory stays that of one of each (glibc gives each thread its heap)
+        self.network = ThreadPoolExecutor(1, thread_name_prefix="network")
+        self.measuring = ThreadPoolExecutor(1, thread_name_prefix="biomarkers")
+        config = {"model": app.segmenter.name, "runtime": app.segmenter.runtime,
+                  "threshold": round(app.segmenter.threshold, 2),
+                  "max_upload_mb": MAX_UPLOAD_MB, "max_megapixels": app.max_megapixels,
+                  "examples": list(self.samples)}
+        self.html = PAGE.read_text().replace(  # "<" escaped: no name can end the script
+            "{{config}}", json.dumps(config).replace("<", "\\u003c"))
+
+    async def page(self, request: "Request") -> "Response":
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(self.html)
+
+    async def _segment(self, data: bytes, name: str) -> "Response":
+        from starlette.responses import JSONResponse
+
+        if self.waiting >= MAX_WAITING:
+            return _error("the server is busy: try again in a minute", 503)
+        self.waiting += 1
+        try:
+            key, entry = await asyncio.get_running_loop().run_in_executor(
+                self.network, self.app.segment, data, name)
+        except QsegmentError as err:  # the visitor's file, not the server: no traceback
+            return _error(str(err), 400)
+        finally:
+            self.waiting -= 1
+        return JSONResponse(self.app.describe(key, entry))
+
+    async def upload(self, request: "Request") -> "Response":
+        name = Path(request.query_params.get("name", "")).name[:200] or "image"
+        data = await _read_body(request, MAX_UPLOAD_MB * 2**20)
+        if data is None:
+            return _error(f"{name}: over the {MAX_UPLOAD_MB} MB upload limit", 413)
+        if not data:
+            return _error(f"{name}: an empty file", 400)
+        return await self._segment(data, name)
+
+    async def example(self, request: "Request") -> "Response":
+        from starlette.responses import FileResponse
+
+        path = self.samples.get(request.path_params["name"])
+        if path is None:
+            return _error("no such example", 404)
+        if request.method == "POST":  # segment it; GET: its picture
+            return await self._segment(path.read_bytes(), path.name)
+        return FileResponse(path)
+
+    def _at_threshold(self, request: "Request") -> tuple[Segmented, float]:
+        entry = self.app.result(request.path_params["key"])
+        if entry is None:
+            raise LookupError("this result has expired: upload the photograph again")
+        return entry, _threshold(request)
+
+    async def mask(self, request: "Request") -> "Response":
+        """The full-size mask at ``?threshold=``, as a PNG to download."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import Response
+
+        try:
+            entry, threshold = self._at_threshold(request)
+        except (LookupError, ValueError) as err:
+            return _error(str(err), 404 if isinstance(err, LookupError) else 400)
+        return Response(await run_in_threadpool(mask_png, entry, threshold), 200,
+                        {"Content-Disposition": f'attachment; filename="{entry.stem}_mask.png"'},
+                        "image/png")
+
+    async def biomarkers(self, request: "Request") -> "Response":
+        """The biomarkers table at ``?threshold=``, as JSON rows."""
+        from starlette.responses import JSONResponse
+
+        try:
+            entry, threshold = self._at_threshold(request)
+        except (LookupError, ValueError) as err:
+            return _error(str(err), 404 if isinstance(err, LookupError) else 400)
+        rows = await asyncio.get_running_loop().run_in_executor(
+            self.measuring, biomarker_rows, entry, threshold)
+        return JSONResponse(rows)
+
+    async def result_file(self, request: "Request") -> "Response":
+        from starlette.responses import FileResponse
+
+        entry, what = self.app.result(request.path_params["key"]), request.path_params["what"]
+        if entry is None:
+            return _error("this result has expired: upload the photograph again", 404)
+        if what not in self.RESULT_FILES:
+            return _error("not found", 404)
+        download = {"filename": f"{entry.stem}_prob.png"} if what == "probability_full.png" else {}
+        return FileResponse(entry.file(self.RESULT_FILES[what]), **download)
+
+
+def build_app(app: App) -> "Starlette":
+    """The page and its JSON API around ``app``:
+
+    - ``POST /api/segment?name=eye.jpg`` (the file as body) and ``POST /api/examples/NAME``
+      segment a photograph and answer its key and facts;
+    - ``GET /api/results/KEY/{photograph.jpg,probability.png}``: what the page draws;
+    - ``GET /api/results/KEY/mask.png?threshold=T``, ``.../probability_full.png``: the
+      downloads, at the photograph's size;
+    - ``GET /api/results/KEY/biomarkers?threshold=T``: the biomarkers table."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    api = _Api(app)
+    return Starlette(routes=[
+        Route("/", api.page),
+        Route("/api/segment", api.upload, methods=["POST"]),
+        Route("/examples/{name}", api.example),
+        Route("/api/examples/{name}", api.example, methods=["POST"]),
+        Route("/api/results/{key}/mask.png", api.mask),
+        Route("/api/results/{key}/biomarkers", api.biomarkers),
+        Route("/api/results/{key}/{what}", api.result_file),
+    ])
 
 
 def _check_port(host: str, port: int) -> None:
-    """Refuse a port that is not free before anything starts (Gradio would say less)."""
+    """Refuse a port that is not free before anything starts."""
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: not a TCP port (1-65535)")
     with socket.socket() as probe:
@@ -317,37 +381,38 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(model: str | Path | None = None, runtime: str | None = None, host: str = LOOPBACK,
-          port: int = 7860, share: bool = False, max_megapixels: float = MAX_MEGAPIXELS
-          ) -> None:
-    """Run the app until interrupted: on ``host``:``port`` (loopback unless told), a share
-    link only if ``share``; every file it makes goes to a temporary folder removed at exit."""
+          port: int = 7860, max_megapixels: float = MAX_MEGAPIXELS) -> None:
+    """Run the app until interrupted, on ``host``:``port`` (loopback unless told); every
+    file it makes goes to a temporary folder removed at exit."""
+    import uvicorn
+
+    from .engine.predict import Segmenter
     from .pretrained import DEFAULT_MODEL
     from .runtimes import DEFAULT_RUNTIME
 
     _check_port(host, port)
     workdir = Path(tempfile.mkdtemp(prefix="qsegment-app-"))
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` too removes the folder
-    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")  # read when Gradio is imported
-    os.environ.setdefault("MPLCONFIGDIR", str(workdir / "matplotlib"))  # Gradio imports it
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    # Gradio reads the matplotlib backend around every event; named, it needs no pyplot
+    # uvicorn re-raises the signal that stopped it: this handler turns it into an exit
+    # that runs the clean-up below (the default one would end the process before it)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    os.environ.setdefault("MPLCONFIGDIR", str(workdir / "matplotlib"))  # the biomarkers'
     os.environ.setdefault("MPLBACKEND", "agg")
     try:
-        import gradio as gr
-
-        from .engine.predict import Segmenter
-
         segmenter = Segmenter.from_pretrained(model or DEFAULT_MODEL,
                                               runtime=runtime or DEFAULT_RUNTIME)
-        app = App(segmenter, workdir / "maps", max_megapixels)
-        page = build_app(app)
-        # system fonts: the default theme fetches Google's, which an offline clinic lacks
-        theme = gr.themes.Base(font=["system-ui", "sans-serif"], font_mono=["monospace"])
-        page.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-                    ssr_mode=False, show_error=False, quiet=False, theme=theme,
-                    prevent_thread_lock=True)
-        app.warm_up()  # after the page is up: it must not delay it
-        page.block_thread()
+        app = App(segmenter, workdir / "results", max_megapixels)
+        server = uvicorn.Server(uvicorn.Config(build_app(app), host=host, port=port,
+                                               log_level="warning", access_log=False))
+
+        def warm_up_once_listening() -> None:  # after the page is up: it must not delay it
+            while not server.started and not server.should_exit:
+                time.sleep(0.05)
+            print(f"qsegment app: http://{host}:{port} (model {segmenter.name} on "
+                  f"{segmenter.runtime}; Ctrl-C stops it)", flush=True)
+            app.warm_up()
+
+        threading.Thread(target=warm_up_once_listening, daemon=True).start()
+        server.run()
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the clean-up
         shutil.rmtree(workdir, ignore_errors=True)

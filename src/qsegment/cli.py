@@ -670,7 +670,7 @@ def _add_bench(sub: Commands) -> None:
 def _app(args: argparse.Namespace) -> int:
     from .app import serve
 
-    serve(args.model, args.runtime, host=args.host, port=args.port, share=args.share,
+    serve(args.model, args.runtime, host=args.host, port=args.port,
           max_megapixels=args.max_megapixels)
     return 0
 
@@ -693,8 +693,6 @@ def _add_app(sub: Commands) -> None:
     _add_runtime(p, DEFAULT_RUNTIME)
     p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
                    help=f"refuse larger photographs with a message ({MAX_MEGAPIXELS})")
-    p.add_argument("--share", action="store_true",
-                   help="also make a public gradio.live link (off: nothing leaves this machine)")
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -725,8 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRAS = {"torch": "train", "torchvision": "train", "sklearn": "train", "matplotlib": "train",
           "yaml": "train", "tensorboard": "train", "onnxruntime": "onnx", "onnx": "onnx",
           "skimage": "biomarkers", "skan": "biomarkers", "model_compression_toolkit": "imx500",
-          "mct_quantizers": "imx500", "litert_torch": "mcu", "tflite_micro": "mcu", "gradio": "app",
-          "gradio_client": "app", "ray": "ray", "pyarrow": "ray"}
+          "mct_quantizers": "imx500", "litert_torch": "mcu", "tflite_micro": "mcu",
+          "starlette": "app", "uvicorn": "app", "ray": "ray", "pyarrow": "ray"}
 
 
 def main(argv: list[str] | None = None) -> int:
