@@ -239,6 +239,8 @@ def test_api_segments_recuts_and_measures(server: Server, data_dir: Path,
                          ("api/results/not-a-key/mask.png?threshold=0.5", 404),
                          (f"{base}../../../etc/passwd", 404), ("examples/../app.py", 404)):
         assert _call(server, path)[0] == status, path
+    _, _, headers = _call(server, "")
+    assert "default-src 'self'" in headers["content-security-policy"]  # nothing from elsewhere
     status, body, _ = _call(server, "api/examples/Image_11L.jpg", b"", "POST")
     assert status == 200 and json.loads(body)["name"] == "Image_11L.jpg"
 

@@ -247,6 +247,12 @@ class _Api:
                                               "probability.png": "display_probability.png",
                                               "probability_full.png": "probability.png"}
 
+    # the page may load nothing from elsewhere, and tells nobody where it came from
+    PAGE_HEADERS: ClassVar[dict[str, str]] = {
+        "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline'; "
+                                   "style-src 'unsafe-inline'; img-src 'self'",
+        "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+
     def __init__(self, app: App) -> None:
         self.app = app
         self.samples = {p.name: p for p in sorted(SAMPLES.glob("*.jpg"))}
@@ -265,7 +271,7 @@ class _Api:
     async def page(self, request: "Request") -> "Response":
         from starlette.responses import HTMLResponse
 
-        return HTMLResponse(self.html)
+        return HTMLResponse(self.html, headers=self.PAGE_HEADERS)
 
     async def _segment(self, data: bytes, name: str) -> "Response":
         from starlette.responses import JSONResponse
