@@ -10,8 +10,9 @@ the threshold redraws the mask at once, without the server.
 One :class:`~qsegment.engine.predict.Segmenter` serves every visitor, one photograph at a
 time, so memory stays bounded whatever the number of users. Uploads and the maps made
 of them live in one temporary folder that is removed when the app stops; nothing is
-written elsewhere. The functions above :func:`build_app` are plain Python, tested and
-reusable without a server.
+written elsewhere. :func:`segment_upload`, :func:`mask_png`, :func:`biomarker_rows` and
+:class:`App` are plain Python, tested and reusable without a server; :func:`build_app`
+puts the HTTP API over them.
 """
 
 import asyncio
