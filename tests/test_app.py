@@ -241,6 +241,14 @@ def test_api_segments_recuts_and_measures(server: Server, data_dir: Path,
         assert _call(server, path)[0] == status, path
     _, _, headers = _call(server, "")
     assert "default-src 'self'" in headers["content-security-policy"]  # nothing from elsewhere
+    status, body, _ = _call(server, "api/segment?name=eye.jp%00g", image.read_bytes(), "POST")
+    assert status == 200 and json.loads(body)["name"] == "eye.jp\x00g"  # any name is only a name
+    _, odd = _upload(server, image, "a%22b%0Ac.jpg")  # a quote and a line break
+    _, _, headers = _call(server, f"api/results/{odd['key']}/mask.png?threshold=0.5")
+    assert headers["content-disposition"] == 'attachment; filename="a_b_c_mask.png"'
+    _, greek = _upload(server, image, "%CE%A9.jpg")  # "Ω.jpg", beyond latin-1
+    _, _, headers = _call(server, f"api/results/{greek['key']}/mask.png?threshold=0.5")
+    assert headers["content-disposition"] == "attachment; filename*=utf-8''%CE%A9_mask.png"
     status, body, _ = _call(server, "api/examples/Image_11L.jpg", b"", "POST")
     assert status == 200 and json.loads(body)["name"] == "Image_11L.jpg"
 

@@ -19,6 +19,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -71,7 +73,8 @@ class Segmented:
 
     @property
     def stem(self) -> str:
-        return Path(self.name).stem or "image"
+        """The name's stem for download names: letters, digits, ``-_.()`` and spaces."""
+        return re.sub(r"[^\w\-.() ]", "_", Path(self.name).stem) or "image"
 
     def file(self, what: str) -> Path:
         return self.folder / what
@@ -169,7 +172,8 @@ class App:
         that visitors cannot see each other's results) and the result."""
         key = secrets.token_urlsafe(12)
         folder = self.workdir / key
-        upload = folder / ("upload" + Path(name).suffix.lower()[:8])
+        suffix = Path(name).suffix.lower()[:8]  # Pillow reads the format from the bytes
+        upload = folder / ("upload" + (suffix if suffix[1:].isalnum() else ""))
         _save(upload, data)
         try:
             with self._network:
@@ -323,9 +327,11 @@ class _Api:
             entry, threshold = self._at_threshold(request)
         except (LookupError, ValueError) as err:
             return _error(str(err), 404 if isinstance(err, LookupError) else 400)
+        name = f"{entry.stem}_mask.png"  # RFC 6266: a name beyond ASCII goes percent-encoded
+        disposition = (f'attachment; filename="{name}"' if name.isascii()
+                       else f"attachment; filename*=utf-8''{quote(name)}")
         return Response(await run_in_threadpool(mask_png, entry, threshold), 200,
-                        {"Content-Disposition": f'attachment; filename="{entry.stem}_mask.png"'},
-                        "image/png")
+                        {"Content-Disposition": disposition}, "image/png")
 
     async def biomarkers(self, request: "Request") -> "Response":
         """The biomarkers table at ``?threshold=``, as JSON rows."""
