@@ -31,8 +31,11 @@ from qsegment.app import (
     MAX_WAITING,
     App,
     _Api,
+    _Refusal,
+    _refused,
     biomarker_rows,
     mask_png,
+    probability_png,
     segment_upload,
 )
 from qsegment.biomarkers import FIELDS
@@ -62,7 +65,7 @@ def test_segment_upload_gives_predicts_mask_and_recuts_without_the_network(
     assert (entry.width, entry.height, entry.scale) == (999, 960, 1.0)
     np.testing.assert_array_equal(_png_mask(mask_png(entry, segmenter.threshold)),
                                   reference.mask)
-    prob = np.asarray(Image.open(entry.file("probability.png")))
+    prob = np.asarray(Image.open(io.BytesIO(probability_png(entry))))
     np.testing.assert_array_equal(prob, np.round(reference.probability * 255).astype(np.uint8))
     shown = np.asarray(Image.open(entry.file("display_probability.png")))
     assert shown.shape == (960, 999) and np.abs(shown.astype(int) - prob).max() <= 1
@@ -120,9 +123,12 @@ def test_a_full_queue_answers_busy_without_segmenting(tmp_path: Path, data_dir: 
     pytest.importorskip("starlette")
     api = _Api(App(segmenter, tmp_path / "maps"))
     api.waiting = MAX_WAITING  # as if that many photographs were queued for the network
-    answer = asyncio.run(api._segment((data_dir / "Image_11L.jpg").read_bytes(), "eye.jpg"))
+    with pytest.raises(_Refusal) as refusal:
+        asyncio.run(api._segment((data_dir / "Image_11L.jpg").read_bytes(), "eye.jpg"))
+    answer = asyncio.run(_refused(None, refusal.value))  # what the server sends for it
     assert answer.status_code == 503 and b"busy" in answer.body
     assert not (tmp_path / "maps").exists()
+
 
 # --- a real server ---------------------------------------------------------------------
 

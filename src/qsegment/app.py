@@ -94,8 +94,8 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
                    name: str | None = None, max_megapixels: float = MAX_MEGAPIXELS
                    ) -> Segmented:
     """Segment the photograph at ``path`` into ``folder``: its probability map at full size
-    (``probability.npy`` to cut at any threshold, ``probability.png`` to download) and
-    display-size copies of the photograph (JPEG) and of the map (8-bit PNG) for the page.
+    (``probability.npy``, from which the downloads are made) and display-size copies of
+    the photograph (JPEG) and of the map (8-bit PNG) for the page.
     A file that is not a readable image, or is larger than ``max_megapixels``, raises
     :class:`ImageError` naming it by ``name`` (the visitor's file name, not the path)."""
     path, folder = Path(path), Path(folder)
@@ -116,7 +116,6 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
             np.save(f, prediction.probability, allow_pickle=False)
 
     atomic_write(folder / "probability.npy", write_npy)
-    _save(folder / "probability.png", _png(_to_uint8(prediction.probability)))
     _save(folder / "display_probability.png",
           _png(_to_uint8(resize_map(prediction.probability, small))))
     if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
@@ -136,6 +135,11 @@ def mask_png(entry: Segmented, threshold: float) -> bytes:
     float map: the mask ``qsegment predict --threshold`` writes."""
     probability = np.load(entry.file("probability.npy"))
     return _png((probability >= threshold).astype(np.uint8) * 255)
+
+
+def probability_png(entry: Segmented) -> bytes:
+    """The full-size probability map of ``entry`` x 255 (8-bit PNG): ``predict --prob``'s."""
+    return _png(_to_uint8(np.load(entry.file("probability.npy"))))
 
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
@@ -214,13 +218,21 @@ class App:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+class _Refusal(Exception):
+    """A request the app answers with ``{"error": message}`` and ``status`` (4xx, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _threshold(request: "Request") -> float:
     try:
         threshold = float(request.query_params.get("threshold", "nan"))
     except ValueError:
         threshold = float("nan")
     if not 0 <= threshold <= 1:  # NaN too
-        raise ValueError("threshold must be a number from 0 to 1")
+        raise _Refusal(400, "threshold must be a number from 0 to 1")
     return threshold
 
 
@@ -238,19 +250,27 @@ async def _read_body(request: "Request", limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _error(message: str, status: int) -> "Response":
+async def _refused(request: "Request", refusal: _Refusal) -> "Response":
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": str(refusal)}, status_code=refusal.status)
+
+
+def _attachment(data: bytes, name: str) -> "Response":
+    """A PNG to download as ``name`` (RFC 6266: a name beyond ASCII goes percent-encoded)."""
+    from starlette.responses import Response
+
+    disposition = (f'attachment; filename="{name}"' if name.isascii()
+                   else f"attachment; filename*=utf-8''{quote(name)}")
+    return Response(data, 200, {"Content-Disposition": disposition}, "image/png")
 
 
 class _Api:
-    """The HTTP handlers around an :class:`App`; each answers JSON errors as
-    ``{"error": message}`` with a 4xx status, or 503 when the queue is full."""
+    """The HTTP handlers around an :class:`App`; a refused request raises
+    :class:`_Refusal`, which the page shows."""
 
-    RESULT_FILES: ClassVar[dict[str, str]] = {"photograph.jpg": "display_photograph.jpg",
-                                              "probability.png": "display_probability.png",
-                                              "probability_full.png": "probability.png"}
+    PAGE_FILES: ClassVar[dict[str, str]] = {"photograph.jpg": "display_photograph.jpg",
+                                            "probability.png": "display_probability.png"}
 
     # the page may load nothing from elsewhere, and tells nobody where it came from
     PAGE_HEADERS: ClassVar[dict[str, str]] = {
@@ -282,13 +302,13 @@ class _Api:
         from starlette.responses import JSONResponse
 
         if self.waiting >= MAX_WAITING:
-            return _error("the server is busy: try again in a minute", 503)
+            raise _Refusal(503, "the server is busy: try again in a minute")
         self.waiting += 1
         try:
             key, entry = await asyncio.get_running_loop().run_in_executor(
                 self.network, self.app.segment, data, name)
         except QsegmentError as err:  # the visitor's file, not the server: no traceback
-            return _error(str(err), 400)
+            raise _Refusal(400, str(err)) from err
         finally:
             self.waiting -= 1
         return JSONResponse(self.app.describe(key, entry))
@@ -297,9 +317,9 @@ class _Api:
         name = Path(request.query_params.get("name", "")).name[:200] or "image"
         data = await _read_body(request, MAX_UPLOAD_MB * 2**20)
         if data is None:
-            return _error(f"{name}: over the {MAX_UPLOAD_MB} MB upload limit", 413)
+            raise _Refusal(413, f"{name}: over the {MAX_UPLOAD_MB} MB upload limit")
         if not data:
-            return _error(f"{name}: an empty file", 400)
+            raise _Refusal(400, f"{name}: an empty file")
         return await self._segment(data, name)
 
     async def example(self, request: "Request") -> "Response":
@@ -307,54 +327,46 @@ class _Api:
 
         path = self.samples.get(request.path_params["name"])
         if path is None:
-            return _error("no such example", 404)
+            raise _Refusal(404, "no such example")
         if request.method == "POST":  # segment it; GET: its picture
             return await self._segment(path.read_bytes(), path.name)
         return FileResponse(path)
 
-    def _at_threshold(self, request: "Request") -> tuple[Segmented, float]:
+    def _entry(self, request: "Request") -> Segmented:
         entry = self.app.result(request.path_params["key"])
         if entry is None:
-            raise LookupError("this result has expired: upload the photograph again")
-        return entry, _threshold(request)
+            raise _Refusal(404, "this result has expired: upload the photograph again")
+        return entry
 
     async def mask(self, request: "Request") -> "Response":
         """The full-size mask at ``?threshold=``, as a PNG to download."""
-        from starlette.concurrency import run_in_threadpool
-        from starlette.responses import Response
+        entry, threshold = self._entry(request), _threshold(request)
+        return _attachment(await asyncio.to_thread(mask_png, entry, threshold),
+                           f"{entry.stem}_mask.png")
 
-        try:
-            entry, threshold = self._at_threshold(request)
-        except (LookupError, ValueError) as err:
-            return _error(str(err), 404 if isinstance(err, LookupError) else 400)
-        name = f"{entry.stem}_mask.png"  # RFC 6266: a name beyond ASCII goes percent-encoded
-        disposition = (f'attachment; filename="{name}"' if name.isascii()
-                       else f"attachment; filename*=utf-8''{quote(name)}")
-        return Response(await run_in_threadpool(mask_png, entry, threshold), 200,
-                        {"Content-Disposition": disposition}, "image/png")
+    async def probability(self, request: "Request") -> "Response":
+        """The full-size probability map, as a PNG to download."""
+        entry = self._entry(request)
+        return _attachment(await asyncio.to_thread(probability_png, entry),
+                           f"{entry.stem}_prob.png")
 
     async def biomarkers(self, request: "Request") -> "Response":
         """The biomarkers table at ``?threshold=``, as JSON rows."""
         from starlette.responses import JSONResponse
 
-        try:
-            entry, threshold = self._at_threshold(request)
-        except (LookupError, ValueError) as err:
-            return _error(str(err), 404 if isinstance(err, LookupError) else 400)
+        entry, threshold = self._entry(request), _threshold(request)
         rows = await asyncio.get_running_loop().run_in_executor(
             self.measuring, biomarker_rows, entry, threshold)
         return JSONResponse(rows)
 
-    async def result_file(self, request: "Request") -> "Response":
+    async def page_file(self, request: "Request") -> "Response":
+        """The display-size photograph and map that the page draws."""
         from starlette.responses import FileResponse
 
-        entry, what = self.app.result(request.path_params["key"]), request.path_params["what"]
-        if entry is None:
-            return _error("this result has expired: upload the photograph again", 404)
-        if what not in self.RESULT_FILES:
-            return _error("not found", 404)
-        download = {"filename": f"{entry.stem}_prob.png"} if what == "probability_full.png" else {}
-        return FileResponse(entry.file(self.RESULT_FILES[what]), **download)
+        entry, what = self._entry(request), request.path_params["what"]
+        if what not in self.PAGE_FILES:
+            raise _Refusal(404, "not found")
+        return FileResponse(entry.file(self.PAGE_FILES[what]))
 
 
 def build_app(app: App) -> "Starlette":
@@ -370,14 +382,15 @@ def build_app(app: App) -> "Starlette":
     from starlette.routing import Route
 
     api = _Api(app)
-    return Starlette(routes=[
+    return Starlette(exception_handlers={_Refusal: _refused}, routes=[
         Route("/", api.page),
         Route("/api/segment", api.upload, methods=["POST"]),
         Route("/examples/{name}", api.example),
         Route("/api/examples/{name}", api.example, methods=["POST"]),
         Route("/api/results/{key}/mask.png", api.mask),
+        Route("/api/results/{key}/probability_full.png", api.probability),
         Route("/api/results/{key}/biomarkers", api.biomarkers),
-        Route("/api/results/{key}/{what}", api.result_file),
+        Route("/api/results/{key}/{what}", api.page_file),
     ])
 
 
