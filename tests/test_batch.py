@@ -123,15 +123,18 @@ def test_a_bad_file_is_a_failed_row_and_the_rest_are_done(ray_local, reference, 
     assert all(rows[name]["status"] == "ok" for name in good)
     assert rows[chase[3].stem]["path"] == chase[3].as_uri()
     _same_pngs(out, reference, good)
-    from qsegment.biomarkers.report import measure_photograph
+    from qsegment import Segmenter
+    from qsegment.biomarkers import BRIDGE_LOW, measure_photograph
     from qsegment.images import read_rgb
 
-    mask = np.asarray(Image.open(reference / f"{chase[0].stem}_mask.png")) > 0
-    expected = measure_photograph(read_rgb(chase[0]), mask).values
+    rgb = read_rgb(chase[0])
+    prediction = Segmenter.from_pretrained().predict(rgb)  # predict --biomarkers' measure
+    expected = measure_photograph(rgb, prediction.mask, probability=prediction.probability).values
     row = rows[chase[0].stem]
-    for field in ("area_density", "fractal_dimension", "tortuosity", "segments"):
+    for field in ("area_density", "fractal_dimension", "tortuosity", "segments", "end_points"):
         assert row[field] == pytest.approx(expected[field]), field
     assert isinstance(row["segments"], int) and row["length_unit"] == "px"
+    assert row["bridge"] == BRIDGE_LOW
 
 
 def test_inputs_from_manifests_folders_and_uris(tmp_path, chase):

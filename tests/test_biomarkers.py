@@ -16,6 +16,7 @@ from skimage.draw import line, polygon
 from skimage.morphology import skeletonize
 
 from qsegment.biomarkers import (
+    BRIDGE_LOW,
     MM_PER_DEGREE,
     BiomarkerError,
     InputError,
@@ -24,6 +25,7 @@ from qsegment.biomarkers import (
     agreement_values,
     analyze,
     box_counting_dimension,
+    bridge_gaps,
     icc_a1,
     measure,
     measure_photograph,
@@ -141,6 +143,45 @@ def test_a_crossing_is_one_junction_of_four():
     v = measure(x).values
     assert (v["crossings"], v["branch_points"], v["end_points"], v["segments"]) == (1, 0, 4, 4)
     assert math.isnan(v["branching_angle"])
+
+
+def test_bridge_gaps_joins_a_vessel_cut_where_its_probability_dips():
+    """A 5-px vessel cut by a 6-px gap where the map reads 0.5 becomes one vessel with two
+    ends (not two with four); a gap reading under ``low`` stays cut; a 9-px speck that
+    nothing joins is dropped, and the vessel is not widened."""
+    vessel = band((120, 300), (60, 20), (60, 280), 5)
+    gap = np.zeros_like(vessel)
+    gap[:, 147:153] = True
+    probability = np.where(vessel, 0.9, 0.02)
+    probability[vessel & gap] = 0.5
+    cut = (probability >= 0.8).copy()
+    cut[20:23, 200:203] = True  # a speck
+    assert measure(cut).values["end_points"] == 4
+    bridged = bridge_gaps(cut, probability, low=BRIDGE_LOW)
+    v = measure(bridged).values
+    assert (v["end_points"], v["segments"], v["branch_points"]) == (2, 1, 0)
+    assert not bridged[20:23, 200:203].any() and not (bridged & ~vessel).any()
+    assert (bridged & gap).sum() <= 6 + 2  # a 1-px centreline, not the 5-px vessel
+    assert measure(bridge_gaps(cut, probability, low=0.6)).values["end_points"] == 4
+    with pytest.raises(BiomarkerError, match="probability map is 300x119"):
+        bridge_gaps(cut, probability[:119])
+
+
+def test_bridging_a_model_map_brings_its_end_points_towards_the_annotators(data_dir,
+                                                                           segmenter):
+    """On a CHASE validation image the model's cut has far more end points than the
+    first observer's map (thin vessels in pieces); bridged, fewer, and nearer theirs."""
+    photo = np.asarray(Image.open(data_dir / "Image_12L.jpg"))
+    label = read_input(data_dir / "Image_12L_1stHO.png")[1]
+    prediction = segmenter.predict(photo)
+    human = measure_photograph(photo, label).values["end_points"]
+    cut = measure_photograph(photo, prediction.mask).values
+    bridged = measure_photograph(photo, prediction.mask,
+                                 probability=prediction.probability).values
+    assert cut == measure_photograph(photo, prediction.mask, probability=prediction.probability,
+                                     bridge=None).values
+    assert human < bridged["end_points"] < 0.75 * cut["end_points"]
+    assert abs(bridged["area_density"] / cut["area_density"] - 1) < 0.03
 
 
 def test_millimetres_scale_each_unit_by_its_power():
@@ -333,3 +374,24 @@ def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_d
     lower = json.loads((tmp_path / "low" / "biomarkers.json").read_text())["rows"][0]
     assert lower["threshold"] == 0.5 < row["threshold"]
     assert lower["area_density"] > row["area_density"]  # a lower cut keeps more vessel
+    assert row["bridge"] == predicted[0]["bridge"] == BRIDGE_LOW
+    assert main(["analyze", str(photo), "-o", str(tmp_path / "cut"), "--bridge", "none",
+                 "--fov-degrees", "30", "--no-figures"]) == 0
+    cut = json.loads((tmp_path / "cut" / "biomarkers.json").read_text())["rows"][0]
+    assert cut["bridge"] is None and cut["end_points"] > row["end_points"]
+    with pytest.raises(SystemExit):
+        main(["analyze", str(photo), "-o", str(tmp_path / "bad"), "--bridge", "2"])
+    assert "2 is not a probability between 0 and 1" in capsys.readouterr().err
+
+
+def test_the_bridge_defaults_of_the_front_ends_are_the_library_s(capsys):
+    import inspect
+
+    from qsegment.batch import segment_batch
+    from qsegment.cli import main
+
+    assert inspect.signature(segment_batch).parameters["bridge"].default == BRIDGE_LOW
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    assert f"({BRIDGE_LOW}: qsegment.biomarkers.BRIDGE_LOW)" in \
+        " ".join(capsys.readouterr().out.split())

@@ -148,8 +148,9 @@ def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
     from .biomarkers import FIELDS
     from .biomarkers.report import measure_photograph
 
-    full = np.load(entry.file("probability.npy")) >= threshold
-    analysis = measure_photograph(read_rgb(entry.photograph), full)
+    probability = np.load(entry.file("probability.npy"))
+    analysis = measure_photograph(read_rgb(entry.photograph), probability >= threshold,
+                                  probability=probability)
     units = analysis.scale.units()
     rows = []
     for field in FIELDS:

@@ -48,8 +48,8 @@ MANIFEST_SUFFIXES = (".csv", ".parquet")
 TASK_RETRIES = 3  # a batch whose worker dies is retried on a restarted worker this often
 MAX_BLOCKS = 20_000  # Ray Data blocks: small enough to balance the tail, few enough to track
 ROWS_PER_WRITE = 10_000  # manifest rows held by the driver before they go to the file
-BIOMARKER_COLUMNS = ("fov_source", "length_unit", "mm_per_pixel", "scale_source", "reasons",
-                     "warnings")
+BIOMARKER_COLUMNS = ("bridge", "fov_source", "length_unit", "mm_per_pixel", "scale_source",
+                     "reasons", "warnings")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -223,9 +223,11 @@ class SegmentWorker:
         from .biomarkers.measures import FIELD_NAMES
         from .biomarkers.report import measure_photograph, photograph_row
 
-        analysis = measure_photograph(image, result.mask, **self.settings["biomarkers"])
+        options = self.settings["biomarkers"]
+        analysis = measure_photograph(image, result.mask, probability=result.probability,
+                                      **options)
         row = photograph_row(Path(item["path"]), item["name"], analysis, self.segmenter,
-                             result.threshold)
+                             result.threshold, options["bridge"])
         return {key: _plain(row[key]) for key in (*FIELD_NAMES, *BIOMARKER_COLUMNS)}
 
 
@@ -244,7 +246,7 @@ def manifest_schema(biomarkers: bool) -> object:
         from .biomarkers.measures import FIELDS
 
         columns += [(f.name, integer if f.unit == "count" else number) for f in FIELDS]
-        columns += [(name, number if name == "mm_per_pixel" else text)
+        columns += [(name, number if name in ("bridge", "mm_per_pixel") else text)
                     for name in BIOMARKER_COLUMNS]
     return pa.schema(columns)
 
@@ -331,7 +333,8 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
                   tile: int | tuple[int, int] | None = None, probability: bool = False,
                   biomarkers: bool = False, mm_per_pixel: float | None = None,
                   fov_degrees: float | None = None, min_object_px: int = 0,
-                  address: str | None = None, workers: int | None = None,
+                  bridge: float | None = 0.3, address: str | None = None,
+                  workers: int | None = None,
                   cpus_per_worker: int = 1, batch_size: int = 4,
                   progress: bool = True) -> BatchSummary:
     """Segment every input (files, folders, glob patterns, URIs, CSV / Parquet manifests)
@@ -340,7 +343,8 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
     cluster's CPUs hold). ``address``: a Ray cluster (``auto``, ``ray://HOST:10001``);
     without it a local Ray is started and stopped, unless this process is connected
     already. Images complete from an earlier run are skipped; ``out/manifest.parquet``
-    gets one row per input. ``biomarkers`` adds the vessel biomarkers of each map."""
+    gets one row per input. ``biomarkers`` adds the vessel biomarkers of each map (its
+    gaps bridged down to ``bridge``: :func:`qsegment.biomarkers.bridge_gaps`)."""
     started = time.perf_counter()
     if (workers is not None and workers < 1) or cpus_per_worker < 1 or batch_size < 1:
         raise UsageError("workers, cpus per worker and batch size must be at least 1")
@@ -351,7 +355,7 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
         from .biomarkers.report import measure_photograph  # noqa: F401
 
         options = {"mm_per_pixel": mm_per_pixel, "fov_degrees": fov_degrees,
-                   "min_object_px": min_object_px}
+                   "min_object_px": min_object_px, "bridge": bridge}
     kinds = ["mask", *(["prob"] if probability else [])]
     settings = json.loads(json.dumps({
         "model": str(model), "runtime": runtime, "threshold": threshold, "scale": scale,

@@ -255,8 +255,18 @@ def _add_evaluate(sub: Commands) -> None:
 # --- predict ----------------------------------------------------------------------------
 
 def _scale(args: argparse.Namespace) -> dict:
+    given = {"bridge": args.bridge} if "bridge" in args else {}  # else the library's default
     return {"mm_per_pixel": args.mm_per_pixel, "fov_degrees": args.fov_degrees,
-            "min_object_px": args.min_object_px}
+            "min_object_px": args.min_object_px, **given}
+
+
+def _bridge(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
 
 
 def _add_scale(p: argparse.ArgumentParser, note: str = "") -> None:
@@ -268,6 +278,11 @@ def _add_scale(p: argparse.ArgumentParser, note: str = "") -> None:
                        "e.g. 45 (0.29 mm per degree; docs/BIOMARKERS.md)")
     p.add_argument("--min-object-px", type=int, default=0,
                    help=f"{note}drop vessel fragments smaller than this before measuring (0)")
+    p.add_argument("--bridge", type=_bridge, default=argparse.SUPPRESS, metavar="LOW",
+                   help=f"{note}before measuring a model's map, join its pieces along the "
+                   "centreline of where the probability stays at least LOW, and drop the "
+                   "specks left alone; 'none' measures the map as cut (0.3: "
+                   "qsegment.biomarkers.BRIDGE_LOW)")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -278,12 +293,15 @@ def _predict(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     measure = None
     if args.biomarkers:
+        from .biomarkers import BRIDGE_LOW
         from .biomarkers.report import measure_photograph, photograph_row
 
         def measure(path: Path, rgb: object, prediction: object) -> None:
-            analysis = measure_photograph(rgb, prediction.mask, **_scale(args))
+            options = {"bridge": BRIDGE_LOW, **_scale(args)}
+            analysis = measure_photograph(rgb, prediction.mask,
+                                          probability=prediction.probability, **options)
             rows.append(photograph_row(path, path.stem, analysis, segmenter,
-                                       prediction.threshold))
+                                       prediction.threshold, options["bridge"]))
 
     summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
                             overlay=args.overlay, on_result=measure, workers=args.workers)
@@ -401,7 +419,7 @@ def _analyze(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_pretrained(args.model, args.threshold, runtime=args.runtime)
     if args.agreement:  # the float model beside it: how much int8 moves the biomarkers
         reference = Segmenter.from_pretrained(args.model, args.threshold, runtime="torch")
-        table = report.agreement(args.data, args.out, segmenter=segmenter,
+        table = report.agreement(args.data, args.out, segmenter=segmenter, images=args.images,
                                  float_segmenter=reference, **_scale(args))
         print(report.agreement_markdown(table))
         print(f"wrote {Path(args.out) / 'agreement.md'} and agreement.json")
@@ -437,6 +455,9 @@ def _add_analyze(sub: Commands) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--agreement", action="store_true",
                    help="the agreement study on CHASE_DB1's validation images (--data)")
+    p.add_argument("--images", choices=("val", "train"), default="val",
+                   help="with --agreement: the validation images (val), or the training "
+                   "images, on which settings such as --bridge are chosen (train)")
     _add_data(p)
     _add_scale(p)
 

@@ -8,6 +8,7 @@ with references: docs/BIOMARKERS.md.
 """
 
 from .measures import (
+    BRIDGE_LOW,
     FIELDS,
     MM_PER_DEGREE,
     BiomarkerError,
@@ -15,6 +16,7 @@ from .measures import (
     Segment,
     VesselAnalysis,
     box_counting_dimension,
+    bridge_gaps,
     measure,
     pixel_scale,
 )
@@ -35,6 +37,7 @@ from .report import (
 )
 
 __all__ = [
+    "BRIDGE_LOW",
     "FIELDS",
     "MM_PER_DEGREE",
     "BiomarkerError",
@@ -48,6 +51,7 @@ __all__ = [
     "agreement_values",
     "analyze",
     "box_counting_dimension",
+    "bridge_gaps",
     "icc_a1",
     "markdown",
     "measure",

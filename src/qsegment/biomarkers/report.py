@@ -28,7 +28,15 @@ from scipy import stats
 
 from ..errors import QsegmentError
 from ..files import atomic_write
-from .measures import FIELD_NAMES, FIELDS, VesselAnalysis, as_binary, measure
+from .measures import (
+    BRIDGE_LOW,
+    FIELD_NAMES,
+    FIELDS,
+    VesselAnalysis,
+    as_binary,
+    bridge_gaps,
+    measure,
+)
 
 if TYPE_CHECKING:
     from ..engine.predict import Segmenter
@@ -36,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("name", "input", "kind", "status", "error", "model", "runtime", "threshold",
-               "fov_source", *FIELD_NAMES, "length_unit", "mm_per_pixel", "scale_source",
+               "bridge", "fov_source", *FIELD_NAMES, "length_unit", "mm_per_pixel", "scale_source",
                "reasons", "warnings", "figure")
 SEGMENT_COLUMNS = ("kind", "length", "chord", "arc_chord", "curvature", "calibre",
                    "length_unit", "y0_px", "x0_px", "y1_px", "x1_px")
@@ -93,16 +101,22 @@ def _to_uint8(rgb: np.ndarray, path: Path) -> np.ndarray:
 
 
 def measure_photograph(image: np.ndarray, mask: np.ndarray, *,
+                       probability: np.ndarray | None = None, bridge: float | None = BRIDGE_LOW,
                        mm_per_pixel: float | None = None, fov_degrees: float | None = None,
                        min_object_px: int = 0) -> VesselAnalysis:
     """The biomarkers of ``mask`` inside the FOV of its photograph ``image`` (RGB, uint8
-    or float in [0, 1]): what ``qsegment predict`` has in hand after segmenting."""
+    or float in [0, 1]): what ``qsegment predict`` has in hand after segmenting. Given
+    the model's ``probability`` map, of which ``mask`` is the cut, the mask's gaps are
+    bridged and its specks dropped first (:func:`~.measures.bridge_gaps` with ``low =
+    bridge``; ``bridge=None`` measures the mask as cut)."""
     from ..datasets import fov_mask
 
     mask = as_binary(mask)
     if image.shape[:2] != mask.shape:
         raise InputError(f"the mask is {mask.shape[1]}x{mask.shape[0]} px but its photograph "
                          f"is {image.shape[1]}x{image.shape[0]}: they must match")
+    if probability is not None and bridge is not None:
+        mask = bridge_gaps(mask, probability, bridge)
     fov = fov_mask(image)
     analysis = measure(mask, fov, mm_per_pixel=mm_per_pixel, fov_degrees=fov_degrees,
                        min_object_px=min_object_px)
@@ -220,23 +234,25 @@ def _row(path: Path, name: str, kind: str, analysis: VesselAnalysis, **source: A
 
 
 def photograph_row(path: Path, name: str, analysis: VesselAnalysis, segmenter: Segmenter,
-                   threshold: float) -> dict:
-    """The row of a photograph that ``segmenter`` segmented at ``threshold``
-    (``qsegment analyze`` and ``qsegment predict --biomarkers`` write the same)."""
+                   threshold: float, bridge: float | None) -> dict:
+    """The row of a photograph that ``segmenter`` segmented at ``threshold``, its gaps
+    bridged down to ``bridge`` (``qsegment analyze`` and ``qsegment predict
+    --biomarkers`` write the same)."""
     return _row(path, name, "photograph", analysis, model=segmenter.name,
-                runtime=segmenter.runtime, threshold=float(threshold),
+                runtime=segmenter.runtime, threshold=float(threshold), bridge=bridge,
                 fov_source=FOV_FROM_PHOTO)
 
 
 def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: dict,
-                 figures: bool) -> dict:
+                 bridge: float | None, figures: bool) -> dict:
     """One file's row (raises on any failure, which :func:`analyze` records)."""
     kind, array = read_input(path)
     if kind == "photograph":
         segmenter = model.get()
         prediction = segmenter.predict(array)
-        analysis = measure_photograph(array, prediction.mask, **options)
-        row = photograph_row(path, name, analysis, segmenter, prediction.threshold)
+        analysis = measure_photograph(array, prediction.mask, probability=prediction.probability,
+                                      bridge=bridge, **options)
+        row = photograph_row(path, name, analysis, segmenter, prediction.threshold, bridge)
     else:
         analysis = measure(array, **options)
         if options["fov_degrees"] is not None:
@@ -270,11 +286,13 @@ def _output_names(paths: list[Path], out_dir: Path) -> list[str | None]:
 
 
 def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
-            segmenter: Segmenter | None = None, mm_per_pixel: float | None = None,
-            fov_degrees: float | None = None, min_object_px: int = 0, figures: bool = True,
+            segmenter: Segmenter | None = None, bridge: float | None = BRIDGE_LOW,
+            mm_per_pixel: float | None = None, fov_degrees: float | None = None,
+            min_object_px: int = 0, figures: bool = True,
             progress: Progress | None = None) -> list[dict]:
     """Measure every input (a binary mask, or a photograph segmented by ``segmenter``,
-    default: ``Segmenter.from_pretrained()``, loaded at the first photograph) and write
+    default: ``Segmenter.from_pretrained()``, loaded at the first photograph, its map's
+    gaps bridged down to ``bridge``: :func:`measure_photograph`) and write
     ``biomarkers.csv`` / ``biomarkers.json`` into ``out_dir``, with each image's
     ``NAME_segments.csv`` and, if ``figures``, ``NAME_biomarkers.png``; all written
     atomically, none over an input (an input named like a table is refused up front).
@@ -296,7 +314,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
         try:
             if name is None:
                 raise InputError(f"{path}: its outputs would overwrite an input")
-            rows.append(_analyze_one(path, name, out_dir, model, options, figures))
+            rows.append(_analyze_one(path, name, out_dir, model, options, bridge, figures))
             log.info("%s: %s (%.1f s)", path, _row_summary(rows[-1]), time.perf_counter() - start)
         except (QsegmentError, OSError, ValueError) as err:  # unreadable or unmeasurable:
             log.warning("%s: %s", path, err)  # one bad file must not stop the others
@@ -387,13 +405,16 @@ def agreement_table(values: Sequence[dict]) -> list[dict]:
 
 def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter | None = None,
                      float_segmenter: Segmenter | None = None, names: Sequence[str] | None = None,
+                     images: str = "val", bridge: float | None = BRIDGE_LOW,
                      mm_per_pixel: float | None = None, fov_degrees: float | None = None,
                      min_object_px: int = 0, progress: Progress | None = None) -> list[dict]:
-    """Biomarkers of CHASE_DB1's validation images (or ``names`` among them) from each
+    """Biomarkers of CHASE_DB1's validation images (``images="train"``: its training
+    images, on which settings are chosen; ``names``: only those among them) from each
     of :data:`SOURCES`: the two observers' labels, ``segmenter`` (default: the int8
     ``Segmenter.from_pretrained()``) and ``float_segmenter`` (default: the default
     model on the ``torch`` runtime when ``segmenter`` is the default too; none
-    otherwise), all inside the image's FOV. One dict per image and source."""
+    otherwise), all inside the image's FOV; the models' maps bridged down to ``bridge``
+    as :func:`measure_photograph` does. One dict per image and source."""
     from ..datasets import load_split
     from ..engine.predict import Segmenter
 
@@ -401,16 +422,21 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
         segmenter = Segmenter.from_pretrained()
         if float_segmenter is None:
             float_segmenter = Segmenter.from_pretrained(segmenter.name, runtime="torch")
-    first = load_split(data_dir)[1]
-    second = {s.name: s for s in load_split(data_dir, observer=2)[1]}
+    if images not in ("val", "train"):
+        raise ValueError(f"images must be 'val' or 'train', not {images!r}")
+    part = images == "val"
+    first = load_split(data_dir)[part]
+    second = {s.name: s for s in load_split(data_dir, observer=2)[part]}
     chosen = [s for s in first if names is None or s.name in names]
     rows = []
     for i, sample in enumerate(chosen):
         rgb = np.round(sample.image * 255).astype(np.uint8)
-        masks = {"observer1": sample.label, "observer2": second[sample.name].label,
-                 "model": segmenter.predict(rgb).mask}
-        if float_segmenter is not None:
-            masks["model_float"] = float_segmenter.predict(rgb).mask
+        masks = {"observer1": sample.label, "observer2": second[sample.name].label}
+        for source, model in (("model", segmenter), ("model_float", float_segmenter)):
+            if model is not None:
+                prediction = model.predict(rgb)
+                masks[source] = prediction.mask if bridge is None else \
+                    bridge_gaps(prediction.mask, prediction.probability, bridge)
         for source, mask in masks.items():
             analysis = measure(mask, sample.fov, mm_per_pixel=mm_per_pixel,
                                fov_degrees=fov_degrees, min_object_px=min_object_px)
