@@ -338,6 +338,11 @@ def test_agreement_values_on_one_validation_image(data_dir, segmenter):
     first, second, model = values
     assert first["area_density"] == pytest.approx(second["area_density"], rel=0.3)
     assert model["area_density"] == pytest.approx(first["area_density"], rel=0.3)
+    train = agreement_values(data_dir, segmenter=segmenter, names=["Image_01L"], images="train")
+    assert [(v["name"], v["source"]) for v in train] == [("Image_01L", s) for s in
+                                                         ("observer1", "observer2", "model")]
+    with pytest.raises(ValueError, match="'val' or 'train'"):
+        agreement_values(data_dir, segmenter=segmenter, images="test")
 
 
 def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_dir, capsys):
