@@ -165,6 +165,8 @@ def test_bridge_gaps_joins_a_vessel_cut_where_its_probability_dips():
     assert measure(bridge_gaps(cut, probability, low=0.6)).values["end_points"] == 4
     with pytest.raises(BiomarkerError, match="probability map is 300x119"):
         bridge_gaps(cut, probability[:119])
+    with pytest.raises(BiomarkerError, match="is uint8: give the model's float map"):
+        bridge_gaps(cut, np.round(probability * 255).astype(np.uint8))
 
 
 def test_bridging_a_model_map_brings_its_end_points_towards_the_annotators(data_dir,

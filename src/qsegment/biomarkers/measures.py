@@ -256,6 +256,9 @@ def bridge_gaps(mask: np.ndarray, probability: np.ndarray, low: float = BRIDGE_L
         raise BiomarkerError(f"the probability map is {probability.shape[1]}x"
                              f"{probability.shape[0]} px but the mask {mask.shape[1]}x"
                              f"{mask.shape[0]}: they must match")
+    if not np.issubdtype(probability.dtype, np.floating):
+        raise BiomarkerError(f"the probability map is {probability.dtype}: give the model's "
+                             "float map in [0, 1] (Prediction.probability)")
     labels, _ = ndimage.label(mask | (probability >= low))
     tree = np.isin(labels, np.unique(labels[mask]))
     return remove_small_objects(mask | skeletonize(tree), max_size=speck_px, connectivity=2)
