@@ -20,6 +20,7 @@ from qsegment.biomarkers import (
     MM_PER_DEGREE,
     BiomarkerError,
     InputError,
+    agreement,
     agreement_markdown,
     agreement_table,
     agreement_values,
@@ -345,6 +346,19 @@ def test_agreement_values_on_one_validation_image(data_dir, segmenter):
                                                          ("observer1", "observer2", "model")]
     with pytest.raises(ValueError, match="'val' or 'train'"):
         agreement_values(data_dir, segmenter=segmenter, images="test")
+
+
+def test_agreement_files_say_how_they_were_made(tmp_path, data_dir, segmenter):
+    names = ["Image_11L", "Image_11R", "Image_12L"]
+    table = agreement(data_dir, tmp_path, segmenter=segmenter, names=names, bridge=0.5)
+    document = json.loads((tmp_path / "agreement.json").read_text())
+    assert document["settings"] == {
+        "images": "val", "names": names, "bridge": 0.5, "min_object_px": 0,
+        "mm_per_pixel": None, "fov_degrees": None,
+        "models": {"model": f"{segmenter.name} ({segmenter.runtime})"}}
+    assert [r["biomarker"] for r in document["table"]] == [r["biomarker"] for r in table]
+    assert len(document["values"]) == 3 * len(names)
+    assert (tmp_path / "agreement.md").read_text().startswith("| biomarker |")
 
 
 def test_cli_predict_biomarkers_equal_analyze_of_the_photograph(tmp_path, data_dir, capsys):

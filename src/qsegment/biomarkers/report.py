@@ -12,6 +12,7 @@ each source comes to the first observer (:func:`agreement_markdown` prints it).
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import logging
@@ -428,11 +429,12 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
     first = load_split(data_dir)[part]
     second = {s.name: s for s in load_split(data_dir, observer=2)[part]}
     chosen = [s for s in first if names is None or s.name in names]
+    models = {"model": segmenter, "model_float": float_segmenter}
     rows = []
     for i, sample in enumerate(chosen):
         rgb = np.round(sample.image * 255).astype(np.uint8)
         masks = {"observer1": sample.label, "observer2": second[sample.name].label}
-        for source, model in (("model", segmenter), ("model_float", float_segmenter)):
+        for source, model in models.items():
             if model is not None:
                 prediction = model.predict(rgb)
                 masks[source] = prediction.mask if bridge is None else \
@@ -440,8 +442,10 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
         for source, mask in masks.items():
             analysis = measure(mask, sample.fov, mm_per_pixel=mm_per_pixel,
                                fov_degrees=fov_degrees, min_object_px=min_object_px)
-            rows.append({"name": sample.name, "source": source, **analysis.values,
-                         "length_unit": analysis.scale.unit})
+            model = models.get(source)
+            rows.append({"name": sample.name, "source": source,
+                         "model": model and f"{model.name} ({model.runtime})",
+                         **analysis.values, "length_unit": analysis.scale.unit})
         log.info("agreement: %s measured from %s", sample.name, ", ".join(masks))
         if progress is not None:
             progress(i + 1, len(chosen), sample.name)
@@ -451,15 +455,21 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
 def agreement(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
               **kwargs: Any) -> list[dict]:
     """:func:`agreement_table` of :func:`agreement_values` (``kwargs`` go there); with
-    ``out_dir``, also ``agreement.json`` (the table, the int8 model's per-image
-    differences from the float model's and every value) and ``agreement.md`` there."""
+    ``out_dir``, also ``agreement.json`` (the settings, the table, the int8 model's
+    per-image differences from the float model's and every value) and ``agreement.md``
+    there."""
     values = agreement_values(data_dir, **kwargs)
     table = agreement_table(values)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        document = {"table": table, "int8_minus_float": source_differences(values),
-                    "values": values}
+        bound = inspect.signature(agreement_values).bind(data_dir, **kwargs)
+        bound.apply_defaults()
+        settings = {name: bound.arguments[name] for name in
+                    ("images", "names", "bridge", "min_object_px", "mm_per_pixel", "fov_degrees")}
+        settings["models"] = {v["source"]: v["model"] for v in values if v["model"]}
+        document = {"settings": settings, "table": table,
+                    "int8_minus_float": source_differences(values), "values": values}
         _write_atomic(out / "agreement.json",
                       (json.dumps(_json_safe(document), indent=1) + "\n").encode())
         _write_atomic(out / "agreement.md", (agreement_markdown(table) + "\n").encode())
