@@ -221,13 +221,10 @@ class SegmentWorker:
 
     def measure(self, item: dict, image: np.ndarray, result: object) -> dict:
         from .biomarkers.measures import FIELD_NAMES
-        from .biomarkers.report import measure_photograph, photograph_row
+        from .biomarkers.report import measure_prediction
 
-        options = self.settings["biomarkers"]
-        analysis = measure_photograph(image, result.mask, probability=result.probability,
-                                      **options)
-        row = photograph_row(Path(item["path"]), item["name"], analysis, self.segmenter,
-                             result.threshold, options["bridge"])
+        _, row = measure_prediction(Path(item["path"]), item["name"], image, result,
+                                    self.segmenter, **self.settings["biomarkers"])
         return {key: _plain(row[key]) for key in (*FIELD_NAMES, *BIOMARKER_COLUMNS)}
 
 
@@ -352,7 +349,7 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
     Segmenter.from_pretrained(model, threshold, runtime, scale=scale, tile=tile)  # checked here
     options = None
     if biomarkers:  # fail here, not in every worker, when the extra is missing
-        from .biomarkers.report import measure_photograph  # noqa: F401
+        from .biomarkers.report import measure_prediction  # noqa: F401
 
         options = {"mm_per_pixel": mm_per_pixel, "fov_degrees": fov_degrees,
                    "min_object_px": min_object_px, "bridge": bridge}

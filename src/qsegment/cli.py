@@ -293,15 +293,11 @@ def _predict(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     measure = None
     if args.biomarkers:
-        from .biomarkers import BRIDGE_LOW
-        from .biomarkers.report import measure_photograph, photograph_row
+        from .biomarkers.report import measure_prediction
 
         def measure(path: Path, rgb: object, prediction: object) -> None:
-            options = {"bridge": BRIDGE_LOW, **_scale(args)}
-            analysis = measure_photograph(rgb, prediction.mask,
-                                          probability=prediction.probability, **options)
-            rows.append(photograph_row(path, path.stem, analysis, segmenter,
-                                       prediction.threshold, options["bridge"]))
+            rows.append(measure_prediction(path, path.stem, rgb, prediction, segmenter,
+                                           **_scale(args))[1])
 
     summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
                             overlay=args.overlay, on_result=measure, workers=args.workers)

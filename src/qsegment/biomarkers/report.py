@@ -40,7 +40,7 @@ from .measures import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.predict import Segmenter
+    from ..engine.predict import Prediction, Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +234,18 @@ def _row(path: Path, name: str, kind: str, analysis: VesselAnalysis, **source: A
             "units": analysis.scale.units(), "figure": None}
 
 
-def photograph_row(path: Path, name: str, analysis: VesselAnalysis, segmenter: Segmenter,
-                   threshold: float, bridge: float | None) -> dict:
-    """The row of a photograph that ``segmenter`` segmented at ``threshold``, its gaps
-    bridged down to ``bridge`` (``qsegment analyze`` and ``qsegment predict
-    --biomarkers`` write the same)."""
-    return _row(path, name, "photograph", analysis, model=segmenter.name,
-                runtime=segmenter.runtime, threshold=float(threshold), bridge=bridge,
-                fov_source=FOV_FROM_PHOTO)
+def measure_prediction(path: Path, name: str, image: np.ndarray, prediction: Prediction,
+                       segmenter: Segmenter, *, bridge: float | None = BRIDGE_LOW,
+                       **options: Any) -> tuple[VesselAnalysis, dict]:
+    """The biomarkers of ``segmenter``'s ``prediction`` of the photograph ``image``, its
+    gaps bridged down to ``bridge`` (:func:`measure_photograph`; ``options``: scale and
+    ``min_object_px``), and their table row. ``qsegment analyze``, ``predict --biomarkers``
+    and ``batch --biomarkers`` measure and write alike through it."""
+    analysis = measure_photograph(image, prediction.mask, probability=prediction.probability,
+                                  bridge=bridge, **options)
+    return analysis, _row(path, name, "photograph", analysis, model=segmenter.name,
+                          runtime=segmenter.runtime, threshold=float(prediction.threshold),
+                          bridge=bridge, fov_source=FOV_FROM_PHOTO)
 
 
 def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: dict,
@@ -250,10 +254,8 @@ def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: d
     kind, array = read_input(path)
     if kind == "photograph":
         segmenter = model.get()
-        prediction = segmenter.predict(array)
-        analysis = measure_photograph(array, prediction.mask, probability=prediction.probability,
-                                      bridge=bridge, **options)
-        row = photograph_row(path, name, analysis, segmenter, prediction.threshold, bridge)
+        analysis, row = measure_prediction(path, name, array, segmenter.predict(array),
+                                           segmenter, bridge=bridge, **options)
     else:
         analysis = measure(array, **options)
         if options["fov_degrees"] is not None:
