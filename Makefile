@@ -38,6 +38,7 @@ demo: venv
 test: venv
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

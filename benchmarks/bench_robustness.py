@@ -26,12 +26,14 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from qsegment.datasets.fov import TRAINING_FOV_DIAMETER
+
 Shift = Callable[[np.ndarray], np.ndarray]
 
 
 def _rescale_to(fov_px: float) -> Shift:
     def shift(rgb: np.ndarray) -> np.ndarray:
-        factor = fov_px / 917.0  # CHASE_DB1's FOV diameter (qsegment.datasets.ChaseDB1)
+        factor = fov_px / TRAINING_FOV_DIAMETER  # CHASE_DB1's
         h, w = rgb.shape[:2]
         return np.asarray(Image.fromarray(rgb).resize((round(w * factor), round(h * factor)),
                                                       Image.BILINEAR))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import importlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -39,8 +41,8 @@ from qsegment.app import (
     segment_upload,
 )
 from qsegment.biomarkers import FIELDS
-from qsegment.engine.predict import Segmenter
 from qsegment.images import ImageError
+from qsegment.inference.predict import Segmenter
 from qsegment.pretrained import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,10 +184,21 @@ class Server:
         self.process.wait(timeout=30)
 
 
+def _missing(what: str) -> NoReturn:
+    """Skip for want of ``what`` on a developer's machine; in CI (``CI`` set), fail: CI
+    installs everything, so a missing piece there is a broken set-up, not a reason to skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must install {what} (.ci/run, requirements.txt)")
+    pytest.skip(f"needs {what}")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    pytest.importorskip("starlette")
-    pytest.importorskip("uvicorn")
+    for module in ("starlette", "uvicorn"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            _missing(f"{module} (qsegment[app])")
     root = tmp_path_factory.mktemp("app")
     server = Server(root)
     server.report = {"page_http_ready_s": round(server.ready_s, 2)}
@@ -323,11 +336,12 @@ def test_ten_concurrent_uploads_are_all_answered(server: Server, data_dir: Path)
 
 def _browser():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run)")
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
+        _missing("Debian's chromium and chromium-driver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ModuleNotFoundError:
+        _missing("selenium")
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -350,10 +364,10 @@ def _wait(condition, timeout: float = 30.0):
 @pytest.mark.slow
 def test_browser_uploads_sees_the_overlay_and_moves_the_threshold(
         server: Server, data_dir: Path, tmp_path: Path) -> None:
+    browser = _browser()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    browser = _browser()
     try:
         start = time.perf_counter()
         browser.get(server.url)

@@ -4,6 +4,7 @@ the command is interrupted and rerun."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,7 +20,15 @@ import pytest
 from PIL import Image
 
 from qsegment import Segmenter
-from qsegment.batch import RECORDS, collect_sources, complete_record, segment_batch
+from qsegment.batch import (
+    RECORDS,
+    ManifestError,
+    ManifestRow,
+    collect_sources,
+    complete_record,
+    read_batch_manifest,
+    segment_batch,
+)
 from qsegment.cli import main
 from qsegment.errors import UsageError
 
@@ -52,8 +61,13 @@ def reference(tmp_path_factory, data_dir) -> Path:
 
 
 def _manifest(out: Path) -> list[dict]:
-    """The manifest's rows by name (they are written in the order the images finish)."""
-    return sorted(pq.read_table(out / "manifest.parquet").to_pylist(), key=lambda r: r["name"])
+    """The manifest's rows by name (they are written in the order the images finish), as
+    the Parquet file holds them, checked against what its reader makes of them."""
+    table = pq.read_table(out / "manifest.parquet")
+    assert table.schema.metadata[b"schema_version"] == b"1"
+    rows = table.to_pylist()
+    assert [r.to_dict() for r in read_batch_manifest(out / "manifest.parquet")] == rows
+    return sorted(rows, key=lambda r: r["name"])
 
 
 def _same_pngs(out: Path, reference: Path, names: list[str], kinds=("mask",)) -> None:
@@ -103,13 +117,13 @@ def test_a_bad_file_is_a_failed_row_and_the_rest_are_done(ray_local, reference, 
     folder = _links(tmp_path / "in", chase[:2])
     (folder / "truncated.jpg").write_bytes(chase[2].read_bytes()[:5000])
     (folder / "notes.png").write_text("not an image")
-    manifest = tmp_path / "more.csv"  # relative to the manifest; one missing, one twice
-    manifest.write_text(f"path,label\nin/{chase[0].name},a\nmissing.jpg,b\n")
+    listed = tmp_path / "more.csv"  # relative to the list; one missing, one twice
+    listed.write_text(f"path,label\nin/{chase[0].name},a\nmissing.jpg,b\n")
     parquet = tmp_path / "uris.parquet"
     pq.write_table(pa.table({"path": [chase[3].as_uri()]}), parquet)
 
     out = tmp_path / "out"
-    assert main(["batch", str(folder), str(manifest), str(parquet), "-o", str(out),
+    assert main(["batch", str(folder), str(listed), str(parquet), "-o", str(out),
                  "--workers", "2", "--biomarkers"]) == 1
     err = capsys.readouterr().err
     for bad in ("in/truncated.jpg", "in/notes.png", "missing.jpg"):
@@ -137,7 +151,7 @@ def test_a_bad_file_is_a_failed_row_and_the_rest_are_done(ray_local, reference, 
     assert row["bridge"] == BRIDGE_LOW
 
 
-def test_inputs_from_manifests_folders_and_uris(tmp_path, chase):
+def test_inputs_from_lists_folders_and_uris(tmp_path, chase):
     (tmp_path / "sub").mkdir()
     csv = tmp_path / "sub" / "list.csv"
     csv.write_text(f"path\n../a.jpg\n{chase[0]}\n\ns3://bucket/b.jpg\n")
@@ -151,6 +165,26 @@ def test_inputs_from_manifests_folders_and_uris(tmp_path, chase):
         collect_sources([str(tmp_path / "two.csv")])
 
 
+def test_a_manifest_or_record_of_another_schema_is_not_taken(tmp_path):
+    """A Parquet file without the manifest's schema version is refused by its reader, and
+    a record without it (an older qsegment's) is not a complete image: it is redone."""
+    other = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"path": ["a.jpg"]}), other)
+    with pytest.raises(ManifestError, match=r"manifest.parquet: manifest schema version none"):
+        read_batch_manifest(other)
+    mask = tmp_path / "a_mask.png"
+    mask.write_bytes(b"a mask")
+    row = ManifestRow("a.jpg", "a", mask=str(mask), mask_sha256=hashlib.sha256(b"a mask")
+                      .hexdigest())
+    settings = {"kinds": ["mask"]}
+    item = {"path": "a.jpg", "record": str(tmp_path / "a.json"), "mask": str(mask)}
+    (tmp_path / "a.json").write_text(json.dumps({"schema_version": 1, **row.to_dict(),
+                                                 "settings": settings}))
+    assert complete_record(item, settings) == row
+    (tmp_path / "a.json").write_text(json.dumps({**row.to_dict(), "settings": settings}))
+    assert complete_record(item, settings) is None
+
+
 def test_workers_choose_the_interpreter_threads():
     assert Segmenter.from_pretrained(threads=1).runner.threads == 1
     assert Segmenter.from_pretrained().runner.threads == os.cpu_count()  # as before
@@ -158,8 +192,12 @@ def test_workers_choose_the_interpreter_threads():
 
 def test_usage_errors_and_the_missing_extra(tmp_path, chase, monkeypatch, capsys):
     out = str(tmp_path / "out")
-    assert main(["batch", str(chase[0]), "-o", out, "--workers", "0"]) == 2
-    assert "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["batch", str(chase[0]), "-o", out, "--workers", "0"])
+    assert refused.value.code == 2
+    assert "argument --workers: expected a whole number >= 1" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="must be at least 1"):
+        segment_batch([str(chase[0])], out, workers=0)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if qsegment[ray] were not installed
     assert main(["batch", str(chase[0]), "-o", out]) == 2
     assert "pip install 'qsegment[ray]'" in capsys.readouterr().err

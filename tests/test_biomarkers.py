@@ -20,6 +20,8 @@ from qsegment.biomarkers import (
     MM_PER_DEGREE,
     BiomarkerError,
     InputError,
+    PixelSize,
+    SourceValues,
     agreement,
     agreement_markdown,
     agreement_table,
@@ -30,9 +32,12 @@ from qsegment.biomarkers import (
     icc_a1,
     measure,
     measure_photograph,
+    pixel_size,
     read_input,
 )
-from qsegment.biomarkers.report import AGREEMENT_FIELDS
+from qsegment.biomarkers.report import AGREEMENT_FIELDS, ROW_COLUMNS
+from qsegment.datasets.fov import fov_diameter, fov_mask, fov_mask_diameter
+from qsegment.errors import UsageError
 
 
 def band(shape: tuple[int, int], p0, p1, width: float) -> np.ndarray:
@@ -187,11 +192,11 @@ def test_bridging_a_model_map_brings_its_end_points_towards_the_annotators(data_
     assert abs(bridged["area_density"] / cut["area_density"] - 1) < 0.03
 
 
-def test_millimetres_scale_each_unit_by_its_power():
+def test_millimetres_convert_each_unit_by_its_power():
     start = np.array([150.0, 20.0])
     vessel = band((300, 300), start, towards(start, 30, 250), 5)
     px, mm = measure(vessel).values, measure(vessel, mm_per_pixel=0.01)
-    assert mm.scale.unit == "mm" and mm.scale.units()["length_density"] == "1/mm"
+    assert mm.pixel_size.unit == "mm" and mm.pixel_size.units()["length_density"] == "1/mm"
     assert mm.values["vessel_length"] == pytest.approx(px["vessel_length"] * 0.01)
     assert mm.values["vessel_area"] == pytest.approx(px["vessel_area"] * 1e-4)
     assert mm.values["calibre_mean"] == pytest.approx(px["calibre_mean"] * 0.01)
@@ -201,9 +206,39 @@ def test_millimetres_scale_each_unit_by_its_power():
         assert mm.values[same] == px[same]
     disc = np.hypot(*(np.mgrid[-250:250, -250:250] + 0.5)) < 240  # 480 px wide
     by_angle = measure(vessel[:300, :300], None, fov_degrees=45)
-    assert by_angle.scale.mm_per_pixel == pytest.approx(45 * MM_PER_DEGREE / 300)
-    assert measure(disc, disc, fov_degrees=45).scale.mm_per_pixel == pytest.approx(
+    assert by_angle.pixel_size.mm_per_pixel == pytest.approx(45 * MM_PER_DEGREE / 300)
+    assert measure(disc, disc, fov_degrees=45).pixel_size.mm_per_pixel == pytest.approx(
         45 * MM_PER_DEGREE / 480)
+    cut = disc[100:380]  # the sensor cuts the disc at the top and bottom: still 480 px wide
+    assert pixel_size(cut, fov_degrees=45).mm_per_pixel == pytest.approx(
+        45 * MM_PER_DEGREE / 480)
+
+
+def test_the_fov_diameter_of_a_photograph_is_its_fov_masks(data_dir):
+    """``--scale auto``'s fast estimate from the photograph and the biomarkers' FOV
+    diameter (behind ``fov_degrees``) are one measure: they agree on CHASE_DB1."""
+    for name in ("Image_01L", "Image_11L"):
+        image = np.asarray(Image.open(data_dir / f"{name}.jpg"))
+        estimate, exact = fov_diameter(image), fov_mask_diameter(fov_mask(image))
+        assert 880 < exact < 960 and estimate == pytest.approx(exact, abs=8)  # 4 px thumbnail
+    crop = image[300:700, 300:700]  # inside the retina: no rim, so no diameter
+    assert fov_diameter(crop) is None and fov_mask_diameter(fov_mask(crop)) == 400
+    assert fov_mask_diameter(np.zeros((5, 5), bool)) is None
+
+
+def test_the_old_scale_names_still_work_and_warn():
+    vessel = band((100, 100), (50, 10), (50, 90), 3)
+    analysis = measure(vessel, mm_per_pixel=0.02)
+    with pytest.warns(DeprecationWarning, match="use VesselAnalysis.pixel_size"):
+        assert analysis.scale == analysis.pixel_size == PixelSize(0.02, "mm_per_pixel")
+    from qsegment import biomarkers
+
+    with pytest.warns(DeprecationWarning, match="use pixel_size"):
+        assert biomarkers.pixel_scale(vessel, fov_degrees=30) == pixel_size(vessel, fov_degrees=30)
+    with pytest.warns(DeprecationWarning, match="use PixelSize"):
+        assert biomarkers.Scale is PixelSize
+    with pytest.raises(AttributeError):
+        biomarkers.Scales  # noqa: B018
 
 
 def test_empty_full_and_fovless_maps_give_nan_with_reasons():
@@ -266,13 +301,14 @@ def test_agreement_table_of_identical_and_biased_sources():
         truth = {f: float(rng.uniform(1, 2)) for f in AGREEMENT_FIELDS}
         for source, factor in (("observer1", 1.0), ("observer2", 1.1), ("model", 1.0),
                                ("model_float", 1.0)):
-            values.append({"name": f"im{i}", "source": source,
-                           **{f: v * factor for f, v in truth.items()}})
+            values.append(SourceValues(f"im{i}", source,
+                                       {f: v * factor for f, v in truth.items()}))
     table = agreement_table(values)
     row = table[0]
-    assert row["model_mard"] == 0 and row["model_icc"] == pytest.approx(1)
-    assert row["observer2_mard"] == pytest.approx(0.1) and row["goal_met"]
-    assert row["int8_vs_float_mard"] == 0
+    assert row.biomarker == AGREEMENT_FIELDS[0] and row.images == 8
+    assert row.model_mard == 0 and row.model_icc == pytest.approx(1)
+    assert row.observer2_mard == pytest.approx(0.1) and row.goal_met
+    assert row.int8_vs_float_mard == 0
     assert agreement_markdown(table).count("\n") == len(AGREEMENT_FIELDS) + 1
 
 
@@ -299,28 +335,35 @@ def test_analyze_real_masks_a_photograph_and_a_corrupt_file(tmp_path, data_dir, 
     rows = analyze(files, tmp_path / "out", segmenter=segmenter,
                    progress=lambda done, total, name: seen.append((done, total)))
     assert seen[-1] == (4, 4) and {p.name: digest(p) for p in files} == before
-    by_name = {r["name"]: r for r in rows}
-    assert by_name["corrupt"]["status"] == "error" and "corrupt.jpg" in by_name["corrupt"]["error"]
+    by_name = {r.name: r for r in rows}
+    assert by_name["corrupt"].status == "error" and "corrupt.jpg" in by_name["corrupt"].error
     for name in ("Image_11L_1stHO", "Image_12R_1stHO", "Image_11L"):
         row = by_name[name]
-        assert row["status"] == "ok", row
-        assert 0.03 < row["area_density"] < 0.2 and 1.2 < row["fractal_dimension"] < 1.6
-        assert 1.0 < row["tortuosity"] < 1.2 and row["branch_points"] > 10
+        assert row.status == "ok", row
+        values = row.values
+        assert 0.03 < values["area_density"] < 0.2 and 1.2 < values["fractal_dimension"] < 1.6
+        assert 1.0 < values["tortuosity"] < 1.2 and values["branch_points"] > 10
         assert (tmp_path / "out" / f"{name}_biomarkers.png").stat().st_size > 10_000
         with open(tmp_path / "out" / f"{name}_segments.csv") as f:
-            assert len(list(csv.DictReader(f))) == row["segments"]
+            assert len(list(csv.DictReader(f))) == values["segments"]
     photo, label = by_name["Image_11L"], by_name["Image_11L_1stHO"]
-    assert photo["kind"] == "photograph" and photo["threshold"] == segmenter.threshold
-    assert photo["runtime"] == "tflite-int8" and label["kind"] == "mask"
+    assert photo.kind == "photograph" and photo.threshold == segmenter.threshold
+    assert photo.runtime == "tflite-int8" and label.kind == "mask"
     # the model's map against the label of the same image, both per FOV pixel
     label_in_fov = measure_photograph(np.asarray(Image.open(data_dir / "Image_11L.jpg")),
                                       read_input(data_dir / "Image_11L_1stHO.png")[1])
-    assert photo["area_density"] == pytest.approx(label_in_fov.values["area_density"], rel=0.3)
+    assert photo.values["area_density"] == pytest.approx(label_in_fov.values["area_density"],
+                                                         rel=0.3)
     with open(tmp_path / "out" / "biomarkers.csv") as f:
         table = list(csv.DictReader(f))
-    assert [r["name"] for r in table] == [r["name"] for r in rows]
-    assert float(table[2]["calibre_mean"]) == pytest.approx(rows[2]["calibre_mean"])
+    assert [r["name"] for r in table] == [r.name for r in rows]
+    assert tuple(table[0]) == ROW_COLUMNS
+    assert float(table[2]["calibre_mean"]) == pytest.approx(rows[2].values["calibre_mean"])
+    assert table[3]["area_density"] == "" and table[3]["status"] == "error"  # corrupt.jpg
     document = json.loads((tmp_path / "out" / "biomarkers.json").read_text())
+    assert document["schema_version"] == 1
+    assert [r["name"] for r in document["rows"]] == [r.name for r in rows]
+    assert all(list(r) == [*ROW_COLUMNS, "units"] for r in document["rows"])  # errors too
     assert document["rows"][2]["units"]["length_density"] == "1/px"
     assert len(document["rows"]) == 4 and "tortuosity" in document["fields"]
 
@@ -331,20 +374,20 @@ def test_analyze_never_writes_over_an_input(tmp_path):
     Image.fromarray(mask).save(tmp_path / "a_biomarkers.png")
     before = digest(tmp_path / "a_biomarkers.png")
     rows = analyze([tmp_path / "a.png", tmp_path / "a_biomarkers.png"], tmp_path)
-    assert [r["status"] for r in rows] == ["error", "ok"] and "overwrite" in rows[0]["error"]
+    assert [r.status for r in rows] == ["error", "ok"] and "overwrite" in rows[0].error
     assert digest(tmp_path / "a_biomarkers.png") == before
 
 
 def test_agreement_values_on_one_validation_image(data_dir, segmenter):
     values = agreement_values(data_dir, segmenter=segmenter, names=["Image_11L"])
-    assert [v["source"] for v in values] == ["observer1", "observer2", "model"]
-    first, second, model = values
+    assert [v.source for v in values] == ["observer1", "observer2", "model"]
+    first, second, model = (v.values for v in values)
     assert first["area_density"] == pytest.approx(second["area_density"], rel=0.3)
     assert model["area_density"] == pytest.approx(first["area_density"], rel=0.3)
     train = agreement_values(data_dir, segmenter=segmenter, names=["Image_01L"], images="train")
-    assert [(v["name"], v["source"]) for v in train] == [("Image_01L", s) for s in
+    assert [(v.name, v.source) for v in train] == [("Image_01L", s) for s in
                                                          ("observer1", "observer2", "model")]
-    with pytest.raises(ValueError, match="'val' or 'train'"):
+    with pytest.raises(UsageError, match="'val' or 'train'"):
         agreement_values(data_dir, segmenter=segmenter, images="test")
 
 
@@ -352,11 +395,12 @@ def test_agreement_files_say_how_they_were_made(tmp_path, data_dir, segmenter):
     names = ["Image_11L", "Image_11R", "Image_12L"]
     table = agreement(data_dir, tmp_path, segmenter=segmenter, names=names, bridge=0.5)
     document = json.loads((tmp_path / "agreement.json").read_text())
+    assert document["schema_version"] == 1
     assert document["settings"] == {
         "images": "val", "names": names, "bridge": 0.5, "min_object_px": 0,
         "mm_per_pixel": None, "fov_degrees": None,
         "models": {"model": f"{segmenter.name} ({segmenter.runtime})"}}
-    assert [r["biomarker"] for r in document["table"]] == [r["biomarker"] for r in table]
+    assert [r["biomarker"] for r in document["table"]] == [r.biomarker for r in table]
     assert len(document["values"]) == 3 * len(names)
     assert (tmp_path / "agreement.md").read_text().startswith("| biomarker |")
 

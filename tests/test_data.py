@@ -45,7 +45,7 @@ def test_sample_arrays(data_dir):
     assert 0.03 < s.label.mean() < 0.15  # vessels are a small fraction of the image
     second = load_sample(data_dir, "Image_05R", observer=2)
     assert second.label.shape == s.label.shape and (second.label != s.label).any()
-    with pytest.raises(ValueError, match="observer"):
+    with pytest.raises(DatasetError, match="observer"):
         load_sample(data_dir, "Image_05R", observer=3)
 
 

@@ -15,6 +15,7 @@ from qsegment import load_model
 from qsegment.cli import main
 from qsegment.data import calibration_images, to_input
 from qsegment.deploy.camera import (
+    CameraError,
     FrameRate,
     decode_output,
     overlay_in_roi,
@@ -22,7 +23,7 @@ from qsegment.deploy.camera import (
     status_text,
     vessel_mask,
 )
-from qsegment.engine.infer import predict_proba
+from qsegment.errors import UsageError
 from qsegment.export.common import search_largest
 from qsegment.export.imx500.convert import (
     Imx500Error,
@@ -32,6 +33,7 @@ from qsegment.export.imx500.convert import (
     memory_report,
 )
 from qsegment.export.imx500.quantize import export_quantized, quantize, quantize_model
+from qsegment.inference.maps import predict_proba
 from qsegment.runtimes.base import ModelFileError
 from qsegment.runtimes.onnxrt import MctOnnxRuntime as QuantizedOnnxModel
 
@@ -57,7 +59,7 @@ def int8_logits(quantized, split):
 def test_quantize_writes_onnx_and_card(quantized):
     path, card = quantized
     on_disk = json.loads(path.with_suffix(".json").read_text())
-    assert on_disk == json.loads(json.dumps(card))
+    assert on_disk == json.loads(json.dumps(card.to_dict()))
     assert card["format"] == "mct-onnx" and card["method"] == "ptq" and card["size"] == SIZE
     assert card["calibration"]["count"] == 4 and len(set(card["calibration"]["images"])) == 4
     assert card["source_checkpoint"] == "qsegment-nearest"
@@ -104,7 +106,7 @@ def test_quantized_runner_in_predict_proba(quantized, split):
     model, _ = load_model("qsegment-nearest")
     float_prob = predict_proba(model, sample.image, SIZE)
     assert np.abs(prob - float_prob)[sample.fov].mean() < 0.02
-    with pytest.raises(ValueError, match="infer at size 256"):
+    with pytest.raises(UsageError, match="infer at size 256"):
         predict_proba(runner, sample.image, 320)
 
 
@@ -162,11 +164,14 @@ def test_ptq_export_end_to_end_with_the_real_converter(quantized, tmp_path, monk
     tmp = tmp_path / "tmpdir"  # all temporary folders, the converter's TMPDIR among them
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    note = export_imx500(quantized[0], tmp_path / "deploy", size=SIZE)
-    out = tmp_path / "deploy"
+    exported = export_imx500(quantized[0], tmp_path / "deploy", size=SIZE)
+    out, note = tmp_path / "deploy", exported.details
     assert (out / "packerOut.zip").stat().st_size > 50_000
     assert (out / "qsegment_MemoryReport.json").is_file() and (out / "dnnParams.xml").is_file()
-    assert json.loads((out / "deploy.json").read_text()) == json.loads(json.dumps(note))
+    assert sorted(exported.files) == sorted(p.name for p in out.iterdir())
+    deploy = json.loads((out / "deploy.json").read_text())
+    assert deploy == json.loads(json.dumps(exported.to_dict()))
+    assert deploy["schema_version"] == 1 and deploy["target"] == "imx500"
     assert note["size"] == SIZE and note["memory"]["fits"]
     assert note["memory"]["required"] < note["memory"]["available"] == 8388480
     assert note["input"]["colour_order"] == "RGB" and "[0, 1]" in note["input"]["model_expects"]
@@ -201,7 +206,7 @@ def test_decode_threshold_overlay_on_real_output(quantized, int8_logits, split):
     for layout in (int8_logits, [int8_logits[0]], [logits[..., None]], logits.ravel()):
         assert np.array_equal(decode_output(layout, size), logits)
     assert np.array_equal(decode_output([logits], size, transpose=True), logits.T)
-    with pytest.raises(ValueError, match="cannot read an output tensor of shape"):
+    with pytest.raises(CameraError, match="cannot read an output tensor of shape"):
         decode_output([np.zeros((2, size, size))], size)
     mask = vessel_mask(logits, threshold)
     sample = split[1][0]
@@ -265,12 +270,12 @@ def test_imx_variant_returns_phases_that_the_host_interleaves(imx_quantized, spl
     assert np.array_equal(full, depth_to_space(raw, 2))
     for layout in (raw, [raw[0]], [raw[0].transpose(1, 2, 0)]):
         assert np.array_equal(decode_output(layout, 128, phases=2), full[0, 0])
-    with pytest.raises(ValueError, match="as 2x2 phases of a vessel map"):
+    with pytest.raises(CameraError, match="as 2x2 phases of a vessel map"):
         decode_output([raw[0, :3]], 128, phases=2)
 
 
 def test_imx_variant_converts_with_its_phases_in_deploy_json(imx_quantized, tmp_path):
-    note = export_imx500(imx_quantized[0], tmp_path / "deploy", size=128)
+    note = export_imx500(imx_quantized[0], tmp_path / "deploy", size=128).details
     assert (tmp_path / "deploy" / "packerOut.zip").is_file()
     assert note["output_phases"] == 2 and note["output"]["shape"] == [1, 4, 64, 64]
     assert "interleave" in note["output"]["meaning"]

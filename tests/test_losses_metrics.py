@@ -6,10 +6,10 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from qsegment.datasets import load_sample
+from qsegment.errors import UsageError
 from qsegment.losses import (
     bce_dice_loss,
     boundary_weights,
-    get_loss,
     structure_cldice_loss,
     structure_loss,
 )
@@ -77,9 +77,12 @@ def test_cldice_term_costs_a_broken_vessel_more_than_a_thinner_one():
 
 
 def test_loss_registry():
-    assert get_loss("bce_dice") is bce_dice_loss
-    with pytest.raises(ValueError, match="structure"):
-        get_loss("focal")
+    from qsegment.engine.config import LOSSES
+    from qsegment.registry import UnknownNameError
+
+    assert LOSSES.load("bce_dice") is bce_dice_loss
+    with pytest.raises(UnknownNameError, match="unknown loss 'focal'; choose one of: structure"):
+        LOSSES.load("focal")
 
 
 def _random_case(seed):
@@ -129,5 +132,5 @@ def test_best_threshold_maximizes_dice():
 
 def test_shape_mismatch_is_an_error():
     prob, label, fov = _random_case(0)
-    with pytest.raises(ValueError, match="shape mismatch"):
+    with pytest.raises(UsageError, match="shape mismatch"):
         evaluate([prob[:-1]], [label], [fov])

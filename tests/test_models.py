@@ -8,9 +8,11 @@ from torch import nn
 from qsegment.cli import main
 from qsegment.data import to_tensors
 from qsegment.datasets import load_sample
+from qsegment.errors import UsageError
 from qsegment.losses import structure_loss
 from qsegment.models import QSegment, create_model, list_models, pad_to_multiple
 from qsegment.models.profile import count_macs, count_parameters
+from qsegment.registry import UnknownNameError
 
 # Parameter counts of the paper's Table II (millions).
 PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06,
@@ -20,7 +22,7 @@ PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06
 def test_registry_holds_the_paper_models():
     assert [m for m in list_models() if m != "qsegment-imx"] == list(PAPER_PARAMS)
     assert "qsegment-imx" in list_models()
-    with pytest.raises(ValueError, match="choose one of: qsegment, qsegment-imx, tnet"):
+    with pytest.raises(UnknownNameError, match="choose one of: qsegment, qsegment-imx, tnet"):
         create_model("unet")
 
 
@@ -42,7 +44,7 @@ def test_logits_at_input_resolution_for_sizes_divisible_by_8(name, size):
 
 @pytest.mark.parametrize("name", PAPER_PARAMS)
 def test_size_not_divisible_by_8_is_refused_with_the_size_that_works(name):
-    with pytest.raises(ValueError, match=r"divisible by 8.*pad to 72x96"):
+    with pytest.raises(UsageError, match=r"divisible by 8.*pad to 72x96"):
         create_model(name)(torch.rand(1, 3, 70, 90))
 
 
@@ -79,7 +81,7 @@ def test_qsegment_upsampling_modes():
     with torch.no_grad():
         assert not torch.allclose(nearest(x), unpool(x))
     assert not any(isinstance(m, nn.MaxUnpool2d) for m in nearest.modules())
-    with pytest.raises(ValueError, match="upsample"):
+    with pytest.raises(UsageError, match="upsample"):
         QSegment(upsample="bilinear")
 
 
@@ -117,9 +119,9 @@ def test_qsegment_imx_predicts_full_resolution_from_interleaved_phases(real_crop
     assert phases.shape == (1, 4, 32, 32) and full.shape == (1, 1, 64, 64)
     assert np.array_equal(depth_to_space(phases.numpy(), 2), full.numpy())
     assert full[0, 0, 1, 0] == phases[0, 2, 0, 0] and full[0, 0, 0, 1] == phases[0, 1, 0, 0]
-    with pytest.raises(ValueError, match=r"divisible by 16.*pad to 80x96"):
+    with pytest.raises(UsageError, match=r"divisible by 16.*pad to 80x96"):
         model(torch.rand(1, 3, 72, 88))
-    with pytest.raises(ValueError, match="expected 4 phase channels"):
+    with pytest.raises(UsageError, match="expected 4 phase channels"):
         depth_to_space(np.zeros((1, 3, 4, 4), np.float32), 2)
 
 
@@ -143,5 +145,5 @@ def test_receptive_radius_of_known_stacks():
                            nn.Conv2d(4, 1, 1))
     pooled.size_multiple = 2
     assert receptive_radius(pooled, size=64) == 4  # 1 + 2 (pooled 3x3) + 1 (grid offset)
-    with pytest.raises(ValueError, match="larger size"):
+    with pytest.raises(UsageError, match="larger size"):
         receptive_radius(nn.Conv2d(3, 1, 31, padding=15), size=24)

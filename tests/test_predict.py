@@ -13,11 +13,14 @@ from PIL import Image
 from qsegment import Segmenter
 from qsegment.cli import main
 from qsegment.datasets import load_sample
-from qsegment.engine.infer import predict_proba
-from qsegment.engine.predict import predict_files, tile_windows
+from qsegment.errors import UsageError
+from qsegment.export.cpu import open_runtime
 from qsegment.images import ImageError, read_image, round_up, to_rgb_float
+from qsegment.inference.maps import predict_proba
+from qsegment.inference.predict import predict_files, tile_windows
 from qsegment.metrics import evaluate
 from qsegment.models import create_model
+from qsegment.registry import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +44,33 @@ def test_segmenter_on_a_real_image(segmenter, sample):
     assert dice > 0.75
 
 
+def _network_probability(model, image: np.ndarray) -> np.ndarray:
+    """The network's own sigmoid map of an (H, W, 3) image whose sides are multiples of 8."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None]))
+        return torch.sigmoid(model(x))[0, 0].numpy()
+
+
 def test_any_size_is_padded_and_cropped_back(segmenter, sample):
-    crop = sample.image[100:433, 200:701]  # 333 x 501: not a multiple of 8
+    """A 333 x 501 image (not a multiple of the network's stride, 8) is zero-padded at the
+    bottom and right (images.network_input) and its map cropped back from the top left."""
+    crop = sample.image[100:433, 200:701]
     out = segmenter.predict(crop)
-    assert out.mask.shape == (333, 501)
+    assert out.mask.shape == (333, 501) and out.scale == 1.0  # no rim in the crop: no rescale
+    padded = np.zeros((336, 504, 3), np.float32)
+    padded[:333, :501] = crop
+    whole = _network_probability(segmenter.model, padded)[:333, :501]
+    assert np.abs(out.probability - whole).max() < 1e-5
+    # a map one pixel off would differ: the check sees a misaligned pad or crop
+    assert np.abs(out.probability[:-1] - whole[1:]).max() > 0.1
+    assert np.abs(out.probability[:, :-1] - whole[:, 1:]).max() > 0.1
+    # and farther than the receptive radius from the padding, the map is the one of the
+    # larger real image around the crop, which needs no padding (336 x 504)
+    real = _network_probability(segmenter.model, sample.image[100:436, 200:704])
+    inside = np.s_[:333 - segmenter.overlap, :501 - segmenter.overlap]  # margin >= radius
+    assert np.abs(out.probability[inside] - real[inside]).max() < 1e-5
 
 
 def test_gray_rgba_and_16_bit_inputs(segmenter, sample, tmp_path):
@@ -61,7 +87,7 @@ def test_gray_rgba_and_16_bit_inputs(segmenter, sample, tmp_path):
     assert segmenter.predict(gray).mask.shape == (256, 256)
     rgb16 = rgb8.astype(np.uint16) * 257
     assert np.allclose(to_rgb_float(rgb16), to_rgb_float(rgb8), atol=1e-6)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ImageError, match=r"\[0, 1\]"):
         to_rgb_float(rgb8.astype(np.float32))
 
 
@@ -115,7 +141,7 @@ def test_tta_averages_the_logits_of_the_eight_symmetric_views(segmenter, sample)
     assert tta.shape == crop.shape[:2]
     assert np.abs(tta - expected).max() < 1e-4
     assert np.abs(tta - segmenter.probability(crop)).max() > 0.01  # the views do differ
-    with pytest.raises(ValueError, match="none, flip, d8"):
+    with pytest.raises(UsageError, match="none, flip, d8"):
         Segmenter(segmenter.model, tta="d4")
 
 
@@ -193,7 +219,9 @@ def test_inputs_are_never_overwritten(sample, tmp_path):
 def test_output_folder_that_is_a_file(sample, tmp_path, capsys):
     _write_inputs(tmp_path / "in", sample, ["a.png"])
     (tmp_path / "out").write_text("a file")
-    assert main(["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out")])
+    assert refused.value.code == 2
     assert "out: output path exists and is not a folder" in capsys.readouterr().err
     with pytest.raises(ImageError):
         read_image(tmp_path / "out")
@@ -201,13 +229,13 @@ def test_output_folder_that_is_a_file(sample, tmp_path, capsys):
 
 def test_onnx_runtime_agrees_with_pytorch(segmenter, sample):
     """ONNX Runtime fp32 and PyTorch give the same map (float rounding only)."""
-    onnx = Segmenter(segmenter.model, segmenter.threshold, runtime="onnx")
+    onnx = Segmenter(open_runtime("onnx", segmenter.model), segmenter.threshold)
     crop = sample.image[200:520, 250:634]
     a, b = segmenter.predict(crop), onnx.predict(crop)
     assert np.abs(a.probability - b.probability).max() < 1e-4
     assert (a.mask != b.mask).mean() < 1e-4
-    with pytest.raises(ValueError, match="choose one of: tflite-int8, torch, onnx"):
-        Segmenter(segmenter.model, runtime="tflite")
+    with pytest.raises(UnknownNameError, match="choose one of: tflite-int8, torch, onnx"):
+        open_runtime("tflite", segmenter.model)
 
 
 def test_predict_benchmark_runs(tmp_path):
@@ -232,7 +260,7 @@ def test_benchmark_quick_mode(tmp_path):
     from qsegment.bench import markdown, run_benchmark, scatter
     from qsegment.runtimes import checkpoint_runtimes
 
-    result = run_benchmark(size=64, repeats=1, models=["tnet", "qsegment"], progress=False)
+    result = run_benchmark(size=64, repeats=1, archs=["tnet", "qsegment"], progress=False)
     assert [(r["model"], r["runtime"]) for r in result["rows"]] == [
         (m, rt) for m in ("tnet", "qsegment") for rt in checkpoint_runtimes()]
     for row in result["rows"]:
@@ -349,20 +377,19 @@ def test_int8_tflite_builds_and_caches_a_shape_no_shipped_model_holds(sample):
     built once from the shipped calibrated ranges and cached."""
     from qsegment import load_model
     from qsegment.pretrained import resolve_checkpoint
-    from qsegment.runtimes.litert import LiteRtInt8
 
     model, _ = load_model("qsegment-nearest")
     weights = resolve_checkpoint("qsegment-nearest")
-    runner = LiteRtInt8.from_model(model, weights)
+    runner = open_runtime("tflite-int8", model, weights)
     assert runner.shape_for(1040, 200) == (1040, 200)
-    built = runner.flatbuffer_path(1040, 200)
+    built = runner.build.path(1040, 200)
     assert built.parent == Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
     x = np.zeros((1, 3, 1040, 200), np.float32)
     x[0, :, :960] = sample.image[:, 400:600].transpose(2, 0, 1)
     first = runner.logits(x)
     assert built.is_file()
     stamp = built.stat().st_mtime_ns
-    again = LiteRtInt8.from_model(model, weights).logits(x)
+    again = open_runtime("tflite-int8", model, weights).logits(x)
     assert built.stat().st_mtime_ns == stamp and np.array_equal(first, again)
 
 
@@ -392,12 +419,13 @@ def test_int8_tflite_calibrates_a_model_without_shipped_ranges_once(sample):
 
     model, card = load_model("qsegment-nearest-312")  # a module alone: no files beside it
     cache = Path(os.environ["QSEGMENT_CACHE"]) / "tflite"
-    first = Segmenter(model, card["threshold"]["value"], runtime="tflite-int8")
+    first = Segmenter(open_runtime("tflite-int8", model), card["threshold"]["value"])
     ranges = sorted(cache.glob("*.observers.safetensors"))
     assert len(ranges) == 1
     stamp = ranges[0].stat().st_mtime_ns
-    second = Segmenter(model, card["threshold"]["value"], runtime="tflite-int8")
-    assert ranges[0].stat().st_mtime_ns == stamp and second.runner.key == first.runner.key
+    second = Segmenter(open_runtime("tflite-int8", model), card["threshold"]["value"])
+    assert ranges[0].stat().st_mtime_ns == stamp
+    assert second.runner.build.key == first.runner.build.key
     crop = np.round(sample.image[:312, :312] * 255).astype(np.uint8)
     reference = Segmenter(model, first.threshold).predict(crop).mask  # PyTorch
     assert (first.predict(crop).mask == reference).mean() > 0.98
@@ -470,8 +498,8 @@ def test_scale_auto_brings_a_photograph_to_the_training_scale(sample, data_dir):
     against the training images' 917), segments it at CHASE's scale and gives a better
     map than segmenting it as it is; on CHASE itself and on a crop without a FOV rim it
     changes nothing."""
-    from qsegment.engine.infer import scale_factor
     from qsegment.images import resize_image, resize_map
+    from qsegment.inference.maps import scale_factor
 
     rgb8 = np.round(sample.image * 255).astype(np.uint8)
     assert scale_factor(rgb8, "auto", 917.0) == 1.0  # CHASE: within 10 %
@@ -490,7 +518,7 @@ def test_scale_auto_brings_a_photograph_to_the_training_scale(sample, data_dir):
     same = [Segmenter.from_pretrained("qsegment-nearest", scale=s).predict(rgb8).probability
             for s in ("auto", "none")]
     assert np.array_equal(*same)
-    with pytest.raises(ValueError, match="scale must be auto, none or a positive factor"):
+    with pytest.raises(UsageError, match="scale must be auto, none or a positive factor"):
         Segmenter.from_pretrained("qsegment-nearest", scale="big")
 
 

@@ -49,3 +49,15 @@ def test_unknown_name_lists_the_shipped_ones():
     with pytest.raises(CheckpointError,
                        match="shipped: qsegment-imx, qsegment-imx-704, qsegment-nearest"):
         load_model("qsegment-huge")
+
+
+def test_every_shipped_file_has_a_row_tied_to_its_architecture_and_data():
+    from qsegment.models import MODELS
+    from qsegment.pretrained import WEIGHTS, WEIGHTS_DIR, read_card
+
+    carded = {p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if p.with_suffix(".json").is_file()}
+    assert set(WEIGHTS.names()) == carded
+    for row in WEIGHTS:
+        card = read_card(row.load())
+        assert card.model == row.architecture and row.architecture in MODELS.names()
+        assert card["data"]["dataset"] == "CHASE_DB1" and row.data.startswith("CHASE_DB1")

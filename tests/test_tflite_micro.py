@@ -1,6 +1,7 @@
 """Microcontroller export: a real int8 TFLite conversion of the shipped network, run by the
 real TFLite-Micro interpreter (PyPI tflite-micro) on real CHASE_DB1 images."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from qsegment import load_model
+from qsegment.card import Card
 from qsegment.cli import main
 from qsegment.data import calibration_images, to_input
 from qsegment.export.tflite import convert_int8
@@ -36,15 +38,19 @@ MODEL = "qsegment-nearest-312"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_dir):
+    """The export's folder and its card (the note's details)."""
     out = tmp_path_factory.mktemp("mcu") / "mcu"
-    card = export_tflite_micro(MODEL, out, size=SIZE, calibration=2, data=data_dir)
-    return out, card
+    note = export_tflite_micro(MODEL, out, size=SIZE, calibration=2, data=data_dir)
+    assert note.target == "tflite-micro" and note.out == out
+    assert sorted(note.files) == sorted(p.name for p in out.iterdir()) == [
+        "model_data.cc", "model_data.h", "qsegment.json", "qsegment.tflite"]
+    return out, note.details
 
 
 def test_export_is_fully_int8_and_checked_by_tflite_micro(exported):
     out, card = exported
-    assert sorted(p.name for p in out.iterdir()) == ["model_data.cc", "model_data.h",
-                                                     "qsegment.json", "qsegment.tflite"]
+    assert json.loads((out / "qsegment.json").read_text()) == json.loads(json.dumps(card))
+    assert Card.read(out / "qsegment.json").size == SIZE == card["size"]
     flatbuffer = (out / "qsegment.tflite").read_bytes()
     assert card["flatbuffer_bytes"] == len(flatbuffer)
     # no float island: every operator TFLite-Micro runs is an integer kernel
@@ -173,5 +179,7 @@ def test_cli_refuses_a_bad_size(tmp_path, data_dir, capsys):
                  str(tmp_path / "x"), "--data", str(data_dir)]) == 2
     assert "multiple of 8" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    assert main(["export", "some.onnx", "--target", "imx500", "--fit", "-o",
+    (tmp_path / "some.onnx").write_bytes(b"")
+    assert main(["export", str(tmp_path / "some.onnx"), "--target", "imx500", "--fit", "-o",
                  str(tmp_path / "y")]) == 2
+    assert "--fit do(es) not apply to --target imx500" in capsys.readouterr().err

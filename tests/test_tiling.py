@@ -29,6 +29,7 @@ from qsegment.deploy.tiling import (
     simulate_image,
     stitch,
 )
+from qsegment.errors import UsageError
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 SIZE = 312  # the IMX500's input
@@ -90,19 +91,19 @@ def test_a_box_at_the_frame_border_gets_rois_shifted_inside_the_frame():
 
 
 def test_too_few_tiles_or_impossible_geometry_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"1 tile\(s\) cannot cover the 999x960 box.*"
+    with pytest.raises(UsageError, match=r"1 tile\(s\) cannot cover the 999x960 box.*"
                                          r"side <= 960.*use at least 2 tiles"):
         plan_tiles((960, 999), SIZE, 1)
     assert plan_tiles((960, 999), SIZE, 2).tiles == 2
-    with pytest.raises(ValueError, match="smaller than the 312x312 network input"):
+    with pytest.raises(UsageError, match="smaller than the 312x312 network input"):
         plan_tiles((300, 999), SIZE, 4)
-    with pytest.raises(ValueError, match="leaves the 999x960 frame"):
+    with pytest.raises(UsageError, match="leaves the 999x960 frame"):
         plan_tiles((960, 999), SIZE, 4, box=(500, 0, 600, 600))
-    with pytest.raises(ValueError, match="halo < size"):
+    with pytest.raises(UsageError, match="halo < size"):
         plan_tiles((960, 999), SIZE, 4, halo=SIZE)
-    with pytest.raises(ValueError, match="at least one tile"):
+    with pytest.raises(UsageError, match="at least one tile"):
         plan_tiles((960, 999), SIZE, 0)
-    with pytest.raises(ValueError, match="FOV mask is empty"):
+    with pytest.raises(UsageError, match="FOV mask is empty"):
         fov_box(np.zeros((4, 4), bool))
 
 
@@ -209,8 +210,10 @@ def test_cli_refuses_a_bad_deploy_json_before_opening_the_camera(tmp_path, capsy
     assert main(["camera", str(network), "--info", str(info), "--tiles", "4"]) == 2
     err = capsys.readouterr().err
     assert "deploy.json is inconsistent" in err and "picamera2" not in err
-    assert main(["camera", str(network), "--tiles", "0"]) == 2
-    assert "--tiles must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["camera", str(network), "--tiles", "0"])
+    assert refused.value.code == 2
+    assert "argument --tiles: expected a whole number >= 1" in capsys.readouterr().err
     info.write_text(json.dumps(DEPLOY))
     assert main(["camera", str(network), "--info", str(info), "--tiles", "16"]) == 2
     out, err = capsys.readouterr()

@@ -21,6 +21,7 @@ from qsegment.cli import main
 from qsegment.data import resize_sample
 from qsegment.datasets import Split, load_sample
 from qsegment.engine import train as train_module
+from qsegment.engine.config import ConfigError
 from qsegment.engine.evaluate import predict_samples, score, table_iv, train_threshold
 from qsegment.engine.train import TrainingError, load_config, lr_factor, soften_labels, train
 from qsegment.models import create_model
@@ -43,9 +44,9 @@ def test_presets_load_and_overrides_win():
         "cosine_restarts", 20, True, "structure")
     assert paper.crop == 0  # full-resolution images
     assert load_config("fast", lr=0.5).lr == 0.5
-    with pytest.raises(ValueError, match="preset not found"):
+    with pytest.raises(ConfigError, match="preset not found"):
         load_config("nope")
-    with pytest.raises(ValueError, match="unknown config field"):
+    with pytest.raises(ConfigError, match="unknown config field"):
         load_config("fast", colour="red")
 
 
@@ -196,7 +197,7 @@ def test_a_teacher_softens_the_training_labels(tmp_path, data_dir):
     assert ((soft > 0.1) & (soft < 0.9)).mean() > 0.01  # and is unsure on some
     same = soften_labels(samples, "qsegment-nearest", 0.0)[0].label
     assert np.array_equal(same, hard.astype(np.float32))
-    with pytest.raises(ValueError, match="teacher_mix"):
+    with pytest.raises(ConfigError, match="teacher_mix"):
         soften_labels(samples, "qsegment-nearest", 1.5)
     # comma-separated teachers: their probabilities averaged
     a, b = (soften_labels(samples, t, 1.0)[0].label
@@ -253,29 +254,43 @@ def test_init_of_the_imx_variant_from_qsegment_weights(tmp_path, data_dir, capsy
     assert tuned["model.head.weight"].shape == (4, 16, 3, 3)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,
-                                                                   monkeypatch):
-    calls = {"n": 0}
-    real = train_module.get_loss("structure")
+_POISON_CALLS = {"n": 0}
 
-    def poisoned(logits, target):
-        calls["n"] += 1
-        loss = real(logits, target)
-        return loss * float("nan") if calls["n"] == 5 else loss  # epoch 3 of 2 steps each
 
-    monkeypatch.setattr(train_module, "get_loss", lambda name: poisoned)
+def poisoned_loss(logits, target):
+    """The structure loss, NaN at the fifth call (epoch 3 of 2 steps each): a loss row that
+    a test registers."""
+    from qsegment.losses import structure_loss
+
+    _POISON_CALLS["n"] += 1
+    loss = structure_loss(logits, target)
+    return loss * float("nan") if _POISON_CALLS["n"] == 5 else loss
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    from qsegment.engine.config import LOSSES
+    from qsegment.registry import Entry
+
+    _POISON_CALLS["n"] = 0
+    LOSSES.add(Entry("poisoned", f"{__name__}:poisoned_loss", "NaN at the fifth call"))
     out = tmp_path / "nan"
-    with pytest.raises(TrainingError, match="loss became nan at epoch 3, step 1"):
-        train(load_config("fast", data=str(data_dir), **TINY), out, progress=False)
+    try:
+        with pytest.raises(TrainingError, match="loss became nan at epoch 3, step 1"):
+            train(load_config("fast", data=str(data_dir), **{**TINY, "loss": "poisoned"}), out,
+                  progress=False)
+    finally:
+        LOSSES.remove("poisoned")
     _, meta = read_checkpoint(out / "last.safetensors")
     assert meta["resume"]["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in _weights(out / "last.safetensors").values())
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):
-    code = main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")])
-    assert code == 2
-    assert "missing: not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")])
+    assert refused.value.code == 2
+    assert "argument --data: " in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
@@ -327,7 +342,8 @@ def test_evaluate_writes_table_metrics_and_figures(tmp_path, data_dir, capsys):
         assert (ev / name).stat().st_size > 10_000, name
 
 
-def test_evaluate_with_tta_chooses_its_threshold_on_training_images(data_dir, capsys):
+def test_evaluate_with_tta_chooses_its_threshold_on_training_images(data_dir, tmp_path,
+                                                                    capsys):
     model, card = load_model("qsegment-nearest")
     split = Split(("Image_01L",), ("Image_11L",))
     plain, flip = (table_iv(model, card, str(data_dir), split=split, figures=False,
@@ -339,7 +355,9 @@ def test_evaluate_with_tta_chooses_its_threshold_on_training_images(data_dir, ca
     (label, row), = flip["rows"].items()
     assert label == "qsegment-nearest @ full + flip TTA" and row["pooled"]["dice"] > 0.78
     assert row["pooled"]["auc"] != next(iter(plain["rows"].values()))["pooled"]["auc"]
-    assert main(["evaluate", "model.onnx", "--tta", "flip"]) != 0
+    int8_file = tmp_path / "model.onnx"
+    int8_file.write_bytes(b"")
+    assert main(["evaluate", str(int8_file), "--tta", "flip"]) == 2
     assert "--tta applies to float checkpoints" in capsys.readouterr().err
 
 

@@ -2,7 +2,7 @@
 
 The pipeline, one module per stage: :mod:`qsegment.data` -> :mod:`qsegment.models`
 -> :mod:`qsegment.engine.train` -> :mod:`qsegment.engine.evaluate`
--> :mod:`qsegment.engine.predict` (``Segmenter``).
+-> :mod:`qsegment.inference.predict` (``Segmenter``).
 
 The public names below are imported on first use, so ``import qsegment`` (and the
 command line's ``--help``) does not pay for importing PyTorch.
@@ -14,12 +14,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "Prediction": "qsegment.engine.predict",
-    "Segmenter": "qsegment.engine.predict",
+    "Prediction": "qsegment.inference.predict",
+    "Segmenter": "qsegment.inference.predict",
     "create_model": "qsegment.models",
     "list_models": "qsegment.models",
     "list_pretrained": "qsegment.pretrained",
-    "load_model": "qsegment.pretrained",
+    "load_model": "qsegment.checkpoint",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -7,7 +7,7 @@ the page must be up; Starlette and uvicorn import in 0.15 s. The network runs on
 photograph, on the server; the page re-cuts the probability map it was sent, so moving
 the threshold redraws the mask at once, without the server.
 
-One :class:`~qsegment.engine.predict.Segmenter` serves every visitor, one photograph at a
+One :class:`~qsegment.inference.predict.Segmenter` serves every visitor, one photograph at a
 time, so memory stays bounded whatever the number of users. Uploads and the maps made
 of them live in one temporary folder that is removed when the app stops; nothing is
 written elsewhere. :func:`segment_upload`, :func:`mask_png`, :func:`biomarker_rows` and
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from .engine.predict import Segmenter
+    from .inference.predict import Segmenter
 
 SAMPLES = Path(__file__).parent / "sample_images"  # two CHASE_DB1 test images (CC BY 4.0)
 PAGE = Path(__file__).parent / "web" / "index.html"
@@ -86,10 +86,6 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _save(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
 def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
                    name: str | None = None, max_megapixels: float = MAX_MEGAPIXELS
                    ) -> Segmented:
@@ -116,17 +112,18 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
             np.save(f, prediction.probability, allow_pickle=False)
 
     atomic_write(folder / "probability.npy", write_npy)
-    _save(folder / "display_probability.png",
-          _png(_to_uint8(resize_map(prediction.probability, small))))
+    atomic_write(folder / "display_probability.png",
+                 _png(_unit_to_uint8(resize_map(prediction.probability, small))))
     if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
-        rgb = _to_uint8(rgb)
+        rgb = _unit_to_uint8(rgb)
     photo = io.BytesIO()
     Image.fromarray(resize_image(rgb, small)).save(photo, format="JPEG", quality=90)
-    _save(folder / "display_photograph.jpg", photo.getvalue())
+    atomic_write(folder / "display_photograph.jpg", photo.getvalue())
     return Segmented(name, folder, width, height, prediction.scale, seconds, path)
 
 
-def _to_uint8(values: np.ndarray) -> np.ndarray:
+def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (a probability map, a float photograph) as bytes 0..255."""
     return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
 
 
@@ -139,7 +136,7 @@ def mask_png(entry: Segmented, threshold: float) -> bytes:
 
 def probability_png(entry: Segmented) -> bytes:
     """The full-size probability map of ``entry`` x 255 (8-bit PNG): ``predict --prob``'s."""
-    return _png(_to_uint8(np.load(entry.file("probability.npy"))))
+    return _png(_unit_to_uint8(np.load(entry.file("probability.npy"))))
 
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
@@ -151,7 +148,7 @@ def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
     probability = np.load(entry.file("probability.npy"))
     analysis = measure_photograph(read_rgb(entry.photograph), probability >= threshold,
                                   probability=probability)
-    units = analysis.scale.units()
+    units = analysis.pixel_size.units()
     rows = []
     for field in FIELDS:
         value = analysis.values.get(field.name)
@@ -179,7 +176,7 @@ class App:
         folder = self.workdir / key
         suffix = Path(name).suffix.lower()[:8]  # Pillow reads the format from the bytes
         upload = folder / ("upload" + (suffix if suffix[1:].isalnum() else ""))
-        _save(upload, data)
+        atomic_write(upload, data)
         try:
             with self._network:
                 entry = segment_upload(self.segmenter, upload, folder, name,
@@ -251,9 +248,12 @@ async def _read_body(request: "Request", limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _refused(request: "Request", refusal: _Refusal) -> "Response":
+async def _refused(request: "Request", refusal: Exception) -> "Response":
+    """The answer to a :class:`_Refusal` (Starlette's handlers take any exception; this
+    one is registered for that class only)."""
     from starlette.responses import JSONResponse
 
+    assert isinstance(refusal, _Refusal)
     return JSONResponse({"error": str(refusal)}, status_code=refusal.status)
 
 
@@ -413,7 +413,7 @@ def serve(model: str | Path | None = None, runtime: str | None = None, host: str
     file it makes goes to a temporary folder removed at exit."""
     import uvicorn
 
-    from .engine.predict import Segmenter
+    from .inference.predict import Segmenter
     from .pretrained import DEFAULT_MODEL
     from .runtimes import DEFAULT_RUNTIME
 

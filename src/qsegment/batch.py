@@ -2,7 +2,7 @@
 
 The driver lists the work (each input with its output files, named as ``qsegment
 predict`` names them) and hands it to Ray Data, whose pool of actors each hold one
-:class:`~qsegment.engine.predict.Segmenter`, loaded once, its int8 interpreter on the
+:class:`~qsegment.inference.predict.Segmenter`, loaded once, its int8 interpreter on the
 actor's CPUs. An actor writes an image's PNGs atomically and only then its record,
 ``DIR/.records/NAME.json``: the manifest row with each output's SHA-256 and the settings.
 An image whose record has the same settings and whose files still match the checksums is
@@ -28,29 +28,88 @@ import re
 import socket
 import tempfile
 import time
+import typing
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engine.predict import Segmenter, output_folder, plan_outputs, write_outputs
 from .errors import QsegmentError, UsageError
 from .files import atomic_write, write_json
 from .images import ImageError, collect_inputs, read_rgb
+from .inference.predict import Segmenter, output_folder, plan_outputs, write_outputs
 from .pretrained import DEFAULT_MODEL
 from .runtimes import DEFAULT_RUNTIME
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .inference.predict import Prediction
+
 MANIFEST = "manifest.parquet"
 RECORDS = ".records"
-MANIFEST_SUFFIXES = (".csv", ".parquet")
+SCHEMA_VERSION = 1  # of the manifest (Parquet metadata) and the records; raised on a change
+INPUT_LIST_SUFFIXES = (".csv", ".parquet")
 TASK_RETRIES = 3  # a batch whose worker dies is retried on a restarted worker this often
 MAX_BLOCKS = 20_000  # Ray Data blocks: small enough to balance the tail, few enough to track
 ROWS_PER_WRITE = 10_000  # manifest rows held by the driver before they go to the file
 BIOMARKER_COLUMNS = ("bridge", "fov_source", "length_unit", "mm_per_pixel", "scale_source",
                      "reasons", "warnings")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class ManifestError(QsegmentError, ValueError):
+    """A manifest that this qsegment cannot read; the message names the file."""
+
+
+@dataclass
+class ManifestRow:
+    """One input's row of ``manifest.parquet`` (and of its record): where it came from,
+    how it went (``status`` ok or failed, with the reason in ``error``), the model, the
+    map's size and vessel fraction, each output with its SHA-256, the seconds each step
+    took, the worker; ``biomarkers``: the measured columns (``qsegment batch
+    --biomarkers``: the biomarkers and :data:`BIOMARKER_COLUMNS`), else empty."""
+
+    path: str
+    name: str
+    status: str = "ok"
+    error: str = ""
+    model: str | None = None
+    runtime: str | None = None
+    threshold: float | None = None
+    scale: float | None = None
+    height: int | None = None
+    width: int | None = None
+    vessel_fraction: float | None = None
+    mask: str | None = None
+    mask_sha256: str | None = None
+    prob: str | None = None
+    prob_sha256: str | None = None
+    read_s: float | None = None
+    segment_s: float | None = None
+    write_s: float | None = None
+    measure_s: float | None = None
+    worker: str | None = None
+    biomarkers: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def failed(cls, source: str, reason: str) -> ManifestRow:
+        return cls(source, Path(source).stem, status="failed", error=reason)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ManifestRow:
+        """A row from its flat form (:meth:`to_dict`)."""
+        own = {f.name for f in fields(cls)} - {"biomarkers"}
+        return cls(**{k: v for k, v in data.items() if k in own},
+                   biomarkers={k: v for k, v in data.items() if k not in own})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat row: a column per field, the biomarkers' after them."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "biomarkers"}
+        return {**row, **self.biomarkers}
 
 
 @dataclass
@@ -64,9 +123,9 @@ class BatchSummary:
     workers: int = 0
     seconds: float = 0.0
 
-    def count(self, row: dict, skipped: bool) -> None:
-        if row["status"] != "ok":
-            self.failed.append((row["path"], row["error"]))
+    def count(self, row: ManifestRow, skipped: bool) -> None:
+        if row.status != "ok":
+            self.failed.append((row.path, row.error))
         elif skipped:
             self.skipped += 1
         else:
@@ -78,10 +137,10 @@ def is_uri(source: str) -> bool:
     return bool(_URI.match(source))
 
 
-def read_manifest(path: Path) -> list[str]:
-    """The image paths or URIs of a CSV or Parquet file: its ``path`` column (or its only
-    column); relative paths are relative to the manifest's folder. ``qsegment batch``'s
-    own ``manifest.parquet`` is one."""
+def read_input_list(path: Path) -> list[str]:
+    """The image paths or URIs that a CSV or Parquet input list names: its ``path``
+    column (or its only column); relative paths are relative to the list's folder.
+    ``qsegment batch``'s own ``manifest.parquet`` is one."""
     import pyarrow.csv
     import pyarrow.parquet
 
@@ -89,26 +148,27 @@ def read_manifest(path: Path) -> list[str]:
         table = (pyarrow.parquet.read_table(path) if path.suffix.lower() == ".parquet"
                  else pyarrow.csv.read_csv(path))
     except (OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable CSV or Parquet manifest ({err})") from err
+        raise UsageError(f"{path}: not a readable CSV or Parquet list ({err})") from err
     names = table.column_names
     column = "path" if "path" in names else names[0] if len(names) == 1 else None
     if column is None:
-        raise UsageError(f"{path}: a manifest needs a 'path' column (it has: {', '.join(names)})")
+        raise UsageError(f"{path}: a list of inputs needs a 'path' column (it has: "
+                         f"{', '.join(names)})")
     values = [str(v) for v in table.column(column).to_pylist() if v not in (None, "")]
     return [v if is_uri(v) else str((path.parent / v).absolute()) for v in values]
 
 
 def collect_sources(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Images from files, folders, glob patterns, URIs and manifests (``.csv`` /
-    ``.parquet``, :func:`read_manifest`), local paths made absolute, each once; with
+    """Images from files, folders, glob patterns, URIs and input lists (``.csv`` /
+    ``.parquet``, :func:`read_input_list`), local paths made absolute, each once; with
     (input, problem) for inputs that give none."""
     sources: list[str] = []
     failed: list[tuple[str, str]] = []
     for item in map(str, inputs):
         if is_uri(item):
             sources.append(item)
-        elif item.lower().endswith(MANIFEST_SUFFIXES) and Path(item).is_file():
-            sources += read_manifest(Path(item))
+        elif item.lower().endswith(INPUT_LIST_SUFFIXES) and Path(item).is_file():
+            sources += read_input_list(Path(item))
         else:
             files, problems = collect_inputs([item])
             sources += [str(f.absolute()) for f in files]
@@ -142,20 +202,26 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def complete_record(item: dict, settings: dict) -> dict | None:
-    """The record of an image segmented before with ``settings``, if it succeeded and
-    each output file still has its recorded SHA-256; else None (the image is redone)."""
+def _write_record(path: str, row: ManifestRow, settings: dict) -> None:
+    write_json(path, {"schema_version": SCHEMA_VERSION, **row.to_dict(), "settings": settings})
+
+
+def complete_record(item: dict, settings: dict) -> ManifestRow | None:
+    """The row recorded for an image segmented before with ``settings`` (by this schema
+    version), if it succeeded and each output file still has its recorded SHA-256; else
+    None (the image is redone)."""
     try:
         record = json.loads(Path(item["record"]).read_text())
-        if (record.pop("settings", None) != settings or record.get("status") != "ok"
+        if (record.pop("schema_version", None) != SCHEMA_VERSION
+                or record.pop("settings", None) != settings or record.get("status") != "ok"
                 or record.get("path") != item["path"]):
             return None
         for kind in settings["kinds"]:
             if record.get(kind) != item[kind] or _sha256(item[kind]) != record[f"{kind}_sha256"]:
                 return None
-    except (OSError, ValueError, KeyError):  # no record, a torn one, a missing output
+        return ManifestRow.from_dict(record)
+    except (OSError, ValueError, KeyError, TypeError):  # none, torn, an output missing
         return None
-    return record
 
 
 def _plain(value: object) -> object:
@@ -185,70 +251,95 @@ class SegmentWorker:
             row = complete_record(item, self.settings)
             skipped.append(row is not None)
             rows.append(row if row is not None else self.segment(item))
-        return {"row": np.array([json.dumps(r) for r in rows], dtype=object),
+        return {"row": np.array([json.dumps(r.to_dict()) for r in rows], dtype=object),
                 "skipped": np.array(skipped)}
 
-    def segment(self, item: dict) -> dict:
+    def segment(self, item: dict) -> ManifestRow:
         """Read, segment, write the PNGs, measure if asked; then the record."""
-        row = {"path": item["path"], "name": item["name"], "model": self.segmenter.name,
-               "runtime": self.segmenter.runtime, "worker": self.worker}
+        row = ManifestRow(item["path"], item["name"], model=self.segmenter.name,
+                          runtime=self.segmenter.runtime, worker=self.worker)
         clock = time.perf_counter()
 
-        def lap(key: str) -> None:
+        def lap(step: str) -> None:
             nonlocal clock
-            row[key], clock = time.perf_counter() - clock, time.perf_counter()
+            setattr(row, f"{step}_s", time.perf_counter() - clock)
+            clock = time.perf_counter()
 
         try:
             image = read_source(item["path"])
-            lap("read_s")
+            lap("read")
             result = self.segmenter.predict(image)
-            lap("segment_s")
+            lap("segment")
             targets = {kind: Path(item[kind]) for kind in self.settings["kinds"]}
             digests = write_outputs(targets, image, result)
-            lap("write_s")
-            row.update(status="ok", error="", threshold=result.threshold, scale=result.scale,
-                       height=image.shape[0], width=image.shape[1],
-                       vessel_fraction=float(result.mask.mean()))
+            lap("write")
+            row.status, row.threshold, row.scale = "ok", result.threshold, result.scale
+            row.height, row.width = image.shape[:2]
+            row.vessel_fraction = float(result.mask.mean())
             for kind, target in targets.items():
-                row[kind], row[f"{kind}_sha256"] = str(target), digests[kind]
+                setattr(row, kind, str(target))
+                setattr(row, f"{kind}_sha256", digests[kind])
             if self.settings["biomarkers"] is not None:
-                row.update(self.measure(item, image, result))
-                lap("measure_s")
+                row.biomarkers = self.measure(item, image, result)
+                lap("measure")
         except QsegmentError as err:  # unreadable or unmeasurable: this image only
-            row.update(status="failed", error=str(err))
-        write_json(item["record"], {**row, "settings": self.settings})  # after the outputs
+            row.status, row.error = "failed", str(err)
+        _write_record(item["record"], row, self.settings)  # after the outputs
         return row
 
-    def measure(self, item: dict, image: np.ndarray, result: object) -> dict:
+    def measure(self, item: dict, image: np.ndarray, result: Prediction) -> dict[str, Any]:
+        """The manifest's biomarker columns of one image's map."""
         from .biomarkers.measures import FIELD_NAMES
         from .biomarkers.report import measure_prediction
 
         _, row = measure_prediction(Path(item["path"]), item["name"], image, result,
                                     self.segmenter, **self.settings["biomarkers"])
-        return {key: _plain(row[key]) for key in (*FIELD_NAMES, *BIOMARKER_COLUMNS)}
+        cells = row.to_dict()
+        return {key: _plain(cells[key]) for key in (*FIELD_NAMES, *BIOMARKER_COLUMNS)}
 
 
-def manifest_schema(biomarkers: bool) -> object:
-    """The Parquet manifest's columns (biomarkers' only when measured)."""
+def manifest_schema(biomarkers: bool) -> pa.Schema:
+    """The Parquet manifest's columns, those of :class:`ManifestRow` (the biomarkers' only
+    when measured), with ``schema_version`` in its metadata."""
     import pyarrow as pa
 
     text, number, integer = pa.string(), pa.float64(), pa.int64()
-    columns = [("path", text), ("name", text), ("status", text), ("error", text),
-               ("model", text), ("runtime", text), ("threshold", number), ("scale", number),
-               ("height", integer), ("width", integer), ("vessel_fraction", number),
-               ("mask", text), ("mask_sha256", text), ("prob", text), ("prob_sha256", text),
-               ("read_s", number), ("segment_s", number), ("write_s", number),
-               ("measure_s", number), ("worker", text)]
+    arrow = {str: text, float: number, int: integer}
+    hints = typing.get_type_hints(ManifestRow)  # X or X | None: the column holds X or null
+    columns = [(f.name, arrow[next(t for t in typing.get_args(hints[f.name]) or
+                                   (hints[f.name],) if t is not type(None))])
+               for f in fields(ManifestRow) if f.name != "biomarkers"]
     if biomarkers:
         from .biomarkers.measures import FIELDS
 
         columns += [(f.name, integer if f.unit == "count" else number) for f in FIELDS]
         columns += [(name, number if name in ("bridge", "mm_per_pixel") else text)
                     for name in BIOMARKER_COLUMNS]
-    return pa.schema(columns)
+    return pa.schema(columns, metadata={"schema_version": str(SCHEMA_VERSION)})
 
 
-def _write_manifest(path: Path, rows: Iterable[dict], schema: object) -> None:
+def read_batch_manifest(path: str | Path) -> list[ManifestRow]:
+    """The rows of a ``manifest.parquet`` that ``qsegment batch`` wrote.
+
+    Raises:
+        ManifestError: the file is no readable Parquet file, or was written without this
+            schema version (by another version of qsegment, or by something else).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"{path}: not a readable Parquet file ({err})") from err
+    version = (table.schema.metadata or {}).get(b"schema_version", b"none").decode()
+    if version != str(SCHEMA_VERSION):
+        raise ManifestError(f"{path}: manifest schema version {version}, this qsegment reads "
+                            f"{SCHEMA_VERSION}")
+    return [ManifestRow.from_dict(row) for row in table.to_pylist()]
+
+
+def _write_manifest(path: Path, rows: Iterable[ManifestRow], schema: pa.Schema) -> None:
     """Rows into a Parquet file as they arrive, ``ROWS_PER_WRITE`` at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -256,29 +347,26 @@ def _write_manifest(path: Path, rows: Iterable[dict], schema: object) -> None:
     with pq.ParquetWriter(path, schema) as writer:
         chunk: list[dict] = []
         for row in rows:
-            chunk.append(row)
+            chunk.append(row.to_dict())
             if len(chunk) == ROWS_PER_WRITE:
                 writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
                 chunk = []
         writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
 
 
-def _failed_row(source: str, reason: str) -> dict:
-    return {"path": source, "name": Path(source).stem, "status": "failed", "error": reason}
-
-
-def _rows(items: list[dict], stream: Iterable[dict], summary: BatchSummary) -> Iterator[dict]:
+def _rows(items: list[dict], stream: Iterable[dict], summary: BatchSummary
+          ) -> Iterator[ManifestRow]:
     """One row per work item: the first of each path (a retried batch can send an image
     twice, with the same outputs), and a failed row for any the job ended without."""
     expected = {item["path"] for item in items}
     for result in stream:
-        row = json.loads(result["row"])
-        if row["path"] in expected:
-            expected.discard(row["path"])
+        row = ManifestRow.from_dict(json.loads(result["row"]))
+        if row.path in expected:
+            expected.discard(row.path)
             summary.count(row, bool(result["skipped"]))
             yield row
     for source in sorted(expected):
-        row = _failed_row(source, "the job ended without a result for it; run it again")
+        row = ManifestRow.failed(source, "the job ended without a result for it; run it again")
         summary.count(row, False)
         yield row
 
@@ -294,7 +382,8 @@ def _work(sources: list[str], out: Path, kinds: list[str], failed: list[tuple[st
 
 
 def _submit(items: list[dict], settings: dict, summary: BatchSummary, workers: int | None,
-            cpus_per_worker: int, batch_size: int, progress: bool) -> Iterator[dict]:
+            cpus_per_worker: int, batch_size: int, progress: bool
+            ) -> Iterable[dict[str, Any]]:
     """The rows of a Ray Data job over ``items``, streamed as the actors finish them."""
     import ray
 
@@ -360,7 +449,7 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
     sources, failed = collect_sources(inputs)
     items = _work(sources, out, kinds, failed)
     summary = BatchSummary(out / MANIFEST)
-    head = [_failed_row(source, reason) for source, reason in failed]
+    head = [ManifestRow.failed(source, reason) for source, reason in failed]
     for row in head:
         summary.count(row, False)
     ray_started = bool(items) and _start_ray(address)

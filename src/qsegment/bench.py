@@ -22,13 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .runtimes import checkpoint_runtimes
+from .runtimes import RUNTIMES, checkpoint_runtimes
 
 if TYPE_CHECKING:
     from .runtimes.base import Runtime
-
-# One file per (model, runtime) that runs a file; the torch runtime runs the module itself.
-FILES = {"onnx": ".onnx", "onnx-int8": ".int8.onnx", "tflite-int8": ".int8.tflite"}
 
 # The paper's Table III (embedded platforms), quoted for comparison; not measured here.
 PAPER_TABLE_III = [
@@ -56,24 +53,28 @@ def prepare(name: str, size: int, workdir: Path, runtimes: tuple[str, ...]) -> N
     torch.manual_seed(0)
     model = create_model(name).eval()
     if {"onnx", "onnx-int8"} & set(runtimes):
-        fp32 = export_onnx(model, workdir / f"{name}{FILES['onnx']}", (size, size))
-        quantize_onnx_int8(fp32, workdir / f"{name}{FILES['onnx-int8']}", size=size)
+        fp32 = export_onnx(model, model_file(workdir, name, "onnx"), (size, size))
+        quantize_onnx_int8(fp32, model_file(workdir, name, "onnx-int8"), size=size)
     if "tflite-int8" in runtimes:
         try:
             flatbuffer = convert_int8(model, torch.cat(list(training_inputs(4, size=size))))
-            (workdir / f"{name}{FILES['tflite-int8']}").write_bytes(flatbuffer)
+            model_file(workdir, name, "tflite-int8").write_bytes(flatbuffer)
         except ConversionError as err:  # keep the converter's own reason, in one line
             reason = re.search(r"error: ([^\n]{1,160})", str(err))
             (workdir / f"{name}.tflite-error").write_text(
                 reason.group(1) if reason else str(err).splitlines()[0][:160])
 
 
-def _runner(name: str, runtime: str, workdir: Path) -> Runtime:
-    """The model on ``runtime`` from the registry: the untrained module for ``torch``,
-    else the file :func:`prepare` wrote."""
-    from .runtimes import RUNTIMES
+def model_file(workdir: Path, name: str, runtime: str) -> Path:
+    """The one file the model ``name`` becomes for ``runtime`` (its row's
+    ``file_suffix``) in ``workdir``."""
+    return workdir / f"{name}{RUNTIMES.get(runtime).file_suffix}"
 
-    if runtime == "torch":
+
+def _runner(name: str, runtime: str, workdir: Path) -> Runtime:
+    """The model on ``runtime`` from the registry: the file :func:`prepare` wrote, or the
+    untrained module for a runtime that runs no file (``torch``)."""
+    if RUNTIMES.get(runtime).file_suffix is None:
         import torch
 
         from .models import create_model
@@ -81,7 +82,7 @@ def _runner(name: str, runtime: str, workdir: Path) -> Runtime:
 
         torch.manual_seed(0)
         return TorchRuntime(create_model(name))
-    return RUNTIMES[runtime].load().from_file(workdir / f"{name}{FILES[runtime]}")
+    return RUNTIMES.load(runtime).from_file(model_file(workdir, name, runtime))
 
 
 def measure(name: str, runtime: str, size: int, repeats: int, workdir: Path) -> dict:
@@ -115,21 +116,22 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_benchmark(size: int = 960, repeats: int = 10, models: list[str] | None = None,
+def run_benchmark(size: int = 960, repeats: int = 10, archs: list[str] | None = None,
                   runtimes: tuple[str, ...] | None = None, progress: bool = True) -> dict:
-    """Every model on every runtime, each pair in a fresh subprocess."""
+    """Every architecture in ``archs`` (default: all of :data:`qsegment.models.MODELS`) on
+    every runtime, each pair in a fresh subprocess."""
     from tqdm import tqdm
 
     from .models import create_model, list_models
     from .models.profile import model_stats
 
-    models = models or list_models()
+    archs = archs or list_models()
     runtimes = runtimes or tuple(checkpoint_runtimes())
     rows = []
     with tempfile.TemporaryDirectory(prefix="qsegment-bench-") as tmp:
-        for name in tqdm(models, desc="export", disable=not progress):
+        for name in tqdm(archs, desc="export", disable=not progress):
             prepare(name, size, Path(tmp), runtimes)
-        pairs = [(m, r) for m in models for r in runtimes]
+        pairs = [(m, r) for m in archs for r in runtimes]
         for name, runtime in tqdm(pairs, desc="bench", disable=not progress):
             cmd = [sys.executable, "-m", "qsegment.bench", name, runtime, str(size),
                    str(repeats), tmp]
@@ -227,7 +229,7 @@ def write_report(result: dict, out: Path, command: str) -> None:
             f"![latency against size]({chart.name})\n")
     if out.is_file() and REPORT_END in out.read_text():  # keep what follows, written by hand
         text += "\n" + REPORT_END + out.read_text().split(REPORT_END, 1)[1]
-    atomic_write(out, lambda p: p.write_text(text))
+    atomic_write(out, text)
 
 
 if __name__ == "__main__":  # worker: python -m qsegment.bench MODEL RUNTIME SIZE REPEATS DIR

@@ -17,10 +17,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from .card import Card
 from .errors import CheckpointError
 from .files import atomic_write
+from .models import SegmentationModel, create_model
+from .pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 
-__all__ = ["CheckpointError", "load_weights", "read_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "load_model", "load_weights", "read_checkpoint",
+           "save_checkpoint"]
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: dict | None = None,
@@ -66,6 +70,21 @@ def load_weights(model: nn.Module, path: Path, matching_only: bool = False) -> d
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit {type(model).__name__}: {err}") from err
     return meta
+
+
+def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[SegmentationModel, Card]:
+    """Build the model a checkpoint's card names, load its weights, return (model, card).
+
+    ``source`` is a shipped name, a run folder or a .safetensors file
+    (:func:`qsegment.pretrained.resolve_checkpoint`). The model is in eval mode. The card
+    (:class:`qsegment.card.Card`; see docs/RESULTS.md) records data, split, recipe,
+    threshold and measured metrics.
+    """
+    path = resolve_checkpoint(source)
+    card = read_card(path)
+    model = create_model(card.model, **card.model_args)
+    load_weights(model, path)
+    return model.eval(), card
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -11,21 +11,145 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from .datasets import list_datasets
+from .cli_types import (
+    checked,
+    decay,
+    existing_dir,
+    existing_file,
+    fraction,
+    host,
+    non_negative_float,
+    non_negative_int,
+    output_file,
+    output_folder,
+    port,
+    positive_float,
+    positive_int,
+    probability,
+    ranged,
+    url,
+)
+from .console import configure_logging
+from .datasets import DATASETS
+from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import QsegmentError, UsageError
 from .export import TARGETS
-from .pretrained import DEFAULT_MODEL
+from .pretrained import DEFAULT_MODEL, resolve_checkpoint
 from .runtimes import DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .biomarkers.report import BiomarkerRow
+    from .inference.predict import Prediction
 
 Handler = Callable[[argparse.Namespace], int]
 Commands = argparse._SubParsersAction
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with usage errors in one line, as the commands' own errors are:
+    ``qsegment COMMAND: error: argument --x: ...``, exit code 2. Sub-commands' parsers
+    are of this class too (``add_subparsers`` makes its parser's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class Deprecated(argparse.Action):
+    """An option's old spelling, kept for one release: it says so on stderr, then stores
+    its value where the new spelling ``instead`` does."""
+
+    def __init__(self, option_strings: list[str], dest: str, instead: str,
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.instead = instead
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.instead}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+# --- the values of options: each refused at the door with one line (cli_types) ------------
+
+# "the model to use": a shipped weights name, a run folder or a .safetensors file
+weights = checked(resolve_checkpoint, "weights")
+
+
+def model_or_file(text: str) -> str:
+    """Weights (:data:`weights`), or a model file that an export made (an int8 .onnx or
+    .tflite)."""
+    return text if Path(text).is_file() else weights(text)
+
+
+def _check_weights_list(text: str) -> None:
+    for item in text.split(","):
+        resolve_checkpoint(item)
+
+
+weights_list = checked(_check_weights_list, "weights_list")
+
+
+def _check_architecture(name: str) -> None:
+    """Imports PyTorch (the model registry's home), which the commands that take an
+    architecture (train, bench) import anyway."""
+    from .models import MODELS
+
+    MODELS.get(name)
+
+
+architecture = checked(_check_architecture, "architecture")
+preset = checked(preset_path, "preset")
+
+
+def _check_scale(text: str) -> None:
+    from .inference.maps import check_scale
+
+    check_scale(text)
+
+
+scale = checked(_check_scale, "scale")
+degrees = ranged("degrees", float, lambda v: 0 < v < 180,
+                 "an angle in degrees between 0 and 180")
+
+
+def device(text: str) -> str:
+    """A PyTorch device name."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, mps, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def config_folder(text: str) -> str:
+    """An existing folder, as the text that a training config records."""
+    return str(existing_dir(text))
+
+
+def image_names(text: str) -> list[str]:
+    """Comma-separated image names (the dataset says whether it has them)."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated image names, got {text!r}")
+    return names
+
+
+def ray_address(text: str) -> str:
+    """A Ray cluster: auto, local, ray://HOST[:PORT] or HOST:PORT."""
+    if not re.fullmatch(r"auto|local|ray://[\w.-]+(:\d+)?|[\w.-]+:\d+", text):
+        raise argparse.ArgumentTypeError(
+            f"expected auto, local, ray://HOST:PORT or HOST:PORT, got {text!r}")
+    return text
 
 
 def _command(sub: Commands, name: str, summary: str, examples: str,
@@ -38,8 +162,9 @@ def _command(sub: Commands, name: str, summary: str, examples: str,
 
 
 def _add_threshold(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float,
-                   help="decision threshold (default: the model card's, chosen on training data)")
+    p.add_argument("--threshold", type=probability,
+                   help="decision threshold, between 0 and 1 (default: the model card's, "
+                   "chosen on training data)")
 
 
 def _add_tta(p: argparse.ArgumentParser, note: str) -> None:
@@ -49,7 +174,7 @@ def _add_tta(p: argparse.ArgumentParser, note: str) -> None:
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", metavar="DIR",
+    p.add_argument("--data", metavar="DIR", type=existing_dir,
                    help="CHASE_DB1 folder (default: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
 
 
@@ -61,7 +186,7 @@ def _tile(text: str) -> int | tuple[int, int]:
         sides = ()
     if len(sides) not in (1, 2) or min(sides) < 1:
         raise argparse.ArgumentTypeError(f"expected N or HEIGHTxWIDTH in pixels, got {text!r}")
-    return sides[0] if len(sides) == 1 else sides
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def _add_tile(p: argparse.ArgumentParser) -> None:
@@ -72,7 +197,7 @@ def _add_tile(p: argparse.ArgumentParser) -> None:
 
 
 def _add_scale_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", default="auto", metavar="auto|none|FACTOR",
+    p.add_argument("--scale", default="auto", metavar="auto|none|FACTOR", type=scale,
                    help="auto: resize each photograph so that its field of view is as wide "
                    "as the training images' (917 px), the map resized back (a no-op on "
                    "CHASE_DB1; crops without a visible FOV rim stay as they are); none: as "
@@ -81,25 +206,27 @@ def _add_scale_option(p: argparse.ArgumentParser) -> None:
 
 def _add_model(p: argparse.ArgumentParser,
                what: str = "pretrained name, run folder or .safetensors") -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{what} ({DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
+                   help=f"{what} ({DEFAULT_MODEL})")
 
 
 def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
     names = checkpoint_runtimes()
     p.add_argument("--runtime", choices=names, default=default,
-                   help="; ".join(f"{n}: {RUNTIMES[n].summary}" for n in names) + f" ({default})")
+                   help="; ".join(f"{n}: {RUNTIMES.get(n).description}" for n in names)
+                   + f" ({default})")
 
 
 # --- models -----------------------------------------------------------------------------
 
 def _models(args: argparse.Namespace) -> int:
-    from .models import create_model, describe_model, list_models
+    from .models import MODELS, create_model
     from .models.profile import model_stats
 
     rows = []
-    for name in list_models():
+    for name, description in MODELS.describe().items():
         stats = model_stats(create_model(name), args.size, args.size)
-        rows.append({"model": name, "description": describe_model(name), **stats})
+        rows.append({"model": name, "description": description, **stats})
     if args.json:
         print(json.dumps({"input": [args.size, args.size], "models": rows}, indent=2))
         return 0
@@ -116,7 +243,8 @@ def _add_models(sub: Commands) -> None:
     p = _command(sub, "models", "Print the models table (paper Table II): parameters, "
                  "weight sizes and MACs, computed from the models.",
                  "  qsegment models\n  qsegment models --size 336 --json", _models)
-    p.add_argument("--size", type=int, default=960, help="square input size for MACs (960)")
+    p.add_argument("--size", type=positive_int, default=960,
+                   help="square input size for MACs (960)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -135,9 +263,6 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.train import train
 
     overrides = {f.name: getattr(args, f.name) for f in _config_fields()}
-    for key in ("train_images", "val_images"):
-        if overrides[key]:
-            overrides[key] = overrides[key].split(",")
     if args.upsample:
         overrides["model_args"] = {"upsample": args.upsample}
     card = train(load_config(args.preset, **overrides), args.out, resume=args.resume)
@@ -160,25 +285,45 @@ def _add_train(sub: Commands) -> None:
                  "  qsegment train --out runs/fast --resume\n"
                  "  torchrun --nproc-per-node 2 -m qsegment train --preset fast --out runs/ddp",
                  _train)
-    p.add_argument("--preset", default="fast", help="paper | fast | path to a YAML file (fast)")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--preset", default="fast", type=preset,
+                   help="paper | fast | path to a YAML file (fast)")
+    p.add_argument("--out", required=True, type=output_folder, help="run folder to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its recipe; "
                    "--device, --threads, --max-minutes, --channels-last and --compile apply")
     p.add_argument("--upsample", choices=["nearest", "unpool"],
                    help="Q-Segment up-sampling (nearest: IMX500-deployable)")
-    scalar = {"int": int, "float": float, "str": str, "int | None": int,
-              "float | None": float, "str | None": str, "list[str]": str}
     for f in _config_fields():
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--arch" if f.name == "model" else "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f.metadata["help"])
-        elif f.name == "dataset":
-            p.add_argument(flag, choices=list_datasets(), help=f.metadata["help"])
-        else:
-            p.add_argument(flag, type=scalar[f.type], help=f.metadata["help"],
-                           metavar=f.name.upper() if f.name != "data" else "DIR")
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=f.metadata["help"])
+            continue
+        parse = TRAIN_OPTIONS[f.name]  # a new field needs its row there
+        if "choices" not in parse:
+            parse = {"metavar": flag[2:].replace("-", "_").upper(), **parse}
+        p.add_argument(flag, dest=f.name, help=f.metadata["help"], **parse)
+    p.add_argument("--model", action=Deprecated, instead="--arch", dest="model",
+                   type=architecture)
+
+
+# How each training config field's flag is parsed (the bool ones are --X/--no-X).
+TRAIN_OPTIONS: dict[str, dict] = {
+    "model": {"type": architecture}, "dataset": {"choices": DATASETS.names()},
+    "data": {"type": config_folder, "metavar": "DIR"},
+    "train_images": {"type": image_names}, "val_images": {"type": image_names},
+    "epochs": {"type": positive_int}, "batch_size": {"type": positive_int},
+    "crop": {"type": non_negative_int}, "resize": {"type": non_negative_int},
+    "repeats": {"type": positive_int}, "acquisition_jpeg": {"type": fraction},
+    "loss": {"choices": LOSSES.names()}, "optimizer": {"choices": OPTIMIZERS.names()},
+    "lr": {"type": positive_float}, "momentum": {"type": decay},
+    "weight_decay": {"type": non_negative_float}, "scheduler": {"choices": SCHEDULERS.names()},
+    "restart_epochs": {"type": positive_int}, "warmup_epochs": {"type": non_negative_int},
+    "init": {"type": weights}, "ema": {"type": decay}, "teacher": {"type": weights_list},
+    "teacher_mix": {"type": fraction}, "val_every": {"type": positive_int},
+    "seed": {"type": non_negative_int}, "threads": {"type": positive_int},
+    "max_minutes": {"type": positive_float}, "device": {"type": device},
+}
 
 
 # --- evaluate ---------------------------------------------------------------------------
@@ -189,20 +334,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     data = (detect_dataset(args.data) if args.dataset == "auto"
             else open_dataset(args.data, args.dataset))
-    suffixes = tuple(i.suffix for i in RUNTIMES.values() if i.suffix)
-    if str(args.checkpoint).endswith(suffixes):
+    suffixes = tuple(i.suffix for i in RUNTIMES if i.suffix)
+    if str(args.model).endswith(suffixes):
         if args.tta != "none":
             raise UsageError("--tta applies to float checkpoints, not to an int8 model file")
         if len(args.size) > 1:
             raise UsageError("an int8 model runs at one size: give at most one --size")
-        result = int8_table(args.checkpoint, (args.size or [None])[0], data, out=args.out,
+        result = int8_table(args.model, (args.size or [None])[0], data, out=args.out,
                             figures=not args.no_figures)
     else:
-        from .pretrained import load_model, resolve_checkpoint
-        from .runtimes import open_runtime
+        from .checkpoint import load_model
+        from .export.cpu import open_runtime
 
-        model, card = load_model(args.checkpoint)
-        runner = open_runtime(args.runtime, model, resolve_checkpoint(args.checkpoint))
+        model, card = load_model(args.model)
+        runner = open_runtime(args.runtime, model, resolve_checkpoint(args.model))
         if args.runtime != "torch":  # label the rows with the runtime that scored them
             card = card.replace(name=f"{card.label} ({args.runtime})")
         result = table_iv(runner, card, data, [None, *args.size], out=args.out,
@@ -219,7 +364,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: Commands) -> None:
-    files = ", ".join(f"{i.suffix} ({i.name})" for i in RUNTIMES.values() if i.suffix)
+    files = ", ".join(f"{i.suffix} ({i.name})" for i in RUNTIMES if i.suffix)
     p = _command(sub, "evaluate", "Score a model on the validation images the way the "
                  "literature does (Dice, Acc, AUC, Se, Sp, IoU, MCC inside the FOV, at full "
                  "resolution and optionally at lower inference sizes), beside the second "
@@ -230,21 +375,22 @@ def _add_evaluate(sub: Commands) -> None:
                  "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter\n"
                  "  qsegment evaluate --data my_images/        # your own labelled images",
                  _evaluate)
-    p.add_argument("checkpoint", nargs="?", default=DEFAULT_MODEL,
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=model_or_file,
+                   metavar="MODEL",
                    help="pretrained name, run folder, .safetensors, or an int8 model file "
                         f"scored beside its float model at its size: {files} "
                         f"({DEFAULT_MODEL})")
-    p.add_argument("--data", metavar="DIR",
+    p.add_argument("--data", metavar="DIR", type=existing_dir,
                    help="the images to score: a CHASE_DB1 folder (default: $QSEGMENT_DATA, "
                    "else ../shared/data/CHASEDB1), or your own images with vessel labels "
                    "(NAME_manual1 / _1stHO / .ah / _label, DRIVE-, STARE- and HRF-style "
                    "folders; FOV masks used where given), all of them scored")
-    p.add_argument("--dataset", choices=["auto", *list_datasets()], default="auto",
+    p.add_argument("--dataset", choices=["auto", *DATASETS.names()], default="auto",
                    help="how to read --data (auto: CHASE_DB1 when it holds the whole "
                    "CHASE_DB1 split, else a labelled folder)")
-    p.add_argument("--size", type=int, nargs="*", default=[],
+    p.add_argument("--size", type=positive_int, nargs="*", default=[],
                    help="extra square inference sizes (image resized, probabilities resized back)")
-    p.add_argument("--out", type=Path, help="folder for metrics.json and figures")
+    p.add_argument("--out", type=output_folder, help="folder for metrics.json and figures")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     _add_runtime(p, "torch")
     _add_tta(p, "; the threshold is then chosen anew on the training images with the same "
@@ -254,29 +400,33 @@ def _add_evaluate(sub: Commands) -> None:
 
 # --- predict ----------------------------------------------------------------------------
 
-def _scale(args: argparse.Namespace) -> dict:
+def _measure_options(args: argparse.Namespace) -> dict:
     given = {"bridge": args.bridge} if "bridge" in args else {}  # else the library's default
     return {"mm_per_pixel": args.mm_per_pixel, "fov_degrees": args.fov_degrees,
             "min_object_px": args.min_object_px, **given}
 
 
 def _bridge(text: str) -> float | None:
+    """``none``, or the probability that a vessel's centreline keeps while bridged."""
     if text.lower() == "none":
         return None
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
     return value
 
 
-def _add_scale(p: argparse.ArgumentParser, note: str = "") -> None:
+def _add_measure_options(p: argparse.ArgumentParser, note: str = "") -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--mm-per-pixel", type=float,
-                       help=f"{note}lengths in mm with this scale (default: pixels)")
-    group.add_argument("--fov-degrees", type=float,
+    group.add_argument("--mm-per-pixel", type=positive_float,
+                       help=f"{note}lengths in mm, a pixel being this long (default: pixels)")
+    group.add_argument("--fov-degrees", type=degrees,
                        help=f"{note}lengths in mm from the camera's field of view angle, "
                        "e.g. 45 (0.29 mm per degree; docs/BIOMARKERS.md)")
-    p.add_argument("--min-object-px", type=int, default=0,
+    p.add_argument("--min-object-px", type=non_negative_int, default=0,
                    help=f"{note}drop vessel fragments smaller than this before measuring (0)")
     p.add_argument("--bridge", type=_bridge, default=argparse.SUPPRESS, metavar="LOW",
                    help=f"{note}before measuring a model's map, join its pieces along the "
@@ -286,18 +436,18 @@ def _add_scale(p: argparse.ArgumentParser, note: str = "") -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .engine.predict import Segmenter, predict_files
+    from .inference.predict import Segmenter, predict_files
 
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
                                           runtime=args.runtime, tta=args.tta, scale=args.scale)
-    rows: list[dict] = []
+    rows: list[BiomarkerRow] = []
     measure = None
     if args.biomarkers:
         from .biomarkers.report import measure_prediction
 
-        def measure(path: Path, rgb: object, prediction: object) -> None:
+        def measure(path: Path, rgb: np.ndarray, prediction: Prediction) -> None:
             rows.append(measure_prediction(path, path.stem, rgb, prediction, segmenter,
-                                           **_scale(args))[1])
+                                           **_measure_options(args))[1])
 
     summary = predict_files(segmenter, args.inputs, args.out, probability=args.prob,
                             overlay=args.overlay, on_result=measure, workers=args.workers)
@@ -323,7 +473,7 @@ def _add_predict(sub: Commands) -> None:
                  "  qsegment predict big.tif -o out/ --model runs/fast --threshold 0.5",
                  _predict)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("-o", "--out", required=True, type=output_folder, help="output folder")
     _add_model(p)
     _add_threshold(p)
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
@@ -332,13 +482,13 @@ def _add_predict(sub: Commands) -> None:
     _add_tile(p)
     _add_tta(p, "; the card's threshold still applies")
     _add_scale_option(p)
-    p.add_argument("--workers", type=int, default=2,
+    p.add_argument("--workers", type=positive_int, default=2,
                    help="threads that read the next images and write PNGs while the network "
                    "runs (2)")
     p.add_argument("--biomarkers", action="store_true",
                    help="also measure each map's vessel biomarkers inside the FOV: "
                    "biomarkers.csv and .json (docs/BIOMARKERS.md)")
-    _add_scale(p, "with --biomarkers: ")
+    _add_measure_options(p, "with --biomarkers: ")
 
 
 # --- batch ------------------------------------------------------------------------------
@@ -350,7 +500,7 @@ def _batch(args: argparse.Namespace) -> int:
                             threshold=args.threshold, scale=args.scale, tile=args.tile,
                             probability=args.prob, biomarkers=args.biomarkers,
                             address=args.address, workers=args.workers,
-                            cpus_per_worker=args.cpus_per_worker, **_scale(args))
+                            cpus_per_worker=args.cpus_per_worker, **_measure_options(args))
     shown = 20  # a million inputs can fail by the thousand: the manifest lists them all
     for source, problem in summary.failed[:shown]:
         print(f"qsegment batch: {source}: {problem}", file=sys.stderr)
@@ -372,24 +522,25 @@ def _add_batch(sub: Commands) -> None:
                  "biomarkers on request). Resumable: rerunning the same command skips the "
                  "images whose outputs are complete (record and SHA-256 checked) and does "
                  "the rest; a worker that dies is restarted and its batch retried. Inputs: "
-                 "files, folders, glob patterns, URIs (s3://, gs://) and manifests (.csv or "
-                 ".parquet with a 'path' column). Exit code 1 if any input failed.",
+                 "files, folders, glob patterns, URIs (s3://, gs://) and lists of them (.csv "
+                 "or .parquet with a 'path' column). Exit code 1 if any input failed.",
                  "  qsegment batch photos/ -o out/                  # a local Ray, all CPUs\n"
                  "  qsegment batch 'scans/*.jpg' list.csv -o out/ --workers 2 --biomarkers\n"
                  "  qsegment batch paths.parquet -o /mnt/shared/out --address auto\n"
                  "  qsegment batch photos/ -o out/                  # again: finishes the rest",
                  _batch)
     p.add_argument("inputs", nargs="+", help="image files, folders, glob patterns, URIs, or "
-                   ".csv / .parquet manifests of paths or URIs (relative to the manifest)")
-    p.add_argument("-o", "--out", required=True, type=Path,
+                   ".csv / .parquet lists of paths or URIs (relative to the list)")
+    p.add_argument("-o", "--out", required=True, type=output_folder,
                    help="output folder (on a cluster: a folder every node sees at this path)")
-    p.add_argument("--address", help="the Ray cluster: auto (the one this machine belongs "
-                   "to: its head node, a KubeRay job) or ray://HEAD:10001 (default: a local "
-                   "Ray, started and stopped by the command)")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--address", type=ray_address,
+                   help="the Ray cluster: auto (the one this machine belongs to: its head "
+                   "node, a KubeRay job) or ray://HEAD:10001 (default: a local Ray, started "
+                   "and stopped by the command)")
+    p.add_argument("--workers", type=positive_int,
                    help="workers, each holding the model (default: the cluster's CPUs divided "
                    "by --cpus-per-worker)")
-    p.add_argument("--cpus-per-worker", type=int, default=1,
+    p.add_argument("--cpus-per-worker", type=positive_int, default=1,
                    help="CPUs each worker reserves and runs the network on (1)")
     _add_model(p)
     _add_threshold(p)
@@ -400,15 +551,15 @@ def _add_batch(sub: Commands) -> None:
     p.add_argument("--biomarkers", action="store_true",
                    help="also measure each map's vessel biomarkers inside the FOV, as columns "
                    "of the manifest (docs/BIOMARKERS.md)")
-    _add_scale(p, "with --biomarkers: ")
+    _add_measure_options(p, "with --biomarkers: ")
 
 
 # --- analyze ----------------------------------------------------------------------------
 
 def _analyze(args: argparse.Namespace) -> int:
     from .biomarkers import report
-    from .engine.predict import Segmenter
     from .images import collect_inputs
+    from .inference.predict import Segmenter
 
     if not args.inputs and not args.agreement:
         raise UsageError("give masks or photographs to measure, or --agreement")
@@ -416,17 +567,17 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.agreement:  # the float model beside it: how much int8 moves the biomarkers
         reference = Segmenter.from_pretrained(args.model, args.threshold, runtime="torch")
         table = report.agreement(args.data, args.out, segmenter=segmenter, images=args.images,
-                                 float_segmenter=reference, **_scale(args))
+                                 float_segmenter=reference, **_measure_options(args))
         print(report.agreement_markdown(table))
         print(f"wrote {Path(args.out) / 'agreement.md'} and agreement.json")
         return 0
     files, failed = collect_inputs(args.inputs)
     rows = report.analyze(files, args.out, segmenter=segmenter, figures=not args.no_figures,
-                          **_scale(args))
-    failed += [(r["input"], r["error"]) for r in rows if r["status"] != "ok"]
+                          **_measure_options(args))
+    failed += [(r.input, r.error) for r in rows if r.status != "ok"]
     for source, problem in failed:
         print(f"qsegment analyze: {source}: {problem}", file=sys.stderr)
-    measured = sum(r["status"] == "ok" for r in rows)
+    measured = sum(r.status == "ok" for r in rows)
     print(f"{measured} image(s) measured into {Path(args.out) / 'biomarkers.csv'} and .json, "
           f"{len(failed)} failed")
     return 1 if failed else 0
@@ -444,7 +595,7 @@ def _add_analyze(sub: Commands) -> None:
                  _analyze)
     p.add_argument("inputs", nargs="*", help="mask or photograph files, folders or glob "
                    "patterns (a gray image of two values is a mask)")
-    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("-o", "--out", required=True, type=output_folder, help="output folder")
     _add_model(p, "the model that segments photographs")
     _add_threshold(p)
     _add_runtime(p, DEFAULT_RUNTIME)
@@ -455,7 +606,7 @@ def _add_analyze(sub: Commands) -> None:
                    help="with --agreement: the validation images (val), or the training "
                    "images, on which settings such as --bridge are chosen (train)")
     _add_data(p)
-    _add_scale(p)
+    _add_measure_options(p)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -486,9 +637,9 @@ def _add_data_command(sub: Commands) -> None:
                  "  qsegment data download chasedb1 --to data/CHASEDB1", _data)
     p.add_argument("action", choices=["download"], help="what to do")
     p.add_argument("dataset", choices=["chasedb1"], help="which dataset")
-    p.add_argument("--to", type=Path, help="folder to create (default: "
+    p.add_argument("--to", type=output_folder, help="folder to create (default: "
                    "~/.cache/qsegment/data/CHASEDB1, where the commands look for it)")
-    p.add_argument("--url", default=CHASEDB1_URL, help=f"the archive ({CHASEDB1_URL})")
+    p.add_argument("--url", default=CHASEDB1_URL, type=url, help=f"the archive ({CHASEDB1_URL})")
 
 
 # --- quantize, export, camera -----------------------------------------------------------
@@ -496,7 +647,7 @@ def _add_data_command(sub: Commands) -> None:
 def _quantize(args: argparse.Namespace) -> int:
     from .export.imx500.quantize import quantize
 
-    card = quantize(args.checkpoint, args.out, method=args.method, size=args.size,
+    card = quantize(args.model, args.out, method=args.method, size=args.size,
                     calibration=args.calibration, epochs=args.epochs, lr=args.lr,
                     seed=args.seed, data=args.data)
     agree = card["agreement"]
@@ -521,30 +672,31 @@ def _add_quantize(sub: Commands) -> None:
                  "  qsegment quantize runs/fast -o q/qat.onnx --method qat --epochs 3\n"
                  "  qsegment quantize -o q/ptq.onnx     # size: largest that fits (Java)",
                  _quantize)
-    p.add_argument("checkpoint", nargs="?", default=DEFAULT_MODEL,
-                   help="pretrained name, run folder or .safetensors"
-                   f" ({DEFAULT_MODEL})")
-    p.add_argument("-o", "--out", required=True, type=Path, help="quantized .onnx to write")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
+                   help=f"pretrained name, run folder or .safetensors ({DEFAULT_MODEL})")
+    p.add_argument("-o", "--out", required=True, type=output_file(".onnx"),
+                   help="quantized .onnx to write")
     p.add_argument("--method", choices=["ptq", "gptq", "qat"], default="ptq",
                    help="quantization method (ptq)")
-    p.add_argument("--size", type=int,
+    p.add_argument("--size", type=positive_int,
                    help="square deployment size, a multiple of the network's stride (default: "
                         "the largest that fits the IMX500, found with the converter's memory "
                         "report)")
-    p.add_argument("--calibration", type=int, default=16,
+    p.add_argument("--calibration", type=positive_int, default=16,
                    help="number of training images for calibration (16)")
-    p.add_argument("--epochs", type=int, default=3, help="GPTQ or QAT epochs (3)")
-    p.add_argument("--lr", type=float, default=1e-4, help="QAT learning rate (1e-4)")
-    p.add_argument("--seed", type=int, default=0, help="calibration draw and QAT order (0)")
+    p.add_argument("--epochs", type=positive_int, default=3, help="GPTQ or QAT epochs (3)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="QAT learning rate (1e-4)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="calibration draw and QAT order (0)")
     _add_data(p)
 
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export, report
 
-    target = TARGETS[args.target]
+    target = TARGETS.get(args.target)
     own = {o.dest for o in target.options}
-    foreign = sorted({o.flag for t in TARGETS.values() for o in t.options
+    foreign = sorted({o.flag for t in TARGETS for o in t.options
                       if o.dest not in own and getattr(args, o.dest, None) not in (None, False)})
     if foreign:
         raise UsageError(f"{', '.join(foreign)} do(es) not apply to --target {args.target} "
@@ -559,20 +711,22 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_export(sub: Commands) -> None:
     summary = "Export a model for a device. " + " ".join(
-        f"{t.name}: {t.summary}." for t in TARGETS.values())
-    examples = "\n".join(f"  {e}" for t in TARGETS.values() for e in t.examples)
+        f"{t.name}: {t.description}." for t in TARGETS)
+    examples = "\n".join(f"  {e}" for t in TARGETS for e in t.examples)
     p = _command(sub, "export", summary, examples, _export)
-    p.add_argument("model", help="; ".join(f"{t.name}: {t.source}" for t in TARGETS.values()))
-    p.add_argument("--target", choices=list(TARGETS), default=next(iter(TARGETS)),
-                   help="; ".join(f"{t.name}: {t.summary}" for t in TARGETS.values()))
-    p.add_argument("-o", "--out", required=True, type=Path, help="output folder")
+    p.add_argument("model", type=model_or_file, metavar="MODEL",
+                   help="; ".join(f"{t.name}: {t.source}" for t in TARGETS))
+    p.add_argument("--target", choices=TARGETS.names(), default=TARGETS.names()[0],
+                   help="; ".join(f"{t.name}: {t.description}" for t in TARGETS))
+    p.add_argument("-o", "--out", required=True, type=output_folder, help="output folder")
     declared: dict[str, list[str]] = {}
-    for t in TARGETS.values():
+    for t in TARGETS:
         for o in t.options:
             declared.setdefault(o.flag, []).append(t.name)
     for flag, names in declared.items():
-        o = next(o for t in TARGETS.values() for o in t.options if o.flag == flag)
-        kwargs = {"action": o.action} if o.action else {"type": o.type, "choices": o.choices}
+        o = next(o for t in TARGETS for o in t.options if o.flag == flag)
+        kwargs: dict[str, Any] = ({"action": o.action} if o.action
+                                  else {"type": o.type, "choices": o.choices})
         p.add_argument(flag, help=f"{', '.join(names)}: {o.help}",
                        **{k: v for k, v in kwargs.items() if v is not None})
 
@@ -580,9 +734,6 @@ def _add_export(sub: Commands) -> None:
 def _camera(args: argparse.Namespace) -> int:
     from .deploy.camera import read_deploy_info, run_camera, tiling_plan
 
-    if args.tiles < 1 or args.settle_frames < 0:
-        raise UsageError(f"--tiles must be >= 1 and --settle-frames >= 0, got {args.tiles} "
-                         f"and {args.settle_frames}")
     info_path = args.info or Path(args.network).with_name("deploy.json")
     info = read_deploy_info(info_path) if args.info or info_path.is_file() else {}
     threshold = args.threshold if args.threshold is not None else float(
@@ -603,12 +754,14 @@ def _camera(args: argparse.Namespace) -> int:
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
-    """X,Y,W,H in sensor pixels."""
+    """X,Y,W,H in sensor pixels: a corner at or right of and below the origin, a size."""
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in sensor pixels, got "
-                                         f"{text!r}") from None
+        x = y = w = h = -1
+    if min(x, y) < 0 or min(w, h) < 1:
+        raise argparse.ArgumentTypeError(f"expected X,Y,WIDTH,HEIGHT in sensor pixels (X, Y "
+                                          f">= 0; WIDTH, HEIGHT >= 1), got {text!r}")
     return x, y, w, h
 
 
@@ -624,17 +777,20 @@ def _add_camera(sub: Commands) -> None:
                  "  qsegment camera out/network.rpk --info deploy/deploy.json --tiles 16 "
                  "--fov 1000,500,2000,2000",
                  _camera)
-    p.add_argument("network", type=Path, help="network.rpk from imx500-package")
-    p.add_argument("--info", type=Path,
+    p.add_argument("network", type=existing_file, help="network.rpk from imx500-package")
+    p.add_argument("--info", type=existing_file,
                    help="the export's deploy.json (default: deploy.json beside the .rpk)")
-    p.add_argument("--threshold", type=float, help="decision threshold (default: deploy.json's)")
-    p.add_argument("--save", type=Path, help="folder for saved frames and vessel maps")
-    p.add_argument("--save-every", type=int, default=30, help="save every Nth frame (30)")
-    p.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--threshold", type=probability,
+                   help="decision threshold (default: deploy.json's)")
+    p.add_argument("--save", type=output_folder, help="folder for saved frames and vessel maps")
+    p.add_argument("--save-every", type=positive_int, default=30,
+                   help="save every Nth frame (30)")
+    p.add_argument("--seconds", type=positive_float,
+                   help="stop after this long (default: Ctrl-C)")
     p.add_argument("--no-preview", action="store_true", help="no preview window")
     p.add_argument("--transpose", action="store_true",
                    help="swap the output map's axes (if the map appears mirrored diagonally)")
-    p.add_argument("--tiles", type=int, default=1,
+    p.add_argument("--tiles", type=positive_int, default=1,
                    help="at most this many overlapping square regions covering --fov, one "
                    "per frame, as small as that count allows but not below the network's "
                    "input (needs deploy.json for its size; 1: the whole fundus at once)")
@@ -642,7 +798,7 @@ def _add_camera(sub: Commands) -> None:
                    help="the fundus's bounding box in sensor pixels (of 4056x3040) for the "
                    "tiles to cover; with --tiles 1, one square region around it (default: "
                    "the sensor's centred 3040x3040 square)")
-    p.add_argument("--settle-frames", type=int, default=0,
+    p.add_argument("--settle-frames", type=non_negative_int, default=0,
                    help="with tiles: outputs dropped after each region change, if the new "
                    "region takes effect only some frames later (0)")
 
@@ -654,7 +810,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     size, repeats = (128, 2) if args.quick else (args.size, args.repeats)
     runtimes = tuple(args.runtime or checkpoint_runtimes())
-    result = run_benchmark(size, repeats, args.model or None, runtimes)
+    result = run_benchmark(size, repeats, args.arch or None, runtimes)
     print(markdown(result))
     if args.out:
         write_report(result, args.out, "qsegment " + " ".join(sys.argv[1:]))
@@ -670,15 +826,19 @@ def _add_bench(sub: Commands) -> None:
                  "the paper's.",
                  "  qsegment bench --out docs/BENCHMARKS.md\n"
                  "  qsegment bench --quick\n"
-                 "  qsegment bench --model qsegment tnet --runtime onnx onnx-int8",
+                 "  qsegment bench --arch qsegment tnet --runtime onnx onnx-int8",
                  _bench)
-    p.add_argument("--size", type=int, default=960, help="square input size (960)")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up (10)")
+    p.add_argument("--size", type=positive_int, default=960, help="square input size (960)")
+    p.add_argument("--repeats", type=positive_int, default=10,
+                   help="timed runs after warm-up (10)")
     p.add_argument("--quick", action="store_true", help="128x128, 2 runs: a smoke test")
-    p.add_argument("--model", nargs="*", help="models to run (default: all)")
+    p.add_argument("--arch", nargs="*", type=architecture,
+                   help="architectures to run, names from `qsegment models` (default: all)")
+    p.add_argument("--model", nargs="*", action=Deprecated, instead="--arch", dest="arch",
+                   type=architecture)
     p.add_argument("--runtime", nargs="*", choices=checkpoint_runtimes(),
                    help="runtimes to run (default: all)")
-    p.add_argument("--out", type=Path,
+    p.add_argument("--out", type=output_file(".md"),
                    help="write this Markdown report (with .json and _fig3.png beside it)")
 
 
@@ -703,23 +863,24 @@ def _add_app(sub: Commands) -> None:
                  "  qsegment app                       # then open http://127.0.0.1:7860\n"
                  "  qsegment app --port 8080 --model qsegment-nearest\n"
                  "  qsegment app --host 0.0.0.0        # reachable from your network", _app)
-    p.add_argument("--host", default=LOOPBACK,
+    p.add_argument("--host", default=LOOPBACK, type=host,
                    help=f"address to listen on; 0.0.0.0 opens it to the network ({LOOPBACK})")
-    p.add_argument("--port", type=int, default=7860, help="TCP port (7860)")
+    p.add_argument("--port", type=port, default=7860, help="TCP port (7860)")
     _add_model(p)
     _add_runtime(p, DEFAULT_RUNTIME)
-    p.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+    p.add_argument("--max-megapixels", type=positive_float, default=MAX_MEGAPIXELS,
                    help=f"refuse larger photographs with a message ({MAX_MEGAPIXELS})")
 
 
 # --- entry point ------------------------------------------------------------------------
 
+VERBOSE_HELP = "also show other libraries' warnings, under their own names"
 COMMANDS = (_add_models, _add_data_command, _add_train, _add_evaluate, _add_predict,
             _add_batch, _add_analyze, _add_quantize, _add_export, _add_camera, _add_bench, _add_app)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="qsegment",
         description="Ultra-low-power retinal vessel segmentation: train, evaluate and deploy "
                     "the Q-Segment network and its baselines on CHASE_DB1.",
@@ -730,9 +891,15 @@ def build_parser() -> argparse.ArgumentParser:
                "  qsegment export q/ptq.onnx --target imx500 -o deploy/",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"qsegment {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    for name, command in sub.choices.items():
+        command.set_defaults(command=name)  # error lines name it whatever precedes it
+        # also after the command; SUPPRESS: not given there, the global flag's value stands
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help=VERBOSE_HELP)
     return parser
 
 
@@ -746,7 +913,7 @@ EXTRAS = {"torch": "train", "torchvision": "train", "sklearn": "train", "matplot
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="qsegment: %(message)s", level=logging.WARNING)
+    configure_logging(verbose=args.verbose)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -759,13 +926,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = EXTRAS.get((err.name or "").split(".")[0])
         if extra is None:
             raise
-        command = (argv if argv is not None else sys.argv[1:])[:1]
-        print(f"qsegment {' '.join(command)}: error: this needs {err.name}, which the base "
+        print(f"qsegment {args.command}: error: this needs {err.name}, which the base "
               f"install leaves out: pip install 'qsegment[{extra}]'", file=sys.stderr)
         return 2
     except QsegmentError as err:
-        command = (argv if argv is not None else sys.argv[1:])[:1]
-        print(f"qsegment {' '.join(command)}: error: {err}", file=sys.stderr)
+        print(f"qsegment {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -11,7 +11,7 @@ class QsegmentError(Exception):
 
 
 class UsageError(QsegmentError, ValueError):
-    """Options that do not go together."""
+    """A bad argument or option value, or options that do not go together."""
 
 
 class CheckpointError(QsegmentError, ValueError):

@@ -39,7 +39,7 @@ def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {array.shape}")
+        raise ImageError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got {array.shape}")
     if array.shape[2] in (1, 2):  # gray, gray + alpha
         array = np.repeat(array[..., :1], 3, axis=2)
     array = array[..., :3]
@@ -49,7 +49,7 @@ def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
         return array.astype(np.float32) / 65535.0
     array = array.astype(np.float32)
     if array.min() < 0 or array.max() > 1:
-        raise ValueError("float images must lie in [0, 1]")
+        raise ImageError("float images must lie in [0, 1]")
     return array
 
 
@@ -160,8 +160,8 @@ def network_input(image: np.ndarray, size: int | tuple[int, int] | None, multipl
     size before padding."""
     x = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[None])
     if size is not None:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        x = resize_bilinear(x, size, antialias=True)
+        height, width = (size, size) if isinstance(size, int) else size
+        x = resize_bilinear(x, (height, width), antialias=True)
     h, w = x.shape[-2:]
     padded = np.pad(x, ((0, 0), (0, 0), (0, (-h) % multiple), (0, (-w) % multiple)))
     return padded, (h, w)
@@ -172,7 +172,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     bilinear filter (antialiased when shrinking), its dtype kept; no PyTorch."""
     height, width = size
     if image.dtype == np.uint8:
-        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     channels = [resize_map(image[..., c], size) for c in range(image.shape[2])]
     return np.stack(channels, axis=-1)
 
@@ -181,5 +181,5 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An (H, W) float map (probabilities) resized to ``size`` (height, width), bilinear."""
     height, width = size
     resized = Image.fromarray(values.astype(np.float32), mode="F").resize((width, height),
-                                                                       Image.BILINEAR)
+                                                                       Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Losses on logits. The paper's is PraNet's structure loss (Section III-C)."""
+"""Losses on logits. The paper's is PraNet's structure loss (Section III-C). Their names
+are rows of :data:`qsegment.engine.config.LOSSES`."""
 
 from __future__ import annotations
 
@@ -62,14 +63,3 @@ def structure_cldice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.T
     target = target.float()
     cldice = SoftclDiceLoss(iter_=5)(torch.sigmoid(logits.float()), target)
     return structure_loss(logits, target) + 2.0 * cldice
-
-
-LOSSES: dict[str, Loss] = {"structure": structure_loss, "bce_dice": bce_dice_loss,
-                           "structure_cldice": structure_cldice_loss}
-
-
-def get_loss(name: str) -> Loss:
-    """A loss by name; an unknown name lists the valid ones."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
-    return LOSSES[name]

@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+from .errors import UsageError
 
 METRICS = ("dice", "acc", "auc", "se", "sp", "iou", "mcc")
 
@@ -53,7 +56,7 @@ def scores(c: Counts) -> dict[str, float]:
 def _in_fov(prob: np.ndarray, label: np.ndarray, fov: np.ndarray | None
             ) -> tuple[np.ndarray, np.ndarray]:
     if prob.shape != label.shape or (fov is not None and fov.shape != label.shape):
-        raise ValueError(f"shape mismatch: prediction {prob.shape}, label {label.shape}, "
+        raise UsageError(f"shape mismatch: prediction {prob.shape}, label {label.shape}, "
                          f"fov {None if fov is None else fov.shape}")
     if fov is None:
         return prob.ravel(), label.ravel().astype(bool)
@@ -77,14 +80,14 @@ def _auc(p: np.ndarray, t: np.ndarray) -> float:
 
 def evaluate(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
              fovs: Sequence[np.ndarray | None], threshold: float = 0.5
-             ) -> dict[str, object]:
+             ) -> dict[str, Any]:
     """All metrics for a set of images: ``pooled``, ``mean`` and ``per_image`` dicts.
 
     ``probs`` are probability maps (or any score where higher means vessel; the
     threshold applies to it), ``labels`` binary maps, ``fovs`` boolean masks or None.
     """
     if not (len(probs) == len(labels) == len(fovs)) or not probs:
-        raise ValueError("need the same, non-zero number of predictions, labels and FOVs")
+        raise UsageError("need the same, non-zero number of predictions, labels and FOVs")
     pixels = [_in_fov(p, t, f) for p, t, f in zip(probs, labels, fovs, strict=True)]
     per_image, total = [], Counts(0, 0, 0, 0)
     for p, t in pixels:

@@ -1,21 +1,22 @@
-"""Loading a model with its card: a shipped pretrained name, a run folder or a checkpoint.
+"""Finding a model's weights and its card: a shipped pretrained name, a run folder or a
+checkpoint.
 
-Finding weights and reading their card need no PyTorch (the card lives in the
-safetensors metadata, read with safetensors' numpy API); only :func:`load_model`
-builds the network.
+The shipped weights are the rows of :data:`WEIGHTS`, each tied to the architecture it
+builds (a :data:`qsegment.models.MODELS` name) and the data it learned from, with its
+terms. Finding weights and reading their card need no PyTorch (the card lives in the
+safetensors metadata, read with safetensors' numpy API); building the network is
+:func:`qsegment.checkpoint.load_model`'s, on PyTorch's floor.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .card import Card
 from .errors import CheckpointError
-
-if TYPE_CHECKING:
-    from torch import nn
+from .registry import Entry, Registry
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # weights robust to other cameras, within 0.005 Dice of the best one-pass ones on CHASE_DB1
@@ -23,11 +24,56 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODEL = "qsegment-nearest-transfer-jpeg"
 
 
+CHASE_TRAIN = "CHASE_DB1 training split (Image_01L-10R, 20 photographs; CC BY 4.0)"
+
+
+@dataclass(frozen=True)
+class Weights(Entry):
+    """A shipped weights row: its target is the file in ``qsegment/weights``, its card
+    (NAME.json and the file's metadata) says the recipe and the measured metrics."""
+
+    architecture: str  # the qsegment.models.MODELS row it builds
+    data: str = CHASE_TRAIN  # what it was trained on, and the data's terms
+
+    def load(self) -> Path:
+        """The weights file."""
+        return WEIGHTS_DIR / self.target
+
+
+def _weights(name: str, architecture: str, description: str) -> Weights:
+    return Weights(name, f"{name}.safetensors", description, architecture)
+
+
+WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
+    _weights("qsegment-imx", "qsegment-imx",
+             "the half-resolution sensor variant (fits the IMX500 up to 704x704): Dice "
+             "0.8069 on a CPU"),
+    _weights("qsegment-imx-704", "qsegment-imx",
+             "qsegment-imx trained at 704x704, the whole fundus in one sensor frame"),
+    _weights("qsegment-nearest", "qsegment",
+             "the fast recipe, nearest up-sampling (IMX500-deployable): Dice 0.8017"),
+    _weights("qsegment-nearest-312", "qsegment",
+             "trained at the IMX500's 312x312: Dice 0.7805 at that size"),
+    _weights("qsegment-nearest-crop384", "qsegment",
+             "200 epochs of 384x384 crops: Dice 0.8095, 0.8150 with --tta d8"),
+    _weights("qsegment-nearest-distill", "qsegment",
+             "the fast recipe taught by qsegment-nearest-crop384's 8-view maps: Dice 0.8126"),
+    _weights("qsegment-nearest-long", "qsegment",
+             "the fast recipe for 200 epochs: Dice 0.8069, AUC 0.9850"),
+    _weights("qsegment-nearest-transfer", "qsegment",
+             "qsegment-nearest-distill fine-tuned for other cameras (--acquisition): Dice "
+             "0.8128"),
+    _weights("qsegment-nearest-transfer-jpeg", "qsegment",
+             "the default: qsegment-nearest-distill fine-tuned for other cameras, JPEG for "
+             "half the samples: Dice 0.8123, 0.8128 in int8"),
+    _weights("qsegment-unpool", "qsegment",
+             "the paper's max-unpooling decoder: Dice 0.8015 (PyTorch only)"),
+])
+
+
 def list_pretrained() -> list[str]:
-    """Names of the weights shipped inside the package: those with a card (the int8
-    observers beside ``qsegment-nearest`` are not a model)."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors")
-                  if p.with_suffix(".json").is_file())
+    """Names of the weights shipped inside the package."""
+    return WEIGHTS.names()
 
 
 def resolve_checkpoint(source: str | Path) -> Path:
@@ -35,8 +81,8 @@ def resolve_checkpoint(source: str | Path) -> Path:
     path = Path(source)
     if path.is_dir():
         path = path / "last.safetensors"
-    elif not path.exists() and (WEIGHTS_DIR / f"{source}.safetensors").is_file():
-        path = WEIGHTS_DIR / f"{source}.safetensors"
+    elif not path.exists() and str(source) in WEIGHTS:
+        path = WEIGHTS.load(str(source))
     if not path.is_file():
         shipped = ", ".join(list_pretrained()) or "none"
         raise CheckpointError(f"{source}: no such checkpoint, run folder or pretrained name "
@@ -63,19 +109,3 @@ def read_card(path: Path) -> Card:
     if not card.model:
         raise CheckpointError(f"{path}: no card naming its model (expected a qsegment checkpoint)")
     return card
-
-
-def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[nn.Module, Card]:
-    """Build the model a checkpoint's card names, load its weights, return (model, card).
-
-    The model is in eval mode. The card (:class:`qsegment.card.Card`; see
-    docs/RESULTS.md) records data, split, recipe, threshold and measured metrics.
-    """
-    from .checkpoint import load_weights
-    from .models import create_model
-
-    path = resolve_checkpoint(source)
-    card = read_card(path)
-    model = create_model(card.model, **card.model_args)
-    load_weights(model, path)
-    return model.eval(), card

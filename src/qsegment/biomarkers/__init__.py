@@ -12,16 +12,20 @@ from .measures import (
     FIELDS,
     MM_PER_DEGREE,
     BiomarkerError,
-    Scale,
+    PixelSize,
     Segment,
     VesselAnalysis,
     box_counting_dimension,
     bridge_gaps,
     measure,
     pixel_scale,
+    pixel_size,
 )
 from .report import (
+    AgreementRow,
+    BiomarkerRow,
     InputError,
+    SourceValues,
     agreement,
     agreement_markdown,
     agreement_table,
@@ -40,10 +44,13 @@ __all__ = [
     "BRIDGE_LOW",
     "FIELDS",
     "MM_PER_DEGREE",
+    "AgreementRow",
     "BiomarkerError",
+    "BiomarkerRow",
     "InputError",
-    "Scale",
+    "PixelSize",
     "Segment",
+    "SourceValues",
     "VesselAnalysis",
     "agreement",
     "agreement_markdown",
@@ -57,8 +64,20 @@ __all__ = [
     "measure",
     "measure_photograph",
     "pixel_scale",
+    "pixel_size",
     "read_input",
     "save_figure",
     "source_differences",
     "write_rows",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``Scale``, the deprecated name of :class:`PixelSize` (warns; removed in the next
+    release, as is :func:`pixel_scale`)."""
+    if name == "Scale":
+        from .measures import _deprecated
+
+        _deprecated("Scale", "PixelSize")
+        return PixelSize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 Pure functions of arrays: no files, no model. Everything is measured inside the FOV
 (the whole frame when none is given) in pixels, and converted to millimetres at the
-end when a scale is known (:func:`pixel_scale`). docs/BIOMARKERS.md says what each
+end when the pixel size is known (:func:`pixel_size`). docs/BIOMARKERS.md says what each
 number means, with references.
 
 Conventions (each validated on shapes with known answers in tests/test_biomarkers.py):
@@ -40,8 +40,8 @@ Conventions (each validated on shapes with known answers in tests/test_biomarker
   the FOV's bounding box, with boxes of :data:`BOX_SIZES` px that fit four times into
   its shorter side; least-squares slope of log(count) against log(1/size), reported
   with the range of box sizes and the fit's R^2.
-- **Millimetres**: lengths scale by mm/px, areas by (mm/px)^2, curvature and length
-  density by px/mm; ratios, counts and angles do not change.
+- **Millimetres**: lengths are multiplied by mm/px, areas by (mm/px)^2, curvature and
+  length density by px/mm; ratios, counts and angles do not change.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
+from warnings import warn
 
 import numpy as np
 import skan
@@ -58,14 +59,15 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import block_reduce
 from skimage.morphology import remove_small_objects, skeletonize
 
+from ..datasets.fov import fov_mask_diameter
 from ..errors import QsegmentError
 
 MM_PER_DEGREE = 0.29
 """Retinal distance per degree of visual angle near the posterior pole of an
 emmetropic adult eye: 0.29 mm/deg (Drasdo N, Fowler CW, "Non-linear projection of the
 retinal image in a wide-angle schematic eye", Br J Ophthalmol 58:709-714, 1974).
-It ignores the eye's axial length and the camera's own magnification, so a scale from
-the FOV angle is good to about 10 %."""
+It ignores the eye's axial length and the camera's own magnification, so a pixel size
+from the FOV angle is good to about 10 %."""
 
 SMOOTH_WINDOW = 21  # px of centreline in each Savitzky-Golay fit
 MIN_SEGMENT_PX = 10.0  # shorter segments get no tortuosity, curvature or calibre
@@ -116,7 +118,7 @@ _POWER = {"L": 1, "L^2": 2, "1/L": -1, "rad/L": -1}
 
 
 @dataclass(frozen=True)
-class Scale:
+class PixelSize:
     """How long a pixel is (``mm_per_pixel``; None: measure in pixels) and why."""
 
     mm_per_pixel: float | None = None
@@ -128,7 +130,7 @@ class Scale:
 
     def convert(self, value: float, unit: str) -> float:
         """``value``, measured in pixels with ``unit`` (a :class:`Field` unit), in this
-        scale's length unit."""
+        length unit (mm, or px when the pixel size is unknown)."""
         if self.mm_per_pixel is None or unit not in _POWER:
             return value
         return value * self.mm_per_pixel ** _POWER[unit]
@@ -161,19 +163,20 @@ class Segment:
     calibre: float
     coords: np.ndarray = field(repr=False)
 
-    def row(self, scale: Scale) -> dict[str, float | str]:
-        """The segment in ``scale``'s units (its ends in pixels), for a table."""
+    def row(self, pixel_size: PixelSize) -> dict[str, float | str]:
+        """The segment in ``pixel_size``'s units (its ends in pixels), for a table."""
         (y0, x0), (y1, x1) = np.round(self.coords[[0, -1]], 1).tolist()
-        return {"kind": self.kind, "length": scale.convert(self.length, "L"),
-                "chord": scale.convert(self.chord, "L"), "arc_chord": self.arc_chord,
-                "curvature": scale.convert(self.curvature, "rad/L"),
-                "calibre": scale.convert(self.calibre, "L"), "length_unit": scale.unit,
+        convert = pixel_size.convert
+        return {"kind": self.kind, "length": convert(self.length, "L"),
+                "chord": convert(self.chord, "L"), "arc_chord": self.arc_chord,
+                "curvature": convert(self.curvature, "rad/L"),
+                "calibre": convert(self.calibre, "L"), "length_unit": pixel_size.unit,
                 "y0_px": y0, "x0_px": x0, "y1_px": y1, "x1_px": x1}
 
 
 @dataclass
 class VesselAnalysis:
-    """The biomarkers of one vessel map: ``values`` in ``scale``'s units (NaN where
+    """The biomarkers of one vessel map: ``values`` in ``pixel_size``'s units (NaN where
     undefined, with the reason in ``reasons``), the segments, and the maps behind them
     (``skeleton``: the pruned centreline; ``width``: each segment's calibre in px on
     its centreline, NaN elsewhere; branch and end points as (row, col), with the
@@ -182,13 +185,19 @@ class VesselAnalysis:
     values: dict[str, float]
     reasons: dict[str, str]
     warnings: list[str]
-    scale: Scale
+    pixel_size: PixelSize
     segments: list[Segment]
     skeleton: np.ndarray
     width: np.ndarray
     branch_points: np.ndarray
     end_points: np.ndarray
     branching_angles: np.ndarray
+
+    @property
+    def scale(self) -> PixelSize:
+        """Deprecated name of :attr:`pixel_size` (warns; removed in the next release)."""
+        _deprecated("VesselAnalysis.scale", "VesselAnalysis.pixel_size")
+        return self.pixel_size
 
 
 def as_binary(mask: np.ndarray, what: str = "mask") -> np.ndarray:
@@ -208,35 +217,49 @@ def as_binary(mask: np.ndarray, what: str = "mask") -> np.ndarray:
     return mask != 0
 
 
-def fov_diameter(fov: np.ndarray) -> int:
-    """FOV diameter in pixels: the longer side of its bounding box, right even when
-    the sensor cuts the FOV disc at the top and bottom (an area-equivalent one is not)."""
-    rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
-    if rows.size == 0:
-        return 0
-    return int(max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1)
-
-
-def pixel_scale(fov: np.ndarray, *, mm_per_pixel: float | None = None,
-                fov_degrees: float | None = None) -> Scale:
-    """The scale from ``mm_per_pixel``, or from the camera's FOV angle as
-    ``fov_degrees * MM_PER_DEGREE / fov_diameter(fov)``; pixels when neither is given."""
+def pixel_size(fov: np.ndarray, *, mm_per_pixel: float | None = None,
+               fov_degrees: float | None = None) -> PixelSize:
+    """The pixel size ``mm_per_pixel``, or the one from the camera's FOV angle,
+    ``fov_degrees * MM_PER_DEGREE /`` the diameter of ``fov`` in pixels (the longer side
+    of its bounding box: :func:`~qsegment.datasets.fov.fov_mask_diameter`); pixels when
+    neither is given."""
     if mm_per_pixel is not None and fov_degrees is not None:
         raise BiomarkerError("give mm_per_pixel or fov_degrees, not both")
     if mm_per_pixel is not None:
         if not mm_per_pixel > 0:
             raise BiomarkerError(f"mm_per_pixel must be positive, got {mm_per_pixel}")
-        return Scale(float(mm_per_pixel), "mm_per_pixel")
+        return PixelSize(float(mm_per_pixel), "mm_per_pixel")
     if fov_degrees is None:
-        return Scale()
+        return PixelSize()
     if not 0 < fov_degrees < 180:
         raise BiomarkerError(f"fov_degrees must be in (0, 180), got {fov_degrees}")
-    diameter = fov_diameter(fov)
-    if diameter == 0:
+    diameter = fov_mask_diameter(fov)
+    if diameter is None:
         raise BiomarkerError("fov_degrees needs a field of view, and this one is empty")
-    return Scale(fov_degrees * MM_PER_DEGREE / diameter,
-                 f"fov_degrees: {fov_degrees:g} deg x {MM_PER_DEGREE} mm/deg "
-                 f"over a {diameter} px FOV")
+    return PixelSize(fov_degrees * MM_PER_DEGREE / diameter,
+                     f"fov_degrees: {fov_degrees:g} deg x {MM_PER_DEGREE} mm/deg "
+                     f"over a {diameter} px FOV")
+
+
+def pixel_scale(fov: np.ndarray, *, mm_per_pixel: float | None = None,
+                fov_degrees: float | None = None) -> PixelSize:
+    """Deprecated name of :func:`pixel_size` (warns; removed in the next release)."""
+    _deprecated("pixel_scale", "pixel_size")
+    return pixel_size(fov, mm_per_pixel=mm_per_pixel, fov_degrees=fov_degrees)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warn(f"qsegment.biomarkers: {old} is deprecated, use {new} (\"scale\" now "
+         "means only the image rescale factor)", DeprecationWarning, stacklevel=3)
+
+
+def __getattr__(name: str) -> object:
+    """``Scale``, the deprecated name of :class:`PixelSize` (warns; removed in the next
+    release)."""
+    if name == "Scale":
+        _deprecated("Scale", "PixelSize")
+        return PixelSize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def bridge_gaps(mask: np.ndarray, probability: np.ndarray, low: float = BRIDGE_LOW,
@@ -408,7 +431,8 @@ def _trace(vessels: np.ndarray, edt: np.ndarray) -> _Tree | None:
     kinds = ("tip-tip", "tip-junction", "junction-junction")
     coords = skeleton.coordinates.astype(int)
     width = np.full(vessels.shape, np.nan)
-    segments, arms = [], {}
+    segments: list[Segment] = []
+    arms: dict[int, list[tuple[int, np.ndarray]]] = {}  # junction cluster: (its node, arm)
     for i in np.flatnonzero(~internal):
         a, b = ends[i]
         kind = "cycle" if a == b else kinds[int(cluster[a] >= 0) + int(cluster[b] >= 0)]
@@ -462,7 +486,7 @@ def _tree_values(tree: _Tree) -> dict[str, float]:
     }
 
 
-def _reason(name: str, fov_area: int, vessel_area: int, density: float) -> str:
+def _reason(name: str, fov_area: float, vessel_area: float, density: float) -> str:
     """Why ``name`` has no value."""
     if fov_area == 0:
         return "empty field of view"
@@ -506,7 +530,7 @@ def measure(mask: np.ndarray, fov: np.ndarray | None = None, *,
             mm_per_pixel: float | None = None, fov_degrees: float | None = None,
             min_object_px: int = 0) -> VesselAnalysis:
     """All biomarkers (:data:`FIELDS`) of the vessel map ``mask`` inside ``fov``
-    (default: the whole frame), in pixels or in millimetres (:func:`pixel_scale`),
+    (default: the whole frame), in pixels or in millimetres (:func:`pixel_size`),
     after dropping vessel fragments of ``min_object_px`` pixels or fewer (8-connected;
     default 0: measure the map as it is; a model's specks are then end points).
 
@@ -519,9 +543,9 @@ def measure(mask: np.ndarray, fov: np.ndarray | None = None, *,
         raise BiomarkerError(f"the mask is {mask.shape[1]}x{mask.shape[0]} px but its FOV "
                              f"is {fov.shape[1]}x{fov.shape[0]}: they must match")
     if fov.any() or fov_degrees is None:
-        scale = pixel_scale(fov, mm_per_pixel=mm_per_pixel, fov_degrees=fov_degrees)
-    else:  # no FOV to take the scale from, and nothing to measure anyway
-        scale = Scale(math.nan, f"fov_degrees: {fov_degrees:g} deg over an empty FOV")
+        size = pixel_size(fov, mm_per_pixel=mm_per_pixel, fov_degrees=fov_degrees)
+    else:  # no FOV to take the pixel size from, and nothing to measure anyway
+        size = PixelSize(math.nan, f"fov_degrees: {fov_degrees:g} deg over an empty FOV")
     vessels = mask & fov
     if min_object_px > 0:
         vessels = remove_small_objects(vessels, max_size=min_object_px, connectivity=2)
@@ -536,11 +560,11 @@ def measure(mask: np.ndarray, fov: np.ndarray | None = None, *,
     elif density > NOT_A_TREE:
         warnings.append(f"vessels cover {density:.0%} of the field of view: not a vessel "
                         "map, so no centreline measures")
-    converted = {name: scale.convert(values[name], _UNITS[name]) for name in FIELD_NAMES}
+    converted = {name: size.convert(values[name], _UNITS[name]) for name in FIELD_NAMES}
     reasons = {name: _reason(name, values["fov_area"], values["vessel_area"], density)
                for name, value in converted.items() if math.isnan(value)}
     if tree is None:
         tree = _Tree(np.zeros_like(mask), [], np.full(mask.shape, np.nan),
                      np.empty((0, 2)), 0, [], np.empty((0, 2), dtype=int))
-    return VesselAnalysis(converted, reasons, warnings, scale, tree.segments, tree.skeleton,
+    return VesselAnalysis(converted, reasons, warnings, size, tree.segments, tree.skeleton,
                           tree.width, tree.branch_points, tree.tips, np.array(tree.angles))

@@ -12,6 +12,7 @@ each source comes to the first observer (:func:`agreement_markdown` prints it).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import io
 import json
@@ -20,6 +21,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image
 from scipy import stats
 
-from ..errors import QsegmentError
+from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from .measures import (
     BRIDGE_LOW,
@@ -40,13 +42,10 @@ from .measures import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.predict import Prediction, Segmenter
+    from ..inference.predict import Prediction, Segmenter
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS = ("name", "input", "kind", "status", "error", "model", "runtime", "threshold",
-               "bridge", "fov_source", *FIELD_NAMES, "length_unit", "mm_per_pixel", "scale_source",
-               "reasons", "warnings", "figure")
 SEGMENT_COLUMNS = ("kind", "length", "chord", "arc_chord", "curvature", "calibre",
                    "length_unit", "y0_px", "x0_px", "y1_px", "x1_px")
 AGREEMENT_FIELDS = ("area_density", "length_density", "fractal_dimension", "tortuosity",
@@ -56,8 +55,100 @@ AGREEMENT_FIELDS = ("area_density", "length_density", "fractal_dimension", "tort
 SOURCES = ("observer1", "observer2", "model", "model_float")
 FOV_FROM_PHOTO = "photograph (red channel > 20, qsegment.datasets.fov_mask)"
 FOV_WHOLE_FRAME = "whole frame (a mask alone carries no FOV)"
+SCHEMA_VERSION = 1  # biomarkers.json's and agreement.json's; raised when their shape changes
 
 Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class BiomarkerRow:
+    """One measured file: what was measured (``kind``: photograph or mask), from what
+    (model, runtime, threshold, bridge, FOV), and its biomarkers, ``values`` (one per
+    :data:`~.measures.FIELD_NAMES`, in ``length_unit``; NaN where undefined, with the
+    reason in ``reasons``). A file that could not be measured has ``status="error"``,
+    the reason in ``error`` and no values."""
+
+    name: str
+    input: str
+    kind: str | None = None
+    status: str = "ok"
+    error: str = ""
+    model: str | None = None
+    runtime: str | None = None
+    threshold: float | None = None
+    bridge: float | None = None
+    fov_source: str | None = None
+    values: dict[str, float] = field(default_factory=dict)
+    length_unit: str | None = None
+    mm_per_pixel: float | None = None
+    scale_source: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)  # each value's unit in words
+    figure: str | None = None
+
+    @classmethod
+    def measured(cls, path: Path, name: str, kind: str, analysis: VesselAnalysis,
+                 **source: Any) -> BiomarkerRow:
+        """The row of ``analysis`` (``source``: model, runtime, threshold, bridge,
+        fov_source), with the unit of its values and where the pixel size came from."""
+        size = analysis.pixel_size
+        return cls(name, str(path), kind, **source, values=dict(analysis.values),
+                   length_unit=size.unit, mm_per_pixel=size.mm_per_pixel,
+                   scale_source=size.source, reasons=analysis.reasons,
+                   warnings=analysis.warnings, units=size.units())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat row of the tables: each value a column of its own (None where the
+        file was not measured), in :data:`ROW_COLUMNS` order, then ``units``."""
+        values = {name: self.values.get(name) for name in FIELD_NAMES}
+        return {column: values[column] if column in values else getattr(self, column)
+                for column in (*ROW_COLUMNS, "units")}
+
+
+# every field of a row but its values, which become the columns FIELD_NAMES (units: JSON only)
+ROW_COLUMNS = tuple(column for f in dataclasses.fields(BiomarkerRow) if f.name != "units"
+                    for column in (FIELD_NAMES if f.name == "values" else (f.name,)))
+
+
+@dataclass(frozen=True)
+class SourceValues:
+    """One image's biomarkers as one of :data:`SOURCES` gives them (``model``: the
+    segmenter's name and runtime, for the model sources), in ``length_unit``."""
+
+    name: str
+    source: str
+    values: dict[str, float]
+    length_unit: str = "px"
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "model": self.model,
+                **self.values, "length_unit": self.length_unit}
+
+
+@dataclass(frozen=True)
+class AgreementRow:
+    """One biomarker: its means by source, how close the model (int8) and the second
+    observer come to the first observer (MARD, Pearson r, ICC(A,1)), whether the model
+    does at least as well on both MARD and ICC (``goal_met``), and how far the int8
+    model is from the float one."""
+
+    biomarker: str
+    unit: str
+    images: int
+    observer1_mean: float
+    observer2_mean: float
+    model_mean: float
+    model_mard: float
+    observer2_mard: float
+    model_r: float
+    observer2_r: float
+    model_icc: float
+    observer2_icc: float
+    goal_met: bool
+    int8_vs_float_mard: float
+    int8_vs_float_max_abs: float
 
 
 class InputError(QsegmentError, ValueError):
@@ -73,18 +164,16 @@ def read_input(path: str | Path) -> tuple[str, np.ndarray]:
     a probability map or a red-free photograph, and guessing either would be wrong."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode == "P":
-                image = image.convert("RGBA")
-            array = np.asarray(image)
+        with Image.open(path) as opened:
+            opened.load()
+            array = np.asarray(opened.convert("RGBA") if opened.mode == "P" else opened)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{path}: cannot read the image ({err})") from err
     if array.ndim == 3:
         array = array[..., :3] if array.shape[2] >= 3 else array[..., 0]
     gray = array.ndim == 2 or bool(np.all(array == array[..., :1]))
     if not gray:
-        return "photograph", _to_uint8(array, path)
+        return "photograph", _eight_bit_photograph(array, path)
     plane = array if array.ndim == 2 else array[..., 0]
     values = np.unique(plane)
     if values.size > 2:
@@ -93,7 +182,9 @@ def read_input(path: str | Path) -> tuple[str, np.ndarray]:
     return "mask", as_binary(plane != values[0] if values.size == 2 else plane, str(path))
 
 
-def _to_uint8(rgb: np.ndarray, path: Path) -> np.ndarray:
+def _eight_bit_photograph(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """An 8-bit or 16-bit RGB file's pixels as uint8 (16-bit ones divided by 257);
+    other pixel types are refused, naming ``path``."""
     if rgb.dtype == np.uint8:
         return rgb
     if rgb.dtype == np.uint16:
@@ -139,23 +230,19 @@ class _Model:
 
     def get(self) -> Segmenter:
         if self.segmenter is None:
-            from ..engine.predict import Segmenter
+            from ..inference.predict import Segmenter
 
             self.segmenter = Segmenter.from_pretrained()
         return self.segmenter
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def _csv_bytes(rows: Sequence[dict], columns: Sequence[str]) -> bytes:
+def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
-    return text.getvalue().encode()
+    return text.getvalue()
 
 
 def _csv_cell(value: object) -> object:
@@ -190,8 +277,8 @@ def save_figure(path: str | Path, analysis: VesselAnalysis, background: np.ndarr
     from matplotlib.figure import Figure
     from scipy import ndimage
 
-    scale = analysis.scale.mm_per_pixel or 1.0
-    width = np.nan_to_num(analysis.width, nan=0.0) * scale
+    mm_per_pixel = analysis.pixel_size.mm_per_pixel or 1.0
+    width = np.nan_to_num(analysis.width, nan=0.0) * mm_per_pixel
     shown = ndimage.binary_dilation(analysis.skeleton, iterations=1)
     width = ndimage.grey_dilation(width, size=3)
     top = float(np.percentile(width[shown], 99)) if shown.any() else 1.0
@@ -212,44 +299,35 @@ def save_figure(path: str | Path, analysis: VesselAnalysis, background: np.ndarr
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap="turbo"),
                        cax=fig.add_axes((0.91, 0.1, 0.02, 0.75)))
-    bar.set_label(f"calibre ({analysis.scale.unit})")
+    bar.set_label(f"calibre ({analysis.pixel_size.unit})")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    _write_atomic(Path(path), buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
 
 
 def _summary(analysis: VesselAnalysis) -> str:
-    v, unit = analysis.values, analysis.scale.unit
+    v, unit = analysis.values, analysis.pixel_size.unit
     return (f"area density {v['area_density']:.3f}, FD {v['fractal_dimension']:.3f}, "
             f"tortuosity {v['tortuosity']:.3f}, calibre {v['calibre_mean']:.3g} {unit}, "
             f"{v['branch_points']} branch points")
 
 
-def _row(path: Path, name: str, kind: str, analysis: VesselAnalysis, **source: Any) -> dict:
-    """One table row: what was measured, from what, and the values with their scale."""
-    return {"name": name, "input": str(path), "kind": kind, "status": "ok", "error": "",
-            **source, **analysis.values, "length_unit": analysis.scale.unit,
-            "mm_per_pixel": analysis.scale.mm_per_pixel, "scale_source": analysis.scale.source,
-            "reasons": analysis.reasons, "warnings": analysis.warnings,
-            "units": analysis.scale.units(), "figure": None}
-
-
 def measure_prediction(path: Path, name: str, image: np.ndarray, prediction: Prediction,
                        segmenter: Segmenter, *, bridge: float | None = BRIDGE_LOW,
-                       **options: Any) -> tuple[VesselAnalysis, dict]:
+                       **options: Any) -> tuple[VesselAnalysis, BiomarkerRow]:
     """The biomarkers of ``segmenter``'s ``prediction`` of the photograph ``image``, its
-    gaps bridged down to ``bridge`` (:func:`measure_photograph`; ``options``: scale and
-    ``min_object_px``), and their table row. ``qsegment analyze``, ``predict --biomarkers``
+    gaps bridged down to ``bridge`` (:func:`measure_photograph`; ``options``: the pixel size
+    and ``min_object_px``), and their table row. ``qsegment analyze``, ``predict --biomarkers``
     and ``batch --biomarkers`` measure and write alike through it."""
     analysis = measure_photograph(image, prediction.mask, probability=prediction.probability,
                                   bridge=bridge, **options)
-    return analysis, _row(path, name, "photograph", analysis, model=segmenter.name,
-                          runtime=segmenter.runtime, threshold=float(prediction.threshold),
-                          bridge=bridge, fov_source=FOV_FROM_PHOTO)
+    return analysis, BiomarkerRow.measured(
+        path, name, "photograph", analysis, model=segmenter.name, runtime=segmenter.runtime,
+        threshold=float(prediction.threshold), bridge=bridge, fov_source=FOV_FROM_PHOTO)
 
 
 def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: dict,
-                 bridge: float | None, figures: bool) -> dict:
+                 bridge: float | None, figures: bool) -> BiomarkerRow:
     """One file's row (raises on any failure, which :func:`analyze` records)."""
     kind, array = read_input(path)
     if kind == "photograph":
@@ -261,14 +339,13 @@ def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: d
         if options["fov_degrees"] is not None:
             analysis.warnings.append("fov_degrees on a mask alone takes the frame's width "
                                      "for the FOV's; give mm_per_pixel, or the photograph")
-        row = _row(path, name, "mask", analysis, model=None, runtime=None, threshold=None,
-                   fov_source=FOV_WHOLE_FRAME)
-    segments = [s.row(analysis.scale) for s in analysis.segments]
-    _write_atomic(out_dir / f"{name}_segments.csv", _csv_bytes(segments, SEGMENT_COLUMNS))
+        row = BiomarkerRow.measured(path, name, "mask", analysis, fov_source=FOV_WHOLE_FRAME)
+    segments = [s.row(analysis.pixel_size) for s in analysis.segments]
+    atomic_write(out_dir / f"{name}_segments.csv", _csv_text(segments, SEGMENT_COLUMNS))
     if figures:
         figure = out_dir / f"{name}_biomarkers.png"
         save_figure(figure, analysis, array, f"{name}: {_summary(analysis)}")
-        row["figure"] = str(figure)
+        row.figure = str(figure)
     return row
 
 
@@ -292,7 +369,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
             segmenter: Segmenter | None = None, bridge: float | None = BRIDGE_LOW,
             mm_per_pixel: float | None = None, fov_degrees: float | None = None,
             min_object_px: int = 0, figures: bool = True,
-            progress: Progress | None = None) -> list[dict]:
+            progress: Progress | None = None) -> list[BiomarkerRow]:
     """Measure every input (a binary mask, or a photograph segmented by ``segmenter``,
     default: ``Segmenter.from_pretrained()``, loaded at the first photograph, its map's
     gaps bridged down to ``bridge``: :func:`measure_photograph`) and write
@@ -311,7 +388,7 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
     model = _Model(segmenter)
     options = {"mm_per_pixel": mm_per_pixel, "fov_degrees": fov_degrees,
                "min_object_px": min_object_px}
-    rows = []
+    rows: list[BiomarkerRow] = []
     for i, (path, name) in enumerate(zip(paths, _output_names(paths, out_dir), strict=True)):
         start = time.perf_counter()
         try:
@@ -321,27 +398,29 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
             log.info("%s: %s (%.1f s)", path, _row_summary(rows[-1]), time.perf_counter() - start)
         except (QsegmentError, OSError, ValueError) as err:  # unreadable or unmeasurable:
             log.warning("%s: %s", path, err)  # one bad file must not stop the others
-            rows.append({"name": name or path.stem, "input": str(path), "status": "error",
-                         "error": f"{type(err).__name__}: {err}"})
+            rows.append(BiomarkerRow(name or path.stem, str(path), status="error",
+                                     error=f"{type(err).__name__}: {err}"))
         if progress is not None:
             progress(i + 1, len(paths), str(path))
     write_rows(rows, out_dir)
     return rows
 
 
-def _row_summary(row: dict) -> str:
-    return ", ".join(f"{k} {row[k]:.4g}" for k in ("area_density", "fractal_dimension",
-                                                   "tortuosity", "calibre_mean")
-                     if isinstance(row.get(k), float))
+def _row_summary(row: BiomarkerRow) -> str:
+    return ", ".join(f"{k} {row.values[k]:.4g}" for k in ("area_density", "fractal_dimension",
+                                                          "tortuosity", "calibre_mean"))
 
 
-def write_rows(rows: Sequence[dict], out_dir: str | Path) -> tuple[Path, Path]:
-    """``biomarkers.csv`` and ``biomarkers.json`` of ``rows``, written atomically."""
+def write_rows(rows: Sequence[BiomarkerRow], out_dir: str | Path) -> tuple[Path, Path]:
+    """``biomarkers.csv`` and ``biomarkers.json`` (``schema_version``, each field's
+    meaning, the rows) of ``rows``, written atomically."""
     out_dir = Path(out_dir)
     csv_path, json_path = out_dir / "biomarkers.csv", out_dir / "biomarkers.json"
-    _write_atomic(csv_path, _csv_bytes(rows, ROW_COLUMNS))
-    document = {"fields": {f.name: f.doc for f in FIELDS}, "rows": _json_safe(list(rows))}
-    _write_atomic(json_path, (json.dumps(document, indent=1) + "\n").encode())
+    table = [row.to_dict() for row in rows]
+    atomic_write(csv_path, _csv_text(table, ROW_COLUMNS))
+    document = {"schema_version": SCHEMA_VERSION, "fields": {f.name: f.doc for f in FIELDS},
+                "rows": _json_safe(table)}
+    atomic_write(json_path, json.dumps(document, indent=1) + "\n")
     return csv_path, json_path
 
 
@@ -375,34 +454,34 @@ def _compare(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"mard": mard, "r": r, "icc": icc}
 
 
-def agreement_table(values: Sequence[dict]) -> list[dict]:
-    """Per biomarker: how close the model (int8) and the second observer come to the
-    first observer (MARD, Pearson r, ICC(A,1)), whether the model does at least as well
-    on both MARD and ICC, and how far the int8 model is from the float one."""
-    by_source = {s: {v["name"]: v for v in values if v["source"] == s} for s in SOURCES}
+def agreement_table(values: Sequence[SourceValues]) -> list[AgreementRow]:
+    """Per biomarker of :data:`AGREEMENT_FIELDS`, its :class:`AgreementRow`: how close
+    the model (int8) and the second observer come to the first observer, and how far
+    the int8 model is from the float one."""
+    by_source = {s: {v.name: v.values for v in values if v.source == s} for s in SOURCES}
     names = sorted(by_source["observer1"])
     units = {f.name: f.unit for f in FIELDS}
     table = []
-    for field in AGREEMENT_FIELDS:
-        col = {s: np.array([by_source[s][n][field] if n in by_source[s] else math.nan
+    for biomarker in AGREEMENT_FIELDS:
+        col = {s: np.array([by_source[s][n][biomarker] if n in by_source[s] else math.nan
                             for n in names], dtype=float) for s in SOURCES}
         model, human = _compare(col["model"], col["observer1"]), \
             _compare(col["observer2"], col["observer1"])
         drift = _compare(col["model"], col["model_float"])
         diff = np.abs(col["model"] - col["model_float"])
-        table.append({
-            "biomarker": field, "unit": units[field], "images": len(names),
-            "observer1_mean": float(np.nanmean(col["observer1"])),
-            "observer2_mean": float(np.nanmean(col["observer2"])),
-            "model_mean": float(np.nanmean(col["model"])),
-            "model_mard": model["mard"], "observer2_mard": human["mard"],
-            "model_r": model["r"], "observer2_r": human["r"],
-            "model_icc": model["icc"], "observer2_icc": human["icc"],
-            "goal_met": bool(model["mard"] <= human["mard"] and model["icc"] >= human["icc"]),
-            "int8_vs_float_mard": drift["mard"],
-            "int8_vs_float_max_abs": float(np.nanmax(diff)) if np.isfinite(diff).any()
+        table.append(AgreementRow(
+            biomarker=biomarker, unit=units[biomarker], images=len(names),
+            observer1_mean=float(np.nanmean(col["observer1"])),
+            observer2_mean=float(np.nanmean(col["observer2"])),
+            model_mean=float(np.nanmean(col["model"])),
+            model_mard=model["mard"], observer2_mard=human["mard"],
+            model_r=model["r"], observer2_r=human["r"],
+            model_icc=model["icc"], observer2_icc=human["icc"],
+            goal_met=bool(model["mard"] <= human["mard"] and model["icc"] >= human["icc"]),
+            int8_vs_float_mard=drift["mard"],
+            int8_vs_float_max_abs=float(np.nanmax(diff)) if np.isfinite(diff).any()
             else math.nan,
-        })
+        ))
     return table
 
 
@@ -410,23 +489,24 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
                      float_segmenter: Segmenter | None = None, names: Sequence[str] | None = None,
                      images: str = "val", bridge: float | None = BRIDGE_LOW,
                      mm_per_pixel: float | None = None, fov_degrees: float | None = None,
-                     min_object_px: int = 0, progress: Progress | None = None) -> list[dict]:
+                     min_object_px: int = 0, progress: Progress | None = None
+                     ) -> list[SourceValues]:
     """Biomarkers of CHASE_DB1's validation images (``images="train"``: its training
     images, on which settings are chosen; ``names``: only those among them) from each
     of :data:`SOURCES`: the two observers' labels, ``segmenter`` (default: the int8
     ``Segmenter.from_pretrained()``) and ``float_segmenter`` (default: the default
     model on the ``torch`` runtime when ``segmenter`` is the default too; none
     otherwise), all inside the image's FOV; the models' maps bridged down to ``bridge``
-    as :func:`measure_photograph` does. One dict per image and source."""
+    as :func:`measure_photograph` does. One record per image and source."""
     from ..datasets import load_split
-    from ..engine.predict import Segmenter
+    from ..inference.predict import Segmenter
 
     if segmenter is None:
         segmenter = Segmenter.from_pretrained()
         if float_segmenter is None:
             float_segmenter = Segmenter.from_pretrained(segmenter.name, runtime="torch")
     if images not in ("val", "train"):
-        raise ValueError(f"images must be 'val' or 'train', not {images!r}")
+        raise UsageError(f"images must be 'val' or 'train', not {images!r}")
     part = images == "val"
     first = load_split(data_dir)[part]
     second = {s.name: s for s in load_split(data_dir, observer=2)[part]}
@@ -445,9 +525,9 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
             analysis = measure(mask, sample.fov, mm_per_pixel=mm_per_pixel,
                                fov_degrees=fov_degrees, min_object_px=min_object_px)
             model = models.get(source)
-            rows.append({"name": sample.name, "source": source,
-                         "model": model and f"{model.name} ({model.runtime})",
-                         **analysis.values, "length_unit": analysis.scale.unit})
+            rows.append(SourceValues(sample.name, source, dict(analysis.values),
+                                     analysis.pixel_size.unit,
+                                     f"{model.name} ({model.runtime})" if model else None))
         log.info("agreement: %s measured from %s", sample.name, ", ".join(masks))
         if progress is not None:
             progress(i + 1, len(chosen), sample.name)
@@ -455,11 +535,11 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
 
 
 def agreement(data_dir: str | Path | None = None, out_dir: str | Path | None = None,
-              **kwargs: Any) -> list[dict]:
+              **kwargs: Any) -> list[AgreementRow]:
     """:func:`agreement_table` of :func:`agreement_values` (``kwargs`` go there); with
-    ``out_dir``, also ``agreement.json`` (the settings, the table, the int8 model's
-    per-image differences from the float model's and every value) and ``agreement.md``
-    there."""
+    ``out_dir``, also ``agreement.json`` (``schema_version``, the settings, the table, the
+    int8 model's per-image differences from the float model's and every value) and
+    ``agreement.md`` there."""
     values = agreement_values(data_dir, **kwargs)
     table = agreement_table(values)
     if out_dir is not None:
@@ -469,22 +549,24 @@ def agreement(data_dir: str | Path | None = None, out_dir: str | Path | None = N
         bound.apply_defaults()
         settings = {name: bound.arguments[name] for name in
                     ("images", "names", "bridge", "min_object_px", "mm_per_pixel", "fov_degrees")}
-        settings["models"] = {v["source"]: v["model"] for v in values if v["model"]}
-        document = {"settings": settings, "table": table,
-                    "int8_minus_float": source_differences(values), "values": values}
-        _write_atomic(out / "agreement.json",
-                      (json.dumps(_json_safe(document), indent=1) + "\n").encode())
-        _write_atomic(out / "agreement.md", (agreement_markdown(table) + "\n").encode())
+        settings["models"] = {v.source: v.model for v in values if v.model}
+        document = {"schema_version": SCHEMA_VERSION, "settings": settings,
+                    "table": [dataclasses.asdict(row) for row in table],
+                    "int8_minus_float": source_differences(values),
+                    "values": [v.to_dict() for v in values]}
+        atomic_write(out / "agreement.json", json.dumps(_json_safe(document), indent=1) + "\n")
+        atomic_write(out / "agreement.md", agreement_markdown(table) + "\n")
     return table
 
 
-def source_differences(values: Sequence[dict], source: str = "model",
-                       reference: str = "model_float") -> list[dict]:
-    """Per image, ``source`` minus ``reference`` on each of :data:`AGREEMENT_FIELDS`
-    (by default how far the int8 model's biomarkers are from the float model's)."""
-    pairs: dict[str, dict[str, dict]] = {}
+def source_differences(values: Sequence[SourceValues], source: str = "model",
+                       reference: str = "model_float") -> list[dict[str, Any]]:
+    """Per image, its ``name`` and ``source`` minus ``reference`` on each of
+    :data:`AGREEMENT_FIELDS` (by default how far the int8 model's biomarkers are from
+    the float model's)."""
+    pairs: dict[str, dict[str, dict[str, float]]] = {}
     for v in values:
-        pairs.setdefault(v["name"], {})[v["source"]] = v
+        pairs.setdefault(v.name, {})[v.source] = v.values
     return [{"name": name, **{f: float(p[source][f]) - float(p[reference][f])
                               for f in AGREEMENT_FIELDS}}
             for name, p in sorted(pairs.items()) if source in p and reference in p]
@@ -510,7 +592,7 @@ def markdown(rows: Sequence[dict], columns: Sequence[str],
     return "\n".join(lines)
 
 
-def agreement_markdown(table: Sequence[dict]) -> str:
+def agreement_markdown(table: Sequence[AgreementRow]) -> str:
     """The :func:`agreement_table` as Markdown, one biomarker a row."""
     columns = ("biomarker", "unit", "observer1_mean", "observer2_mean", "model_mean",
                "model_mard", "observer2_mard", "model_r", "observer2_r", "model_icc",
@@ -518,4 +600,4 @@ def agreement_markdown(table: Sequence[dict]) -> str:
     header = ("biomarker", "unit", "mean 1st obs.", "mean 2nd obs.", "mean model",
               "MARD model", "MARD 2nd obs.", "r model", "r 2nd obs.", "ICC model",
               "ICC 2nd obs.", "model as good", "MARD int8 vs float")
-    return markdown(table, columns, header)
+    return markdown([dataclasses.asdict(row) for row in table], columns, header)

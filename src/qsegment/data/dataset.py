@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..datasets import Sample
+from ..datasets import DatasetError, Sample
 from .inputs import to_input
 from .transforms import apply
 
@@ -29,16 +29,20 @@ def resize_sample(sample: Sample, size: int) -> Sample:
                   path=sample.path)
 
 
-def to_tensors(sample: Sample, multiple: int) -> tuple[torch.Tensor, ...]:
+Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image, label, fov
+
+
+def to_tensors(sample: Sample, multiple: int, device: torch.device | str = "cpu") -> Tensors:
     """(image (3, H', W'), label (1, H', W'), fov (1, H', W')) as float32, zero-padded
     bottom/right so that H' and W' are multiples of ``multiple``; the padding lies
-    outside the FOV, so it never counts in the loss mask or the metrics."""
+    outside the FOV, so it never counts in the loss mask or the metrics; on ``device``."""
     image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
     label = torch.from_numpy(sample.label.astype(np.float32))[None]
     fov = torch.from_numpy(sample.fov.astype(np.float32))[None]
     h, w = image.shape[-2:]
     pad = (0, (-w) % multiple, 0, (-h) % multiple)
-    return tuple(torch.nn.functional.pad(t, pad) for t in (image, label, fov))
+    image, label, fov = (torch.nn.functional.pad(t, pad).to(device) for t in (image, label, fov))
+    return image, label, fov
 
 
 class SegmentationDataset(Dataset):
@@ -54,14 +58,14 @@ class SegmentationDataset(Dataset):
                  repeats: int = 1, multiple: int = 1, device: torch.device | str = "cpu"
                  ) -> None:
         if not samples:
-            raise ValueError("no samples given")
-        self.tensors = [tuple(t.to(device) for t in to_tensors(s, multiple)) for s in samples]
+            raise DatasetError("no samples given")
+        self.tensors = [to_tensors(s, multiple, device) for s in samples]
         self.transform = transform
         self.repeats = repeats
 
     def __len__(self) -> int:
         return len(self.tensors) * self.repeats
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> Tensors:
         tensors = self.tensors[index % len(self.tensors)]
         return tensors if self.transform is None else apply(self.transform, *tensors)

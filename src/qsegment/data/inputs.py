@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..datasets import FundusDataset, Sample, open_dataset
+from ..errors import UsageError
 from ..images import network_input
 from ..models import pad_to_multiple
 
@@ -37,7 +38,7 @@ def calibration_images(samples: Sequence[Sample], size: int, count: int, seed: i
     """(names, (count, 3, size, size) batch): ``count`` training images drawn at random
     (seeded), each resized whole to size x size, as a camera's ISP scales its view."""
     if not 0 < count <= len(samples):
-        raise ValueError(f"calibration needs 1..{len(samples)} images, got {count}")
+        raise UsageError(f"calibration needs 1..{len(samples)} images, got {count}")
     order = np.random.default_rng(seed).permutation(len(samples))[:count]
     chosen = [samples[i] for i in sorted(order)]
     return [s.name for s in chosen], torch.cat([to_input(s.image, size) for s in chosen])

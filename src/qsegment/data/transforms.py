@@ -139,4 +139,5 @@ def apply(transform: v2.Transform, image: torch.Tensor, label: torch.Tensor, fov
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``transform`` on a (3, H, W) float image and (1, H, W) label and FOV masks."""
     out = transform(tv_tensors.Image(image), tv_tensors.Mask(label), tv_tensors.Mask(fov))
-    return tuple(t.as_subclass(torch.Tensor) for t in out)
+    image, label, fov = (t.as_subclass(torch.Tensor) for t in out)
+    return image, label, fov

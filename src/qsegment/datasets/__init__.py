@@ -1,34 +1,29 @@
 """Datasets: named images with labels, FOV masks and a default split, in one registry.
 
-Adding a dataset is one module (a :class:`FundusDataset` subclass) and one row
-(:func:`register_dataset` below). Everything here is numpy and Pillow only.
+Adding a dataset is one module (a :class:`FundusDataset` subclass) and one row of
+:data:`DATASETS` below. Everything here is numpy and Pillow only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..registry import lookup, register
+from ..registry import Entry, Registry
 from .base import DatasetError, FundusDataset, Sample, Split, load_label
 from .chasedb1 import ChaseDB1, default_data_dir
 from .folder import LabelledFolder
 from .fov import fov_diameter, fov_mask
 
-DATASETS: dict[str, type[FundusDataset]] = {}
+# Each row's target is a FundusDataset subclass, built with the dataset's folder.
+DATASETS: Registry[Entry] = Registry("dataset", [
+    Entry("chasedb1", "qsegment.datasets.chasedb1:ChaseDB1",
+          "CHASE_DB1: 28 photographs of children's eyes (30 deg, 999x960), two observers, "
+          "the paper's 20:8 split; CC BY 4.0"),
+    Entry("folder", "qsegment.datasets.folder:LabelledFolder",
+          "your own labelled images: NAME_manual1 / _1stHO / .ah / _label, DRIVE-, STARE- and "
+          "HRF-style folders, FOV masks where given; all of them scored"),
+])
 DEFAULT_DATASET = "chasedb1"
-
-
-def register_dataset(cls: type[FundusDataset]) -> type[FundusDataset]:
-    """Add a dataset class to the registry under its ``name``."""
-    return register(DATASETS, cls.name, cls, "dataset")
-
-
-register_dataset(ChaseDB1)
-register_dataset(LabelledFolder)
-
-
-def list_datasets() -> list[str]:
-    return list(DATASETS)
 
 
 def open_dataset(data: str | Path | FundusDataset | None = None,
@@ -37,7 +32,7 @@ def open_dataset(data: str | Path | FundusDataset | None = None,
     folder); a dataset object is returned as it is."""
     if isinstance(data, FundusDataset):
         return data
-    return lookup(DATASETS, dataset, "dataset")(data)
+    return DATASETS.load(dataset)(data)
 
 
 def detect_dataset(data: str | Path | None) -> FundusDataset:
@@ -79,10 +74,8 @@ __all__ = [
     "detect_dataset",
     "fov_diameter",
     "fov_mask",
-    "list_datasets",
     "load_label",
     "load_sample",
     "load_split",
     "open_dataset",
-    "register_dataset",
 ]

@@ -2,7 +2,7 @@
 
 A dataset module subclasses :class:`FundusDataset` with the two things that differ
 between datasets (which images a folder holds, and where an image's label and FOV
-are) and registers it (:func:`qsegment.datasets.register_dataset`); training,
+are) and has a row in :data:`qsegment.datasets.DATASETS`; training,
 evaluation, calibration and threshold selection take the dataset object.
 """
 
@@ -98,8 +98,8 @@ class FundusDataset:
     description: ClassVar[str]
     reference: ClassVar[str] = "the first observer"  # which labels are the reference
     fov: ClassVar[str] = "derived (qsegment.datasets.fov)"  # where FOV masks come from
-    observers: ClassVar[int] = 1
-    default_split: ClassVar[Split]
+    observers: int = 1  # a class's own, or found per folder (LabelledFolder)
+    default_split: Split
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).resolve() if root is not None else self.default_root()
@@ -125,7 +125,7 @@ class FundusDataset:
         """One image with the label of ``observer`` (1: the reference). Arrays are
         read-only and cached per process: samples are shared, never copied."""
         if not 1 <= observer <= self.observers:
-            raise ValueError(f"{self.name} has {self.observers} observer(s), not {observer}")
+            raise DatasetError(f"{self.name} has {self.observers} observer(s), not {observer}")
         return _sample(self, name, observer)
 
     def split(self, split: Split | None = None, observer: int = 1

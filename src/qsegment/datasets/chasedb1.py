@@ -52,10 +52,6 @@ def default_data_dir() -> Path:
 class ChaseDB1(FundusDataset):
     name = "chasedb1"
     title = "CHASE_DB1"
-    # the FOV diameter the shipped models learned, which `--scale auto` brings other
-    # photographs to: qsegment.datasets.fov_diameter over the 20 training images gives
-    # 916.8 px on average (892-920)
-    fov_diameter = 917.0
     reference = "first observer (1stHO)"
     description = "CHASE_DB1: 28 images of 14 children, 999x960, two observers (CC BY 4.0)"
     observers = 2

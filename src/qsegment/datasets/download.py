@@ -15,7 +15,6 @@ import http.client
 import logging
 import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import QsegmentError
+from ..files import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +138,15 @@ def download_chasedb1(to: str | Path | None = None, url: str = CHASEDB1_URL, ret
                             "an empty or new --to")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.zip.part")
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
-        _download(url, part, retries, timeout, progress)
-        try:
-            _extract(part, staging)
-        except DownloadError:
-            part.unlink(missing_ok=True)  # a bad archive is not resumed
-            raise
-        staging.chmod(0o755)
-        if dest.exists():
-            dest.rmdir()  # empty, checked above
-        os.replace(staging, dest)
+        with atomic_folder(dest) as staging:  # replaces dest, empty as checked above
+            _download(url, part, retries, timeout, progress)
+            try:
+                _extract(part, staging)
+            except DownloadError:
+                part.unlink(missing_ok=True)  # a bad archive is not resumed
+                raise
     except OSError as err:  # disk full, no permission
         raise DownloadError(f"{dest}: cannot write the dataset ({err})") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     part.unlink()
     return dest

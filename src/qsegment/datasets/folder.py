@@ -44,9 +44,13 @@ def _role(path: Path) -> tuple[str, str]:
     by_folder = _FOLDER_ROLES.get(path.parent.name.lower())
     for role, pattern in _ROLES:
         if (m := pattern.match(stem)) and by_folder in (None, role, "image"):
-            return role, _IMAGE_KEY.match(m["key"])["key"]
-    return by_folder if by_folder not in (None, "image") else "image", _IMAGE_KEY.match(
-        stem)["key"]
+            return role, _image_key(m["key"])
+    return by_folder if by_folder not in (None, "image") else "image", _image_key(stem)
+
+
+def _image_key(stem: str) -> str:
+    """The stem without DRIVE's ``_training`` / ``_test`` (the pattern matches any stem)."""
+    return _IMAGE_KEY.fullmatch(stem)["key"]  # type: ignore[index]
 
 
 class LabelledFolder(FundusDataset):

@@ -20,11 +20,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..errors import QsegmentError
+from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from ..images import overlay
 from ..runtimes.base import depth_to_space, sigmoid
@@ -57,7 +58,7 @@ def decode_output(outputs: list[np.ndarray] | np.ndarray, size: int | None = Non
     squeezed = tensor.squeeze()
     if squeezed.ndim != 2 or (size is not None and squeezed.shape != (size, size)):
         expected = f"{size}x{size} values" if size else "one 2-D map"
-        raise ValueError(f"cannot read an output tensor of shape {tensor.shape} as a vessel "
+        raise CameraError(f"cannot read an output tensor of shape {tensor.shape} as a vessel "
                          f"map (expected {expected}, optionally with batch/channel axes of 1)")
     return squeezed.T if transpose else squeezed
 
@@ -72,7 +73,7 @@ def _interleave(tensor: np.ndarray, size: int | None, phases: int, transpose: bo
     if (squeezed.ndim != 3 or squeezed.shape[0] != channels
             or (side is not None and squeezed.shape[1:] != (side, side))):
         expected = f"{channels}x{side}x{side}" if side else f"{channels} phase maps"
-        raise ValueError(f"cannot read an output tensor of shape {tensor.shape} as "
+        raise CameraError(f"cannot read an output tensor of shape {tensor.shape} as "
                          f"{phases}x{phases} phases of a vessel map (expected {expected})")
     full = depth_to_space(squeezed[None], phases)[0, 0]
     return full.T if transpose else full
@@ -94,7 +95,7 @@ def overlay_in_roi(frame: np.ndarray, mask: np.ndarray, roi: tuple[int, int, int
     clipped to the frame."""
     x, y, w, h = (int(v) for v in roi)
     if w <= 0 or h <= 0:
-        raise ValueError(f"empty region of interest {roi}")
+        raise UsageError(f"empty region of interest {roi}")
     out = np.array(frame[..., :3], dtype=np.uint8, copy=True)
     scaled = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
         (w, h), Image.Resampling.NEAREST)) > 0
@@ -182,7 +183,7 @@ def tiling_plan(info: dict, tiles: int, fov: Roi | None = None, halo: int = DEFA
                           f"is for {reported}x{reported}; re-run `qsegment export`")
     try:
         return plan_tiles(frame, size, tiles, fov or centred_square(frame), halo)
-    except ValueError as err:
+    except UsageError as err:
         raise CameraError(f"cannot tile the sensor for the {size}x{size} network: {err}"
                           ) from err
 
@@ -289,7 +290,7 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
     if save is not None:
         Path(save).mkdir(parents=True, exist_ok=True)
 
-    def on_request(request: object) -> None:
+    def on_request(request: Any) -> None:  # picamera2's CompletedRequest
         metadata = request.get_metadata()
         outputs = imx500.get_outputs(metadata)
         if outputs is None:

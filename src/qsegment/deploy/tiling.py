@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import UsageError
 from ..images import network_input, resize_map
 from ..runtimes.base import Runtime, sigmoid
 
@@ -80,7 +81,7 @@ def fov_box(fov: np.ndarray) -> Roi:
     """The bounding box (x, y, width, height) of a boolean FOV mask's True pixels."""
     rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
     if not len(rows):
-        raise ValueError("the FOV mask is empty: no field of view to tile")
+        raise UsageError("the FOV mask is empty: no field of view to tile")
     return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
             int(rows[-1] - rows[0] + 1))
 
@@ -124,13 +125,13 @@ def _check(frame: tuple[int, int], box: Roi, size: int, halo: int) -> None:
     height, width = frame
     x, y, w, h = box
     if size <= 0 or not 0 <= halo < size:
-        raise ValueError(f"need a network input size > 0 and 0 <= halo < size, got size "
+        raise UsageError(f"need a network input size > 0 and 0 <= halo < size, got size "
                          f"{size}, halo {halo}")
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
-        raise ValueError(f"the box {box} (x, y, width, height) is empty or leaves the "
+        raise UsageError(f"the box {box} (x, y, width, height) is empty or leaves the "
                          f"{width}x{height} frame")
     if size > min(frame):
-        raise ValueError(f"the {width}x{height} frame is smaller than the {size}x{size} "
+        raise UsageError(f"the {width}x{height} frame is smaller than the {size}x{size} "
                          "network input: no square ROI of side >= the input fits in it")
 
 
@@ -156,7 +157,7 @@ def plan_tiles(frame: tuple[int, int], size: int, tiles: int, box: Roi | None = 
     box = box or (0, 0, frame[1], frame[0])
     _check(frame, box, size, halo)
     if tiles < 1:
-        raise ValueError(f"need at least one tile, got {tiles}")
+        raise UsageError(f"need at least one tile, got {tiles}")
     x, y, w, h = box
     largest = min(frame)
     side_for_rows = {n: _smallest_side(h, n, size, halo) for n in range(1, tiles + 1)}
@@ -166,7 +167,7 @@ def plan_tiles(frame: tuple[int, int], size: int, tiles: int, box: Roi | None = 
     feasible = [g for g in grids if g[0] <= largest]
     if not feasible:
         least = _fewest_tiles(h, largest, size, halo) * _fewest_tiles(w, largest, size, halo)
-        raise ValueError(f"{tiles} tile(s) cannot cover the {w}x{h} box: a square ROI must "
+        raise UsageError(f"{tiles} tile(s) cannot cover the {w}x{h} box: a square ROI must "
                          f"fit the {frame[1]}x{frame[0]} frame (side <= {largest}) and "
                          f"overlap its neighbours by {halo} network pixels; use at least "
                          f"{least} tiles")
@@ -174,7 +175,7 @@ def plan_tiles(frame: tuple[int, int], size: int, tiles: int, box: Roi | None = 
     ys = _starts(y, h, rows, side, frame[0])
     xs = _starts(x, w, cols, side, frame[1])
     rois = tuple((tx, ty, side, side) for ty in ys for tx in xs)
-    return TilePlan(tuple(frame), tuple(box), size, halo, rows, cols, side, rois)
+    return TilePlan((frame[0], frame[1]), (x, y, w, h), size, halo, rows, cols, side, rois)
 
 
 # --- stitching ---------------------------------------------------------------------------
@@ -214,7 +215,7 @@ def stitch(maps: Sequence[np.ndarray | None], plan: TilePlan, scale: float = 1.0
     with :func:`blend_window` over the plan's overlap, in a frame scaled by ``scale``
     (1: the frame's pixels; smaller for a preview)."""
     if len(maps) != plan.tiles:
-        raise ValueError(f"the plan has {plan.tiles} tiles, got {len(maps)} maps")
+        raise UsageError(f"the plan has {plan.tiles} tiles, got {len(maps)} maps")
     shape = (round(plan.frame[0] * scale), round(plan.frame[1] * scale))
     weighted = np.zeros(shape, np.float32)
     weights = np.zeros(shape, np.float32)
@@ -242,7 +243,7 @@ class TileCycler:
 
     def __init__(self, plan: TilePlan, settle_frames: int = 0) -> None:
         if settle_frames < 0:
-            raise ValueError(f"settle_frames must be >= 0, got {settle_frames}")
+            raise UsageError(f"settle_frames must be >= 0, got {settle_frames}")
         self.plan = plan
         self.settle_frames = settle_frames
         self.index = 0
@@ -291,9 +292,17 @@ def sensor_view(image: np.ndarray, roi: Roi, size: int) -> np.ndarray:
     return network_input(image[y:y + h, x:x + w], size, 1)[0]
 
 
+def _fixed_size(runtime: Runtime) -> int:
+    """The input side of a fixed-size runtime (what the sensor runs); tiling needs one."""
+    if runtime.fixed_size is None:
+        raise UsageError(f"ROI tiling needs a fixed-size runtime (an int8 model file), not "
+                         f"{runtime.name}")
+    return runtime.fixed_size
+
+
 def roi_probability(runtime: Runtime, image: np.ndarray, roi: Roi) -> np.ndarray:
     """The (N, N) vessel probability of a fixed-size runtime on one ROI of ``image``."""
-    return sigmoid(runtime.logits(sensor_view(image, roi, runtime.fixed_size))[0, 0])
+    return sigmoid(runtime.logits(sensor_view(image, roi, _fixed_size(runtime)))[0, 0])
 
 
 def simulate_image(runtime: Runtime, image: np.ndarray, plan: TilePlan) -> Stitched:
@@ -312,7 +321,7 @@ def simulate(runtime: Runtime, samples: Sequence[Sample], tiles: int, halo: int 
     from ..metrics import evaluate  # scikit-learn: not needed on the camera
 
     threshold = runtime.card.threshold_value if threshold is None else threshold
-    plans = [plan_tiles(s.fov.shape, runtime.fixed_size, tiles, fov_box(s.fov), halo)
+    plans = [plan_tiles(s.fov.shape, _fixed_size(runtime), tiles, fov_box(s.fov), halo)
              for s in samples]
     probs = [simulate_image(runtime, s.image, p).probability
              for s, p in zip(samples, plans, strict=True)]

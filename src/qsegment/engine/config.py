@@ -1,5 +1,6 @@
 """What a training run depends on: :class:`TrainConfig`, presets as YAML files of its
-fields. PyTorch-free, so that ``qsegment train --help`` is built from the fields."""
+fields, and the registries of the losses, optimizers and schedulers a config names.
+PyTorch-free, so that ``qsegment train --help`` is built from the fields and the rows."""
 
 from __future__ import annotations
 
@@ -8,14 +9,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..datasets import DEFAULT_DATASET, Split
+from ..datasets import DATASETS, DEFAULT_DATASET, Split
 from ..errors import QsegmentError
+from ..registry import Entry, Registry
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(QsegmentError, ValueError):
     """A preset or a field that does not exist."""
+
+
+# Losses take (logits, target) -> loss (qsegment.losses).
+LOSSES: Registry[Entry] = Registry("loss", [
+    Entry("structure", "qsegment.losses:structure_loss",
+          "the paper's: PraNet's boundary-weighted BCE + weighted IoU"),
+    Entry("bce_dice", "qsegment.losses:bce_dice_loss", "plain BCE + soft Dice"),
+    Entry("structure_cldice", "qsegment.losses:structure_cldice_loss",
+          "structure + 2x MONAI's soft clDice, a connectivity term"),
+])
+# Optimizers take (config, parameters) -> torch.optim.Optimizer (qsegment.engine.train).
+OPTIMIZERS: Registry[Entry] = Registry("optimizer", [
+    Entry("sgd", "qsegment.engine.train:sgd", "SGD with momentum and weight decay (the paper's)"),
+    Entry("adamw", "qsegment.engine.train:adamw", "AdamW with decoupled weight decay"),
+])
+# Schedulers map (config, fractional epoch) -> learning-rate factor (qsegment.engine.train).
+SCHEDULERS: Registry[Entry] = Registry("scheduler", [
+    Entry("cosine_restarts", "qsegment.engine.train:cosine_restarts",
+          "SGDR: cosine restarting every --restart-epochs (the paper's)"),
+    Entry("cosine", "qsegment.engine.train:cosine",
+          "linear warm-up over --warmup-epochs, then one cosine decay to zero"),
+])
 
 
 def _field(default: Any, help: str) -> Any:
@@ -27,7 +51,7 @@ def _field(default: Any, help: str) -> Any:
 class TrainConfig:
     """Everything a run depends on; ``qsegment train --FIELD`` overrides any of them."""
 
-    model: str = _field("qsegment", "model name from `qsegment models`")
+    model: str = _field("qsegment", "architecture: a name from `qsegment models`")
     model_args: dict[str, Any] = field(default_factory=dict,
                                        metadata={"help": "keyword arguments of the model"})
     dataset: str = _field(DEFAULT_DATASET, "dataset name (qsegment.datasets)")
@@ -53,13 +77,12 @@ class TrainConfig:
                                       "(qsegment.data.transforms.AcquisitionShift)")
     acquisition_jpeg: float = _field(0.2, "share of --acquisition samples JPEG-compressed "
                                           "(quality 30-95)")
-    loss: str = _field("structure", "structure | bce_dice | structure_cldice (plus MONAI's "
-                                     "soft clDice, a connectivity term)")
-    optimizer: str = _field("sgd", "sgd | adamw")
+    loss: str = _field("structure", "; ".join(f"{k}: {v}" for k, v in LOSSES.describe().items()))
+    optimizer: str = _field("sgd", " | ".join(OPTIMIZERS.names()))
     lr: float = _field(1e-3, "initial learning rate")
     momentum: float = _field(0.9, "SGD momentum")
     weight_decay: float = _field(0.0, "weight decay")
-    scheduler: str = _field("cosine_restarts", "cosine_restarts | cosine")
+    scheduler: str = _field("cosine_restarts", " | ".join(SCHEDULERS.names()))
     restart_epochs: int = _field(20, "period of the warm restarts")
     warmup_epochs: int = _field(0, "linear warm-up of the cosine schedule")
     init: str = _field("", "start from these weights (name, run folder or .safetensors) "
@@ -84,6 +107,11 @@ class TrainConfig:
                                              "call")
     device: str = _field("auto", "auto | cpu | cuda | cuda:N")
 
+    def __post_init__(self) -> None:
+        for registry, name in ((DATASETS, self.dataset), (LOSSES, self.loss),
+                               (OPTIMIZERS, self.optimizer), (SCHEDULERS, self.scheduler)):
+            registry.get(name)  # an unknown name fails here, before any work
+
     @property
     def split(self) -> Split:
         return Split(tuple(self.train_images), tuple(self.val_images))
@@ -93,19 +121,24 @@ class TrainConfig:
 RUNTIME_FIELDS = ("device", "threads", "max_minutes", "channels_last", "compile")
 
 
+def preset_path(preset: str | Path) -> Path:
+    """The YAML file of a preset given by name (``paper``, ``fast``) or path."""
+    path = Path(preset)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in sorted(PRESETS_DIR.glob("*.yaml")))
+        raise ConfigError(f"{path}: preset not found (built-in presets: {names})")
+    return path
+
+
 def load_config(preset: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """A preset by name (``paper``, ``fast``) or YAML path, with field overrides."""
     import yaml
 
     values: dict[str, Any] = {}
     if preset is not None:
-        path = Path(preset)
-        if not path.suffix:
-            path = PRESETS_DIR / f"{preset}.yaml"
-        if not path.is_file():
-            names = ", ".join(p.stem for p in sorted(PRESETS_DIR.glob("*.yaml")))
-            raise ConfigError(f"{path}: preset not found (built-in presets: {names})")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(preset_path(preset).read_text()) or {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(values) - known):

@@ -52,17 +52,22 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
+        world, m = dist.group.WORLD, self.momentum
+        tracked, running_mean, running_var = (self.num_batches_tracked, self.running_mean,
+                                              self.running_var)
+        # set by BatchNorm2d's defaults (track_running_stats, momentum 0.1) and by torchrun
+        assert world is not None and m is not None and tracked is not None
+        assert running_mean is not None and running_var is not None
         count = torch.full_like(x[0, :, 0, 0], x.numel() / x.shape[1])
         stats = funcol.all_reduce(torch.stack([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]),
-                                 "sum", dist.group.WORLD)
+                                 "sum", world)
         n = stats[2]
         mean = stats[0] / n
         var = stats[1] / n - mean * mean
         with torch.no_grad():
-            self.num_batches_tracked += 1
-            m = self.momentum
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+            tracked += 1
+            running_mean.mul_(1 - m).add_(m * mean.detach())
+            running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
         shape = (1, -1, 1, 1)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         return y * self.weight.view(shape) + self.bias.view(shape)

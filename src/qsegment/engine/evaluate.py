@@ -12,13 +12,12 @@ from tqdm import tqdm
 from .. import viz
 from ..card import Card
 from ..datasets import FundusDataset, Sample, Split, open_dataset
-from ..datasets.chasedb1 import ChaseDB1
 from ..errors import UsageError
 from ..files import write_json
+from ..inference.maps import Scale, as_runtime, predict_proba, rescaled, scale_factor
 from ..metrics import best_threshold, evaluate
 from ..runtimes import open_file
 from ..runtimes.base import ModelFileError, Runtime
-from .infer import Scale, as_runtime, predict_proba, rescaled, scale_factor
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,12 +29,12 @@ def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
                     size: int | None = None, progress: bool = False, tta: str = "none",
                     scale: Scale = "none") -> list[np.ndarray]:
     """Probability maps at each sample's full resolution (inferred at ``size`` if given,
-    averaged over the ``tta`` views of :func:`~qsegment.engine.infer.symmetries`, at the
-    training scale with ``scale="auto"``: :func:`~qsegment.engine.infer.scale_factor`).
+    averaged over the ``tta`` views of :func:`~qsegment.inference.maps.symmetries`, at the
+    training scale with ``scale="auto"``: :func:`~qsegment.inference.maps.scale_factor`).
     ``model`` is a runtime or a PyTorch module."""
     runtime = as_runtime(model)
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
-    return [rescaled(s.image, scale_factor(s.image, scale, ChaseDB1.fov_diameter),
+    return [rescaled(s.image, scale_factor(s.image, scale),
                      lambda image: predict_proba(runtime, image, size, tta)) for s in items]
 
 
@@ -131,7 +130,7 @@ def int8_table(model_path: str | Path, size: int | None = None, data: Data = Non
     :func:`qsegment.runtimes.open_file`) beside its float source model, both at the
     deployment size (default: the size in the model's card), with the same train-chosen
     threshold; ``dice_drop`` is float minus int8 pooled Dice."""
-    from ..pretrained import load_model
+    from ..checkpoint import load_model
 
     runner = open_file(model_path)
     card = runner.card

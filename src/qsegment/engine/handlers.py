@@ -22,9 +22,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import checkpoint as ckpt
+from ..card import Card
 from ..datasets import Sample
 from ..errors import QsegmentError
-from ..files import write_json
 
 
 class TrainingError(QsegmentError, RuntimeError):
@@ -94,11 +94,14 @@ class FiniteLoss(Handler):
                 f"{self.out / 'last.safetensors'} (try a lower --lr)")
 
 
-def _ema_update(decay: float) -> Callable[[list, list, torch.Tensor], None]:
+Tensors = tuple[torch.Tensor, ...] | list[torch.Tensor]
+
+
+def _ema_update(decay: float) -> Callable[[Tensors, Tensors, torch.Tensor | int], None]:
     """An EMA step for :class:`AveragedModel` whose decay warms up as in TensorFlow's
     ExponentialMovingAverage: min(decay, (1 + n) / (10 + n)) after n updates. With a fixed
     decay of 0.998 the random initial weights would still weigh 37% after 500 steps."""
-    def update(averaged: list, current: list, n_averaged: torch.Tensor) -> None:
+    def update(averaged: Tensors, current: Tensors, n_averaged: torch.Tensor | int) -> None:
         n = int(n_averaged)
         get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, n_averaged)
 
@@ -184,7 +187,7 @@ class Checkpoints(Handler):
     validation Dice, each with its JSON card; written atomically."""
 
     def __init__(self, out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 card: Callable[[int, float, dict | None], dict],
+                 card: Callable[[int, float, dict | None], Card],
                  handlers: Sequence[Handler]) -> None:
         self.out, self.model, self.optimizer, self.card = out, model, optimizer, card
         self.handlers = handlers
@@ -201,7 +204,7 @@ class Checkpoints(Handler):
 
     def _save(self, path: Path, state: EpochState, resume: bool) -> None:
         card = self.card(state.epoch, state.wall_s, self.metrics)
-        meta: dict[str, Any] = {"card": card}
+        meta: dict[str, Any] = {"card": card.to_dict()}
         extra: dict[str, torch.Tensor] = {}
         if resume:
             extra, optim_meta = ckpt.optimizer_tensors(self.optimizer)
@@ -211,7 +214,7 @@ class Checkpoints(Handler):
             meta["resume"] = {"epoch": state.epoch, "best_dice": self.best_dice,
                               "wall_s": state.wall_s, "optimizer": optim_meta}
         ckpt.save_checkpoint(path, self.model, meta, extra)
-        write_json(path.with_suffix(".json"), card)
+        card.write(path.with_suffix(".json"))
 
     def restore_from(self, path: Path) -> tuple[int, float]:
         """Load ``path`` into the model, optimizer, RNG and handlers; (epoch, wall_s)."""

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,15 +33,23 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from .. import viz
+from ..card import Card, Threshold
 from ..data import SegmentationDataset, paper_augmentation, resize_sample
+from ..data.dataset import Tensors
 from ..datasets import FundusDataset, Sample, open_dataset
-from ..files import write_json
-from ..losses import get_loss
-from ..models import create_model
-from ..pretrained import checkpoint_reference, load_model, resolve_checkpoint
+from ..models import SegmentationModel, create_model
+from ..pretrained import checkpoint_reference, resolve_checkpoint
 from ..provenance import git_commit
 from . import distributed as dist
-from .config import RUNTIME_FIELDS, TrainConfig, load_config
+from .config import (
+    LOSSES,
+    OPTIMIZERS,
+    RUNTIME_FIELDS,
+    SCHEDULERS,
+    ConfigError,
+    TrainConfig,
+    load_config,
+)
 from .evaluate import predict_samples, score, train_threshold
 from .handlers import (
     Checkpoints,
@@ -95,32 +103,34 @@ class TrainStep:
         return loss.detach()
 
 
-def make_optimizer(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+def sgd(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
+
+
+def adamw(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def cosine_restarts(cfg: TrainConfig, t: float) -> float:
+    """SGDR (Loshchilov & Hutter), restarting every ``restart_epochs``, as PyTorch's
+    CosineAnnealingWarmRestarts with T_mult=1 and eta_min=0."""
+    period = cfg.restart_epochs
+    return 0.5 * (1 + math.cos(math.pi * (t % period) / period))
+
+
+def cosine(cfg: TrainConfig, t: float) -> float:
+    """Linear warm-up over ``warmup_epochs``, then one cosine decay to zero."""
+    warm, total = cfg.warmup_epochs, cfg.epochs
+    if t < warm:
+        return (t + 1e-3) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(total - warm, 1e-9))))
 
 
 def lr_factor(cfg: TrainConfig, t: float) -> float:
-    """Learning-rate multiplier at fractional epoch ``t`` (a pure function of ``t``, so a
-    resumed run needs no scheduler state).
-
-    ``cosine_restarts``: SGDR (Loshchilov & Hutter), restarting every ``restart_epochs``,
-    as PyTorch's CosineAnnealingWarmRestarts with T_mult=1 and eta_min=0.
-    ``cosine``: linear warm-up over ``warmup_epochs``, then one cosine decay to zero.
-    """
-    if cfg.scheduler == "cosine_restarts":
-        period = cfg.restart_epochs
-        return 0.5 * (1 + math.cos(math.pi * (t % period) / period))
-    if cfg.scheduler == "cosine":
-        warm, total = cfg.warmup_epochs, cfg.epochs
-        if t < warm:
-            return (t + 1e-3) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(total - warm, 1e-9))))
-    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose cosine_restarts or cosine")
+    """Learning-rate multiplier at fractional epoch ``t`` from the config's scheduler (a
+    pure function of ``t``, so a resumed run needs no scheduler state)."""
+    return SCHEDULERS.load(cfg.scheduler)(cfg, t)
 
 
 class _SeededDataset(SegmentationDataset):
@@ -131,7 +141,7 @@ class _SeededDataset(SegmentationDataset):
         super().__init__(*args, **kwargs)
         self.seed, self.epoch = seed, 0
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, index: int) -> Tensors:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
             return super().__getitem__(index)
@@ -149,8 +159,8 @@ def soften_labels(samples: list[Sample], teacher: str | Path, mix: float,
     one forward pass of the student may learn what the teacher gives only with eight.
     Several teachers, comma-separated, are averaged as one ensemble."""
     if not 0.0 <= mix <= 1.0:
-        raise ValueError(f"teacher_mix must lie in [0, 1], not {mix}")
-    teachers = [load_model(source)[0].to(device) for source in str(teacher).split(",")]
+        raise ConfigError(f"teacher_mix must lie in [0, 1], not {mix}")
+    teachers = [ckpt.load_model(source)[0].to(device) for source in str(teacher).split(",")]
     maps = [predict_samples(t, samples, progress=progress, tta="d8") for t in teachers]
     probs = [np.mean(per_sample, axis=0) for per_sample in zip(*maps, strict=True)]
     return [dataclasses.replace(s, label=((1 - mix) * s.label + mix * p).astype(np.float32))
@@ -169,7 +179,7 @@ def _resolve_config(cfg: TrainConfig, out: Path, resume: bool) -> TrainConfig:
     return dataclasses.replace(cfg, init=_portable(cfg.init), teacher=_portable(cfg.teacher))
 
 
-def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
+def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> SegmentationModel:
     model = create_model(cfg.model, **cfg.model_args)
     if cfg.init:
         path = resolve_checkpoint(cfg.init)
@@ -180,9 +190,9 @@ def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module
             print(f"init: {len(meta['loaded'])} of {len(model.state_dict())} tensors from "
                   f"{source} ({path.name}); the rest start random", file=sys.stderr)
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
-        model = dist.sync_batchnorm(model, device)
+        model = cast(SegmentationModel, dist.sync_batchnorm(model, device))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=memory_format)
+    return model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload,return-value]
 
 
 def _loader(cfg: TrainConfig, samples: list[Sample], multiple: int, device: torch.device,
@@ -198,17 +208,15 @@ def _loader(cfg: TrainConfig, samples: list[Sample], multiple: int, device: torc
     dataset = _SeededDataset(fitted, augment,
                              repeats=cfg.repeats, multiple=multiple, seed=cfg.seed,
                              device=device)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=cfg.seed)
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=world_size,
+                                                     rank=rank, shuffle=True, seed=cfg.seed)
     return DataLoader(dataset, batch_size=cfg.batch_size // world_size, sampler=sampler), dataset
 
 
 def _card_maker(cfg: TrainConfig, dataset: FundusDataset) -> Callable[[int, float, dict | None],
-                                                                     dict]:
-    def card(epochs_done: int, wall: float, metrics: dict | None) -> dict:
-        return {
-            "model": cfg.model,
-            "model_args": cfg.model_args,
+                                                                     Card]:
+    def card(epochs_done: int, wall: float, metrics: dict | None) -> Card:
+        return Card(cfg.model, cfg.model_args, extra={
             "data": dataset.describe(cfg.split),
             "config": dataclasses.asdict(cfg),
             "epochs_done": epochs_done,
@@ -216,14 +224,15 @@ def _card_maker(cfg: TrainConfig, dataset: FundusDataset) -> Callable[[int, floa
             "git_commit": git_commit(),
             "torch": torch.__version__,
             "val_metrics": metrics,
-        }
+        })
 
     return card
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
-          ) -> dict[str, Any]:
-    """Train ``cfg.model`` and write the run folder ``out``; returns the final card.
+          ) -> Card | None:
+    """Train ``cfg.model`` and write the run folder ``out``; returns the final card (None
+    on the data-parallel ranks other than the first).
 
     With ``resume`` the run continues from ``out/last.safetensors``; its recipe comes from
     ``out/config.yaml``, and only the :data:`RUNTIME_FIELDS` from ``cfg``.
@@ -234,7 +243,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     device = resolve_device(cfg.device)
     _, world_size = dist.world()
     if cfg.batch_size % world_size:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by {world_size} ranks")
+        raise ConfigError(f"batch size {cfg.batch_size} is not divisible by {world_size} ranks")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist.init(device)
@@ -245,10 +254,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     train_samples, val_samples = dataset.split(cfg.split)
     model = _model(cfg, device, world_size)
     loader, data = _loader(cfg, train_samples, model.size_multiple, device, progress)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = OPTIMIZERS.load(cfg.optimizer)(cfg, model.parameters())
     average = MovingAverage(model, cfg.ema) if cfg.ema else None
     scored = model if average is None else average.module  # what is validated and saved
-    lr_factor(cfg, 0.0)  # fails early on an unknown scheduler
     handlers: list[Handler] = [TimeBudget(cfg.max_minutes), FiniteLoss(out)]
     handlers += [average] if average else []
     checkpoints = Checkpoints(out, scored, optimizer, _card_maker(cfg, dataset), handlers[2:])
@@ -263,13 +271,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         handlers += [Validation(scored, val_samples, cfg.resize or None, cfg.val_every,
                                 tqdm.write), RunLog(out), checkpoints]
     net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-    step = TrainStep(net, get_loss(cfg.loss), optimizer, device, cfg.amp, cfg.compile)
+    step = TrainStep(net, LOSSES.load(cfg.loss), optimizer, device, cfg.amp, cfg.compile)
     try:
         _run(cfg, step, device, loader, data, handlers, (start_epoch, wall_before), progress)
     finally:
         for handler in handlers:
             handler.close()
-    card: dict[str, Any] = {}
+    card = None
     if dist.is_main():
         card = _finish(out, scored, cfg, train_samples, val_samples, progress)
     dist.barrier()
@@ -290,7 +298,7 @@ def _run(cfg: TrainConfig, step: TrainStep, device: torch.device, loader: DataLo
         progress and dist.is_main()), desc="train", unit="step", dynamic_ncols=True)
     with bar:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            loader.sampler.set_epoch(epoch - 1)
+            cast(DistributedSampler, loader.sampler).set_epoch(epoch - 1)
             data.epoch = epoch - 1
             losses = []
             for i, (x, y, _fov) in enumerate(loader):
@@ -318,20 +326,20 @@ def _run(cfg: TrainConfig, step: TrainStep, device: torch.device, loader: DataLo
 
 
 def _finish(out: Path, model: nn.Module, cfg: TrainConfig, train_samples: list,
-            val_samples: list, progress: bool) -> dict[str, Any]:
+            val_samples: list, progress: bool) -> Card:
     """Choose the threshold on the training images and score the last weights with it."""
     size = cfg.resize or None
     threshold = train_threshold(model, train_samples, size, progress=progress)
     probs = predict_samples(model, val_samples, size)
     tensors, meta = ckpt.read_checkpoint(out / "last.safetensors")
-    card = meta["card"]
-    card["threshold"] = {"value": threshold, "rule": "maximizes pooled Dice on the training "
-                         "images (last weights)", "inference_size": size}
-    card["val_metrics"] = score(probs, val_samples)
-    card["val_metrics_at_threshold"] = score(probs, val_samples, threshold)
-    meta["card"] = card
+    card = Card.from_dict(meta["card"]).replace(
+        threshold=Threshold(threshold, "maximizes pooled Dice on the training images (last "
+                            "weights)", size),
+        val_metrics=score(probs, val_samples),
+        val_metrics_at_threshold=score(probs, val_samples, threshold))
+    meta["card"] = card.to_dict()
     extra = {k: v for k, v in tensors.items() if not k.startswith("model.")}
     ckpt.save_checkpoint(out / "last.safetensors", model, meta, extra)
-    write_json(out / "last.json", card)
+    card.write(out / "last.json")
     viz.training_curve(out / "log.csv", out / "curve.png")
     return card

@@ -1,10 +1,10 @@
 """Export targets: one module each (heavy imports inside its functions) and one row here.
 
-A row (:class:`ExportTarget`) says what the target takes and makes, declares its own
-command-line options (``qsegment export --help`` is built from the rows), formats its
-result for the terminal, and names the runtime that scores what it made
-(``qsegment evaluate``). :func:`export` dispatches to it; a new target is one module
-and one :func:`register_target` call.
+A row of :data:`TARGETS` (:class:`ExportTarget`) says what the target takes and makes,
+declares its own command-line options (``qsegment export --help`` is built from the
+rows), formats its result for the terminal, and names the runtime that scores what it
+made (``qsegment evaluate``). :func:`export` dispatches to it; a new target is one module
+and one row.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..registry import lookup, register, resolve
+from ..cli_types import checked, existing_dir, positive_int
+from ..registry import Entry, Registry, resolve
+from .common import ExportNote, file_stem, shapes
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,10 @@ class Option:
 
 
 @dataclass(frozen=True)
-class ExportTarget:
-    name: str
-    summary: str
-    function: str  # "module:function(source, out, **options) -> dict"
+class ExportTarget(Entry):
+    """An export target's row: its target is ``function(source, out, **options)``, which
+    returns an :class:`~qsegment.export.common.ExportNote`."""
+
     source: str  # what the positional argument is for this target
     options: tuple[Option, ...] = ()
     report: str | None = None  # "module:function(note) -> list[str]" for the terminal
@@ -45,53 +47,71 @@ class ExportTarget:
     examples: tuple[str, ...] = field(default=())
 
 
-TARGETS: dict[str, ExportTarget] = {}
+def _check_board(board: str) -> None:
+    resolve("qsegment.export.tflite_micro:check_board")(board)  # its module holds the boards
 
 
-def register_target(target: ExportTarget) -> ExportTarget:
-    return register(TARGETS, target.name, target, "export target")
+_SIZE = Option("--size", "square input size (default: the largest that fits the device)",
+               positive_int)
+
+TARGETS: Registry[ExportTarget] = Registry("export target", [
+    ExportTarget(
+        "imx500",
+        target="qsegment.export.imx500.convert:export_imx500",
+        description="Sony IMX500 / Raspberry Pi AI Camera: packerOut.zip from an "
+        "MCT-quantized ONNX",
+        source="MCT-quantized .onnx from `qsegment quantize`",
+        options=(_SIZE,),
+        report="qsegment.export.imx500.convert:report_lines",
+        scored_by="mct-int8",
+        examples=("qsegment export q/ptq.onnx --target imx500 -o deploy/",
+                  "qsegment export q/ptq.onnx --target imx500 --size 256 -o deploy256/")),
+    ExportTarget(
+        "tflite-micro",
+        target="qsegment.export.tflite_micro:export_tflite_micro",
+        description="microcontrollers (Sony Spresense, Cortex-M4F): int8 .tflite and C "
+        "sources from a checkpoint",
+        source="pretrained name, run folder or .safetensors",
+        options=(_SIZE,
+                 Option("--board", "memory budget the default size must fit (spresense; --fit "
+                        "prints every budget)", checked(_check_board, "board")),
+                 Option("--fit", "also find the largest input for every budget and print the "
+                        "table", action="store_true"),
+                 Option("--calibration", "training images to calibrate on (16)", positive_int),
+                 Option("--data", "dataset folder for calibration (default: CHASE_DB1's)",
+                        existing_dir)),
+        report="qsegment.export.tflite_micro:report_lines",
+        scored_by="tflite-micro",
+        examples=("qsegment export qsegment-nearest-312 --target tflite-micro -o mcu/",
+                  "qsegment export qsegment-nearest-312 --target tflite-micro --fit -o mcu/",
+                  "qsegment export runs/fast --target tflite-micro --size 96 -o mcu96/")),
+    ExportTarget(
+        "cpu-int8",
+        target="qsegment.export.cpu:export_cpu_int8",
+        description="CPUs without PyTorch: the weights with their int8 TFLite and ONNX "
+        "files, calibrated ranges and manifest (as shipped)",
+        source="pretrained name, run folder or .safetensors",
+        options=(Option("--shape", "TFLite input shapes HxW[,HxW...], the last the default "
+                        "tile (512x512,960x1000,400x1008)", shapes),
+                 Option("--name", "what the files are called (the card's name, else the run "
+                        "folder's or file's)", file_stem)),
+        report="qsegment.export.cpu:report_lines",
+        scored_by="tflite-int8",
+        examples=("qsegment export runs/fast --target cpu-int8 --name my-model -o models/",
+                  "qsegment export qsegment-nearest --target cpu-int8 --shape 256x256 "
+                  "-o small/")),
+])
 
 
-_SIZE = Option("--size", "square input size (default: the largest that fits the device)", int)
-
-register_target(ExportTarget(
-    "imx500", "Sony IMX500 / Raspberry Pi AI Camera: packerOut.zip from an MCT-quantized ONNX",
-    "qsegment.export.imx500.convert:export_imx500",
-    "MCT-quantized .onnx from `qsegment quantize`",
-    options=(_SIZE,),
-    report="qsegment.export.imx500.convert:report_lines",
-    scored_by="mct-int8",
-    examples=("qsegment export q/ptq.onnx --target imx500 -o deploy/",
-              "qsegment export q/ptq.onnx --target imx500 --size 256 -o deploy256/")))
-
-register_target(ExportTarget(
-    "tflite-micro", "microcontrollers (Sony Spresense, Cortex-M4F): int8 .tflite and C sources "
-    "from a checkpoint",
-    "qsegment.export.tflite_micro:export_tflite_micro",
-    "pretrained name, run folder or .safetensors",
-    options=(_SIZE,
-             Option("--board", "memory budget the default size must fit (spresense; --fit "
-                    "prints every budget)"),
-             Option("--fit", "also find the largest input for every budget and print the "
-                    "table", action="store_true"),
-             Option("--calibration", "training images to calibrate on (16)", int),
-             Option("--data", "dataset folder for calibration (default: CHASE_DB1's)")),
-    report="qsegment.export.tflite_micro:report_lines",
-    scored_by="tflite-micro",
-    examples=("qsegment export qsegment-nearest-312 --target tflite-micro -o mcu/",
-              "qsegment export qsegment-nearest-312 --target tflite-micro --fit -o mcu/",
-              "qsegment export runs/fast --target tflite-micro --size 96 -o mcu96/")))
+def export(target: str, source: str | Path, out: str | Path, **options: object) -> ExportNote:
+    """Export ``source`` for ``target`` into ``out``; returns the target's note."""
+    return TARGETS.load(target)(source, out, **options)
 
 
-def export(target: str, source: str | Path, out: str | Path, **options: object) -> dict:
-    """Export ``source`` for ``target`` into ``out``; returns the target's note (a dict)."""
-    return resolve(lookup(TARGETS, target, "export target").function)(source, out, **options)
-
-
-def report(target: str, note: dict) -> list[str]:
+def report(target: str, note: ExportNote) -> list[str]:
     """The lines a terminal shows after ``target``'s export."""
-    row = lookup(TARGETS, target, "export target")
+    row = TARGETS.get(target)
     return resolve(row.report)(note) if row.report else [f"{target}: done"]
 
 
-__all__ = ["TARGETS", "ExportTarget", "Option", "export", "register_target", "report"]
+__all__ = ["TARGETS", "ExportNote", "ExportTarget", "Option", "export", "report"]

@@ -1,13 +1,48 @@
-"""What the export targets share: the size search and the atomic output folder."""
+"""What the export targets share: the note each returns (:class:`ExportNote`), the size
+search (their output folder is written with :func:`qsegment.files.atomic_folder`), and
+the type functions of their options (light: ``qsegment export --help`` reads them)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+import argparse
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from ..card import Card, Threshold
+from ..files import write_json
+
+EXPORT_NOTE_VERSION = 1  # the "schema_version" of a note's JSON; raised when its shape changes
+
+
+@dataclass(frozen=True)
+class ExportNote:
+    """What an export target made: the files it wrote into the folder ``out`` and its own
+    facts (``details``: size, memory, agreement... as the target's ``report`` reads them).
+
+    Its JSON (:meth:`to_dict`) carries ``schema_version``, ``target`` and ``files`` (names
+    relative to the folder the JSON lies in, so that the folder can move) before the
+    details.
+    """
+
+    target: str
+    out: Path
+    files: tuple[str, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": EXPORT_NOTE_VERSION, "target": self.target,
+                "files": list(self.files), **self.details}
+
+    def write(self, path: str | Path) -> None:
+        write_json(path, self.to_dict())
+
+
+def float_threshold(float_card: Card) -> Threshold:
+    """An int8 model's decision threshold: its float model's, chosen on training images."""
+    return Threshold(float_card.threshold_value, "the float model's, chosen on training images")
 
 
 def check_size(size: int | None, multiple: int, error: type[Exception]) -> None:
@@ -43,23 +78,19 @@ def search_largest(fits: Callable[[int], bool], start: int, step: int) -> int | 
     return lo
 
 
-@contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """Yield a fresh folder beside ``out`` to build an export in; on success it replaces
-    ``out`` (an older export there is removed), on failure it is deleted: ``out`` is
-    never left half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
-    try:
-        yield staging
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / out.name)
-        os.replace(staging, out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """``HxW[,HxW...]``: input shapes in pixels, e.g. ``512x512,400x1008``."""
+    found = [re.fullmatch(r"\s*(\d+)x(\d+)\s*", part) for part in text.split(",")]
+    if not all(found) or any(int(n) < 1 for m in found for n in m.groups()):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH[,HEIGHTxWIDTH...] in pixels, "
+                                         f"got {text!r}")
+    return tuple((int(m.group(1)), int(m.group(2))) for m in found)
+
+
+def file_stem(text: str) -> str:
+    """A name that files are called after (``NAME.safetensors``): no folder, no leading
+    dot."""
+    if not re.fullmatch(r"[\w][\w.+-]*", text):
+        raise argparse.ArgumentTypeError(f"expected a file name without a folder (letters, "
+                                         f"digits, . _ + -), got {text!r}")
+    return text

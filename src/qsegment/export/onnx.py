@@ -38,7 +38,7 @@ def export_onnx(model: nn.Module, path: str | Path, example_size: tuple[int, int
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():  # tracer warnings about the shape checks
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, example, str(tmp), dynamo=False, opset_version=OPSET,
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
                               input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": dynamic, "logits": dynamic})
 

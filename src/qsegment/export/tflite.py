@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..console import captured_stderr
-from ..errors import QsegmentError
+from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..datasets import FundusDataset
+    from ..models import SegmentationModel
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ def _quantizers() -> tuple[object, object]:
     return base, ComposableQuantizer([base, ShareUpsampleQuantization()])
 
 
-def _prepared(model: nn.Module, shape: Sequence[int]) -> tuple[object, object]:
+def _prepared(model: nn.Module, shape: Sequence[int]
+              ) -> tuple[object, torch.fx.GraphModule]:
     """(quantizer, ``model`` captured at ``shape`` with PT2E observers inserted)."""
     import torch
     from torchao.quantization.pt2e import quantize_pt2e
@@ -127,7 +129,11 @@ def convert_int8(model: nn.Module, calibration: torch.Tensor | None = None, *,
     toolchain's log lines are kept out of the way and shown only on failure.
     """
     if (calibration is None) == (observers is None):
-        raise ValueError("give either calibration images or recorded observers")
+        raise UsageError("give either calibration images or recorded observers")
+    if calibration is not None:
+        shape = (1, *calibration.shape[1:])
+    elif shape is None:
+        raise UsageError("give the input shape to build the recorded observers' model at")
     with captured_stderr() as lines, contextlib.redirect_stdout(io.StringIO()):
         try:
             return _convert_int8(model, calibration, observers, shape)
@@ -140,21 +146,18 @@ def convert_int8(model: nn.Module, calibration: torch.Tensor | None = None, *,
 
 
 def _convert_int8(model: nn.Module, calibration: torch.Tensor | None,
-                  observers: dict[str, torch.Tensor] | None,
-                  shape: Sequence[int] | None) -> bytes:
+                  observers: dict[str, torch.Tensor] | None, shape: Sequence[int]) -> bytes:
     import litert_torch
     import torch
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
-    if calibration is not None:
-        shape = (1, *calibration.shape[1:])
     base, prepared = _prepared(model, shape)
     if calibration is not None:
         with torch.no_grad():
             for image in calibration:
                 prepared(image[None])
-    else:
+    elif observers is not None:
         expected = {k for k in prepared.state_dict() if "activation_post_process" in k}
         if expected != set(observers):
             raise ConversionError(f"the recorded observers do not belong to this model "
@@ -198,7 +201,7 @@ def weights_digest(*tensor_dicts: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-def observers_for(model: nn.Module, sidecar: Path | None = None,
+def observers_for(model: SegmentationModel, sidecar: Path | None = None,
                   data: str | Path | FundusDataset | None = None, count: int = 8
                   ) -> dict[str, torch.Tensor]:
     """The calibrated observers of ``model``: the ``sidecar`` file shipped beside its

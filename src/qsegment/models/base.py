@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..images import round_up
 
 
@@ -22,11 +23,11 @@ class SegmentationModel(nn.Module):
         if isinstance(x, torch.fx.Proxy):  # torch.fx tracing (MCT's model reader): no shapes
             return
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
+            raise UsageError(f"expected a (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         m = self.size_multiple
         if h % m or w % m:
-            raise ValueError(
+            raise UsageError(
                 f"{type(self).__name__} needs H and W divisible by {m}, got {h}x{w}; "
                 f"pad to {round_up(h, m)}x{round_up(w, m)} (qsegment.models.pad_to_multiple)"
             )

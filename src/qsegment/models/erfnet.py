@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import register_model
 from .base import SegmentationModel
 
 _BN_EPS = 1e-3
@@ -104,7 +103,6 @@ class ERFNet(SegmentationModel):
         return self.decoder(self.encoder(x))
 
 
-@register_model("erfnet", "ERFNet (Romera et al. 2017): factorized residual blocks, ~2.06M params")
 def erfnet() -> ERFNet:
     """Build ERFNet with one output (vessel) channel."""
     return ERFNet(out_channels=1)

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from ._registry import register_model
 from .base import SegmentationModel
 from .blocks import conv_bn
 
@@ -87,7 +86,6 @@ class M2UNet(SegmentationModel):
         return out
 
 
-@register_model("m2unet", "M2U-Net (Laibacher et al. 2019): MobileNetV2 encoder, ~0.55M params")
 def m2unet(expand_ratio: float = 0.15) -> M2UNet:
     """Build M2U-Net; ``expand_ratio`` sizes the decoder's contractive blocks."""
     return M2UNet(expand_ratio=expand_ratio)

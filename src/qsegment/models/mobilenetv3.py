@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v3_small
 
-from ._registry import register_model
 from .base import SegmentationModel
 
 _LOW_LEVEL_END = 4  # features[:4] ends at stride 8 with 24 channels
@@ -89,8 +88,6 @@ class MobileNetV3SmallLRASPP(SegmentationModel):
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-@register_model("mobilenetv3_small",
-                "MobileNetV3-Small + LR-ASPP head (Howard et al. 2019), ~2.5M params")
 def mobilenetv3_small(head_channels: int = 480) -> MobileNetV3SmallLRASPP:
     """Build MobileNetV3-Small + LR-ASPP; ``head_channels`` sizes the head (paper: 128)."""
     return MobileNetV3SmallLRASPP(head_channels=head_channels)

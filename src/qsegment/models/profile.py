@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import UsageError
 from ..images import round_up
 
 
@@ -65,7 +66,7 @@ def receptive_radius(model: nn.Module, size: int = 384) -> int:
     for k in range(multiple):
         ys, xs = torch.nonzero(changed[k], as_tuple=True)
         if ys.min() == 0 or xs.min() == 0 or ys.max() == size - 1 or xs.max() == size - 1:
-            raise ValueError(f"the receptive field reaches past a {size}x{size} probe: "
+            raise UsageError(f"the receptive field reaches past a {size}x{size} probe: "
                              "measure with a larger size")
         at = centre + k
         radius = max(radius, int((ys - at).abs().max()), int((xs - at).abs().max()))

@@ -13,13 +13,13 @@ take inputs of 640x640 (see :class:`QSegmentIMX`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._registry import register_model
+from ..errors import UsageError
 from .base import SegmentationModel
 from .blocks import conv_bn
 
@@ -36,7 +36,7 @@ class ConvBlock(nn.Module):
         self.conv3x3 = conv_bn(cin, cout, 3, relu=True)
         self.pointwise = conv_bn(cout, cout, 1)
         self.depthwise = conv_bn(cout, cout, 3, groups=cout, relu=True)
-        self.skip = conv_bn(cin, cout, 1) if skip else None
+        self.skip: nn.Module | None = conv_bn(cin, cout, 1) if skip else None
 
     def forward(
         self, x: torch.Tensor, shortcut: torch.Tensor | None = None
@@ -85,7 +85,7 @@ class QSegment(SegmentationModel):
                  upsample: Upsample = "nearest") -> None:
         super().__init__()
         if upsample not in ("nearest", "unpool"):
-            raise ValueError(f"upsample must be 'nearest' or 'unpool', got {upsample!r}")
+            raise UsageError(f"upsample must be 'nearest' or 'unpool', got {upsample!r}")
         w1, w2, w3 = widths
         self.upsample = upsample
         self.encoder = nn.ModuleList(
@@ -111,7 +111,6 @@ class QSegment(SegmentationModel):
         return self.head(x)
 
 
-@register_model("qsegment", "Q-Segment (paper): 16/32/64 encoder-decoder, ~0.11M params")
 def qsegment(upsample: Upsample = "nearest", widths: tuple[int, int, int] = (16, 32, 64)
              ) -> QSegment:
     return QSegment(widths=widths, upsample=upsample)
@@ -137,9 +136,9 @@ class QSegmentIMX(QSegment):
     def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
         super().__init__(widths=widths, upsample="nearest")
         w1 = widths[0]
-        stem = self.encoder[0].conv3x3
-        stem[0] = nn.Conv2d(3, w1, self.factor, stride=self.factor)
-        self.decoder[2].skip = None
+        first, last = cast(ConvBlock, self.encoder[0]), cast(ConvBlock, self.decoder[2])
+        first.conv3x3[0] = nn.Conv2d(3, w1, self.factor, stride=self.factor)
+        last.skip = None
         self.head = nn.Conv2d(w1, self.factor**2, 3, padding=1)
         self.size_multiple = 8 * self.factor
 
@@ -156,7 +155,5 @@ def depth_to_space(phases: torch.Tensor, factor: int) -> torch.Tensor:
     return F.pixel_shuffle(phases, factor)
 
 
-@register_model("qsegment-imx", "Q-Segment at half resolution for the IMX500 (fits 640x640), "
-                "~0.11M params")
 def qsegment_imx(widths: tuple[int, int, int] = (16, 32, 64)) -> QSegmentIMX:
     return QSegmentIMX(widths=widths)

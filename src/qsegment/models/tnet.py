@@ -18,7 +18,6 @@ reproduction of its exact layers (its group-convolution details are not public).
 
 from __future__ import annotations
 
-from ._registry import register_model
 from .qsegment import QSegment, Upsample
 
 TNET_WIDTHS: tuple[int, int, int] = (8, 16, 30)
@@ -32,7 +31,6 @@ class TNet(QSegment):
         super().__init__(widths=widths, upsample=upsample)
 
 
-@register_model("tnet", "T-Net-like tiny net (Khan et al. 2022): widths 8/16/30, ~0.027M params")
 def tnet(upsample: Upsample = "nearest", widths: tuple[int, int, int] = TNET_WIDTHS) -> TNet:
     """Build the T-Net baseline; ``upsample`` as for Q-Segment ("nearest" or "unpool")."""
     return TNet(widths=widths, upsample=upsample)

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..card import Card
-from ..errors import QsegmentError
+from ..errors import QsegmentError, UsageError
 
 
 class ModelFileError(QsegmentError, ValueError):
@@ -50,14 +50,14 @@ class Runtime:
         """Refuse a batch that a fixed-size model cannot take, saying what size would do."""
         s = self.fixed_size
         if s is not None and (x.ndim != 4 or x.shape[1:] != (3, s, s)):
-            raise ValueError(f"{where} takes (N, 3, {s}, {s}) inputs, got {tuple(x.shape)}: "
+            raise UsageError(f"{where} takes (N, 3, {s}, {s}) inputs, got {tuple(x.shape)}: "
                              f"infer at size {s}")
 
 
 def read_manifest(weights: Path) -> dict:
     """``NAME.int8.json`` beside ``NAME.safetensors``: the int8 runtimes' files shipped
     with the weights, the network's size multiple and its default tiling (written by
-    :func:`qsegment.export.publish.publish_int8_files`); {} where there is none."""
+    :func:`qsegment.export.cpu.export_cpu_int8`); {} where there is none."""
     path = weights.with_suffix(".int8.json")
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -76,7 +76,7 @@ def depth_to_space(phases: np.ndarray, factor: int) -> np.ndarray:
     network that the sensor runs at reduced resolution (``qsegment-imx``)."""
     n, c, h, w = phases.shape
     if c != factor * factor:
-        raise ValueError(f"expected {factor * factor} phase channels, got {c}")
+        raise UsageError(f"expected {factor * factor} phase channels, got {c}")
     grid = phases.reshape(n, factor, factor, h, w).transpose(0, 3, 1, 4, 2)
     return grid.reshape(n, 1, h * factor, w * factor)
 

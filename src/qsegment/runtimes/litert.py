@@ -3,31 +3,24 @@
 :class:`Int8Session` is one flatbuffer in one interpreter, with lookup tables that
 quantize 8-bit pixels and turn int8 logits into probabilities, so the path from a
 uint8 image to the mask never leaves numpy. :class:`LiteRtInt8` holds a model's
-sessions, one per padded image shape (TFLite graphs have a fixed shape): shipped
-beside the weights, cached on disk, or built from the calibrated ranges
-(:mod:`qsegment.export.tflite`). The interpreters kept alive are bounded.
+sessions, one per padded image shape (TFLite graphs have a fixed shape), each opened
+from a flatbuffer file: shipped beside the weights, or made by the caller for another
+shape (:func:`qsegment.export.cpu.litert_int8` builds and caches them). The
+interpreters kept alive are bounded.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..console import captured_stderr
-from ..files import atomic_write
 from ..images import round_up
 from .base import ModelFileError, Runtime, read_manifest
-
-if TYPE_CHECKING:
-    from torch import nn
-
-log = logging.getLogger(__name__)
 
 
 def quantization(detail: dict) -> tuple[float, int]:
@@ -98,22 +91,22 @@ class LiteRtInt8(Runtime):
     is the fast path from an 8-bit RGB image (a lookup table quantizes the input, another
     gives the probability of each int8 output). A TFLite graph has one input shape: an
     image is padded (black, bottom/right) up to the smallest shape in ``flatbuffers``
-    (the shapes shipped beside the weights) that holds it, so nothing is built at run
-    time. Only without such a shape, and where ``build`` is given (it needs PyTorch), is
-    a flatbuffer built for the exact padded shape (about 10 s, once) and cached under
-    ``key``. At most ``max_sessions`` interpreters stay alive (least recently used
-    dropped first).
+    (the files shipped beside the weights) that holds it, so nothing is built at run
+    time. Only without such a shape, and where the caller gives ``build`` (the file for
+    an exact padded height x width: export's job, which needs PyTorch), does an image
+    run at its own padded shape. At most ``max_sessions`` interpreters stay alive (least
+    recently used dropped first).
     """
 
     name = "tflite-int8"
     accepts_uint8 = True
 
     def __init__(self, flatbuffers: dict[tuple[int, int], Path], size_multiple: int,
-                 build: Callable[[int, int], bytes] | None = None, key: str | None = None,
+                 build: Callable[[int, int], Path] | None = None,
                  threads: int | None = None, max_sessions: int = 2) -> None:
         self.flatbuffers = dict(sorted(flatbuffers.items(), key=lambda kv: kv[0][0] * kv[0][1]))
         self.size_multiple = size_multiple
-        self.build, self.key = build, key
+        self.build = build
         self.threads = threads or os.cpu_count() or 1
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[tuple[int, int], Int8Session] = OrderedDict()
@@ -129,24 +122,6 @@ class LiteRtInt8(Runtime):
         return cls(shapes, info["size_multiple"], threads=threads) if shapes else None
 
     @classmethod
-    def from_model(cls, model: nn.Module, weights: Path | None = None) -> LiteRtInt8:
-        """The shipped flatbuffers of ``weights`` where they exist, and ``model`` to build
-        any other shape from the calibrated ranges shipped beside them (else calibrated
-        now on the dataset's training images, and cached)."""
-        from ..export.tflite import convert_int8, observers_for, weights_digest
-
-        shipped = cls.from_weights(weights) if weights is not None else None
-        sidecar = None if weights is None else weights.with_suffix(".int8-observers.safetensors")
-        observers = observers_for(model, sidecar)
-        model = model.eval()
-
-        def build(height: int, width: int) -> bytes:
-            return convert_int8(model, observers=observers, shape=(1, 3, height, width))
-
-        return cls(shipped.flatbuffers if shipped else {}, model.size_multiple, build,
-                   key=weights_digest(model.state_dict(), observers))
-
-    @classmethod
     def from_file(cls, path: str | Path) -> LiteRtInt8:
         """One flatbuffer, at the one shape it was built for."""
         session = Int8Session(Path(path).read_bytes(), os.cpu_count() or 1)
@@ -155,12 +130,6 @@ class LiteRtInt8(Runtime):
         runtime._sessions[(height, width)] = session
         runtime.fixed_size = height if height == width else None
         return runtime
-
-    def flatbuffer_path(self, height: int, width: int) -> Path:
-        """Where the flatbuffer built for a padded height x width input is cached."""
-        from ..export.tflite import cache_dir
-
-        return cache_dir() / f"{self.key}-{height}x{width}.tflite"
 
     def shape_for(self, height: int, width: int) -> tuple[int, int]:
         """The input shape an image of height x width runs at: the smallest shipped shape
@@ -188,19 +157,12 @@ class LiteRtInt8(Runtime):
         if (height, width) in self.flatbuffers:
             return self.flatbuffers[(height, width)].read_bytes()
         if self.build is None:
-            largest = ", ".join(f"{h}x{w}" for h, w in self.flatbuffers) or "none"
+            shipped = ", ".join(f"{h}x{w}" for h, w in self.flatbuffers) or "none"
             raise ModelFileError(
-                f"no int8 TFLite model holds a {height}x{width} input (shipped: {largest}) and "
-                "none can be built without PyTorch: tile the image (Segmenter(tile=...)), or "
-                "install qsegment[train] to build one")
-        path = self.flatbuffer_path(height, width)
-        if path.is_file():
-            return path.read_bytes()
-        log.warning("building the int8 TFLite model for %dx%d inputs (once, about 10 s; "
-                    "cached in %s)", height, width, path.parent)
-        flatbuffer = self.build(height, width)
-        atomic_write(path, lambda tmp: tmp.write_bytes(flatbuffer))
-        return flatbuffer
+                f"no int8 TFLite model holds a {height}x{width} input (shipped: {shipped}): "
+                "tile the image (Segmenter(tile=...)), or export one for that shape: "
+                f"qsegment export MODEL --target cpu-int8 --shape {height}x{width} -o DIR")
+        return self.build(height, width).read_bytes()
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         height, width = x.shape[2:]

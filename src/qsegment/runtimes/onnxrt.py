@@ -1,15 +1,13 @@
 """ONNX Runtime on the CPU: float32, static int8, and Sony MCT's int8 ONNX.
 
-One session wrapper serves all three; PyTorch is imported only to export a
-checkpoint that has no ONNX file yet.
+One session wrapper serves all three; each opens an ONNX file (a checkpoint becomes
+one in :mod:`qsegment.export.cpu`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,9 +15,6 @@ from ..card import Card
 from .base import ModelFileError, Runtime, depth_to_space, read_manifest
 
 MCT_DOMAIN = "mct_quantizers"
-
-if TYPE_CHECKING:
-    from torch import nn
 
 
 class OnnxRuntime(Runtime):
@@ -46,23 +41,14 @@ class OnnxRuntime(Runtime):
     def from_file(cls, path: str | Path) -> OnnxRuntime:
         return cls(path)
 
-    @classmethod
-    def from_model(cls, model: nn.Module, weights: Path | None = None) -> OnnxRuntime:
-        """The model exported to float ONNX in a temporary folder (the session keeps it)."""
-        from ..export.onnx import export_onnx
-
-        with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-            return cls(export_onnx(model, Path(tmp) / "model.onnx"),
-                       size_multiple=model.size_multiple)
-
     def logits(self, x: np.ndarray) -> np.ndarray:
         self.check_input(x, self.path.name)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
 
 class OnnxInt8Runtime(OnnxRuntime):
-    """Static int8 ONNX: the ``NAME.int8.onnx`` shipped beside the weights, else one
-    quantized now on the dataset's training images (full resolution)."""
+    """Static int8 ONNX: the ``NAME.int8.onnx`` shipped beside the weights, or one that
+    :func:`qsegment.export.cpu.onnx_int8` quantized."""
 
     name = "onnx-int8"
 
@@ -75,19 +61,6 @@ class OnnxInt8Runtime(OnnxRuntime):
             return None
         return cls(weights.with_name(info["onnx"]), threads,
                    size_multiple=info["size_multiple"])
-
-    @classmethod
-    def from_model(cls, model: nn.Module, weights: Path | None = None) -> OnnxInt8Runtime:
-        from ..export.onnx import export_onnx, quantize_onnx_int8
-
-        shipped = weights.with_suffix(".int8.onnx") if weights is not None else None
-        if shipped is not None and shipped.is_file():
-            return cls(shipped, size_multiple=model.size_multiple)
-        with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-            fp32 = export_onnx(model, Path(tmp) / "model.onnx")
-            int8 = quantize_onnx_int8(fp32, Path(tmp) / "model.int8.onnx",
-                                      multiple=model.size_multiple)
-            return cls(int8, size_multiple=model.size_multiple)
 
 
 class MctOnnxRuntime(OnnxRuntime):

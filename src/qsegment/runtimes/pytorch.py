@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
@@ -12,7 +10,8 @@ from .base import Runtime
 
 
 class TorchRuntime(Runtime):
-    """A module on its own device; numpy in, numpy out."""
+    """A module (built elsewhere: it opens no file) on its own device; numpy in, numpy
+    out."""
 
     name = "torch"
 
@@ -20,10 +19,6 @@ class TorchRuntime(Runtime):
         self.model = model.eval()
         self.size_multiple = model.size_multiple
         self.device = next(model.parameters()).device
-
-    @classmethod
-    def from_model(cls, model: nn.Module, weights: Path | None = None) -> TorchRuntime:
-        return cls(model)
 
     @torch.inference_mode()
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..card import Card
 from ..console import captured_stderr
-from ..errors import QsegmentError
+from ..errors import QsegmentError, UsageError
 from .base import Runtime
 from .litert import Int8Session, dequantize_output, quantization, quantize_input
 
@@ -101,7 +101,7 @@ class MicroModel(Runtime):
 
     def __init__(self, source: str | Path | bytes, runtime: str = "tflm") -> None:
         if runtime not in self.RUNTIMES:
-            raise ValueError(f"runtime must be one of {self.RUNTIMES}, got {runtime!r}")
+            raise UsageError(f"runtime must be one of {self.RUNTIMES}, got {runtime!r}")
         self.path = None if isinstance(source, bytes) else Path(source)
         self.flatbuffer = source if isinstance(source, bytes) else self.path.read_bytes()
         self.runtime = runtime
@@ -129,7 +129,7 @@ class MicroModel(Runtime):
         reports after an inference (head, the planned activations, plus tail, the
         persistent data)."""
         if self.runtime != "tflm":
-            raise ValueError("only the TFLite-Micro interpreter measures its arena")
+            raise UsageError("only the TFLite-Micro interpreter measures its arena")
         if not self._invoked:
             self._run(np.full(self.input_shape, self.input_quantization[1], np.int8))
         with captured_stderr() as log:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from ...card import Card
 from ...errors import QsegmentError
-from ...files import write_json
+from ...files import atomic_folder, write_json
 from ...provenance import package_versions
 from ...runtimes.onnxrt import require_mct_onnx
-from ..common import check_size, search_largest, staged_folder
+from ..common import ExportNote, check_size, search_largest
 
 NETWORK = "qsegment"  # the converter names its outputs after the ONNX file
 # The camera app never reads the input tensor back, so the sensor need not keep it: the
@@ -188,8 +188,8 @@ def largest_fitting_size(onnx_path: str | Path, multiple: int | None = None, cac
     if cache and cache_path.is_file():
         cached = json.loads(cache_path.read_text())
         if cached.get("onnx_sha256") == digest:
-            reports = {int(k): MemoryReport(**v) for k, v in cached["reports"].items()}
-            return cached["largest_size"], reports
+            return cached["largest_size"], {int(k): MemoryReport(**v)
+                                            for k, v in cached["reports"].items()}
     reports: dict[int, MemoryReport] = {}
 
     def fits(size: int) -> bool:
@@ -216,9 +216,11 @@ def _tensor_info(dnn_params: Path) -> dict:
     info = {}
     for kind in ("inputTensor", "outputTensor"):
         node = root.find(f".//{kind}")
-        dims = [int(d.get("size")) for d in node.iter("dimension")]
-        info[kind] = {"scale": float(node.get("scale")), "format": node.get("format"),
-                      "bits": int(node.get("bitsPerElement")), "dims": dims}
+        if node is None:
+            raise Imx500Error(f"{dnn_params}: the converter wrote no {kind}")
+        dims = [int(d.attrib["size"]) for d in node.iter("dimension")]
+        info[kind] = {"scale": float(node.attrib["scale"]), "format": node.get("format"),
+                      "bits": int(node.attrib["bitsPerElement"]), "dims": dims}
     return info
 
 
@@ -253,13 +255,15 @@ def normalisation_note(size: int, tensors: dict, threshold: float, phases: int =
     }
 
 
-def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = None) -> dict:
+def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = None
+                  ) -> ExportNote:
     """Convert an MCT-quantized ONNX for the IMX500 into the folder ``out``.
 
     ``out`` receives ``packerOut.zip``, ``qsegment_MemoryReport.json``, ``dnnParams.xml``,
-    the ONNX at the converted size and ``deploy.json`` (size, memory, normalisation the
-    camera must apply, threshold, conversion time). ``size`` defaults to the largest
-    square that fits. A size that does not fit raises :class:`ModelTooLargeError`.
+    the ONNX at the converted size and ``deploy.json``, the returned note (size, memory,
+    normalisation the camera must apply, threshold, conversion time). ``size`` defaults to
+    the largest square that fits. A size that does not fit raises
+    :class:`ModelTooLargeError`.
     Everything is built in a temporary folder beside ``out`` and moved there at the end.
     """
     onnx_path = require_mct_onnx(onnx_path)
@@ -279,7 +283,7 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
     if not report.fits:
         largest, _ = largest_fitting_size(onnx_path, multiple)
         raise ModelTooLargeError(size, report.required, report.available, largest)
-    with staged_folder(Path(out)) as staging:
+    with atomic_folder(Path(out)) as staging:
         model = resize_onnx(onnx_path, staging / f"{NETWORK}.onnx", size)
         start = time.perf_counter()
         _run(["-i", str(model), "-o", str(staging), "--overwrite-output",
@@ -289,7 +293,7 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
             raise Imx500Error("imxconv-pt finished without writing packerOut.zip")
         threshold = card.threshold_value
         phases = int(card.get("output_phases", 1))
-        note = {
+        details = {
             "network": NETWORK, "size": size, "source_onnx": str(onnx_path),
             "calibrated_size": calibrated, "method": card.get("method"),
             "memory": asdict(_parse_report(staging / f"{NETWORK}_MemoryReport.json", size)),
@@ -303,20 +307,24 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
                     "qsegment camera out/network.rpk --info deploy.json",
         }
         if calibrated != size:
-            note["warning"] = (f"quantized (calibrated) at {calibrated}x{calibrated}, converted "
+            details["warning"] = (f"quantized (calibrated) at {calibrated}x{calibrated}, converted "
                                f"at {size}x{size}: re-run `qsegment quantize --size {size}` "
                                "to calibrate at the deployment size")
-        write_json(staging / "deploy.json", note)
+        files = (*sorted(p.name for p in staging.iterdir()), "deploy.json")
+        note = ExportNote("imx500", Path(out), files, details)
+        note.write(staging / "deploy.json")
     return note
 
 
 
-def report_lines(note: dict) -> list[str]:
+def report_lines(note: ExportNote) -> list[str]:
     """What the terminal shows after an IMX500 export."""
-    memory = note["memory"]
-    lines = [f"imx500: {note['size']}x{note['size']} uses {memory['required'] / 2**20:.2f} of "
-             f"{memory['available'] / 2**20:.2f} MB; converted in {note['conversion_s']:.0f} s",
-             f"camera input: {note['input']['camera_must_apply']}"]
-    if "warning" in note:
-        lines.append(f"warning: {note['warning']}")
+    details = note.details
+    memory, size = details["memory"], details["size"]
+    lines = [f"imx500: {size}x{size} uses {memory['required'] / 2**20:.2f} of "
+             f"{memory['available'] / 2**20:.2f} MB; converted in "
+             f"{details['conversion_s']:.0f} s",
+             f"camera input: {details['input']['camera_must_apply']}"]
+    if "warning" in details:
+        lines.append(f"warning: {details['warning']}")
     return lines

@@ -29,6 +29,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -39,10 +40,11 @@ from ...datasets import FundusDataset, Sample, Split, open_dataset
 from ...errors import QsegmentError
 from ...files import atomic_write
 from ...metrics import agreement
-from ...models.qsegment import depth_to_space
+from ...models import SegmentationModel
+from ...models.qsegment import QSegmentIMX, depth_to_space
 from ...provenance import git_commit, package_versions
 from ...runtimes.onnxrt import MctOnnxRuntime
-from ..common import check_size
+from ..common import check_size, float_threshold
 
 METHODS = ("ptq", "gptq", "qat")
 
@@ -62,7 +64,7 @@ class _Phases(nn.Module):
     """The part of a reduced-resolution network that runs in the sensor: up to its phase
     logits (N, k*k, H/k, W/k)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: QSegmentIMX) -> None:
         super().__init__()
         self.model = model
 
@@ -88,7 +90,9 @@ def output_phases(model: nn.Module) -> int:
 
 def sensor_graph(model: nn.Module) -> nn.Module:
     """What MCT quantizes and the sensor runs: the model, or its phase part."""
-    return _Phases(model) if output_phases(model) > 1 else model
+    if output_phases(model) == 1:
+        return model
+    return _Phases(cast(QSegmentIMX, model))  # a network with forward_phases, as it is
 
 
 def full_resolution(qmodel: nn.Module, factor: int) -> nn.Module:
@@ -205,7 +209,7 @@ def export_quantized(qmodel: nn.Module, path: str | Path, example: torch.Tensor)
     return path
 
 
-def deployable_size(model: nn.Module, train: Sequence[Sample]) -> int:
+def deployable_size(model: SegmentationModel, train: Sequence[Sample]) -> int:
     """Largest square input of ``model`` that fits the IMX500: a quick PTQ at 64x64 on two
     images, exported to a temporary folder and searched with the converter's memory report
     (:func:`qsegment.export.imx500.largest_fitting_size`; needs Java)."""
@@ -227,7 +231,7 @@ def deployable_size(model: nn.Module, train: Sequence[Sample]) -> int:
 def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int | None = None,
              calibration: int = 16, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
              data: str | Path | FundusDataset | None = None, split: Split | None = None
-             ) -> dict:
+             ) -> Card:
     """Quantize a checkpoint for the IMX500 at size x size and write ``out`` (ONNX) plus its
     card ``out.json``; returns the card. Without ``size``: the largest square that fits
     the sensor (:func:`deployable_size`).
@@ -237,7 +241,8 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     ONNX Runtime vs MCT's PyTorch model (the runtime's fidelity). The decision threshold
     is the float model's (chosen on the training images).
     """
-    from ...pretrained import checkpoint_reference, load_model
+    from ...checkpoint import load_model
+    from ...pretrained import checkpoint_reference
 
     out = Path(out)
     if out.suffix != ".onnx":
@@ -251,7 +256,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
         names, images = calibration_images(train, size, calibration, seed)
     except ValueError as err:
         raise QuantizeError(str(err)) from err
-    threshold = float_card.threshold_value
+    threshold = float_threshold(float_card)
     start = time.perf_counter()
     qmodel, facts = quantize_model(model, images, method, train=train, epochs=epochs, lr=lr,
                                    seed=seed)
@@ -263,24 +268,23 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
         mct_logits = full_resolution(qmodel, factor)(probe).numpy()
     export_quantized(qmodel, out, images)
     ort_logits = MctOnnxRuntime(out, output_phases=factor).logits(probe.numpy())
-    card = {
-        "format": "mct-onnx",
-        "name": f"{float_card.label} int8 {method}",
-        "model": float_card.model, "model_args": float_card.model_args,
-        "source_checkpoint": checkpoint_reference(source),
-        **facts,
-        "size": size, "size_multiple": multiple,
-        "input": {"shape": [1, 3, size, size], "layout": "NCHW", "colour": "RGB",
-                  "range": [0.0, 1.0]},
-        "calibration": {"images": names, "count": len(names), "seed": seed,
-                        "how": "whole training images resized to NxN (bilinear, antialiased)"},
-        "threshold": {"value": threshold, "rule": "the float model's, chosen on training images"},
-        "target_platform": "imx500 (MCT TPC v1)",
-        "agreement": {"image": val[0].name,
-                      "float_vs_int8": agreement(float_logits, mct_logits, threshold),
-                      "ort_vs_mct": agreement(mct_logits, ort_logits, threshold)},
-        "quantize_s": round(quantize_s, 1),
-        "versions": package_versions(), "git_commit": git_commit(),
-    }
-    Card.from_dict(card).write(out.with_suffix(".json"))
+    card = Card(
+        name=f"{float_card.label} int8 {method}",
+        model=float_card.model, model_args=float_card.model_args,
+        source_checkpoint=checkpoint_reference(source), size=size, threshold=threshold,
+        extra={
+            "format": "mct-onnx", **facts, "size_multiple": multiple,
+            "input": {"shape": [1, 3, size, size], "layout": "NCHW", "colour": "RGB",
+                      "range": [0.0, 1.0]},
+            "calibration": {"images": names, "count": len(names), "seed": seed,
+                            "how": "whole training images resized to NxN (bilinear, "
+                                   "antialiased)"},
+            "target_platform": "imx500 (MCT TPC v1)",
+            "agreement": {"image": val[0].name,
+                          "float_vs_int8": agreement(float_logits, mct_logits, threshold.value),
+                          "ort_vs_mct": agreement(mct_logits, ort_logits, threshold.value)},
+            "quantize_s": round(quantize_s, 1),
+            "versions": package_versions(), "git_commit": git_commit(),
+        })
+    card.write(out.with_suffix(".json"))
     return card

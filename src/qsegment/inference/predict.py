@@ -6,7 +6,7 @@ threshold. Images larger than the tile (by default the one shipped with the weig
 network's pooling grid; each tile keeps only its interior, so the stitched map has no
 seams, memory stays bounded by the tile size and no image size needs a new interpreter.
 8-bit RGB on a runtime that takes it (``tflite-int8``) goes from pixels to the mask in
-numpy alone.
+numpy alone. :func:`predict_files` is ``qsegment predict``: files in, PNGs out.
 """
 
 from __future__ import annotations
@@ -23,15 +23,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from ..datasets.chasedb1 import ChaseDB1
+from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from ..images import ImageError, collect_inputs, read_rgb, round_up, to_rgb_float
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
-from ..runtimes import DEFAULT_RUNTIME, open_runtime, open_weights
+from ..runtimes import DEFAULT_RUNTIME, open_weights
 from ..runtimes.base import Runtime
-from .infer import Scale, check_scale, predict_proba, rescaled, scale_factor, symmetries
+from .maps import (
+    Scale,
+    as_runtime,
+    check_scale,
+    predict_proba,
+    rescaled,
+    scale_factor,
+    symmetries,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -78,11 +86,8 @@ class Prediction:
 
 
 class Segmenter:
-    """A runtime plus the model's threshold, ready for images of any size: ``model`` is a
-    runtime (:mod:`qsegment.runtimes`) or a PyTorch module run on ``runtime`` (``weights``:
-    its .safetensors file, beside which the int8 runtimes find their files), optionally
-    averaging ``tta`` views (:func:`~qsegment.engine.infer.symmetries`: more accurate, one
-    pass per view).
+    """A runtime plus the model's threshold, ready for images of any size, optionally
+    averaging test-time views (more accurate, one pass per view).
 
     >>> seg = Segmenter.from_pretrained()              # the shipped Q-Segment
     >>> out = seg.predict(np.asarray(PIL.Image.open("fundus.jpg")))
@@ -91,17 +96,35 @@ class Segmenter:
 
     def __init__(self, model: nn.Module | Runtime, threshold: float = 0.5,
                  tile: int | tuple[int, int] | None = None, overlap: int | None = None,
-                 runtime: str = "torch",
-                 weights: Path | None = None, tta: str = "none", name: str | None = None,
-                 scale: Scale = "auto", fov_diameter: float = ChaseDB1.fov_diameter) -> None:
+                 tta: str = "none", name: str | None = None, scale: Scale = "auto",
+                 fov_diameter: float = TRAINING_FOV_DIAMETER) -> None:
+        """
+        Args:
+            model: a runtime (:mod:`qsegment.runtimes`; a PyTorch module on another one
+                is :func:`qsegment.export.cpu.open_runtime`'s), or a PyTorch module, run
+                on the ``torch`` runtime.
+            threshold: the probability from which a pixel is vessel.
+            tile: the largest image run whole, as N or (height, width); larger ones go
+                in overlapping tiles of this shape (default: the weights' shipped tile,
+                else 1024).
+            overlap: each tile's margin, at least the receptive radius (default: the
+                weights', else 64).
+            tta: test-time views to average: ``none``, ``flip`` or ``d8``
+                (:func:`~qsegment.inference.maps.symmetries`).
+            name: how outputs name the model (default: its class).
+            scale: ``auto`` (resize to the training images' FOV diameter), ``none`` or a
+                factor (:func:`~qsegment.inference.maps.scale_factor`).
+            fov_diameter: the training images' FOV diameter in pixels.
+
+        Raises:
+            UsageError: an unknown ``tta`` or ``scale``, or a tile and overlap the
+                network's stride does not divide, or a tile not over twice the overlap.
+        """
         symmetries(tta)  # an unknown mode fails here, not at the first image
         check_scale(scale)
         self.scale, self.fov_diameter = scale, fov_diameter
-        if isinstance(model, Runtime):
-            self.runner, self.model = model, getattr(model, "model", None)
-        else:
-            self.model = model.eval()
-            self.runner = open_runtime(runtime, self.model, weights)
+        self.runner = as_runtime(model)
+        self.model = getattr(self.runner, "model", None)
         multiple = self.runner.size_multiple
         tile = tile or self.runner.tile_shape or TILE
         tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
@@ -119,10 +142,28 @@ class Segmenter:
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
                         runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
                         **kwargs: object) -> Segmenter:
-        """A shipped model by name (or a run folder / checkpoint), with its card's threshold,
-        on the fastest CPU runtime by default. The int8 runtimes run the files shipped
-        beside the weights (``NAME.int8.json`` lists them) without PyTorch, on ``threads``
-        threads (default: one per CPU)."""
+        """Shipped or trained weights with their card's threshold, on the fastest CPU
+        runtime by default (:func:`qsegment.runtimes.open_weights`): the int8 runtimes
+        run the files shipped beside the weights (``NAME.int8.json`` lists them) without
+        PyTorch; other runtimes, and weights without those files, need PyTorch.
+
+        Args:
+            source: a shipped weights name, a run folder or a .safetensors file.
+            threshold: the vessel probability threshold (default: the card's).
+            runtime: a runtime that runs checkpoints
+                (:func:`qsegment.runtimes.checkpoint_runtimes`).
+            threads: CPU threads of the int8 runtimes (default: one per CPU).
+            **kwargs: the constructor's other arguments (``tile``, ``tta``, ``scale``...).
+
+        Returns:
+            The Segmenter, named after the card's name (else ``source``).
+
+        Raises:
+            CheckpointError: ``source`` is no weights name, run folder or checkpoint.
+            UnknownNameError: an unknown ``runtime``; the message lists them.
+            ModelFileError: weights that cannot run on ``runtime`` (the manifest says why).
+            ModuleNotFoundError: PyTorch is needed (see above) and not installed.
+        """
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
@@ -130,10 +171,22 @@ class Segmenter:
                    card.threshold_value if threshold is None else threshold, **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image) -> Prediction:
-        """The probability map and mask of an RGB, gray, RGBA, 8- or 16-bit image, at the
-        input's size; the network sees it at the training scale (``scale``,
-        :func:`~qsegment.engine.infer.scale_factor`). 8-bit RGB goes to an int8 runtime as
-        it is."""
+        """The vessel map of one photograph; the network sees it at the training scale
+        (``scale``), in tiles where it is large. 8-bit RGB goes to an int8 runtime as it
+        is.
+
+        Args:
+            image: RGB, gray or RGBA, 8- or 16-bit integers or floats in [0, 1], as an
+                array or a PIL image.
+
+        Returns:
+            The probability map and mask at the input's size, with the threshold and the
+            factor the image was resized by.
+
+        Raises:
+            ImageError: an array that is no image (floats outside [0, 1], a shape other
+                than (H, W), (H, W, 3) or (H, W, 4)).
+        """
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
                 and array.shape[2] == 3 and self.tta == "none" and self.runner.accepts_uint8):
@@ -147,8 +200,15 @@ class Segmenter:
         return Prediction(prob, prob >= self.threshold, self.threshold, factor)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
-        """Probability map of an (H, W, 3) float image at its own scale, tiled when it
-        exceeds ``tile``."""
+        """The vessel probability of an image at its own scale (no rescale), tiled when it
+        exceeds ``tile``.
+
+        Args:
+            rgb: an (H, W, 3) float32 image in [0, 1].
+
+        Returns:
+            The (H, W) float32 probability map.
+        """
         return self._tiled(rgb, lambda part: predict_proba(self.runner, part, tta=self.tta))
 
     def _tiled(self, image: np.ndarray, probability: Callable[[np.ndarray], np.ndarray]
@@ -222,7 +282,7 @@ def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Predictio
         buffer = io.BytesIO()
         Image.fromarray(arrays[kind]()).save(buffer, format="PNG")
         data = buffer.getvalue()
-        atomic_write(target, lambda p, data=data: p.write_bytes(data))
+        atomic_write(target, data)
         digests[kind] = hashlib.sha256(data).hexdigest()
     return digests
 
@@ -230,13 +290,32 @@ def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Predictio
 def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probability: bool = False,
                   overlay: bool = False, progress: bool = True,
                   on_result: OnResult | None = None, workers: int = 2) -> RunSummary:
-    """Segment every input into ``out``: ``NAME_mask.png`` (0/255, the input's size), and on
-    request ``NAME_prob.png`` (probability x 255) and ``NAME_overlay.png``. Each file is
-    written atomically; a failing input is reported and the others go on. ``workers``
-    threads read the next images and write the last ones' PNGs while the network runs
-    (8-bit files stay 8-bit: the int8 runtime's fast path). ``on_result`` receives each
-    (path, image, prediction), e.g. to measure biomarkers; an error it raises for bad
-    input fails that image only."""
+    """Segment every input into ``out`` (``qsegment predict``). Each file is written
+    atomically; a failing input is reported and the others go on. Threads read the next
+    images and write the last ones' PNGs while the network runs (8-bit files stay 8-bit:
+    the int8 runtime's fast path).
+
+    Args:
+        segmenter: what segments each image.
+        inputs: image files, folders and glob patterns.
+        out: the output folder (made if missing): ``NAME_mask.png`` (0/255, the input's
+            size) for each input.
+        probability: also write ``NAME_prob.png`` (probability x 255).
+        overlay: also write ``NAME_overlay.png`` (the vessels tinted on the image).
+        progress: show a progress bar.
+        on_result: called with each (path, image, prediction), e.g. to measure
+            biomarkers; a :class:`~qsegment.errors.QsegmentError` it raises fails that
+            image only.
+        workers: the reading and writing threads.
+
+    Returns:
+        The files written for each input, and each failed input with the reason.
+
+    Raises:
+        ImageError: ``out`` is a file.
+        OSError: an output could not be written (a full disk): the run's error, not one
+            image's.
+    """
     from tqdm import tqdm
 
     out = output_folder(out)

@@ -1,5 +1,6 @@
-"""Running a model on whole images: resize, pad, forward (each test-time view), average,
-crop, resize back, sigmoid. Everything between the runtime's calls is numpy.
+"""A whole image's vessel map from a runtime: resize, pad, forward (each test-time view),
+average, crop, resize back, sigmoid; and the rescale that brings a photograph to the
+training images' scale. Everything between the runtime's calls is numpy.
 
 ``model`` is any :class:`~qsegment.runtimes.base.Runtime`, or a PyTorch module (run by
 the ``torch`` runtime). PyTorch is imported only to resize (``size``) or to wrap a module.
@@ -12,6 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..datasets.fov import TRAINING_FOV_DIAMETER
+from ..datasets.fov import fov_diameter as measure_fov_diameter
+from ..errors import UsageError
 from ..images import network_input, resize_bilinear, resize_image, resize_map
 from ..runtimes.base import Runtime, sigmoid
 
@@ -28,7 +32,7 @@ def symmetries(tta: str = "none") -> list[tuple[bool, tuple[int, ...]]]:
     The model is not equivariant to these, so averaging them smooths its errors; it
     costs one forward pass per view."""
     if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of: "
+        raise UsageError(f"unknown test-time augmentation {tta!r}; choose one of: "
                          f"{', '.join(TTA_MODES)}")
     flips = [()] if tta == "none" else [(), (-1,), (-2,), (-2, -1)]
     turns = (False, True) if tta == "d8" else (False,)
@@ -91,27 +95,26 @@ def check_scale(scale: Scale) -> None:
     if scale in ("auto", "none"):
         return
     try:
-        ok = float(scale) > 0
+        ok = 0 < float(scale) < float("inf")
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"scale must be auto, none or a positive factor, not {scale!r}")
+        raise UsageError(f"scale must be auto, none or a positive factor, not {scale!r}")
 
 
-def scale_factor(image: np.ndarray, scale: Scale, fov_diameter: float) -> float:
+def scale_factor(image: np.ndarray, scale: Scale,
+                 fov_diameter: float = TRAINING_FOV_DIAMETER) -> float:
     """How much to resize ``image`` before the network: ``"none"`` 1; a number, that
     factor; ``"auto"`` the factor that gives its field of view the training images'
     diameter (``fov_diameter``), so that vessels are as wide as the network learned them.
     An image without a visible FOV rim (a crop inside the retina) is left at its scale,
     as is one within 10 % of the training scale (CHASE_DB1 itself)."""
-    from ..datasets import fov_diameter as measure
-
     if scale == "none":
         return 1.0
     if scale != "auto":
         check_scale(scale)
         return float(scale)
-    diameter = measure(image)
+    diameter = measure_fov_diameter(image)
     if diameter is None:
         return 1.0
     factor = fov_diameter / diameter

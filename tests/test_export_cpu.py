@@ -1,0 +1,84 @@
+"""`qsegment export --target cpu-int8`: a shipped model's int8 files, made for real at a
+shape it does not ship, run without PyTorch like the shipped ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from qsegment.checkpoint import read_checkpoint
+from qsegment.cli import main
+from qsegment.pretrained import read_card, resolve_checkpoint
+from qsegment.runtimes.base import read_manifest
+
+# in a fresh process that never imports PyTorch: the exported and the shipped files of
+# qsegment-nearest on the same CHASE_DB1 crop (256x256, no FOV rim) and whole image
+RUN_BOTH = """
+import json, sys
+import numpy as np
+from qsegment import Segmenter
+from qsegment.datasets import load_sample
+
+image = np.round(load_sample(sys.argv[2], "Image_12R").image * 255).astype(np.uint8)
+crop = image[300:556, 300:556]
+ours = Segmenter.from_pretrained(sys.argv[1])
+shipped = Segmenter.from_pretrained("qsegment-nearest")
+a, b = ours.predict(crop).probability, shipped.predict(crop).probability
+print(json.dumps({
+    "shapes": [ours.runner.shape_for(256, 256), shipped.runner.shape_for(256, 256)],
+    "tile": [ours.tile, ours.overlap], "threshold": ours.threshold == shipped.threshold,
+    "interior_equal": bool(np.array_equal(a[:200, :200], b[:200, :200])),
+    "crop_masks": float(((a >= ours.threshold) == (b >= ours.threshold)).mean()),
+    "image_masks": float((ours.predict(image).mask == shipped.predict(image).mask).mean()),
+    "torch": "torch" in sys.modules}))
+"""
+
+
+def test_cpu_int8_export_runs_without_pytorch_and_agrees_with_the_shipped_files(
+        tmp_path, data_dir, capsys):
+    out = tmp_path / "models"
+    assert main(["export", "qsegment-nearest", "--target", "cpu-int8", "--shape", "256x256",
+                 "-o", str(out)]) == 0
+    assert "tflite-int8: qsegment-nearest.int8-256x256.tflite" in capsys.readouterr().out
+    weights, shipped = out / "qsegment-nearest.safetensors", resolve_checkpoint("qsegment-nearest")
+    manifest = read_manifest(weights)
+    assert manifest["tflite"] == {"256x256": "qsegment-nearest.int8-256x256.tflite"}
+    assert manifest["tile"] == {"shape": [256, 256], "margin": 56}
+    assert manifest["onnx"] == "qsegment-nearest.int8.onnx" and not manifest["unsupported"]
+    # the same weights and card; what the source ships for them (calibrated ranges, int8
+    # ONNX) is copied, the 256x256 flatbuffer is built from those ranges
+    ours_tensors, theirs_tensors = read_checkpoint(weights)[0], read_checkpoint(shipped)[0]
+    assert ours_tensors.keys() == theirs_tensors.keys()
+    assert all(ours_tensors[k].equal(theirs_tensors[k]) for k in ours_tensors)
+    assert read_card(weights).threshold == read_card(shipped).threshold
+    for suffix in (".int8-observers.safetensors", ".int8.onnx"):
+        assert (weights.with_suffix(suffix).read_bytes()
+                == shipped.with_suffix(suffix).read_bytes()), suffix
+
+    done = subprocess.run([sys.executable, "-c", RUN_BOTH, str(weights), str(data_dir)],
+                          capture_output=True, text=True, check=True)
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not run["torch"] and run["threshold"]
+    assert run["shapes"] == [[256, 256], [512, 512]]  # each on its own flatbuffer
+    assert run["tile"] == [[256, 256], 56]  # the manifest's tiling
+    # bit for bit where the shipped model's padding (to 512) is out of the receptive field
+    assert run["interior_equal"] and run["crop_masks"] > 0.98
+    assert run["image_masks"] > 0.999  # 256x256 tiles against the shipped 400x1008 ones
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ("96x96", "the tile 96x96 (the last shape) must exceed twice its margin, 56 px"),
+    ("256x", "expected HEIGHTxWIDTH[,HEIGHTxWIDTH...] in pixels, got '256x'")])
+def test_cpu_int8_export_refuses_a_shape_and_writes_nothing(tmp_path, capsys, shape, message):
+    out = tmp_path / "models"
+    command = ["export", "qsegment-nearest", "--target", "cpu-int8", "--shape", shape, "-o",
+               str(out)]
+    try:
+        code = main(command)
+    except SystemExit as exit_:  # refused by the option's parser
+        code = exit_.code
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
