@@ -237,7 +237,8 @@ def test_an_export_target_registered_in_a_test_is_in_the_cli(tmp_path, capsys):
 
     export.TARGETS.add(export.ExportTarget(
         "test-card", target=f"{__name__}:write_card",
-        description="writes a note (registered by a test)", source="a weights name", options=(export.Option("--flavour", "what the note says"),)))
+        description="writes a note (registered by a test)", source="a weights name",
+        options=(export.Option("--flavour", "what the note says"),)))
     try:
         _export_a_test_card(tmp_path, capsys)
     finally:

@@ -98,7 +98,8 @@ class Segmenter:
                  tile: int | tuple[int, int] | None = None, overlap: int | None = None,
                  tta: str = "none", name: str | None = None, scale: Scale = "auto",
                  fov_diameter: float = TRAINING_FOV_DIAMETER) -> None:
-        """
+        """A Segmenter on ``model``, which any runtime of :mod:`qsegment.runtimes` can be.
+
         Args:
             model: a runtime (:mod:`qsegment.runtimes`; a PyTorch module on another one
                 is :func:`qsegment.export.cpu.open_runtime`'s), or a PyTorch module, run

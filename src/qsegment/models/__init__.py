@@ -17,7 +17,7 @@ from .qsegment import QSegment
 from .tnet import TNet
 
 # Row order is the order of `qsegment models` and of the paper's Table II.
-MODELS: Registry[Entry] = Registry("model", [
+MODELS: Registry[Entry] = Registry("architecture", [
     Entry("qsegment", "qsegment.models.qsegment:qsegment",
           "Q-Segment (paper): 16/32/64 encoder-decoder, ~0.11M params"),
     Entry("qsegment-imx", "qsegment.models.qsegment:qsegment_imx",
