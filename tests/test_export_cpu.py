@@ -11,6 +11,7 @@ import pytest
 
 from qsegment.checkpoint import read_checkpoint
 from qsegment.cli import main
+from qsegment.export.cpu import export_cpu_int8
 from qsegment.pretrained import read_card, resolve_checkpoint
 from qsegment.runtimes.base import read_manifest
 
@@ -57,6 +58,11 @@ def test_cpu_int8_export_runs_without_pytorch_and_agrees_with_the_shipped_files(
     for suffix in (".int8-observers.safetensors", ".int8.onnx"):
         assert (weights.with_suffix(suffix).read_bytes()
                 == shipped.with_suffix(suffix).read_bytes()), suffix
+    # exported again, in place (every file is there already): the note lists them all
+    note = export_cpu_int8(weights, out, shape=[(256, 256)]).to_dict()
+    assert note["schema_version"] == 1 and note["target"] == "cpu-int8"
+    assert sorted(note["files"]) == sorted(path.name for path in out.iterdir())
+    assert note["weights"] == str(weights) and note["tflite"] == manifest["tflite"]
 
     done = subprocess.run([sys.executable, "-c", RUN_BOTH, str(weights), str(data_dir)],
                           capture_output=True, text=True, check=True)

@@ -140,7 +140,20 @@ def is_uri(source: str) -> bool:
 def read_input_list(path: Path) -> list[str]:
     """The image paths or URIs that a CSV or Parquet input list names: its ``path``
     column (or its only column); relative paths are relative to the list's folder.
-    ``qsegment batch``'s own ``manifest.parquet`` is one."""
+    ``qsegment batch``'s own ``manifest.parquet`` is one.
+
+    Args:
+        path: a ``.parquet`` file, or a CSV file (any other suffix).
+
+    Returns:
+        The list's non-empty entries in its order: URIs as they are, local paths made
+        absolute.
+
+    Raises:
+        UsageError: the file is no readable CSV or Parquet table, or it has several
+            columns and none named ``path``.
+        ModuleNotFoundError: pyarrow (``pip install 'qsegment[ray]'``) is not installed.
+    """
     import pyarrow.csv
     import pyarrow.parquet
 
@@ -321,6 +334,12 @@ def manifest_schema(biomarkers: bool) -> pa.Schema:
 def read_batch_manifest(path: str | Path) -> list[ManifestRow]:
     """The rows of a ``manifest.parquet`` that ``qsegment batch`` wrote.
 
+    Args:
+        path: the manifest file.
+
+    Returns:
+        One row per input, in the file's order (failed inputs with ``status="failed"``).
+
     Raises:
         ManifestError: the file is no readable Parquet file, or was written without this
             schema version (by another version of qsegment, or by something else).
@@ -430,7 +449,50 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
     without it a local Ray is started and stopped, unless this process is connected
     already. Images complete from an earlier run are skipped; ``out/manifest.parquet``
     gets one row per input. ``biomarkers`` adds the vessel biomarkers of each map (its
-    gaps bridged down to ``bridge``: :func:`qsegment.biomarkers.bridge_gaps`)."""
+    gaps bridged down to ``bridge``: :func:`qsegment.biomarkers.bridge_gaps`).
+
+    Args:
+        inputs: image files, folders, glob patterns, URIs and input lists
+            (:func:`read_input_list`).
+        out: the output folder (made if missing): ``NAME_mask.png`` (and
+            ``NAME_prob.png``) per input, the records and ``manifest.parquet``.
+        model: a shipped weights name, a run folder or a .safetensors file.
+        runtime: the runtime each worker runs the model on
+            (:func:`qsegment.runtimes.checkpoint_runtimes`).
+        threshold: the vessel probability threshold (default: the card's).
+        scale: ``auto``, ``none`` or a factor: how images are resized before the network
+            (:func:`~qsegment.inference.maps.scale_factor`).
+        tile: the largest image run whole, as N or (height, width); larger ones go in
+            tiles (:class:`~qsegment.inference.predict.Segmenter`).
+        probability: also write ``NAME_prob.png`` (probability x 255).
+        biomarkers: measure each map's vessel biomarkers into the manifest.
+        mm_per_pixel: the pixel size of the biomarkers (default: pixels).
+        fov_degrees: the camera's field of view in degrees, from which the pixel size
+            is computed instead (:func:`qsegment.biomarkers.pixel_size`).
+        min_object_px: vessel fragments of this many pixels or fewer are not measured.
+        bridge: the probability down to which a map's gaps are bridged before it is
+            measured (None: measure the mask as cut).
+        address: the Ray cluster to connect to (default: a local Ray).
+        workers: Ray actors, each with one Segmenter (default: as many as the cluster's
+            CPUs hold).
+        cpus_per_worker: the CPUs (and interpreter threads) of each actor.
+        batch_size: images per Ray Data batch.
+        progress: show Ray Data's progress bars.
+
+    Returns:
+        What the run did: the manifest's path, images segmented, skipped (complete
+        before) and failed (each with the reason), the workers and the seconds.
+
+    Raises:
+        UsageError: ``workers``, ``cpus_per_worker`` or ``batch_size`` under 1, a bad
+            ``scale`` or ``tile``, or an input list that cannot be read.
+        UnknownNameError: an unknown ``runtime``; the message lists them.
+        CheckpointError: ``model`` is no weights name, run folder or checkpoint.
+        ModelFileError: weights that cannot run on ``runtime``.
+        ImageError: ``out`` is a file.
+        ModuleNotFoundError: Ray or pyarrow (``pip install 'qsegment[ray]'``), or what
+            ``biomarkers`` needs, is not installed.
+    """
     started = time.perf_counter()
     if (workers is not None and workers < 1) or cpus_per_worker < 1 or batch_size < 1:
         raise UsageError("workers, cpus per worker and batch size must be at least 1")

@@ -79,6 +79,18 @@ def load_model(source: str | Path = DEFAULT_MODEL) -> tuple[SegmentationModel, C
     (:func:`qsegment.pretrained.resolve_checkpoint`). The model is in eval mode. The card
     (:class:`qsegment.card.Card`; see docs/RESULTS.md) records data, split, recipe,
     threshold and measured metrics.
+
+    Args:
+        source: a shipped weights name, a run folder or a .safetensors file.
+
+    Returns:
+        The model with its weights, in eval mode, and its card.
+
+    Raises:
+        CheckpointError: ``source`` is no weights name, run folder or readable
+            checkpoint, has no card naming its model, or its weights do not fit it.
+        CardError: the card beside the checkpoint cannot be read.
+        UnknownNameError: the card names an architecture that is not registered.
     """
     path = resolve_checkpoint(source)
     card = read_card(path)

@@ -222,7 +222,21 @@ def pixel_size(fov: np.ndarray, *, mm_per_pixel: float | None = None,
     """The pixel size ``mm_per_pixel``, or the one from the camera's FOV angle,
     ``fov_degrees * MM_PER_DEGREE /`` the diameter of ``fov`` in pixels (the longer side
     of its bounding box: :func:`~qsegment.datasets.fov.fov_mask_diameter`); pixels when
-    neither is given."""
+    neither is given.
+
+    Args:
+        fov: the field of view, a boolean (H, W) map (used with ``fov_degrees`` only).
+        mm_per_pixel: the pixel size in millimetres, when it is known.
+        fov_degrees: the camera's field of view in degrees, across the FOV's diameter.
+
+    Returns:
+        The pixel size (None: pixels) and where it came from.
+
+    Raises:
+        BiomarkerError: both ``mm_per_pixel`` and ``fov_degrees``, an ``mm_per_pixel``
+            that is not positive, ``fov_degrees`` outside (0, 180), or ``fov_degrees``
+            with an empty ``fov``.
+    """
     if mm_per_pixel is not None and fov_degrees is not None:
         raise BiomarkerError("give mm_per_pixel or fov_degrees, not both")
     if mm_per_pixel is not None:
@@ -534,9 +548,25 @@ def measure(mask: np.ndarray, fov: np.ndarray | None = None, *,
     after dropping vessel fragments of ``min_object_px`` pixels or fewer (8-connected;
     default 0: measure the map as it is; a model's specks are then end points).
 
-    Raises :class:`BiomarkerError` for input that is not a pair of matching binary
-    maps. An empty FOV, an empty map or one that fills the FOV is no error: what is
-    undefined is NaN, with its reason in ``reasons``, and ``warnings`` say why."""
+    An empty FOV, an empty map or one that fills the FOV is no error: what is
+    undefined is NaN, with its reason in ``reasons``, and ``warnings`` say why.
+
+    Args:
+        mask: the binary vessel map, (H, W), zero and one other value.
+        fov: the binary field of view, the size of ``mask`` (default: the whole frame).
+        mm_per_pixel: the pixel size in millimetres (default: measure in pixels).
+        fov_degrees: the camera's field of view in degrees, from which the pixel size
+            is computed instead (:func:`pixel_size`).
+        min_object_px: vessel fragments of this many pixels or fewer are dropped first.
+
+    Returns:
+        The values of :data:`FIELDS` with the reasons and warnings, the pixel size, the
+        segments and the maps behind them (centreline, calibre, branch and end points).
+
+    Raises:
+        BiomarkerError: ``mask`` or ``fov`` is not a binary 2-D map, their sizes differ,
+            or the pixel-size options are wrong (:func:`pixel_size`).
+    """
     mask = as_binary(mask)
     fov = np.ones_like(mask) if fov is None else as_binary(fov, "FOV mask")
     if fov.shape != mask.shape:

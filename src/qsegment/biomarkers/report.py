@@ -200,7 +200,28 @@ def measure_photograph(image: np.ndarray, mask: np.ndarray, *,
     or float in [0, 1]): what ``qsegment predict`` has in hand after segmenting. Given
     the model's ``probability`` map, of which ``mask`` is the cut, the mask's gaps are
     bridged and its specks dropped first (:func:`~.measures.bridge_gaps` with ``low =
-    bridge``; ``bridge=None`` measures the mask as cut)."""
+    bridge``; ``bridge=None`` measures the mask as cut).
+
+    Args:
+        image: the photograph, (H, W, 3) RGB, uint8 or float in [0, 1].
+        mask: the binary vessel map of ``image``, (H, W).
+        probability: the model's float probability map of which ``mask`` is the cut.
+        bridge: the probability down to which gaps are bridged (None: no bridging).
+        mm_per_pixel: the pixel size in millimetres (default: measure in pixels).
+        fov_degrees: the camera's field of view in degrees, from which the pixel size
+            is computed instead (:func:`~.measures.pixel_size`).
+        min_object_px: vessel fragments of this many pixels or fewer are dropped first.
+
+    Returns:
+        The biomarkers (:func:`~.measures.measure`), with a warning where the photograph
+        shows no field of view.
+
+    Raises:
+        InputError: ``mask`` and ``image`` differ in size.
+        BiomarkerError: ``mask`` is not binary, ``probability`` is no float map of its
+            size, or the pixel-size options are wrong.
+        ImageError: ``image`` is not an (H, W, 3) RGB array.
+    """
     from ..datasets import fov_mask
 
     mask = as_binary(mask)
@@ -318,7 +339,26 @@ def measure_prediction(path: Path, name: str, image: np.ndarray, prediction: Pre
     """The biomarkers of ``segmenter``'s ``prediction`` of the photograph ``image``, its
     gaps bridged down to ``bridge`` (:func:`measure_photograph`; ``options``: the pixel size
     and ``min_object_px``), and their table row. ``qsegment analyze``, ``predict --biomarkers``
-    and ``batch --biomarkers`` measure and write alike through it."""
+    and ``batch --biomarkers`` measure and write alike through it.
+
+    Args:
+        path: the photograph's file, as the row names it.
+        name: the image's name in the outputs.
+        image: the photograph, (H, W, 3) RGB.
+        prediction: ``segmenter``'s prediction of ``image``.
+        segmenter: the model that made it, whose name and runtime the row records.
+        bridge: the probability down to which gaps are bridged (None: no bridging).
+        **options: ``mm_per_pixel``, ``fov_degrees`` and ``min_object_px`` of
+            :func:`measure_photograph`.
+
+    Returns:
+        The analysis and its row (``kind="photograph"``).
+
+    Raises:
+        InputError: the prediction and ``image`` differ in size.
+        BiomarkerError: the pixel-size options are wrong.
+        ImageError: ``image`` is not an (H, W, 3) RGB array.
+    """
     analysis = measure_photograph(image, prediction.mask, probability=prediction.probability,
                                   bridge=bridge, **options)
     return analysis, BiomarkerRow.measured(
@@ -377,7 +417,30 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
     ``NAME_segments.csv`` and, if ``figures``, ``NAME_biomarkers.png``; all written
     atomically, none over an input (an input named like a table is refused up front).
     Returns the rows; a file that fails gets ``status="error"`` and the reason in
-    ``error``. ``progress(done, total, name)`` is called after each file."""
+    ``error``. ``progress(done, total, path)`` is called after each file.
+
+    Args:
+        inputs: binary masks and colour photographs (:func:`read_input` tells which).
+        out_dir: the output folder (made if missing).
+        segmenter: what segments the photographs (default: the shipped model).
+        bridge: the probability down to which a photograph's map's gaps are bridged
+            (None: measure the mask as cut).
+        mm_per_pixel: the pixel size in millimetres (default: measure in pixels).
+        fov_degrees: the camera's field of view in degrees, from which the pixel size
+            is computed instead (:func:`~.measures.pixel_size`).
+        min_object_px: vessel fragments of this many pixels or fewer are dropped first.
+        figures: also draw ``NAME_biomarkers.png`` per file.
+        progress: called after each file with the files done, their total and the
+            file's path.
+
+    Returns:
+        One row per input, in order; a file that could not be read or measured (wrong
+        options included) has ``status="error"``.
+
+    Raises:
+        InputError: an input is ``biomarkers.csv`` or ``biomarkers.json`` in
+            ``out_dir``, which would be overwritten.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in inputs]
@@ -413,7 +476,15 @@ def _row_summary(row: BiomarkerRow) -> str:
 
 def write_rows(rows: Sequence[BiomarkerRow], out_dir: str | Path) -> tuple[Path, Path]:
     """``biomarkers.csv`` and ``biomarkers.json`` (``schema_version``, each field's
-    meaning, the rows) of ``rows``, written atomically."""
+    meaning, the rows) of ``rows``, written atomically.
+
+    Args:
+        rows: the rows, as :func:`analyze` makes them.
+        out_dir: the folder to write into (made if missing).
+
+    Returns:
+        The paths of the CSV and the JSON file.
+    """
     out_dir = Path(out_dir)
     csv_path, json_path = out_dir / "biomarkers.csv", out_dir / "biomarkers.json"
     table = [row.to_dict() for row in rows]
@@ -497,7 +568,32 @@ def agreement_values(data_dir: str | Path | None = None, *, segmenter: Segmenter
     ``Segmenter.from_pretrained()``) and ``float_segmenter`` (default: the default
     model on the ``torch`` runtime when ``segmenter`` is the default too; none
     otherwise), all inside the image's FOV; the models' maps bridged down to ``bridge``
-    as :func:`measure_photograph` does. One record per image and source."""
+    as :func:`measure_photograph` does. One record per image and source.
+
+    Args:
+        data_dir: the CHASE_DB1 folder (default: its default folder).
+        segmenter: the model to compare with the observers (default: the shipped one).
+        float_segmenter: its float counterpart (default: see above).
+        names: measure only these images (default: all of ``images``).
+        images: ``val`` or ``train``.
+        bridge: the probability down to which the models' gaps are bridged (None: no
+            bridging).
+        mm_per_pixel: the pixel size in millimetres (default: measure in pixels).
+        fov_degrees: the camera's field of view in degrees, from which the pixel size
+            is computed instead (:func:`~.measures.pixel_size`).
+        min_object_px: vessel fragments of this many pixels or fewer are dropped first.
+        progress: called as ``progress(done, total, name)`` after each image.
+
+    Returns:
+        One record per image and source, the images in the split's order.
+
+    Raises:
+        UsageError: ``images`` is neither ``val`` nor ``train``.
+        DatasetError: ``data_dir`` is no complete CHASE_DB1 folder.
+        BiomarkerError: the pixel-size options are wrong.
+        ModuleNotFoundError: PyTorch, which runs the default float model, is not
+            installed.
+    """
     from ..datasets import load_split
     from ..inference.predict import Segmenter
 
@@ -539,7 +635,24 @@ def agreement(data_dir: str | Path | None = None, out_dir: str | Path | None = N
     """:func:`agreement_table` of :func:`agreement_values` (``kwargs`` go there); with
     ``out_dir``, also ``agreement.json`` (``schema_version``, the settings, the table, the
     int8 model's per-image differences from the float model's and every value) and
-    ``agreement.md`` there."""
+    ``agreement.md`` there.
+
+    Args:
+        data_dir: the CHASE_DB1 folder (default: its default folder).
+        out_dir: the folder for ``agreement.json`` and ``agreement.md`` (None: nothing
+            written).
+        **kwargs: :func:`agreement_values`' other arguments.
+
+    Returns:
+        One row per biomarker of :data:`AGREEMENT_FIELDS`.
+
+    Raises:
+        UsageError: ``images`` is neither ``val`` nor ``train``.
+        DatasetError: ``data_dir`` is no complete CHASE_DB1 folder.
+        BiomarkerError: the pixel-size options are wrong.
+        ModuleNotFoundError: PyTorch, which runs the default float model, is not
+            installed.
+    """
     values = agreement_values(data_dir, **kwargs)
     table = agreement_table(values)
     if out_dir is not None:

@@ -133,7 +133,21 @@ def preset_path(preset: str | Path) -> Path:
 
 
 def load_config(preset: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A preset by name (``paper``, ``fast``) or YAML path, with field overrides."""
+    """A preset by name (``paper``, ``fast``) or YAML path, with field overrides.
+
+    Args:
+        preset: a built-in preset's name or a YAML file of fields (default: none, the
+            fields' defaults).
+        **overrides: fields that replace the preset's; None leaves a field as it is.
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: no such preset, or a field :class:`TrainConfig` does not have.
+        UnknownNameError: an unknown dataset, loss, optimizer or scheduler; the message
+            lists the names.
+    """
     import yaml
 
     values: dict[str, Any] = {}

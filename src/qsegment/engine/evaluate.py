@@ -31,7 +31,22 @@ def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
     """Probability maps at each sample's full resolution (inferred at ``size`` if given,
     averaged over the ``tta`` views of :func:`~qsegment.inference.maps.symmetries`, at the
     training scale with ``scale="auto"``: :func:`~qsegment.inference.maps.scale_factor`).
-    ``model`` is a runtime or a PyTorch module."""
+    ``model`` is a runtime or a PyTorch module.
+
+    Args:
+        model: a runtime (:mod:`qsegment.runtimes`) or a PyTorch module.
+        samples: the images to predict.
+        size: the inference resolution NxN (default: each image's own size).
+        progress: show a progress bar.
+        tta: test-time views to average: ``none``, ``flip`` or ``d8``.
+        scale: ``none``, ``auto`` or a factor by which each image is resized first.
+
+    Returns:
+        One float32 (H, W) probability map per sample, at the sample's size.
+
+    Raises:
+        UsageError: an unknown ``tta`` or ``scale``.
+    """
     runtime = as_runtime(model)
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
     return [rescaled(s.image, scale_factor(s.image, scale),
@@ -41,14 +56,43 @@ def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
 def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
           inside_fov: bool = True) -> dict:
     """Metrics of probability maps against the samples' labels, inside their FOV (or over
-    the whole image, as some papers report: the dark border inflates Acc, Sp and AUC)."""
+    the whole image, as some papers report: the dark border inflates Acc, Sp and AUC).
+
+    Args:
+        probs: one probability map per sample, at its size.
+        samples: the samples with their labels and FOV masks.
+        threshold: the probability from which a pixel is vessel.
+        inside_fov: score inside each FOV only (else the whole image).
+
+    Returns:
+        ``threshold`` and the metrics (:data:`qsegment.metrics.METRICS`) ``pooled`` over
+        all pixels, the ``mean`` over images and ``per_image``.
+
+    Raises:
+        UsageError: no maps, not one map per sample, or a map whose shape is not its
+            label's.
+    """
     fovs = [s.fov if inside_fov else None for s in samples]
     return evaluate(probs, [s.label for s in samples], fovs, threshold)
 
 
 def train_threshold(model: Runtime | nn.Module, train: Sequence[Sample], size: int | None = None,
                     progress: bool = False, tta: str = "none") -> float:
-    """The Dice-maximizing threshold on the training images (never on validation)."""
+    """The Dice-maximizing threshold on the training images (never on validation).
+
+    Args:
+        model: a runtime (:mod:`qsegment.runtimes`) or a PyTorch module.
+        train: the training samples (at least one).
+        size: the inference resolution NxN (default: each image's own size).
+        progress: show a progress bar.
+        tta: test-time views to average: ``none``, ``flip`` or ``d8``.
+
+    Returns:
+        The threshold that maximizes the pooled Dice inside the FOVs.
+
+    Raises:
+        UsageError: an unknown ``tta``.
+    """
     probs = predict_samples(model, train, size, progress, tta)
     return best_threshold(probs, [s.label for s in train], [s.fov for s in train])
 
@@ -76,6 +120,28 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
     the same views, at the card's inference size.
     Writes ``metrics.json`` and, with ``figures``, the predictions panel and the ROC
     curve into ``out``.
+
+    Args:
+        model: a runtime (:mod:`qsegment.runtimes`) or a PyTorch module.
+        card: the model's card: its label and its train-chosen threshold.
+        data: a folder of CHASE_DB1, or a dataset (default: CHASE_DB1's default folder).
+        sizes: the inference resolutions, one row each.
+        split: the training and validation images (default: the dataset's).
+        out: the folder for ``metrics.json`` and the figures (None: nothing written).
+        figures: also draw ``predictions_SIZE.png`` and ``roc.png``.
+        progress: show progress bars.
+        tta: test-time views to average: ``none``, ``flip`` or ``d8``.
+        scale: ``none``, ``auto`` or a factor by which each image is resized first.
+
+    Returns:
+        ``threshold`` and ``threshold_rule``, ``tta``, the ``train_images`` and
+        ``val_images``, ``rows`` (per label: ``size``, the :func:`score` metrics and
+        the pooled ``whole_image`` ones) and, with two observers, ``second_observer``.
+
+    Raises:
+        DatasetError: ``data`` is no readable dataset folder, or lacks an image of the
+            split.
+        UsageError: a ``tta`` without training images, an unknown ``tta`` or ``scale``.
     """
     dataset = open_dataset(data)
     model = as_runtime(model)
@@ -129,7 +195,31 @@ def int8_table(model_path: str | Path, size: int | None = None, data: Data = Non
     """Table IV of an int8 model file (its runtime by suffix:
     :func:`qsegment.runtimes.open_file`) beside its float source model, both at the
     deployment size (default: the size in the model's card), with the same train-chosen
-    threshold; ``dice_drop`` is float minus int8 pooled Dice."""
+    threshold; ``dice_drop`` is float minus int8 pooled Dice.
+
+    Args:
+        model_path: the int8 model file, its card (``.json``) beside it.
+        size: the deployment size (default: the card's, else the file's fixed size).
+        data: a folder of CHASE_DB1, or a dataset (default: CHASE_DB1's default folder).
+        split: the training and validation images (default: the dataset's).
+        out: the folder for ``metrics.json`` and the figures (None: nothing written).
+        figures: also draw the int8 model's predictions panel and ROC curve.
+        progress: show progress bars.
+
+    Returns:
+        :func:`table_iv`'s result with the float row before the int8 one, plus
+        ``dice_drop`` and ``quantized_model``.
+
+    Raises:
+        ModelFileError: no runtime opens the file, or no card beside it names its
+            source checkpoint.
+        CardError: the card beside the file cannot be read.
+        UsageError: a ``size`` the file does not run at.
+        CheckpointError: the source checkpoint cannot be found or read.
+        DatasetError: ``data`` is no readable dataset folder, or lacks an image of the
+            split.
+        ModuleNotFoundError: PyTorch, which runs the float model, is not installed.
+    """
     from ..checkpoint import load_model
 
     runner = open_file(model_path)
@@ -156,7 +246,14 @@ def int8_table(model_path: str | Path, size: int | None = None, data: Data = Non
 
 
 def format_table(result: dict) -> str:
-    """Markdown table of the pooled metrics, one row per model/resolution plus the human."""
+    """Markdown table of the pooled metrics, one row per model/resolution plus the human.
+
+    Args:
+        result: what :func:`table_iv` or :func:`int8_table` returned.
+
+    Returns:
+        Two Markdown tables, inside the FOV and over the whole image, with a title each.
+    """
     fov = {k: v["pooled"] for k, v in result["rows"].items()}
     whole = {k: v["whole_image"] for k, v in result["rows"].items()}
     if "second_observer" in result:

@@ -237,6 +237,27 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     With ``resume`` the run continues from ``out/last.safetensors``; its recipe comes from
     ``out/config.yaml``, and only the :data:`RUNTIME_FIELDS` from ``cfg``.
     Under ``torchrun`` the same call trains data-parallel.
+
+    Args:
+        cfg: the recipe (:func:`~qsegment.engine.config.load_config`).
+        out: the run folder (made if missing).
+        resume: continue the run in ``out``.
+        progress: show progress bars.
+
+    Returns:
+        The final card, with the threshold chosen on the training images and the
+        validation metrics; None on the ranks other than the first.
+
+    Raises:
+        TrainingError: ``out`` holds a run already and ``resume`` is not set, or the
+            loss stopped being finite.
+        ConfigError: a batch size that the ranks do not divide, a ``teacher_mix``
+            outside [0, 1], or (with ``resume``) no ``out/config.yaml``.
+        CheckpointError: ``init`` or ``teacher`` names no readable checkpoint, weights
+            that do not fit, or (with ``resume``) ``out`` holds no training state.
+        UnknownNameError: an unknown architecture.
+        DatasetError: ``data`` is no readable dataset folder, or lacks an image of the
+            split.
     """
     out = Path(out)
     cfg = _resolve_config(cfg, out, resume)

@@ -81,10 +81,11 @@ def search_largest(fits: Callable[[int], bool], start: int, step: int) -> int | 
 def shapes(text: str) -> tuple[tuple[int, int], ...]:
     """``HxW[,HxW...]``: input shapes in pixels, e.g. ``512x512,400x1008``."""
     found = [re.fullmatch(r"\s*(\d+)x(\d+)\s*", part) for part in text.split(",")]
-    if not all(found) or any(int(n) < 1 for m in found for n in m.groups()):
+    sizes = tuple((int(m[1]), int(m[2])) for m in found if m)
+    if len(sizes) < len(found) or any(n < 1 for size in sizes for n in size):
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH[,HEIGHTxWIDTH...] in pixels, "
                                          f"got {text!r}")
-    return tuple((int(m.group(1)), int(m.group(2))) for m in found)
+    return sizes
 
 
 def file_stem(text: str) -> str:

@@ -24,13 +24,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..checkpoint import load_model, save_checkpoint
 from ..errors import QsegmentError
 from ..files import atomic_write, write_json
 from ..images import round_up
+from ..models import SegmentationModel
 from ..models.profile import receptive_radius
 from ..pretrained import resolve_checkpoint
 from ..registry import resolve
@@ -39,6 +41,7 @@ from ..runtimes.base import read_manifest, with_shipped_tiling
 from ..runtimes.litert import Int8Session, LiteRtInt8
 from ..runtimes.onnxrt import OnnxInt8Runtime, OnnxRuntime
 from ..runtimes.pytorch import TorchRuntime
+from .common import ExportNote
 from .onnx import export_onnx, quantize_onnx_int8
 from .tflite import (
     ConversionError,
@@ -51,7 +54,6 @@ from .tflite import (
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from ..runtimes.base import Runtime
 
@@ -71,15 +73,16 @@ class ExportError(QsegmentError, ValueError):
 
 # --- the runtimes of a network (the rows' ``build``) ---------------------------------------
 
-def open_runtime(name: str, model: nn.Module, weights: Path | None = None) -> Runtime:
+def open_runtime(name: str, model: SegmentationModel, weights: Path | None = None) -> Runtime:
     """``model`` on the runtime ``name`` (one that runs float checkpoints); ``weights``,
     its .safetensors file, lets the int8 runtimes open the files shipped beside it, and
     gives their default tiling."""
-    runtime = resolve(checkpoint_runtime(name).build)(weights, model)
+    build = cast(str, checkpoint_runtime(name).build)  # a checkpoint runtime's row has one
+    runtime = resolve(build)(weights, model)
     return with_shipped_tiling(runtime, read_manifest(weights) if weights is not None else {})
 
 
-def _network(weights: Path | None, model: nn.Module | None) -> nn.Module:
+def _network(weights: Path | None, model: SegmentationModel | None) -> SegmentationModel:
     """``model``, else the network ``weights`` build."""
     if model is not None:
         return model.eval()
@@ -88,12 +91,12 @@ def _network(weights: Path | None, model: nn.Module | None) -> nn.Module:
     return load_model(weights)[0]
 
 
-def torch_runtime(weights: Path | None, model: nn.Module | None = None) -> TorchRuntime:
+def torch_runtime(weights: Path | None, model: SegmentationModel | None = None) -> TorchRuntime:
     """The ``torch`` runtime: the network itself."""
     return TorchRuntime(_network(weights, model))
 
 
-def onnx_float(weights: Path | None, model: nn.Module | None = None) -> OnnxRuntime:
+def onnx_float(weights: Path | None, model: SegmentationModel | None = None) -> OnnxRuntime:
     """The ``onnx`` runtime: the network exported to float ONNX in a temporary folder (the
     session keeps the graph)."""
     model = _network(weights, model)
@@ -102,7 +105,7 @@ def onnx_float(weights: Path | None, model: nn.Module | None = None) -> OnnxRunt
                            size_multiple=model.size_multiple)
 
 
-def onnx_int8(weights: Path | None, model: nn.Module | None = None) -> OnnxInt8Runtime:
+def onnx_int8(weights: Path | None, model: SegmentationModel | None = None) -> OnnxInt8Runtime:
     """The ``onnx-int8`` runtime: the ``NAME.int8.onnx`` shipped beside ``weights``, else
     the network quantized now on the dataset's training images (:func:`write_onnx_int8`)."""
     shipped = OnnxInt8Runtime.from_weights(weights) if weights is not None else None
@@ -114,7 +117,7 @@ def onnx_int8(weights: Path | None, model: nn.Module | None = None) -> OnnxInt8R
                                size_multiple=model.size_multiple)
 
 
-def litert_int8(weights: Path | None, model: nn.Module | None = None) -> LiteRtInt8:
+def litert_int8(weights: Path | None, model: SegmentationModel | None = None) -> LiteRtInt8:
     """The ``tflite-int8`` runtime: the flatbuffers shipped beside ``weights``, and any
     other shape an image needs built from the network and its calibrated ranges
     (:class:`FlatbufferCache`)."""
@@ -132,7 +135,7 @@ class FlatbufferCache:
     ranges: what the ``tflite-int8`` runtime opens where the weights ship no model of
     that shape (:class:`~qsegment.runtimes.litert.LiteRtInt8`'s ``build``)."""
 
-    def __init__(self, model: nn.Module, observers: dict[str, torch.Tensor]) -> None:
+    def __init__(self, model: SegmentationModel, observers: dict[str, torch.Tensor]) -> None:
         self.model, self.observers = model.eval(), observers
         self.key = weights_digest(model.state_dict(), observers)
 
@@ -151,7 +154,7 @@ class FlatbufferCache:
         return path
 
 
-def write_onnx_int8(model: nn.Module, path: Path, example: Shape = (256, 256)) -> Path:
+def write_onnx_int8(model: SegmentationModel, path: Path, example: Shape = (256, 256)) -> Path:
     """Static int8 ONNX of ``model`` at ``path``, calibrated on the dataset's training
     images at full resolution (:func:`~qsegment.export.onnx.quantize_onnx_int8`);
     ``example`` is the input shape the float graph is traced at (H and W stay dynamic)."""
@@ -163,7 +166,8 @@ def write_onnx_int8(model: nn.Module, path: Path, example: Shape = (256, 256)) -
 # --- qsegment export --target cpu-int8 ------------------------------------------------------
 
 def export_cpu_int8(source: str | Path, out: str | Path,
-                    shape: Sequence[Shape] | None = None, name: str | None = None) -> dict:
+                    shape: Sequence[Shape] | None = None, name: str | None = None
+                    ) -> ExportNote:
     """Write the weights ``source`` as ``out/NAME.safetensors`` with its card
     (``NAME.json``), and beside them the CPU int8 runtimes' files and their manifest
     (``NAME.int8.json``), as the shipped weights have them. A file the source has beside
@@ -181,7 +185,8 @@ def export_cpu_int8(source: str | Path, out: str | Path,
             or the file's).
 
     Returns:
-        The manifest, with ``weights``, the .safetensors file written.
+        The note: the files in ``out`` (weights, card, int8 files, manifest); its details
+        are the manifest with ``weights``, the .safetensors file written.
 
     Raises:
         CheckpointError: ``source`` is no weights name, run folder or checkpoint.
@@ -198,10 +203,15 @@ def export_cpu_int8(source: str | Path, out: str | Path,
         save_checkpoint(dest, model, {"card": published.to_dict()})
         published.write(dest.with_suffix(".json"))
     _write_int8_files(dest, model, manifest, weights)
-    return {**manifest, "weights": str(dest)}
+    card_file = dest.with_suffix(".json")  # none if ``source`` is ``dest``, without one
+    card_files = (card_file.name,) if card_file.is_file() else ()
+    files = (dest.name, *card_files, *manifest["tflite"].values(),
+             *(manifest[key] for key in ("observers", "onnx") if key in manifest),
+             dest.with_suffix(".int8.json").name)
+    return ExportNote("cpu-int8", Path(out), files, {**manifest, "weights": str(dest)})
 
 
-def int8_manifest(model: nn.Module, shapes: Sequence[Shape]) -> dict:
+def int8_manifest(model: SegmentationModel, shapes: Sequence[Shape]) -> dict:
     """The manifest of ``model``'s int8 files, before they are made: its size multiple,
     its receptive radius and the tiling :class:`~qsegment.inference.predict.Segmenter`
     uses by default, the last of ``shapes`` (rounded up to the size multiple, as all
@@ -220,7 +230,8 @@ def int8_manifest(model: nn.Module, shapes: Sequence[Shape]) -> dict:
             "tflite": {f"{h}x{w}": None for h, w in shapes}, "unsupported": {}}
 
 
-def _write_int8_files(weights: Path, model: nn.Module, manifest: dict, source: Path) -> None:
+def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, source: Path
+                      ) -> None:
     """Fill ``manifest`` (:func:`int8_manifest`) with the int8 files written beside
     ``weights``, each copied from beside ``source`` (the same weights) where it is there,
     else built, and write it beside them."""
@@ -232,13 +243,13 @@ def _write_int8_files(weights: Path, model: nn.Module, manifest: dict, source: P
             atomic_write(path, shipped.read_bytes())
         return path
 
-    shapes = [tuple(int(n) for n in key.split("x")) for key in manifest["tflite"]]
+    shapes = [(int(h), int(w)) for h, w in (key.split("x") for key in manifest["tflite"])]
     try:
         observers = observers_for(model, source.with_suffix(".int8-observers.safetensors"))
         for height, width in shapes:
             path = made(f".int8-{height}x{width}.tflite",
-                        lambda path, shape=(1, 3, height, width): _write_tflite(
-                            path, model, observers, shape))
+                        partial(_write_tflite, model=model, observers=observers,
+                                shape=(1, 3, height, width)))
             manifest["tflite"][f"{height}x{width}"] = path.name
         manifest["observers"] = made(".int8-observers.safetensors",
                                      lambda path: save_observers(path, observers)).name
@@ -256,22 +267,24 @@ def _write_int8_files(weights: Path, model: nn.Module, manifest: dict, source: P
     write_json(weights.with_suffix(".int8.json"), manifest)
 
 
-def _write_tflite(path: Path, model: nn.Module, observers: dict[str, torch.Tensor],
+def _write_tflite(path: Path, model: SegmentationModel, observers: dict[str, torch.Tensor],
                   shape: tuple[int, int, int, int]) -> None:
     flatbuffer = convert_int8(model, observers=observers, shape=shape)
     Int8Session(flatbuffer)  # LiteRT must accept the graph, not only the converter
     atomic_write(path, flatbuffer)
 
 
-def report_lines(note: dict) -> list[str]:
+def report_lines(note: ExportNote) -> list[str]:
     """What ``qsegment export --target cpu-int8`` prints: the files and what runs them."""
-    weights = Path(note["weights"])
+    manifest = note.details
+    weights = Path(manifest["weights"])
     lines = [f"weights: {weights.name} (with its card, {weights.with_suffix('.json').name})",
-             *(f"tflite-int8: {file}" for file in note["tflite"].values())]
-    if "onnx" in note:
-        lines.append(f"onnx-int8: {note['onnx']}")
-    lines += [f"not for {runtime}: {reason}" for runtime, reason in note["unsupported"].items()]
-    tile = note["tile"]
+             *(f"tflite-int8: {file}" for file in manifest["tflite"].values())]
+    if "onnx" in manifest:
+        lines.append(f"onnx-int8: {manifest['onnx']}")
+    lines += [f"not for {runtime}: {reason}"
+              for runtime, reason in manifest["unsupported"].items()]
+    tile = manifest["tile"]
     lines.append(f"default tile {tile['shape'][0]}x{tile['shape'][1]}, margin {tile['margin']} "
                  f"px; run it without PyTorch: qsegment predict IMAGES --model {weights}")
     return lines

@@ -68,12 +68,15 @@ def predict_logits(model: Runtime | nn.Module, image: np.ndarray,
     runtime = as_runtime(model)
     h, w = np.shape(image)[:2]
     x, (hh, ww) = network_input(image, size, runtime.size_multiple)
-    views = symmetries(tta)
-    total = None
-    for view in views:
-        out = _unview(runtime.logits(np.ascontiguousarray(_view(x, *view))), *view)
-        total = out if total is None else total + out
-    logits = (total / len(views))[..., :hh, :ww]
+
+    def view_logits(view: tuple[bool, tuple[int, ...]]) -> np.ndarray:
+        return _unview(runtime.logits(np.ascontiguousarray(_view(x, *view))), *view)
+
+    first, *others = symmetries(tta)
+    total = view_logits(first)
+    for view in others:
+        total = total + view_logits(view)
+    logits = (total / (1 + len(others)))[..., :hh, :ww]
     if size is not None:
         logits = resize_bilinear(np.ascontiguousarray(logits), (h, w), antialias=False)
     return logits[0, 0]

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -127,14 +127,14 @@ class Segmenter:
         self.runner = as_runtime(model)
         self.model = getattr(self.runner, "model", None)
         multiple = self.runner.size_multiple
-        tile = tile or self.runner.tile_shape or TILE
-        tile = (tile, tile) if isinstance(tile, int) else tuple(tile)
+        shape = tile or self.runner.tile_shape or TILE
+        height, width = (shape, shape) if isinstance(shape, int) else shape
         overlap = overlap or self.runner.tile_margin or TILE_OVERLAP
-        if any(t % multiple or t <= 2 * overlap for t in tile) or overlap % multiple:
-            raise UsageError(f"tile ({'x'.join(map(str, tile))}) and overlap ({overlap}) must "
+        if any(t % multiple or t <= 2 * overlap for t in (height, width)) or overlap % multiple:
+            raise UsageError(f"tile ({height}x{width}) and overlap ({overlap}) must "
                              f"be multiples of {multiple} with tile > 2 * overlap")
         self.threshold = threshold
-        self.tile, self.overlap = tile, overlap
+        self.tile, self.overlap = (height, width), overlap
         self.runtime = self.runner.name
         self.tta = tta
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
@@ -142,7 +142,7 @@ class Segmenter:
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
                         runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
-                        **kwargs: object) -> Segmenter:
+                        **kwargs: Any) -> Segmenter:
         """Shipped or trained weights with their card's threshold, on the fastest CPU
         runtime by default (:func:`qsegment.runtimes.open_weights`): the int8 runtimes
         run the files shipped beside the weights (``NAME.int8.json`` lists them) without
@@ -189,13 +189,12 @@ class Segmenter:
                 than (H, W), (H, W, 3) or (H, W, 4)).
         """
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
+        probability: Callable[[np.ndarray], np.ndarray]
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
                 and array.shape[2] == 3 and self.tta == "none" and self.runner.accepts_uint8):
             rgb, probability = array, self.runner.probability_uint8  # 8-bit RGB to int8
         else:
-            rgb = to_rgb_float(image)
-            def probability(part: np.ndarray) -> np.ndarray:
-                return predict_proba(self.runner, part, tta=self.tta)
+            rgb, probability = to_rgb_float(image), self._float_probability
         factor = scale_factor(rgb, self.scale, self.fov_diameter)
         prob = rescaled(rgb, factor, lambda scaled: self._tiled(scaled, probability))
         return Prediction(prob, prob >= self.threshold, self.threshold, factor)
@@ -210,7 +209,12 @@ class Segmenter:
         Returns:
             The (H, W) float32 probability map.
         """
-        return self._tiled(rgb, lambda part: predict_proba(self.runner, part, tta=self.tta))
+        return self._tiled(rgb, self._float_probability)
+
+    def _float_probability(self, rgb: np.ndarray) -> np.ndarray:
+        """The probability of one whole float image (or tile), averaged over the ``tta``
+        views."""
+        return predict_proba(self.runner, rgb, tta=self.tta)
 
     def _tiled(self, image: np.ndarray, probability: Callable[[np.ndarray], np.ndarray]
                ) -> np.ndarray:

@@ -39,7 +39,18 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, **kwargs: Any) -> SegmentationModel:
-    """Build a registered model by name; an unknown name lists the valid ones."""
+    """Build a registered model by name; an unknown name lists the valid ones.
+
+    Args:
+        name: a row of :data:`MODELS` (``qsegment models`` lists them).
+        **kwargs: the model constructor's keyword arguments (a card's ``model_args``).
+
+    Returns:
+        The model, with freshly initialised weights.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered; the message lists the names.
+    """
     return MODELS.load(name)(**kwargs)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..registry import Entry, Registry, resolve
 from .base import ModelFileError, read_manifest, with_shipped_tiling
@@ -82,7 +82,7 @@ def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtim
                              f"failed: {reason}); choose another --runtime, e.g. torch")
     runtime = cls.from_weights(weights, threads) if hasattr(cls, "from_weights") else None
     if runtime is None:
-        runtime = resolve(info.build)(weights)
+        runtime = resolve(cast(str, info.build))(weights)  # a checkpoint runtime's row has one
     return with_shipped_tiling(runtime, manifest)
 
 

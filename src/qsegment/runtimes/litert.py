@@ -15,6 +15,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -117,8 +118,8 @@ class LiteRtInt8(Runtime):
         ``threads`` threads (default: one per CPU); None where there are none. Needs no
         PyTorch."""
         info = read_manifest(weights)
-        shapes = {tuple(int(n) for n in shape.split("x")): weights.with_name(name)
-                  for shape, name in info.get("tflite", {}).items()}
+        shapes = {cast(tuple[int, int], tuple(int(n) for n in shape.split("x"))):  # "HxW"
+                  weights.with_name(name) for shape, name in info.get("tflite", {}).items()}
         return cls(shapes, info["size_multiple"], threads=threads) if shapes else None
 
     @classmethod

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..card import Card
 from .base import ModelFileError, Runtime, depth_to_space, read_manifest
+
+if TYPE_CHECKING:
+    from onnxruntime import SessionOptions
 
 MCT_DOMAIN = "mct_quantizers"
 
@@ -23,7 +27,7 @@ class OnnxRuntime(Runtime):
     name = "onnx"
 
     def __init__(self, path: str | Path, threads: int | None = None, size_multiple: int = 1,
-                 options: object | None = None) -> None:
+                 options: SessionOptions | None = None) -> None:
         import onnxruntime as ort
 
         if options is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ class TorchRuntime(Runtime):
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
-        self.size_multiple = model.size_multiple
+        self.size_multiple = cast(int, model.size_multiple)  # SegmentationModel's int
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()

@@ -12,6 +12,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,7 +39,18 @@ class UnsupportedOperatorError(MicroError):
             "part that runs on the microcontroller")
 
 
-def _schema() -> object:
+class MicroInterpreter(Protocol):
+    """What :class:`MicroModel` uses of ``tflite_micro``'s interpreter (untyped there)."""
+
+    def get_input_details(self, index: int) -> dict[str, Any]: ...
+    def get_output_details(self, index: int) -> dict[str, Any]: ...
+    def set_input(self, input_data: np.ndarray, index: int) -> None: ...
+    def invoke(self) -> int: ...
+    def get_output(self, index: int) -> np.ndarray: ...
+    def print_allocations(self) -> None: ...
+
+
+def _schema() -> ModuleType:
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
 
     return schema_py_generated
@@ -55,7 +68,7 @@ def operators(flatbuffer: bytes) -> dict[str, int]:
                                for op in model.subgraphs[0].operators).items()))
 
 
-def _interpreter(flatbuffer: bytes) -> object:
+def _interpreter(flatbuffer: bytes) -> MicroInterpreter:
     """A TFLite-Micro interpreter with an arena ample for the model's input size, or
     :class:`UnsupportedOperatorError` naming the operators it lacks (from its own log)."""
     from tflite_micro.python.tflite_micro import runtime
@@ -102,8 +115,12 @@ class MicroModel(Runtime):
     def __init__(self, source: str | Path | bytes, runtime: str = "tflm") -> None:
         if runtime not in self.RUNTIMES:
             raise UsageError(f"runtime must be one of {self.RUNTIMES}, got {runtime!r}")
-        self.path = None if isinstance(source, bytes) else Path(source)
-        self.flatbuffer = source if isinstance(source, bytes) else self.path.read_bytes()
+        self.path: Path | None = None
+        if isinstance(source, bytes):
+            self.flatbuffer = source
+        else:
+            self.path = Path(source)
+            self.flatbuffer = self.path.read_bytes()
         self.runtime = runtime
         self._invoked = False
         self.card = Card() if self.path is None else Card.beside(self.path)
