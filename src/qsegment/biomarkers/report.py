@@ -647,11 +647,10 @@ def agreement(data_dir: str | Path | None = None, out_dir: str | Path | None = N
         One row per biomarker of :data:`AGREEMENT_FIELDS`.
 
     Raises:
-        UsageError: ``images`` is neither ``val`` nor ``train``.
-        DatasetError: ``data_dir`` is no complete CHASE_DB1 folder.
-        BiomarkerError: the pixel-size options are wrong.
-        ModuleNotFoundError: PyTorch, which runs the default float model, is not
-            installed.
+        UsageError: an unknown ``images`` (:func:`agreement_values` measures them).
+        DatasetError: an incomplete CHASE_DB1 folder.
+        BiomarkerError: wrong pixel-size options.
+        ModuleNotFoundError: no PyTorch for the default float model.
     """
     values = agreement_values(data_dir, **kwargs)
     table = agreement_table(values)
