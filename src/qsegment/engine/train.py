@@ -192,6 +192,7 @@ def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> Segmentat
     if world_size > 1:  # before the optimizer is built: the swap makes new parameters
         model = cast(SegmentationModel, dist.sync_batchnorm(model, device))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # torch's stubs give Module.to no memory_format keyword, and .to returns the same module
     return model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload,return-value]
 
 
