@@ -234,7 +234,7 @@ def test_onnx_runtime_agrees_with_pytorch(segmenter, sample):
     a, b = segmenter.predict(crop), onnx.predict(crop)
     assert np.abs(a.probability - b.probability).max() < 1e-4
     assert (a.mask != b.mask).mean() < 1e-4
-    with pytest.raises(UnknownNameError, match="choose one of: tflite-int8, torch, onnx"):
+    with pytest.raises(UnknownNameError, match="choose one of: tflite-int8, openvino, torch, onnx"):
         open_runtime("tflite", segmenter.model)
 
 
@@ -249,7 +249,7 @@ def test_predict_benchmark_runs(tmp_path):
     subprocess.run([sys.executable, str(script), "--repeats", "1", "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
-    assert set(rows) == {"tflite-int8", "torch", "onnx", "onnx-int8",
+    assert set(rows) == {"tflite-int8", "openvino", "torch", "onnx", "onnx-int8",
                          "tflite-int8, whole (tile=1024)"}
     for r in rows.values():
         assert r["image"] == [960, 999, 3]  # a whole CHASE_DB1 image went through

@@ -52,7 +52,8 @@ def prepare(name: str, size: int, workdir: Path, runtimes: tuple[str, ...]) -> N
 
     torch.manual_seed(0)
     model = create_model(name).eval()
-    if {"onnx", "onnx-int8"} & set(runtimes):
+    files = {RUNTIMES.get(runtime).file_suffix for runtime in runtimes}
+    if {".onnx", ".int8.onnx"} & files:  # the int8 file is onnx-int8's and openvino's
         fp32 = export_onnx(model, model_file(workdir, name, "onnx"), (size, size))
         quantize_onnx_int8(fp32, model_file(workdir, name, "onnx-int8"), size=size)
     if "tflite-int8" in runtimes:

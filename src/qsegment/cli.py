@@ -908,7 +908,8 @@ EXTRAS = {"torch": "train", "torchvision": "train", "sklearn": "train", "matplot
           "yaml": "train", "tensorboard": "train", "onnxruntime": "onnx", "onnx": "onnx",
           "skimage": "biomarkers", "skan": "biomarkers", "model_compression_toolkit": "imx500",
           "mct_quantizers": "imx500", "litert_torch": "mcu", "tflite_micro": "mcu",
-          "starlette": "app", "uvicorn": "app", "ray": "ray", "pyarrow": "ray"}
+          "starlette": "app", "uvicorn": "app", "ray": "ray", "pyarrow": "ray",
+          "openvino": "fast"}
 
 
 def main(argv: list[str] | None = None) -> int:

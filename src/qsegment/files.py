@@ -65,3 +65,12 @@ def atomic_folder(out: Path) -> Iterator[Path]:
 def write_json(path: str | Path, data: object) -> None:
     """Atomically write ``data`` as indented JSON."""
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """The folder of what qsegment keeps between runs (built models, downloads):
+    ``$QSEGMENT_CACHE``, else ``$XDG_CACHE_HOME/qsegment``, else ``~/.cache/qsegment``,
+    with ``parts`` below it."""
+    root = (os.environ.get("QSEGMENT_CACHE")
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qsegment")
+    return Path(root, *parts)

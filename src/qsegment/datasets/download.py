@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
-import os
 import shutil
 import time
 import urllib.error
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import QsegmentError
-from ..files import atomic_folder
+from ..files import atomic_folder, user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +37,9 @@ class DownloadError(QsegmentError, RuntimeError):
 
 def default_download_dir() -> Path:
     """Where `qsegment data download` puts CHASE_DB1 without ``--to`` (and where the
-    commands look for it): ``$QSEGMENT_CACHE/data/CHASEDB1``, else
-    ``~/.cache/qsegment/data/CHASEDB1``."""
-    root = os.environ.get("QSEGMENT_CACHE") or Path.home() / ".cache" / "qsegment"
-    return Path(root) / "data" / "CHASEDB1"
+    commands look for it): ``data/CHASEDB1`` in the user cache
+    (:func:`~qsegment.files.user_cache_dir`)."""
+    return user_cache_dir("data", "CHASEDB1")
 
 
 def checksums() -> dict[str, str]:

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from ..checkpoint import load_model, save_checkpoint
 from ..errors import QsegmentError
@@ -36,10 +36,11 @@ from ..models import SegmentationModel
 from ..models.profile import receptive_radius
 from ..pretrained import resolve_checkpoint
 from ..registry import resolve
-from ..runtimes import checkpoint_runtime
+from ..runtimes import RUNTIMES, checkpoint_runtime
 from ..runtimes.base import read_manifest, with_shipped_tiling
 from ..runtimes.litert import Int8Session, LiteRtInt8
 from ..runtimes.onnxrt import OnnxInt8Runtime, OnnxRuntime
+from ..runtimes.openvino import OpenVinoInt8
 from ..runtimes.pytorch import TorchRuntime
 from .common import ExportNote
 from .onnx import export_onnx, quantize_onnx_int8
@@ -105,16 +106,32 @@ def onnx_float(weights: Path | None, model: SegmentationModel | None = None) -> 
                            size_multiple=model.size_multiple)
 
 
-def onnx_int8(weights: Path | None, model: SegmentationModel | None = None) -> OnnxInt8Runtime:
-    """The ``onnx-int8`` runtime: the ``NAME.int8.onnx`` shipped beside ``weights``, else
-    the network quantized now on the dataset's training images (:func:`write_onnx_int8`)."""
-    shipped = OnnxInt8Runtime.from_weights(weights) if weights is not None else None
+Int8Onnx = TypeVar("Int8Onnx", OnnxInt8Runtime, OpenVinoInt8)
+
+
+def _int8_onnx(runtime: type[Int8Onnx], weights: Path | None,
+               model: SegmentationModel | None) -> Int8Onnx:
+    """``runtime`` on the ``NAME.int8.onnx`` shipped beside ``weights``, else on the
+    network quantized now on the dataset's training images (:func:`write_onnx_int8`; the
+    runtime reads the file before the temporary folder goes)."""
+    shipped = runtime.from_weights(weights) if weights is not None else None
     if shipped is not None:
         return shipped
     model = _network(weights, model)
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-        return OnnxInt8Runtime(write_onnx_int8(model, Path(tmp) / "model.int8.onnx"),
-                               size_multiple=model.size_multiple)
+        return runtime(write_onnx_int8(model, Path(tmp) / "model.int8.onnx"),
+                       size_multiple=model.size_multiple)
+
+
+def onnx_int8(weights: Path | None, model: SegmentationModel | None = None) -> OnnxInt8Runtime:
+    """The ``onnx-int8`` runtime: the static int8 ONNX of the weights (:func:`_int8_onnx`)."""
+    return _int8_onnx(OnnxInt8Runtime, weights, model)
+
+
+def openvino_int8(weights: Path | None, model: SegmentationModel | None = None
+                  ) -> OpenVinoInt8:
+    """The ``openvino`` runtime: the static int8 ONNX of the weights (:func:`_int8_onnx`)."""
+    return _int8_onnx(OpenVinoInt8, weights, model)
 
 
 def litert_int8(weights: Path | None, model: SegmentationModel | None = None) -> LiteRtInt8:
@@ -263,7 +280,9 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
                                 lambda path: write_onnx_int8(model, path, largest)).name
     except (RuntimeError, TypeError) as err:  # the ONNX tracer cannot take max-unpooling
         log.warning("%s: no int8 ONNX model (%s)", weights.name, err)
-        manifest["unsupported"]["onnx-int8"] = manifest["unsupported"]["onnx"] = str(err)
+        for info in RUNTIMES:  # every runtime that runs the network as ONNX
+            if info.file_suffix in (".onnx", ".int8.onnx"):
+                manifest["unsupported"][info.name] = str(err)
     write_json(weights.with_suffix(".int8.json"), manifest)
 
 
@@ -292,4 +311,4 @@ def report_lines(note: ExportNote) -> list[str]:
 
 __all__ = ["TFLITE_SHAPES", "TILE_SHAPE", "ExportError", "FlatbufferCache",
            "export_cpu_int8", "int8_manifest", "litert_int8", "onnx_float", "onnx_int8",
-           "open_runtime", "report_lines", "torch_runtime", "write_onnx_int8"]
+           "open_runtime", "openvino_int8", "report_lines", "torch_runtime", "write_onnx_int8"]

@@ -22,7 +22,6 @@ import copy
 import hashlib
 import io
 import logging
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..console import captured_stderr
 from ..errors import QsegmentError, UsageError
-from ..files import atomic_write
+from ..files import atomic_write, user_cache_dir
 
 if TYPE_CHECKING:
     import torch
@@ -225,7 +224,7 @@ def observers_for(model: SegmentationModel, sidecar: Path | None = None,
 
 
 def cache_dir() -> Path:
-    """Where built flatbuffers are kept: ``$QSEGMENT_CACHE``, else ~/.cache/qsegment."""
-    root = os.environ.get("QSEGMENT_CACHE") or Path.home() / ".cache" / "qsegment"
-    return Path(root) / "tflite"
+    """Where built flatbuffers are kept: ``tflite`` in the user cache
+    (:func:`~qsegment.files.user_cache_dir`)."""
+    return user_cache_dir("tflite")
 

@@ -38,6 +38,10 @@ RUNTIMES: Registry[RuntimeInfo] = Registry("runtime", [
                 "int8 TFLite in LiteRT/XNNPACK, the fastest on a CPU, no PyTorch (models "
                 "shipped at 512x512, 960x1000 and 400x1008, the tile of larger images)",
                 build="qsegment.export.cpu:litert_int8", file_suffix=".int8.tflite"),
+    RuntimeInfo("openvino", "qsegment.runtimes.openvino:OpenVinoInt8",
+                "OpenVINO, static int8 (the shipped QDQ ONNX), compiled once per input shape "
+                "and cached; images up to 1024x1024 whole (the [fast] extra)",
+                build="qsegment.export.cpu:openvino_int8", file_suffix=".int8.onnx"),
     RuntimeInfo("torch", "qsegment.runtimes.pytorch:TorchRuntime", "PyTorch eager, float32",
                 build="qsegment.export.cpu:torch_runtime"),
     RuntimeInfo("onnx", "qsegment.runtimes.onnxrt:OnnxRuntime", "ONNX Runtime, float32",

@@ -62,11 +62,21 @@ def read_manifest(weights: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def shipped_int8_onnx(weights: Path) -> tuple[Path, int] | None:
+    """The static int8 ONNX shipped beside ``weights`` (its manifest,
+    :func:`read_manifest`, names it) and the network's size multiple; None where none
+    ships."""
+    info = read_manifest(weights)
+    return (weights.with_name(info["onnx"]), int(info["size_multiple"])) if "onnx" in info else None
+
+
 def with_shipped_tiling(runtime: Runtime, manifest: dict) -> Runtime:
     """``runtime`` with the default tiling of a weights' ``manifest``
-    (:func:`read_manifest`), where it has one."""
+    (:func:`read_manifest`), where it has one: its margin, and its tile unless the runtime
+    has a tile of its own (one that runs larger images whole)."""
     if tile := manifest.get("tile"):
-        runtime.tile_shape, runtime.tile_margin = tuple(tile["shape"]), int(tile["margin"])
+        runtime.tile_shape = runtime.tile_shape or tuple(tile["shape"])
+        runtime.tile_margin = int(tile["margin"])
     return runtime
 
 

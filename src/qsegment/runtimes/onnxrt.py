@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..card import Card
-from .base import ModelFileError, Runtime, depth_to_space, read_manifest
+from .base import ModelFileError, Runtime, depth_to_space, shipped_int8_onnx
 
 if TYPE_CHECKING:
     from onnxruntime import SessionOptions
@@ -60,11 +60,8 @@ class OnnxInt8Runtime(OnnxRuntime):
     def from_weights(cls, weights: Path, threads: int | None = None) -> OnnxInt8Runtime | None:
         """The shipped file (no PyTorch needed) on ``threads`` threads (default: one per
         CPU); None where there is none."""
-        info = read_manifest(weights)
-        if "onnx" not in info:
-            return None
-        return cls(weights.with_name(info["onnx"]), threads,
-                   size_multiple=info["size_multiple"])
+        shipped = shipped_int8_onnx(weights)
+        return None if shipped is None else cls(shipped[0], threads, size_multiple=shipped[1])
 
 
 class MctOnnxRuntime(OnnxRuntime):

@@ -1,0 +1,152 @@
+"""The openvino runtime on real CHASE_DB1 images: it runs the shipped int8 ONNX as ONNX
+Runtime does, compiles once per shape into OpenVINO's model cache, and a broken or stale
+cache is rebuilt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qsegment import Segmenter
+from qsegment.cli import main
+from qsegment.datasets import load_sample
+from qsegment.metrics import evaluate
+from qsegment.pretrained import DEFAULT_MODEL, resolve_checkpoint
+from qsegment.runtimes.openvino import OpenVinoInt8
+
+VALIDATION = ("Image_11L", "Image_12R", "Image_14L")  # 3 of the default split's validation
+
+
+def rgb8(sample) -> np.ndarray:
+    """The 8-bit RGB a decoded file gives (the samples are the JPEG's pixels / 255)."""
+    return np.round(sample.image * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def crop(data_dir) -> np.ndarray:
+    return rgb8(load_sample(data_dir, "Image_11L"))[300:556, 300:556]
+
+
+def loaded_from_cache(runtime: OpenVinoInt8, shape: tuple[int, ...]) -> bool:
+    return bool(runtime.request(shape).get_compiled_model().get_property("LOADED_FROM_CACHE"))
+
+
+def test_openvino_runs_the_shipped_int8_onnx_as_onnx_runtime_does(data_dir):
+    """The same int8 file in two engines: the masks of CHASE_DB1 validation images agree,
+    and so does their Dice against the first observer. (Against LiteRT's int8 model they
+    agree less on a CPU without VNNI: see the report in issue #35.)"""
+    samples = [load_sample(data_dir, name) for name in VALIDATION]
+    openvino = Segmenter.from_pretrained(runtime="openvino")
+    onnx = Segmenter.from_pretrained(runtime="onnx-int8")
+    assert openvino.runner.path == onnx.runner.path
+    assert openvino.runner.path.name == f"{DEFAULT_MODEL}.int8.onnx"
+    assert openvino.threshold == onnx.threshold and openvino.tile == (1024, 1024)
+    results = {name: [s.predict(rgb8(sample)) for sample in samples]
+               for name, s in (("openvino", openvino), ("onnx-int8", onnx))}
+    fovs = [sample.fov for sample in samples]
+    for ov, ort in zip(results["openvino"], results["onnx-int8"], strict=True):
+        assert ov.mask.shape == ort.mask.shape == (960, 999)
+        assert ov.probability.dtype == np.float32
+    between = evaluate([r.mask.astype(np.float32) for r in results["openvino"]],
+                       [r.mask for r in results["onnx-int8"]], fovs, 0.5)
+    assert between["pooled"]["dice"] >= 0.99
+    dice = {name: evaluate([r.probability for r in runs], [s.label for s in samples], fovs,
+                           openvino.threshold)["pooled"]["dice"]
+            for name, runs in results.items()}
+    assert dice["openvino"] > 0.8 and abs(dice["openvino"] - dice["onnx-int8"]) <= 0.001
+
+
+def test_a_second_process_loads_the_compiled_network_from_the_cache(tmp_path, crop):
+    np.save(tmp_path / "crop.npy", crop)
+    script = ("import json, sys, numpy as np\n"
+              "from qsegment import Segmenter\n"
+              "s = Segmenter.from_pretrained(runtime='openvino')\n"
+              "s.predict(np.load(sys.argv[1]))\n"
+              "compiled = s.runner.request((1, 3, 256, 256)).get_compiled_model()\n"
+              "print(json.dumps({'cached': compiled.get_property('LOADED_FROM_CACHE'),\n"
+              "                  'cache': str(s.runner.cache)}))\n")
+    env = {**os.environ, "QSEGMENT_CACHE": str(tmp_path / "cache")}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script, str(tmp_path / "crop.npy")],
+                                      env=env, check=True, capture_output=True, text=True,
+                                      timeout=120).stdout.splitlines()[-1])
+            for _ in range(2)]
+    assert [run["cached"] for run in runs] == [False, True]
+    cache = Path(runs[0]["cache"])
+    assert cache.parent == tmp_path / "cache" / "openvino" and any(cache.iterdir())
+
+
+@pytest.mark.parametrize("damage", [lambda blob: b"not a compiled network" * 100,
+                                    lambda blob: blob[:len(blob) // 2],
+                                    lambda blob: blob[:4096] + bytes(len(blob) - 4096)],
+                         ids=["garbage", "truncated", "zeroed"])
+def test_a_corrupt_cache_is_rebuilt_not_used(damage, crop, tmp_path, monkeypatch):
+    monkeypatch.setenv("QSEGMENT_CACHE", str(tmp_path))
+    weights = resolve_checkpoint(DEFAULT_MODEL)
+    x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32) / 255
+    first = OpenVinoInt8.from_weights(weights, threads=1)
+    reference = first.logits(x)
+    assert reference.shape == (1, 1, 256, 256) and reference.dtype == np.float32
+    blobs = {path: path.read_bytes() for path in first.cache.iterdir()}
+    assert blobs
+    for path, blob in blobs.items():
+        path.write_bytes(damage(blob))
+    again = OpenVinoInt8.from_weights(weights, threads=1)
+    assert again.cache == first.cache
+    np.testing.assert_array_equal(again.logits(x), reference)
+    assert not loaded_from_cache(again, x.shape)
+    rebuilt = OpenVinoInt8.from_weights(weights, threads=1)
+    np.testing.assert_array_equal(rebuilt.logits(x), reference)
+    assert loaded_from_cache(rebuilt, x.shape)
+
+
+def test_another_openvino_build_gets_a_cache_of_its_own(crop, tmp_path, monkeypatch):
+    """OpenVINO loads a blob that another version wrote: the folder is keyed by the build."""
+    import openvino
+
+    monkeypatch.setenv("QSEGMENT_CACHE", str(tmp_path))
+    weights = resolve_checkpoint(DEFAULT_MODEL)
+    x = np.ascontiguousarray(crop.transpose(2, 0, 1)[None], np.float32) / 255
+    OpenVinoInt8.from_weights(weights, threads=1).logits(x)
+    monkeypatch.setattr(openvino, "get_version", lambda: "2025.0.0-0-older")
+    older = OpenVinoInt8.from_weights(weights, threads=1)
+    assert older.cache.parent == tmp_path / "openvino" and not older.cache.exists()
+    older.logits(x)
+    assert not loaded_from_cache(older, x.shape)
+    assert len(list((tmp_path / "openvino").iterdir())) == 2
+
+
+def test_an_unreadable_model_file_is_named(tmp_path):
+    from qsegment.runtimes.base import ModelFileError
+
+    bad = tmp_path / "model.int8.onnx"
+    bad.write_bytes(b"not an ONNX file")
+    with pytest.raises(ModelFileError, match=r"model\.int8\.onnx: OpenVINO cannot read it"):
+        OpenVinoInt8.from_file(bad)
+
+
+def test_a_network_without_shipped_files_is_quantized_and_compiled(crop):
+    """The row's build function: a network (a trained run has no int8 files) becomes the
+    static int8 ONNX in a temporary folder, which OpenVINO has read before it goes."""
+    from qsegment.checkpoint import load_model
+    from qsegment.export.cpu import open_runtime
+
+    model, _ = load_model(resolve_checkpoint(DEFAULT_MODEL))
+    runtime = open_runtime("openvino", model)
+    assert isinstance(runtime, OpenVinoInt8) and not runtime.path.exists()
+    assert runtime.size_multiple == model.size_multiple
+    shipped = Segmenter.from_pretrained(runtime="openvino")
+    built = Segmenter(runtime, shipped.threshold)
+    assert (built.predict(crop).mask == shipped.predict(crop).mask).mean() > 0.99
+
+
+def test_a_missing_openvino_names_the_extra(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails as uninstalled
+    code = main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path),
+                 "--runtime", "openvino"])
+    assert code == 2 and "pip install 'qsegment[fast]'" in capsys.readouterr().err
