@@ -4,6 +4,7 @@ in a fresh virtual environment, with no PyTorch installed or imported."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import zipfile
@@ -30,6 +31,11 @@ def test_the_base_install_predicts_without_torch(tmp_path, data_dir):
                             capture_output=True, text=True).stdout
     installed = {p["name"].lower() for p in json.loads(listed)}
     assert "ai-edge-litert" in installed and not {"torch", "torchvision"} & installed
+    # OpenVINO comes with it on x86-64, where the whole stays under 600 MB (issue #35)
+    assert ("openvino" in installed) == (platform.machine() in ("x86_64", "AMD64"))
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    megabytes = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 1e6
+    assert megabytes < 600, f"the base install is {megabytes:.0f} MB"
 
     image = data_dir / "Image_11L.jpg"
     done = subprocess.run([str(qsegment), "predict", str(image), "-o", str(tmp_path / "out")],

@@ -40,7 +40,7 @@ from PIL import Image
 
 from .errors import QsegmentError, UsageError
 from .files import atomic_write
-from .images import ImageError, read_rgb, resize_image, resize_map
+from .images import SAMPLE_IMAGES, ImageError, read_rgb, resize_image, resize_map
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
     from .inference.predict import Segmenter
 
-SAMPLES = Path(__file__).parent / "sample_images"  # two CHASE_DB1 test images (CC BY 4.0)
 PAGE = Path(__file__).parent / "web" / "index.html"
 MAX_MEGAPIXELS = 25  # larger photographs are refused before decoding, with a message
 MAX_UPLOAD_MB = 30  # larger files are refused before they are read to the end
@@ -204,7 +203,7 @@ class App:
     def warm_up(self) -> None:
         """Segment and measure a shipped example once, so that the first visitor does not
         wait for the interpreter's and the biomarkers' first-call set-up."""
-        sample = next(iter(sorted(SAMPLES.glob("*.jpg"))), None)
+        sample = next(iter(sorted(SAMPLE_IMAGES.glob("*.jpg"))), None)
         if sample is None:
             return
         folder = self.workdir / "warm-up"
@@ -281,7 +280,7 @@ class _Api:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.samples = {p.name: p for p in sorted(SAMPLES.glob("*.jpg"))}
+        self.samples = {p.name: p for p in sorted(SAMPLE_IMAGES.glob("*.jpg"))}
         self.waiting = 0  # requests queued for the network (one event loop: no lock needed)
         # one thread each for the network and the biomarkers: requests wait their turn in
         # order, and memory stays that of one of each (glibc gives each thread its heap)

@@ -458,7 +458,8 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
             ``NAME_prob.png``) per input, the records and ``manifest.parquet``.
         model: a shipped weights name, a run folder or a .safetensors file.
         runtime: the runtime each worker runs the model on
-            (:func:`qsegment.runtimes.checkpoint_runtimes`).
+            (:func:`qsegment.runtimes.checkpoint_runtimes`), or ``auto``: the fastest
+            installed for this CPU (:func:`qsegment.runtimes.auto_runtimes`).
         threshold: the vessel probability threshold (default: the card's).
         scale: ``auto``, ``none`` or a factor: how images are resized before the network
             (:func:`~qsegment.inference.maps.scale_factor`).

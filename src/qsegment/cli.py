@@ -44,7 +44,7 @@ from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import QsegmentError, UsageError
 from .export import TARGETS
 from .pretrained import DEFAULT_MODEL, resolve_checkpoint
-from .runtimes import DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
+from .runtimes import AUTO, DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -212,8 +212,11 @@ def _add_model(p: argparse.ArgumentParser,
 
 def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
     names = checkpoint_runtimes()
-    p.add_argument("--runtime", choices=names, default=default,
-                   help="; ".join(f"{n}: {RUNTIMES.get(n).description}" for n in names)
+    auto = [AUTO] if default == AUTO else []
+    p.add_argument("--runtime", choices=auto + names, default=default,
+                   help="; ".join([f"{AUTO}: the fastest of these installed for this CPU "
+                                   "(--verbose says which and why)"] * len(auto)
+                                  + [f"{n}: {RUNTIMES.get(n).description}" for n in names])
                    + f" ({default})")
 
 
@@ -454,7 +457,8 @@ def _predict(args: argparse.Namespace) -> int:
     for source, problem in summary.failed:
         print(f"qsegment predict: {source}: {problem}", file=sys.stderr)
     print(f"{len(summary.written)} image(s) segmented into {args.out} "
-          f"(threshold {segmenter.threshold:.3f}), {len(summary.failed)} failed")
+          f"(threshold {segmenter.threshold:.3f}, runtime {segmenter.runtime}), "
+          f"{len(summary.failed)} failed")
     if args.biomarkers:
         from .biomarkers.report import write_rows
 

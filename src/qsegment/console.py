@@ -60,11 +60,14 @@ def _is_ours(record: logging.LogRecord) -> bool:
 
 def configure_logging(verbose: bool = False) -> None:
     """Where a command's log lines go: ours (loggers under ``qsegment``) as
-    ``qsegment: message`` at WARNING and above; other libraries' under their own logger
+    ``qsegment: message`` at WARNING and above (INFO and above when ``verbose``: which
+    runtime ``auto`` chose and why); other libraries' under their own logger
     names (``name: message``), at WARNING and above, and only when ``verbose``: their
     warnings are about their own internals (MCT's "DepthwiseConv2D is not in model."), and
     under our name they would read as ours. Calling it again replaces what it set up."""
-    _install(logging.getLogger("qsegment"), "qsegment: %(message)s", logging.WARNING)
+    ours = logging.getLogger("qsegment")
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
+    _install(ours, "qsegment: %(message)s", ours.level)
     # Silent unless verbose, the root handler still stands in for logging's last resort,
     # which would print any library's warning that reaches no handler.
     libraries = _install(logging.getLogger(), "%(name)s: %(message)s",

@@ -53,6 +53,7 @@ def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
     return array
 
 
+SAMPLE_IMAGES = Path(__file__).parent / "sample_images"  # two CHASE_DB1 test images (CC BY 4.0)
 MAX_MEGAPIXELS = 100  # larger files are refused before decoding, never an out-of-memory kill
 _EIGHT_BIT = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 

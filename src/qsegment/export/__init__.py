@@ -51,6 +51,12 @@ def _check_board(board: str) -> None:
     resolve("qsegment.export.tflite_micro:check_board")(board)  # its module holds the boards
 
 
+_SHAPES = Option("--shape", "TFLite input shapes HxW[,HxW...] (cpu-int8: the last is the "
+                 "default tile, default 512x512,960x1000,400x1008; tflite-int8: 400x1008)",
+                 shapes)
+_NAME = Option("--name", "what the files are called (the card's name, else the run folder's "
+               "or file's)", file_stem)
+_SOURCE = "pretrained name, run folder or .safetensors"
 _SIZE = Option("--size", "square input size (default: the largest that fits the device)",
                positive_int)
 
@@ -71,7 +77,7 @@ TARGETS: Registry[ExportTarget] = Registry("export target", [
         target="qsegment.export.tflite_micro:export_tflite_micro",
         description="microcontrollers (Sony Spresense, Cortex-M4F): int8 .tflite and C "
         "sources from a checkpoint",
-        source="pretrained name, run folder or .safetensors",
+        source=_SOURCE,
         options=(_SIZE,
                  Option("--board", "memory budget the default size must fit (spresense; --fit "
                         "prints every budget)", checked(_check_board, "board")),
@@ -90,16 +96,36 @@ TARGETS: Registry[ExportTarget] = Registry("export target", [
         target="qsegment.export.cpu:export_cpu_int8",
         description="CPUs without PyTorch: the weights with their int8 TFLite and ONNX "
         "files, calibrated ranges and manifest (as shipped)",
-        source="pretrained name, run folder or .safetensors",
-        options=(Option("--shape", "TFLite input shapes HxW[,HxW...], the last the default "
-                        "tile (512x512,960x1000,400x1008)", shapes),
-                 Option("--name", "what the files are called (the card's name, else the run "
-                        "folder's or file's)", file_stem)),
+        source=_SOURCE,
+        options=(_SHAPES, _NAME),
         report="qsegment.export.cpu:report_lines",
         scored_by="tflite-int8",
         examples=("qsegment export runs/fast --target cpu-int8 --name my-model -o models/",
                   "qsegment export qsegment-nearest --target cpu-int8 --shape 256x256 "
                   "-o small/")),
+    ExportTarget(
+        "onnx",
+        target="qsegment.export.formats:export_onnx_file",
+        description="ONNX, float32, any batch and size (ONNX Runtime, TensorRT, OpenCV): "
+        "NAME.onnx",
+        source=_SOURCE, options=(_NAME,), report="qsegment.export.formats:report_lines",
+        examples=("qsegment export qsegment-nearest --target onnx -o formats/",)),
+    ExportTarget(
+        "openvino",
+        target="qsegment.export.formats:export_openvino",
+        description="OpenVINO IR, static int8, any size (the openvino runtime's network): "
+        "NAME.xml and NAME.bin",
+        source=_SOURCE, options=(_NAME,), report="qsegment.export.formats:report_lines",
+        examples=("qsegment export runs/fast --target openvino -o formats/",)),
+    ExportTarget(
+        "tflite-int8",
+        target="qsegment.export.formats:export_tflite_int8",
+        description="LiteRT, fully int8, one input shape per file (phones, Raspberry Pi): "
+        "NAME.int8-HxW.tflite",
+        source=_SOURCE, options=(_SHAPES, _NAME),
+        report="qsegment.export.formats:report_lines",
+        examples=("qsegment export qsegment-nearest --target tflite-int8 --shape 512x512 "
+                  "-o formats/",)),
 ])
 
 

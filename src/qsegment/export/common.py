@@ -40,6 +40,12 @@ class ExportNote:
         write_json(path, self.to_dict())
 
 
+def default_name(weights: Path, card: Card) -> str:
+    """What exported files are called by default: the card's name, else the run folder's
+    (for its ``last.safetensors``) or the weights file's."""
+    return card.name or (weights.parent.name if weights.stem == "last" else weights.stem)
+
+
 def float_threshold(float_card: Card) -> Threshold:
     """An int8 model's decision threshold: its float model's, chosen on training images."""
     return Threshold(float_card.threshold_value, "the float model's, chosen on training images")

@@ -42,7 +42,7 @@ from ..runtimes.litert import Int8Session, LiteRtInt8
 from ..runtimes.onnxrt import OnnxInt8Runtime, OnnxRuntime
 from ..runtimes.openvino import OpenVinoInt8
 from ..runtimes.pytorch import TorchRuntime
-from .common import ExportNote
+from .common import ExportNote, default_name
 from .onnx import export_onnx, quantize_onnx_int8
 from .tflite import (
     ConversionError,
@@ -212,8 +212,7 @@ def export_cpu_int8(source: str | Path, out: str | Path,
     weights = resolve_checkpoint(source)
     model, card = load_model(weights)
     manifest = int8_manifest(model, shape or TFLITE_SHAPES)
-    name = name or card.name or (weights.parent.name if weights.stem == "last"
-                                 else weights.stem)
+    name = name or default_name(weights, card)
     dest = Path(out) / f"{name}.safetensors"
     if not dest.exists() or not dest.samefile(weights):
         published = card.replace(name=name, source_run=card.get("source_run") or str(source))
@@ -265,7 +264,7 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
         observers = observers_for(model, source.with_suffix(".int8-observers.safetensors"))
         for height, width in shapes:
             path = made(f".int8-{height}x{width}.tflite",
-                        partial(_write_tflite, model=model, observers=observers,
+                        partial(write_tflite_int8, model=model, observers=observers,
                                 shape=(1, 3, height, width)))
             manifest["tflite"][f"{height}x{width}"] = path.name
         manifest["observers"] = made(".int8-observers.safetensors",
@@ -286,8 +285,11 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
     write_json(weights.with_suffix(".int8.json"), manifest)
 
 
-def _write_tflite(path: Path, model: SegmentationModel, observers: dict[str, torch.Tensor],
-                  shape: tuple[int, int, int, int]) -> None:
+def write_tflite_int8(path: Path, model: SegmentationModel,
+                      observers: dict[str, torch.Tensor], shape: tuple[int, int, int, int]
+                      ) -> None:
+    """``model`` as a fully int8 flatbuffer for inputs of ``shape`` (1, 3, H, W), from its
+    calibrated ``observers``, at ``path``; LiteRT must accept it."""
     flatbuffer = convert_int8(model, observers=observers, shape=shape)
     Int8Session(flatbuffer)  # LiteRT must accept the graph, not only the converter
     atomic_write(path, flatbuffer)
@@ -311,4 +313,5 @@ def report_lines(note: ExportNote) -> list[str]:
 
 __all__ = ["TFLITE_SHAPES", "TILE_SHAPE", "ExportError", "FlatbufferCache",
            "export_cpu_int8", "int8_manifest", "litert_int8", "onnx_float", "onnx_int8",
-           "open_runtime", "openvino_int8", "report_lines", "torch_runtime", "write_onnx_int8"]
+           "open_runtime", "openvino_int8", "report_lines", "torch_runtime", "write_onnx_int8",
+           "write_tflite_int8"]

@@ -152,7 +152,8 @@ class Segmenter:
             source: a shipped weights name, a run folder or a .safetensors file.
             threshold: the vessel probability threshold (default: the card's).
             runtime: a runtime that runs checkpoints
-                (:func:`qsegment.runtimes.checkpoint_runtimes`).
+                (:func:`qsegment.runtimes.checkpoint_runtimes`), or ``auto``: the fastest installed
+                for this CPU (:func:`qsegment.runtimes.auto_runtimes`).
             threads: CPU threads of the int8 runtimes (default: one per CPU).
             **kwargs: the constructor's other arguments (``tile``, ``tta``, ``scale``...).
 

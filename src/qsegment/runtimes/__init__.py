@@ -11,7 +11,10 @@ weights do not ship them; ``suffix`` runtimes open an int8 model file that an ex
 
 from __future__ import annotations
 
+import logging
+import platform
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -20,6 +23,8 @@ from .base import ModelFileError, read_manifest, with_shipped_tiling
 
 if TYPE_CHECKING:
     from .base import Runtime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,8 @@ RUNTIMES: Registry[RuntimeInfo] = Registry("runtime", [
                 build="qsegment.export.cpu:litert_int8", file_suffix=".int8.tflite"),
     RuntimeInfo("openvino", "qsegment.runtimes.openvino:OpenVinoInt8",
                 "OpenVINO, static int8 (the shipped QDQ ONNX), compiled once per input shape "
-                "and cached; images up to 1024x1024 whole (the [fast] extra)",
+                "and cached; images up to 1024x1024 whole (in the base install on x86-64, else "
+                "the [fast] extra)",
                 build="qsegment.export.cpu:openvino_int8", file_suffix=".int8.onnx"),
     RuntimeInfo("torch", "qsegment.runtimes.pytorch:TorchRuntime", "PyTorch eager, float32",
                 build="qsegment.export.cpu:torch_runtime"),
@@ -57,7 +63,41 @@ RUNTIMES: Registry[RuntimeInfo] = Registry("runtime", [
                 suffix=".tflite"),
 ])
 
-DEFAULT_RUNTIME = "tflite-int8"  # the fastest on a CPU (docs/BENCHMARKS.md)
+AUTO = "auto"
+DEFAULT_RUNTIME = AUTO  # the fastest int8 runtime installed for this CPU: auto_runtimes()
+# Instruction-set flags (Linux /proc/cpuinfo) of 8-bit dot products on x86-64
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's instruction-set flags as Linux lists them; empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def auto_runtimes(machine: str | None = None, flags: frozenset[str] | None = None
+                  ) -> tuple[list[str], str]:
+    """The runtimes ``auto`` tries, fastest first, on this CPU (or on ``machine`` with
+    instruction-set ``flags``), and why that order.
+
+    OpenVINO runs the int8 network about 2x faster than LiteRT on x86-64 (issue #35,
+    ``benchmarks/bench_runtimes.py``), but it multiplies uint8 activations by int8 weights
+    in pairs that saturate 16 bits where the CPU has no 8-bit dot product (VNNI): on such a
+    CPU its masks lose Dice, so LiteRT stays first there, as on ARM boards.
+    """
+    machine = (machine or platform.machine()).lower()
+    flags = cpu_flags() if flags is None else flags
+    if machine not in ("x86_64", "amd64"):
+        return ["tflite-int8"], f"{machine}: LiteRT (XNNPACK) is the int8 runtime for ARM"
+    if found := sorted(flags & INT8_DOT_PRODUCT_FLAGS):
+        return (["openvino", "tflite-int8"],
+                f"x86-64 with 8-bit dot products ({', '.join(found)}): OpenVINO first")
+    return (["tflite-int8", "openvino"], "x86-64 without VNNI: LiteRT first, OpenVINO's "
+            "int8 loses accuracy there")
 
 
 def checkpoint_runtimes() -> list[str]:
@@ -77,17 +117,51 @@ def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtim
     one per process where several share a machine, e.g. ``qsegment batch``'s workers).
     Else the network the weights build, by the row's ``build`` function on PyTorch's floor
     (named, not imported here: an install without PyTorch never reaches it, and the
-    command line names the extra to install)."""
-    info = checkpoint_runtime(name)
-    cls = info.load()
-    manifest = read_manifest(weights)
-    if reason := manifest.get("unsupported", {}).get(name):
+    command line names the extra to install).
+
+    ``auto`` opens the first of :func:`auto_runtimes` that is installed and has its files
+    shipped beside the weights (the last one in any case); each one passed over is logged
+    in one line (INFO where it is not installed or has no files, a WARNING where it
+    failed)."""
+    if name == AUTO:
+        return _open_auto(weights, threads)
+    runtime = _open_shipped(name, weights, threads)
+    if runtime is None:  # a checkpoint runtime's row has a build
+        runtime = resolve(cast(str, checkpoint_runtime(name).build))(weights)
+    return with_shipped_tiling(runtime, read_manifest(weights))
+
+
+def _open_shipped(name: str, weights: Path, threads: int | None) -> Runtime | None:
+    """The runtime ``name`` on the files shipped beside ``weights``; None where none
+    ship."""
+    cls = checkpoint_runtime(name).load()
+    if reason := read_manifest(weights).get("unsupported", {}).get(name):
         raise ModelFileError(f"{weights.stem} cannot run on the {name} runtime (publishing it "
                              f"failed: {reason}); choose another --runtime, e.g. torch")
-    runtime = cls.from_weights(weights, threads) if hasattr(cls, "from_weights") else None
-    if runtime is None:
-        runtime = resolve(cast(str, info.build))(weights)  # a checkpoint runtime's row has one
-    return with_shipped_tiling(runtime, manifest)
+    return cls.from_weights(weights, threads) if hasattr(cls, "from_weights") else None
+
+
+def _open_auto(weights: Path, threads: int | None) -> Runtime:
+    order, why = auto_runtimes()
+    for name, after in pairwise(order):
+        try:
+            runtime = _open_shipped(name, weights, threads)
+        except ImportError as err:
+            log.info("runtime auto: %s is not installed (no module %s); trying %s", name,
+                     err.name, after)
+            continue
+        except (ModelFileError, RuntimeError) as err:
+            log.warning("runtime auto: %s failed (%s); trying %s", name,
+                        str(err).strip().splitlines()[0], after)
+            continue
+        if runtime is None:
+            log.info("runtime auto: no %s files ship beside %s; trying %s", name,
+                     weights.name, after)
+            continue
+        log.info("runtime auto: %s (%s)", name, why)
+        return with_shipped_tiling(runtime, read_manifest(weights))
+    log.info("runtime auto: %s (%s)", order[-1], why)
+    return open_weights(order[-1], weights, threads)
 
 
 def open_file(path: str | Path, name: str | None = None) -> Runtime:
@@ -103,5 +177,5 @@ def open_file(path: str | Path, name: str | None = None) -> Runtime:
     return RUNTIMES.load(name).from_file(path)
 
 
-__all__ = ["DEFAULT_RUNTIME", "RUNTIMES", "RuntimeInfo", "checkpoint_runtime",
-           "checkpoint_runtimes", "open_file", "open_weights"]
+__all__ = ["AUTO", "DEFAULT_RUNTIME", "RUNTIMES", "RuntimeInfo", "auto_runtimes",
+           "checkpoint_runtime", "checkpoint_runtimes", "open_file", "open_weights"]

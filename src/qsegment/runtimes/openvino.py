@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..console import captured_stderr
 from ..files import user_cache_dir
 from .base import ModelFileError, Runtime, shipped_int8_onnx
 
@@ -32,10 +33,11 @@ if TYPE_CHECKING:
 
 class OpenVinoInt8(Runtime):
     """An ONNX file (the shipped ``NAME.int8.onnx``, or one that
-    :func:`qsegment.export.cpu.openvino_int8` quantized) compiled by OpenVINO for the CPU,
-    for each input shape it is given, on ``threads`` threads (default: one per CPU). At
-    most ``max_compiled`` compiled networks stay in memory (least recently used dropped
-    first)."""
+    :func:`qsegment.export.cpu.openvino_int8` quantized), or the OpenVINO IR
+    (``NAME.xml`` and ``.bin``) that ``qsegment export --target openvino`` wrote,
+    compiled by OpenVINO for the CPU for each input shape it is given, on ``threads``
+    threads (default: one per CPU). At most ``max_compiled`` compiled networks stay in
+    memory (least recently used dropped first)."""
 
     name = "openvino"
     # Images up to this size run whole: OpenVINO runs a whole CHASE_DB1 image (960x1008)
@@ -49,14 +51,19 @@ class OpenVinoInt8(Runtime):
         self.path = Path(path)
         self.core = ov.Core()
         try:
-            self.network = self.core.read_model(str(self.path))
+            with captured_stderr():  # the frontends it tries print their parse errors
+                self.network = self.core.read_model(str(self.path))
         except RuntimeError as err:
+            why = [line for line in str(err).splitlines()
+                   if line.strip() and not line.startswith("Exception from")]
             raise ModelFileError(f"{self.path}: OpenVINO cannot read it "
-                                 f"({str(err).strip().splitlines()[0]})") from err
+                                 f"({(why or ['no reason given'])[0].strip()})") from err
         self.threads = threads or os.cpu_count() or 1
         self.size_multiple = size_multiple
         self.max_compiled = max_compiled
-        key = self.path.read_bytes() + ov.get_version().encode()
+        weights = self.path.with_suffix(".bin")  # an IR's (.xml) weights
+        key = (self.path.read_bytes() + (weights.read_bytes() if weights.is_file() else b"")
+               + ov.get_version().encode())
         digest = hashlib.sha256(key).hexdigest()[:16]
         self.cache = user_cache_dir("openvino", f"{self.path.stem}-{digest}")
         self._requests: OrderedDict[tuple[int, ...], InferRequest] = OrderedDict()
