@@ -36,7 +36,7 @@ demo: venv
 	$(BIN)/qsegment predict $(DATA)/Image_11L.jpg -o runs/demo/predict --overlay
 
 test: venv
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q --durations=30
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 

@@ -244,13 +244,16 @@ def test_predict_benchmark_runs(tmp_path):
     import sys
     from pathlib import Path
 
+    from qsegment.runtimes import auto_runtimes
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_predict.py"
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(script), "--repeats", "1", "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"tflite-int8", "openvino", "torch", "onnx", "onnx-int8",
-                         "tflite-int8, whole (tile=1024)"}
+                         "tflite-int8, whole (tile=1024)", "auto (the default)"}
+    assert rows["auto (the default)"]["runtime"] == auto_runtimes()[0][0]
     for r in rows.values():
         assert r["image"] == [960, 999, 3]  # a whole CHASE_DB1 image went through
         assert 0 < r["median_ms"] <= r["p90_ms"]
@@ -300,10 +303,10 @@ def test_int8_runtime_uses_the_shipped_int8_model_and_agrees(segmenter, sample):
     assert abs(dice[0] - dice[1]) < 0.005
 
 
-def test_default_runtime_is_int8_tflite_from_the_shipped_files(segmenter, sample):
+def test_the_int8_tflite_runtime_runs_the_shipped_files(segmenter, sample):
     """A CHASE-size image runs the shipped int8 flatbuffer (nothing is built) and scores
     like PyTorch; 8-bit input goes the fast way and equals the float path."""
-    fast = Segmenter.from_pretrained("qsegment-nearest")
+    fast = Segmenter.from_pretrained("qsegment-nearest", runtime="tflite-int8")
     assert fast.runtime == "tflite-int8"
     cache = Path(os.environ["QSEGMENT_CACHE"])
     before = sorted(cache.rglob("*.tflite"))
@@ -361,7 +364,7 @@ def test_int8_tflite_runs_any_size_on_the_shipped_shapes_without_torch(segmenter
     assert np.abs(by_tiles - whole).max() < 0.05
     assert np.array_equal(by_tiles >= fast.threshold, whole >= fast.threshold)
     code = ("import sys, json, numpy as np; from qsegment import Segmenter; "
-            "s = Segmenter.from_pretrained('qsegment-nearest'); "
+            "s = Segmenter.from_pretrained('qsegment-nearest', runtime='tflite-int8'); "
             "m = s.predict(np.load(sys.argv[1])).mask; "
             "print(json.dumps([int(m.sum()), 'torch' in sys.modules]))")
     path = Path(os.environ["QSEGMENT_CACHE"]) / "crop.npy"

@@ -43,7 +43,7 @@ from ..runtimes.onnxrt import OnnxInt8Runtime, OnnxRuntime
 from ..runtimes.openvino import OpenVinoInt8
 from ..runtimes.pytorch import TorchRuntime
 from .common import ExportNote, default_name
-from .onnx import export_onnx, quantize_onnx_int8
+from .onnx import export_onnx, export_onnx_int8
 from .tflite import (
     ConversionError,
     cache_dir,
@@ -112,14 +112,16 @@ Int8Onnx = TypeVar("Int8Onnx", OnnxInt8Runtime, OpenVinoInt8)
 def _int8_onnx(runtime: type[Int8Onnx], weights: Path | None,
                model: SegmentationModel | None) -> Int8Onnx:
     """``runtime`` on the ``NAME.int8.onnx`` shipped beside ``weights``, else on the
-    network quantized now on the dataset's training images (:func:`write_onnx_int8`; the
+    network quantized now with its calibrated ranges (:func:`write_onnx_int8`; the
     runtime reads the file before the temporary folder goes)."""
     shipped = runtime.from_weights(weights) if weights is not None else None
     if shipped is not None:
         return shipped
     model = _network(weights, model)
+    sidecar = None if weights is None else weights.with_suffix(".int8-observers.safetensors")
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-        return runtime(write_onnx_int8(model, Path(tmp) / "model.int8.onnx"),
+        return runtime(write_onnx_int8(model, Path(tmp) / "model.int8.onnx",
+                                       observers=observers_for(model, sidecar)),
                        size_multiple=model.size_multiple)
 
 
@@ -171,13 +173,14 @@ class FlatbufferCache:
         return path
 
 
-def write_onnx_int8(model: SegmentationModel, path: Path, example: Shape = (256, 256)) -> Path:
-    """Static int8 ONNX of ``model`` at ``path``, calibrated on the dataset's training
-    images at full resolution (:func:`~qsegment.export.onnx.quantize_onnx_int8`);
-    ``example`` is the input shape the float graph is traced at (H and W stay dynamic)."""
-    with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-        fp32 = export_onnx(model, Path(tmp) / "model.onnx", example)
-        return quantize_onnx_int8(fp32, path, multiple=model.size_multiple)
+def write_onnx_int8(model: SegmentationModel, path: Path, example: Shape = (256, 256),
+                    observers: dict[str, torch.Tensor] | None = None) -> Path:
+    """Static int8 ONNX of ``model`` at ``path`` with the quantization of its int8
+    flatbuffers (:func:`~qsegment.export.onnx.export_onnx_int8`), from the calibrated
+    ranges ``observers`` (default: :func:`~qsegment.export.tflite.observers_for`'s,
+    calibrated on the dataset's training images); ``example`` is the input shape the
+    graph is traced at (H and W stay dynamic)."""
+    return export_onnx_int8(model, observers or observers_for(model), path, example)
 
 
 # --- qsegment export --target cpu-int8 ------------------------------------------------------
@@ -260,8 +263,9 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
         return path
 
     shapes = [(int(h), int(w)) for h, w in (key.split("x") for key in manifest["tflite"])]
+    sidecar = source.with_suffix(".int8-observers.safetensors")
     try:
-        observers = observers_for(model, source.with_suffix(".int8-observers.safetensors"))
+        observers = observers_for(model, sidecar)
         for height, width in shapes:
             path = made(f".int8-{height}x{width}.tflite",
                         partial(write_tflite_int8, model=model, observers=observers,
@@ -276,7 +280,8 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
     try:
         largest = max(shapes, key=lambda s: s[0] * s[1])
         manifest["onnx"] = made(".int8.onnx",
-                                lambda path: write_onnx_int8(model, path, largest)).name
+                                lambda path: write_onnx_int8(model, path, largest,
+                                                             observers_for(model, sidecar))).name
     except (RuntimeError, TypeError) as err:  # the ONNX tracer cannot take max-unpooling
         log.warning("%s: no int8 ONNX model (%s)", weights.name, err)
         for info in RUNTIMES:  # every runtime that runs the network as ONNX

@@ -81,8 +81,9 @@ def export_openvino(source: str | Path, out: str | Path, name: str | None = None
     xml = Path(out) / f"{weights.name}.xml"
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
         shipped = shipped_int8_onnx(weights.file)
-        onnx = (shipped[0] if shipped
-                else write_onnx_int8(weights.model, Path(tmp) / "model.int8.onnx"))
+        onnx = shipped[0] if shipped else write_onnx_int8(
+            weights.model, Path(tmp) / "model.int8.onnx",
+            observers=observers_for(weights.model, weights.observers))
         staged = Path(tmp) / xml.name
         ov.save_model(ov.Core().read_model(str(onnx)), str(staged), compress_to_fp16=False)
         # the .bin first: a reader who finds the .xml finds its weights
@@ -114,7 +115,7 @@ def export_tflite_int8(source: str | Path, out: str | Path,
     """
     weights = _Source(source, name)
     model = weights.model
-    observers = observers_for(model, weights.file.with_suffix(".int8-observers.safetensors"))
+    observers = observers_for(model, weights.observers)
     files = []
     for height, width in shape or (TILE_SHAPE,):
         h, w = round_up(height, model.size_multiple), round_up(width, model.size_multiple)
@@ -145,6 +146,8 @@ class _Source:
         self.file = resolve_checkpoint(source)
         self.model, self.card = load_model(self.file)
         self.name = name or default_name(self.file, self.card)
+        # the calibrated ranges shipped beside them, where they are
+        self.observers = self.file.with_suffix(".int8-observers.safetensors")
 
 
     def float_contract(self) -> dict[str, Any]:

@@ -144,11 +144,15 @@ def convert_int8(model: nn.Module, calibration: torch.Tensor | None = None, *,
                                   + "\n".join(lines[-20:])) from err
 
 
-def _convert_int8(model: nn.Module, calibration: torch.Tensor | None,
-                  observers: dict[str, torch.Tensor] | None, shape: Sequence[int]) -> bytes:
-    import litert_torch
+def quantized_graph(model: nn.Module, shape: Sequence[int],
+                    calibration: torch.Tensor | None = None,
+                    observers: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[object, torch.fx.GraphModule]:
+    """(the quantizer, ``model`` captured at ``shape`` with PT2E's quantize/dequantize
+    pairs), calibrated on ``calibration`` or with the ``observers`` :func:`calibrate`
+    recorded: the int8 network every flatbuffer is converted from, and what
+    :func:`~qsegment.export.onnx.export_onnx_int8` writes as ONNX."""
     import torch
-    from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
     base, prepared = _prepared(model, shape)
@@ -162,7 +166,16 @@ def _convert_int8(model: nn.Module, calibration: torch.Tensor | None,
             raise ConversionError(f"the recorded observers do not belong to this model "
                              f"({len(set(observers) ^ expected)} names differ)")
         prepared.load_state_dict(observers, strict=False)
-    quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    return base, quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+
+
+def _convert_int8(model: nn.Module, calibration: torch.Tensor | None,
+                  observers: dict[str, torch.Tensor] | None, shape: Sequence[int]) -> bytes:
+    import litert_torch
+    import torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    base, quantized = quantized_graph(model, shape, calibration, observers)
     nhwc = litert_torch.to_channel_last_io(quantized, args=[0], outputs=[0])
     example = torch.zeros(shape[0], shape[2], shape[3], shape[1])
     edge = litert_torch.convert(nhwc, (example,), quant_config=QuantConfig(pt2e_quantizer=base))

@@ -233,6 +233,12 @@ class Segmenter:
         return out
 
 
+# zlib level of the PNGs written: a CHASE_DB1 mask encodes in 9 ms at 1 against 20 ms at
+# Pillow's default 6, for 31 kB against 18 kB (issue #35: the largest share of predict's
+# time outside the network, benchmarks/bench_runtimes.py)
+PNG_COMPRESS_LEVEL = 1
+
+
 @dataclass
 class RunSummary:
     """What ``predict_files`` did: written outputs per input and failures with reasons."""
@@ -286,7 +292,8 @@ def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Predictio
     digests = {}
     for kind, target in targets.items():
         buffer = io.BytesIO()
-        Image.fromarray(arrays[kind]()).save(buffer, format="PNG")
+        Image.fromarray(arrays[kind]()).save(buffer, format="PNG",
+                                             compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
         atomic_write(target, data)
         digests[kind] = hashlib.sha256(data).hexdigest()

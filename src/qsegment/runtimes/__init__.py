@@ -65,39 +65,20 @@ RUNTIMES: Registry[RuntimeInfo] = Registry("runtime", [
 
 AUTO = "auto"
 DEFAULT_RUNTIME = AUTO  # the fastest int8 runtime installed for this CPU: auto_runtimes()
-# Instruction-set flags (Linux /proc/cpuinfo) of 8-bit dot products on x86-64
-INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def cpu_flags() -> frozenset[str]:
-    """This CPU's instruction-set flags as Linux lists them; empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return frozenset(line.partition(":")[2].split())
+def auto_runtimes(machine: str | None = None) -> tuple[list[str], str]:
+    """The runtimes ``auto`` tries, fastest first, on this CPU (or on ``machine``, as
+    :func:`platform.machine` names it), and why that order.
 
-
-def auto_runtimes(machine: str | None = None, flags: frozenset[str] | None = None
-                  ) -> tuple[list[str], str]:
-    """The runtimes ``auto`` tries, fastest first, on this CPU (or on ``machine`` with
-    instruction-set ``flags``), and why that order.
-
-    OpenVINO runs the int8 network about 2x faster than LiteRT on x86-64 (issue #35,
-    ``benchmarks/bench_runtimes.py``), but it multiplies uint8 activations by int8 weights
-    in pairs that saturate 16 bits where the CPU has no 8-bit dot product (VNNI): on such a
-    CPU its masks lose Dice, so LiteRT stays first there, as on ARM boards.
+    On x86-64, OpenVINO runs the int8 network of a CHASE_DB1 image about 2x faster than
+    LiteRT in its default tiles, with the same masks (``benchmarks/bench_runtimes.py``,
+    docs/BENCHMARKS.md); LiteRT (XNNPACK) is the int8 runtime made for ARM boards.
     """
     machine = (machine or platform.machine()).lower()
-    flags = cpu_flags() if flags is None else flags
-    if machine not in ("x86_64", "amd64"):
-        return ["tflite-int8"], f"{machine}: LiteRT (XNNPACK) is the int8 runtime for ARM"
-    if found := sorted(flags & INT8_DOT_PRODUCT_FLAGS):
-        return (["openvino", "tflite-int8"],
-                f"x86-64 with 8-bit dot products ({', '.join(found)}): OpenVINO first")
-    return (["tflite-int8", "openvino"], "x86-64 without VNNI: LiteRT first, OpenVINO's "
-            "int8 loses accuracy there")
+    if machine in ("x86_64", "amd64"):
+        return ["openvino", "tflite-int8"], "x86-64: OpenVINO first, LiteRT next"
+    return ["tflite-int8"], f"{machine}: LiteRT (XNNPACK), the int8 runtime for ARM"
 
 
 def checkpoint_runtimes() -> list[str]:

@@ -25,10 +25,11 @@ import numpy as np
 
 from ..console import captured_stderr
 from ..files import user_cache_dir
+from ..images import round_up
 from .base import ModelFileError, Runtime, shipped_int8_onnx
 
 if TYPE_CHECKING:
-    from openvino import InferRequest
+    from openvino import InferRequest, Model
 
 
 class OpenVinoInt8(Runtime):
@@ -40,6 +41,7 @@ class OpenVinoInt8(Runtime):
     memory (least recently used dropped first)."""
 
     name = "openvino"
+    accepts_uint8 = True
     # Images up to this size run whole: OpenVINO runs a whole CHASE_DB1 image (960x1008)
     # at about 210 MB, where LiteRT needs its 400x1008 tiles (issue #35's measurements).
     tile_shape = (1024, 1024)
@@ -66,7 +68,7 @@ class OpenVinoInt8(Runtime):
                + ov.get_version().encode())
         digest = hashlib.sha256(key).hexdigest()[:16]
         self.cache = user_cache_dir("openvino", f"{self.path.stem}-{digest}")
-        self._requests: OrderedDict[tuple[int, ...], InferRequest] = OrderedDict()
+        self._requests: OrderedDict[tuple[int | bool, ...], InferRequest] = OrderedDict()
 
     @classmethod
     def from_weights(cls, weights: Path, threads: int | None = None) -> OpenVinoInt8 | None:
@@ -79,18 +81,24 @@ class OpenVinoInt8(Runtime):
     def from_file(cls, path: str | Path) -> OpenVinoInt8:
         return cls(path)
 
-    def request(self, shape: tuple[int, ...]) -> InferRequest:
-        """The inference request of the network compiled for inputs of exactly ``shape``
-        (N, 3, H, W), compiled (or loaded from the cache) on first use."""
-        if shape in self._requests:
-            self._requests.move_to_end(shape)
-            return self._requests[shape]
+    def request(self, shape: tuple[int, ...], pixels: bool = False) -> InferRequest:
+        """The inference request of the network compiled for inputs of exactly ``shape``,
+        compiled (or loaded from the cache) on first use: float (N, 3, H, W) in [0, 1] to
+        logits, or with ``pixels`` uint8 RGB (N, H, W, 3) to probabilities, the
+        conversions and the sigmoid compiled into the network (:meth:`probability_uint8`)."""
+        key = (*shape, pixels)
+        if key in self._requests:
+            self._requests.move_to_end(key)
+            return self._requests[key]
         network = self.network.clone()
-        network.reshape(list(shape))
+        if pixels:
+            network = _from_pixels(network, shape)
+        else:
+            network.reshape(list(shape))
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
                   "CACHE_DIR": str(self.cache)}
         request = self.core.compile_model(network, "CPU", config).create_infer_request()
-        self._requests[shape] = request
+        self._requests[key] = request
         while len(self._requests) > self.max_compiled:
             self._requests.popitem(last=False)
         return request
@@ -98,3 +106,32 @@ class OpenVinoInt8(Runtime):
     def logits(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         return self.request(x.shape).infer({0: x}, share_inputs=True)[0]
+
+    def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
+        """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, zero-padded to the
+        size multiple: OpenVINO itself converts the pixels, runs the network and the
+        sigmoid, so nothing of the image's size is done in numpy but the padding."""
+        height, width = rgb.shape[:2]
+        m = self.size_multiple
+        padded = np.zeros((1, round_up(height, m), round_up(width, m), 3), np.uint8)
+        padded[0, :height, :width] = rgb
+        probability = self.request(padded.shape, pixels=True).infer({0: padded},
+                                                                     share_inputs=True)[0]
+        return probability[0, 0, :height, :width]
+
+
+def _from_pixels(network: Model, shape: tuple[int, ...]) -> Model:
+    """``network`` for uint8 RGB inputs of ``shape`` (N, H, W, 3), with the sigmoid of its
+    logits as output: OpenVINO's pre- and post-processing steps."""
+    import openvino.opset13 as ops
+    from openvino import Layout, Type
+    from openvino.preprocess import PrePostProcessor
+
+    n, height, width, channels = shape
+    network.reshape([n, channels, height, width])
+    steps = PrePostProcessor(network)
+    steps.input().tensor().set_element_type(Type.u8).set_layout(Layout("NHWC"))
+    steps.input().model().set_layout(Layout("NCHW"))
+    steps.input().preprocess().convert_element_type(Type.f32).scale(255.0)
+    steps.output().postprocess().custom(lambda logits: ops.sigmoid(logits).output(0))
+    return steps.build()
