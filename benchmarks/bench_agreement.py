@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("tflite-int8", "openvino", "onnx-int8", "torch")
 REFERENCE_KERNELS = "tflite-int8 (reference kernels)"
 
 
@@ -28,6 +27,7 @@ def main() -> None:
     from qsegment.datasets import load_split
     from qsegment.metrics import evaluate
     from qsegment.pretrained import DEFAULT_MODEL
+    from qsegment.runtimes import checkpoint_runtimes
     from qsegment.runtimes.litert import Int8Session
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,7 +39,7 @@ def main() -> None:
     photographs = [np.round(s.image * 255).astype(np.uint8) for s in validation]
     labels, fovs = [s.label for s in validation], [s.fov for s in validation]
     segmenters = {name: Segmenter.from_pretrained(args.model, runtime=name)
-                  for name in RUNTIMES}
+                  for name in checkpoint_runtimes()}
     reference = Segmenter.from_pretrained(args.model, runtime="tflite-int8")
     runner = reference.runner
     for shape, path in runner.flatbuffers.items():  # the same files, reference kernels

@@ -242,10 +242,10 @@ DECODE = "decode (read_rgb)"
 ENCODE = "mask array, PNG encode, SHA-256 (write_outputs)"
 WRITE = "file write (atomic_write)"
 THREADED_STAGES = (DECODE, ENCODE, WRITE)  # run in predict_files' reading/writing threads
-# The call that runs the network, per runtime: the class and its method
-FORWARDS = {"openvino": ("openvino", "InferRequest", "infer"),
-            "tflite-int8": ("qsegment.runtimes.litert", "Int8Session", "run"),
-            "onnx-int8": ("onnxruntime", "InferenceSession", "run")}
+# The call that runs the network, per runtime class: the engine's class and its method
+FORWARDS = {"OpenVinoInt8": ("openvino", "InferRequest", "infer"),
+            "LiteRtInt8": ("qsegment.runtimes.litert", "Int8Session", "run"),
+            "OnnxInt8Runtime": ("onnxruntime", "InferenceSession", "run")}
 
 
 @contextmanager
@@ -255,7 +255,7 @@ def cli_stages(runner: Any) -> Iterator[StageTimer]:
 
     from qsegment.inference import maps, predict
 
-    module, cls, method = FORWARDS[runner.name]
+    module, cls, method = FORWARDS[type(runner).__name__]
     timer = StageTimer()
     stages = [
         (predict, "read_rgb", DECODE),
@@ -303,7 +303,8 @@ def stages_worker(args: argparse.Namespace) -> dict:
     if summary.failed or not timer.calls[NETWORK]:
         raise RuntimeError(f"failed: {summary.failed}; network calls: {timer.calls[NETWORK]} "
                            "(none: the runtime's forward is no longer the wrapped method)")
-    return {"runtime": segmenter.runtime, "forward": ".".join(FORWARDS[segmenter.runtime]),
+    forward = ".".join(FORWARDS[type(segmenter.runner).__name__])
+    return {"runtime": segmenter.runtime, "forward": forward,
             "images": len(files), "wall_s": wall,
             "stages_s": dict(timer.seconds), "calls": dict(timer.calls)}
 

@@ -44,6 +44,7 @@ from qsegment.biomarkers import FIELDS
 from qsegment.images import ImageError
 from qsegment.inference.predict import Segmenter
 from qsegment.pretrained import DEFAULT_MODEL
+from qsegment.runtimes import auto_runtimes
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("QSEGMENT_TEST_ARTIFACTS", REPO / "runs" / "test-artifacts"))
@@ -239,7 +240,7 @@ def test_api_segments_recuts_and_measures(server: Server, data_dir: Path,
     assert status == 200, info
     assert (info["name"], info["width"], info["height"], info["scale"]) == (
         "Image_13R.jpg", 999, 960, 1.0)
-    assert (info["model"], info["runtime"]) == (DEFAULT_MODEL, "tflite-int8")
+    assert (info["model"], info["runtime"]) == (DEFAULT_MODEL, auto_runtimes()[0][0])
     reference = segmenter.predict(np.asarray(Image.open(image).convert("RGB")))
     base = f"api/results/{info['key']}/"
     status, mask, headers = _call(server, f"{base}mask.png?threshold={segmenter.threshold}")

@@ -31,7 +31,7 @@ from ..runtimes import open_weights
 from ..runtimes.base import Runtime, shipped_int8_onnx
 from ..runtimes.litert import Int8Session, LiteRtInt8
 from ..runtimes.onnxrt import OnnxRuntime
-from ..runtimes.openvino import OpenVinoInt8
+from ..runtimes.openvino import OpenVinoInt8, import_openvino
 from ..runtimes.pytorch import TorchRuntime
 from .common import ExportNote, default_name
 from .cpu import TILE_SHAPE, Shape, write_onnx_int8, write_tflite_int8
@@ -75,8 +75,7 @@ def export_openvino(source: str | Path, out: str | Path, name: str | None = None
         The note: the files, their input contract and their check against the
         ``openvino`` runtime.
     """
-    import openvino as ov
-
+    ov = import_openvino()
     weights = _Source(source, name)
     xml = Path(out) / f"{weights.name}.xml"
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:

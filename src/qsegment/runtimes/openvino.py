@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +32,18 @@ from .base import ModelFileError, Runtime, shipped_int8_onnx
 
 if TYPE_CHECKING:
     from openvino import InferRequest, Model
+
+
+def import_openvino() -> ModuleType:
+    """``openvino``, imported without its model converter's usage statistics: those write
+    ``~/intel/openvino_ga_cid`` and ``stats`` on import, and qsegment writes nothing in
+    the home folder but its cache. (Where the statistics package was imported before, it
+    is left as it is.)"""
+    # None in sys.modules makes its import fail: the converter then takes its own stub
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
 
 
 class OpenVinoInt8(Runtime):
@@ -48,7 +62,7 @@ class OpenVinoInt8(Runtime):
 
     def __init__(self, path: str | Path, threads: int | None = None, size_multiple: int = 1,
                  max_compiled: int = 3) -> None:
-        import openvino as ov
+        ov = import_openvino()
 
         self.path = Path(path)
         self.core = ov.Core()
