@@ -63,8 +63,10 @@ def export_openvino(source: str | Path, out: str | Path, name: str | None = None
                     ) -> ExportNote:
     """``out/NAME.xml`` and ``NAME.bin``: OpenVINO's own format of the static int8 network
     the ``openvino`` runtime runs (the int8 ONNX shipped beside the weights, else one
-    quantized now on the dataset's training images), loaded by ``openvino.Core().
-    read_model`` without converting; any H and W that are multiples of the size multiple.
+    written now with the int8 flatbuffers' quantization: the recorded ranges beside the
+    weights, or ranges calibrated on the dataset's training images), loaded by
+    ``openvino.Core().read_model`` without converting; any H and W that are multiples of
+    the size multiple.
 
     Args:
         source: a shipped weights name, a run folder or a .safetensors file.
