@@ -60,6 +60,14 @@ _SOURCE = "pretrained name, run folder or .safetensors"
 _SIZE = Option("--size", "square input size (default: the largest that fits the device)",
                positive_int)
 
+def _format(name: str, function: str, description: str, example: str,
+            options: tuple[Option, ...] = (_NAME,)) -> ExportTarget:
+    """The row of a one-file format for another runtime (:mod:`qsegment.export.formats`)."""
+    return ExportTarget(name, target=f"qsegment.export.formats:{function}",
+                        description=description, source=_SOURCE, options=options,
+                        report="qsegment.export.formats:report_lines", examples=(example,))
+
+
 TARGETS: Registry[ExportTarget] = Registry("export target", [
     ExportTarget(
         "imx500",
@@ -103,29 +111,17 @@ TARGETS: Registry[ExportTarget] = Registry("export target", [
         examples=("qsegment export runs/fast --target cpu-int8 --name my-model -o models/",
                   "qsegment export qsegment-nearest --target cpu-int8 --shape 256x256 "
                   "-o small/")),
-    ExportTarget(
-        "onnx",
-        target="qsegment.export.formats:export_onnx_file",
-        description="ONNX, float32, any batch and size (ONNX Runtime, TensorRT, OpenCV): "
-        "NAME.onnx",
-        source=_SOURCE, options=(_NAME,), report="qsegment.export.formats:report_lines",
-        examples=("qsegment export qsegment-nearest --target onnx -o formats/",)),
-    ExportTarget(
-        "openvino",
-        target="qsegment.export.formats:export_openvino",
-        description="OpenVINO IR, static int8, any size (the openvino runtime's network): "
-        "NAME.xml and NAME.bin",
-        source=_SOURCE, options=(_NAME,), report="qsegment.export.formats:report_lines",
-        examples=("qsegment export runs/fast --target openvino -o formats/",)),
-    ExportTarget(
-        "tflite-int8",
-        target="qsegment.export.formats:export_tflite_int8",
-        description="LiteRT, fully int8, one input shape per file (phones, Raspberry Pi): "
-        "NAME.int8-HxW.tflite",
-        source=_SOURCE, options=(_SHAPES, _NAME),
-        report="qsegment.export.formats:report_lines",
-        examples=("qsegment export qsegment-nearest --target tflite-int8 --shape 512x512 "
-                  "-o formats/",)),
+    _format("onnx", "export_onnx_file",
+            "ONNX, float32, any batch and size (ONNX Runtime, TensorRT, OpenCV): NAME.onnx",
+            "qsegment export qsegment-nearest --target onnx -o formats/"),
+    _format("openvino", "export_openvino",
+            "OpenVINO IR, static int8, any size (the openvino runtime's network): NAME.xml "
+            "and NAME.bin", "qsegment export runs/fast --target openvino -o formats/"),
+    _format("tflite-int8", "export_tflite_int8",
+            "LiteRT, fully int8, one input shape per file (phones, Raspberry Pi): "
+            "NAME.int8-HxW.tflite",
+            "qsegment export qsegment-nearest --target tflite-int8 --shape 512x512 -o formats/",
+            options=(_SHAPES, _NAME)),
 ])
 
 

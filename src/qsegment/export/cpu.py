@@ -263,9 +263,9 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
         return path
 
     shapes = [(int(h), int(w)) for h, w in (key.split("x") for key in manifest["tflite"])]
-    sidecar = source.with_suffix(".int8-observers.safetensors")
+    observers = None  # the ONNX calibrates afresh where these could not be had
     try:
-        observers = observers_for(model, sidecar)
+        observers = observers_for(model, source.with_suffix(".int8-observers.safetensors"))
         for height, width in shapes:
             path = made(f".int8-{height}x{width}.tflite",
                         partial(write_tflite_int8, model=model, observers=observers,
@@ -281,7 +281,7 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
         largest = max(shapes, key=lambda s: s[0] * s[1])
         manifest["onnx"] = made(".int8.onnx",
                                 lambda path: write_onnx_int8(model, path, largest,
-                                                             observers_for(model, sidecar))).name
+                                                             observers)).name
     except (RuntimeError, TypeError) as err:  # the ONNX tracer cannot take max-unpooling
         log.warning("%s: no int8 ONNX model (%s)", weights.name, err)
         for info in RUNTIMES:  # every runtime that runs the network as ONNX

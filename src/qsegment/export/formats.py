@@ -28,13 +28,13 @@ from ..models import SegmentationModel
 from ..models.profile import receptive_radius
 from ..pretrained import resolve_checkpoint
 from ..runtimes import open_weights
-from ..runtimes.base import Runtime, shipped_int8_onnx
+from ..runtimes.base import Runtime
 from ..runtimes.litert import Int8Session, LiteRtInt8
 from ..runtimes.onnxrt import OnnxRuntime
 from ..runtimes.openvino import OpenVinoInt8, import_openvino
 from ..runtimes.pytorch import TorchRuntime
 from .common import ExportNote, default_name
-from .cpu import TILE_SHAPE, Shape, write_onnx_int8, write_tflite_int8
+from .cpu import TILE_SHAPE, Shape, openvino_int8, write_tflite_int8
 from .onnx import export_onnx
 from .tflite import observers_for
 
@@ -62,9 +62,9 @@ def export_onnx_file(source: str | Path, out: str | Path, name: str | None = Non
 def export_openvino(source: str | Path, out: str | Path, name: str | None = None
                     ) -> ExportNote:
     """``out/NAME.xml`` and ``NAME.bin``: OpenVINO's own format of the static int8 network
-    the ``openvino`` runtime runs (the int8 ONNX shipped beside the weights, else one
-    written now with the int8 flatbuffers' quantization: the recorded ranges beside the
-    weights, or ranges calibrated on the dataset's training images), loaded by
+    the ``openvino`` runtime runs (:func:`~qsegment.export.cpu.openvino_int8`: the int8
+    ONNX shipped beside the weights, else one written now with the int8 flatbuffers'
+    quantization), loaded by
     ``openvino.Core().read_model`` without converting; any H and W that are multiples of
     the size multiple.
 
@@ -80,13 +80,10 @@ def export_openvino(source: str | Path, out: str | Path, name: str | None = None
     ov = import_openvino()
     weights = _Source(source, name)
     xml = Path(out) / f"{weights.name}.xml"
+    network = openvino_int8(weights.file, weights.model).network
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
-        shipped = shipped_int8_onnx(weights.file)
-        onnx = shipped[0] if shipped else write_onnx_int8(
-            weights.model, Path(tmp) / "model.int8.onnx",
-            observers=observers_for(weights.model, weights.observers))
         staged = Path(tmp) / xml.name
-        ov.save_model(ov.Core().read_model(str(onnx)), str(staged), compress_to_fp16=False)
+        ov.save_model(network, str(staged), compress_to_fp16=False)
         # the .bin first: a reader who finds the .xml finds its weights
         for path in (staged.with_suffix(".bin"), staged):
             atomic_write(xml.with_name(path.name), path.read_bytes())

@@ -40,7 +40,7 @@ class RuntimeInfo(Entry):
 
 RUNTIMES: Registry[RuntimeInfo] = Registry("runtime", [
     RuntimeInfo("tflite-int8", "qsegment.runtimes.litert:LiteRtInt8",
-                "int8 TFLite in LiteRT/XNNPACK, the fastest on a CPU, no PyTorch (models "
+                "int8 TFLite in LiteRT/XNNPACK, the int8 runtime for ARM, no PyTorch (models "
                 "shipped at 512x512, 960x1000 and 400x1008, the tile of larger images)",
                 build="qsegment.export.cpu:litert_int8", file_suffix=".int8.tflite"),
     RuntimeInfo("openvino", "qsegment.runtimes.openvino:OpenVinoInt8",
@@ -105,8 +105,9 @@ def open_weights(name: str, weights: Path, threads: int | None = None) -> Runtim
     in one line (INFO where it is not installed or has no files, a WARNING where it
     failed)."""
     if name == AUTO:
-        return _open_auto(weights, threads)
-    runtime = _open_shipped(name, weights, threads)
+        name, runtime = _first_shipped(weights, threads)
+    else:
+        runtime = _open_shipped(name, weights, threads)
     if runtime is None:  # a checkpoint runtime's row has a build
         runtime = resolve(cast(str, checkpoint_runtime(name).build))(weights)
     return with_shipped_tiling(runtime, read_manifest(weights))
@@ -122,7 +123,9 @@ def _open_shipped(name: str, weights: Path, threads: int | None) -> Runtime | No
     return cls.from_weights(weights, threads) if hasattr(cls, "from_weights") else None
 
 
-def _open_auto(weights: Path, threads: int | None) -> Runtime:
+def _first_shipped(weights: Path, threads: int | None) -> tuple[str, Runtime | None]:
+    """``auto``'s runtime: the first of :func:`auto_runtimes` installed with its files
+    shipped beside ``weights``, else the last, on its shipped files or (None) to build."""
     order, why = auto_runtimes()
     for name, after in pairwise(order):
         try:
@@ -135,14 +138,13 @@ def _open_auto(weights: Path, threads: int | None) -> Runtime:
             log.warning("runtime auto: %s failed (%s); trying %s", name,
                         str(err).strip().splitlines()[0], after)
             continue
-        if runtime is None:
-            log.info("runtime auto: no %s files ship beside %s; trying %s", name,
-                     weights.name, after)
-            continue
-        log.info("runtime auto: %s (%s)", name, why)
-        return with_shipped_tiling(runtime, read_manifest(weights))
+        if runtime is not None:
+            log.info("runtime auto: %s (%s)", name, why)
+            return name, runtime
+        log.info("runtime auto: no %s files ship beside %s; trying %s", name, weights.name,
+                 after)
     log.info("runtime auto: %s (%s)", order[-1], why)
-    return open_weights(order[-1], weights, threads)
+    return order[-1], _open_shipped(order[-1], weights, threads)
 
 
 def open_file(path: str | Path, name: str | None = None) -> Runtime:
