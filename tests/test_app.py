@@ -66,7 +66,8 @@ def test_segment_upload_gives_predicts_mask_and_recuts_without_the_network(
     entry = segment_upload(segmenter, image, tmp_path / "one")
     reference = segmenter.predict(np.asarray(Image.open(image).convert("RGB")))
     assert (entry.width, entry.height, entry.scale) == (999, 960, 1.0)
-    np.testing.assert_array_equal(_png_mask(mask_png(entry, segmenter.threshold)),
+    assert (entry.threshold, entry.threshold_rule) == (reference.threshold, "auto")
+    np.testing.assert_array_equal(_png_mask(mask_png(entry, entry.threshold)),
                                   reference.mask)
     prob = np.asarray(Image.open(io.BytesIO(probability_png(entry))))
     np.testing.assert_array_equal(prob, np.round(reference.probability * 255).astype(np.uint8))
@@ -243,7 +244,9 @@ def test_api_segments_recuts_and_measures(server: Server, data_dir: Path,
     assert (info["model"], info["runtime"]) == (DEFAULT_MODEL, auto_runtimes()[0][0])
     reference = segmenter.predict(np.asarray(Image.open(image).convert("RGB")))
     base = f"api/results/{info['key']}/"
-    status, mask, headers = _call(server, f"{base}mask.png?threshold={segmenter.threshold}")
+    assert info["threshold"] == round(reference.threshold, 4) and info["quality"] == []
+    assert (info["threshold_rule"], info["scale_rule"]) == ("auto", "fov")
+    status, mask, headers = _call(server, f"{base}mask.png?threshold={reference.threshold}")
     assert status == 200 and 'filename="Image_13R_mask.png"' in headers["content-disposition"]
     np.testing.assert_array_equal(_png_mask(mask), reference.mask)  # = qsegment predict's
     _, lower, _ = _call(server, f"{base}mask.png?threshold=0.3")

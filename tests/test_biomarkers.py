@@ -347,7 +347,8 @@ def test_analyze_real_masks_a_photograph_and_a_corrupt_file(tmp_path, data_dir, 
         with open(tmp_path / "out" / f"{name}_segments.csv") as f:
             assert len(list(csv.DictReader(f))) == values["segments"]
     photo, label = by_name["Image_11L"], by_name["Image_11L_1stHO"]
-    assert photo.kind == "photograph" and photo.threshold == segmenter.threshold
+    found = segmenter.predict(np.asarray(Image.open(inputs / "Image_11L.jpg").convert("RGB")))
+    assert photo.kind == "photograph" and photo.threshold == found.threshold
     assert photo.runtime == segmenter.runtime and label.kind == "mask"
     # the model's map against the label of the same image, both per FOV pixel
     label_in_fov = measure_photograph(np.asarray(Image.open(data_dir / "Image_11L.jpg")),

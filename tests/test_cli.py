@@ -31,6 +31,7 @@ BAD_VALUES: dict[str, list[str]] = {
     "positive_float": ["foo", "0", "-1", "nan", "inf"],
     "non_negative_float": ["foo", "-1", "nan"],
     "probability": ["foo", "0", "1", "2", "-0.5"],
+    "threshold_rule": ["foo", "0", "1", "Auto", "-0.5"],
     "fraction": ["foo", "-0.1", "1.5"],
     "decay": ["foo", "-0.1", "1"],
     "degrees": ["foo", "0", "180", "-45"],
@@ -261,6 +262,8 @@ def _valid_lines(places: dict[str, str]) -> list[list[str]]:
          "--crop", "0", "--max-minutes", "0.5"],
         ["evaluate", "qsegment-nearest", "--size", "336", "256", "--data", str(DATA),
          "--scale", "none"],
+        ["calibrate", "qsegment-nearest", "--dataset", "chasedb1", "--data", str(DATA),
+         "--runtime", "tflite-int8"],
         ["predict", IMAGE, "-o", out, "--threshold", "0.4", "--tile", "400x1008",
          "--scale", "1.5", "--fov-degrees", "45", "--bridge", "none", "--workers", "1"],
         ["batch", IMAGE, "-o", out, "--address", "ray://head:10001", "--workers", "2",
@@ -280,8 +283,9 @@ def test_valid_values_pass_the_door(places):
     parser = build_parser()
     parsed = [parser.parse_args(line) for line in _valid_lines(places)]
     assert parsed[2].train_images == ["Image_01L", "Image_02R"] and parsed[2].momentum == 0
-    assert parsed[4].threshold == 0.4 and parsed[4].tile == (400, 1008)
-    assert parsed[4].bridge is None and parsed[9].fov == (0, 0, 3040, 3040)
+    assert parsed[5].threshold == 0.4 and parsed[5].tile == (400, 1008)
+    assert parsed[5].bridge is None and parsed[10].fov == (0, 0, 3040, 3040)
+    assert parsed[4].dataset == "chasedb1" and parsed[4].runtime == "tflite-int8"
     assert [p.command for p in parsed] == list(_commands(parser))
 
 

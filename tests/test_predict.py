@@ -436,11 +436,13 @@ def test_int8_tflite_calibrates_a_model_without_shipped_ranges_once(sample):
 
 
 def test_the_cli_scores_what_evaluate_scores(tmp_path, data_dir, split):
-    """The default `qsegment predict` path (8-bit pixels to the shipped int8 model) gives
-    the validation Dice that `evaluate` reports for the same weights and runtime."""
+    """The default `qsegment predict` path (8-bit pixels to the shipped int8 model, each
+    image's scale and cut found for it) gives the validation Dice that `evaluate` reports
+    for the same weights and runtime with the cut per image."""
     from qsegment.engine.evaluate import table_iv
+    from qsegment.inference.calibrate import Calibration
     from qsegment.pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
-    from qsegment.runtimes import open_weights
+    from qsegment.runtimes import auto_runtimes, open_weights
 
     val = split[1]
     assert main(["predict", *(str(data_dir / f"{s.name}.jpg") for s in val), "-o",
@@ -449,9 +451,12 @@ def test_the_cli_scores_what_evaluate_scores(tmp_path, data_dir, split):
     cli = evaluate([m.astype(np.float32) for m in masks], [s.label for s in val],
                    [s.fov for s in val], 0.5)["pooled"]["dice"]
     weights = resolve_checkpoint(DEFAULT_MODEL)
-    result = table_iv(open_weights("tflite-int8", weights), read_card(weights), data_dir,
-                      figures=False, progress=False)
-    assert cli == pytest.approx(next(iter(result["rows"].values()))["pooled"]["dice"], abs=1e-3)
+    result = table_iv(open_weights(auto_runtimes()[0][0], weights), read_card(weights),
+                      data_dir, figures=False, progress=False, scale="auto",
+                      calibration=Calibration.beside(weights))
+    fixed, per_image = result["rows"].values()
+    assert cli == pytest.approx(per_image["pooled"]["dice"], abs=1e-3)
+    assert cli != pytest.approx(fixed["pooled"]["dice"], abs=1e-4)
 
 
 @pytest.mark.slow
@@ -522,7 +527,7 @@ def test_scale_auto_brings_a_photograph_to_the_training_scale(sample, data_dir):
     same = [Segmenter.from_pretrained("qsegment-nearest", scale=s).predict(rgb8).probability
             for s in ("auto", "none")]
     assert np.array_equal(*same)
-    with pytest.raises(UsageError, match="scale must be auto, none or a positive factor"):
+    with pytest.raises(UsageError, match="scale must be auto, fov, none or a positive factor"):
         Segmenter.from_pretrained("qsegment-nearest", scale="big")
 
 

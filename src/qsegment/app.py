@@ -41,6 +41,7 @@ from PIL import Image
 from .errors import QsegmentError, UsageError
 from .files import atomic_write
 from .images import SAMPLE_IMAGES, ImageError, read_rgb, resize_image, resize_map
+from .inference.calibrate import QUALITY
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -69,6 +70,10 @@ class Segmented:
     scale: float  # the factor the photograph was resized by before the network
     seconds: float  # the network's time, resizing and tiling included
     photograph: Path  # the uploaded file, read again for the biomarkers' field of view
+    threshold: float = 0.5  # the cut found for it (or fixed), where the page's slider starts
+    threshold_rule: str = "fixed"  # "auto", "card" or "fixed"
+    scale_rule: str = "none"  # "vessels", "fov", "none" or "fixed"
+    quality: tuple[str, ...] = ()  # warnings (qsegment.inference.calibrate.QUALITY)
 
     @property
     def stem(self) -> str:
@@ -100,7 +105,7 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
     except ImageError as err:
         raise ImageError(str(err).replace(str(path), name)) from err
     start = time.perf_counter()
-    prediction = segmenter.predict(rgb)
+    prediction = segmenter.predict(rgb, name)
     seconds = time.perf_counter() - start
     height, width = prediction.probability.shape
     shrink = min(1.0, DISPLAY_SIDE / max(height, width))
@@ -118,7 +123,9 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
     photo = io.BytesIO()
     Image.fromarray(resize_image(rgb, small)).save(photo, format="JPEG", quality=90)
     atomic_write(folder / "display_photograph.jpg", photo.getvalue())
-    return Segmented(name, folder, width, height, prediction.scale, seconds, path)
+    return Segmented(name, folder, width, height, prediction.scale, seconds, path,
+                     prediction.threshold, prediction.threshold_rule, prediction.scale_rule,
+                     prediction.quality)
 
 
 def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -197,7 +204,10 @@ class App:
     def describe(self, key: str, entry: Segmented) -> dict[str, Any]:
         """What the page shows of a result besides its maps."""
         return {"key": key, "name": entry.name, "width": entry.width, "height": entry.height,
-                "scale": round(entry.scale, 4), "network_ms": round(entry.seconds * 1000),
+                "scale": round(entry.scale, 4), "scale_rule": entry.scale_rule,
+                "threshold": round(entry.threshold, 4), "threshold_rule": entry.threshold_rule,
+                "quality": [QUALITY[flag] for flag in entry.quality],
+                "network_ms": round(entry.seconds * 1000),
                 "model": self.segmenter.name, "runtime": self.segmenter.runtime}
 
     def warm_up(self) -> None:

@@ -69,7 +69,8 @@ class ManifestError(QsegmentError, ValueError):
 class ManifestRow:
     """One input's row of ``manifest.parquet`` (and of its record): where it came from,
     how it went (``status`` ok or failed, with the reason in ``error``), the model, the
-    map's size and vessel fraction, each output with its SHA-256, the seconds each step
+    map's size and vessel fraction, the threshold and scale with how each was found and
+    any ``quality`` warnings, each output with its SHA-256, the seconds each step
     took, the worker; ``biomarkers``: the measured columns (``qsegment batch
     --biomarkers``: the biomarkers and :data:`BIOMARKER_COLUMNS`), else empty."""
 
@@ -80,7 +81,11 @@ class ManifestRow:
     model: str | None = None
     runtime: str | None = None
     threshold: float | None = None
+    threshold_rule: str | None = None
     scale: float | None = None
+    scale_rule: str | None = None
+    fov_scale: float | None = None
+    quality: str = ""  # comma-separated warnings (qsegment.inference.calibrate.QUALITY)
     height: int | None = None
     width: int | None = None
     vessel_fraction: float | None = None
@@ -281,12 +286,14 @@ class SegmentWorker:
         try:
             image = read_source(item["path"])
             lap("read")
-            result = self.segmenter.predict(image)
+            result = self.segmenter.predict(image, item["path"])
             lap("segment")
             targets = {kind: Path(item[kind]) for kind in self.settings["kinds"]}
             digests = write_outputs(targets, image, result)
             lap("write")
             row.status, row.threshold, row.scale = "ok", result.threshold, result.scale
+            row.threshold_rule, row.scale_rule = result.threshold_rule, result.scale_rule
+            row.fov_scale, row.quality = result.fov_scale, ",".join(result.quality)
             row.height, row.width = image.shape[:2]
             row.vessel_fraction = float(result.mask.mean())
             for kind, target in targets.items():
@@ -433,7 +440,7 @@ def _start_ray(address: str | None) -> bool:
 
 
 def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path = DEFAULT_MODEL,
-                  runtime: str = DEFAULT_RUNTIME, threshold: float | None = None,
+                  runtime: str = DEFAULT_RUNTIME, threshold: str | float = "auto",
                   scale: str | float = "auto",
                   tile: int | tuple[int, int] | None = None, probability: bool = False,
                   biomarkers: bool = False, mm_per_pixel: float | None = None,
@@ -460,9 +467,10 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
         runtime: the runtime each worker runs the model on
             (:func:`qsegment.runtimes.checkpoint_runtimes`), or ``auto``: the fastest
             installed for this CPU (:func:`qsegment.runtimes.auto_runtimes`).
-        threshold: the vessel probability threshold (default: the card's).
-        scale: ``auto``, ``none`` or a factor: how images are resized before the network
-            (:func:`~qsegment.inference.maps.scale_factor`).
+        threshold: ``auto`` (a cut per image), ``card`` or a probability
+            (:meth:`~qsegment.inference.predict.Segmenter.from_pretrained`).
+        scale: ``auto``, ``fov``, ``none`` or a factor: how images are resized before the
+            network (:func:`~qsegment.inference.calibrate.calibrated_map`).
         tile: the largest image run whole, as N or (height, width); larger ones go in
             tiles (:class:`~qsegment.inference.predict.Segmenter`).
         probability: also write ``NAME_prob.png`` (probability x 255).

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -36,10 +36,11 @@ from .cli_types import (
     positive_int,
     probability,
     ranged,
+    threshold_rule,
     url,
 )
 from .console import configure_logging
-from .datasets import DATASETS
+from .datasets import DATASETS, DEFAULT_DATASET
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import QsegmentError, UsageError
 from .export import TARGETS
@@ -162,9 +163,11 @@ def _command(sub: Commands, name: str, summary: str, examples: str,
 
 
 def _add_threshold(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=probability,
-                   help="decision threshold, between 0 and 1 (default: the model card's, "
-                   "chosen on training data)")
+    p.add_argument("--threshold", type=threshold_rule, default="auto", metavar="auto|card|T",
+                   help="auto: cut each image where its own map expects the best Dice, by "
+                   "the card's calibration fitted on training images (the card's threshold "
+                   "for models without one); card: the model card's threshold, chosen on "
+                   "training data; a number between 0 and 1: that (auto)")
 
 
 def _add_tta(p: argparse.ArgumentParser, note: str) -> None:
@@ -197,11 +200,14 @@ def _add_tile(p: argparse.ArgumentParser) -> None:
 
 
 def _add_scale_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", default="auto", metavar="auto|none|FACTOR", type=scale,
-                   help="auto: resize each photograph so that its field of view is as wide "
+    p.add_argument("--scale", default="auto", metavar="auto|fov|none|FACTOR", type=scale,
+                   help="fov: resize each photograph so that its field of view is as wide "
                    "as the training images' (917 px), the map resized back (a no-op on "
-                   "CHASE_DB1; crops without a visible FOV rim stay as they are); none: as "
-                   "it is; a number: that factor (auto)")
+                   "CHASE_DB1; crops without a visible FOV rim stay as they are); auto: "
+                   "then measure its widest vessels and, where their calibre is not the "
+                   "training images', run again at the scale that makes it so (the card's "
+                   "calibration; docs/RESULTS.md, Other cameras); none: as it is; a number: "
+                   "that factor (auto)")
 
 
 def _add_model(p: argparse.ArgumentParser,
@@ -353,13 +359,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         runner = open_runtime(args.runtime, model, resolve_checkpoint(args.model))
         if args.runtime != "torch":  # label the rows with the runtime that scored them
             card = card.replace(name=f"{card.label} ({args.runtime})")
+        from .inference.calibrate import Calibration
+
         result = table_iv(runner, card, data, [None, *args.size], out=args.out,
-                          figures=not args.no_figures, tta=args.tta, scale=args.scale)
+                          figures=not args.no_figures, tta=args.tta, scale=args.scale,
+                          calibration=Calibration.beside(resolve_checkpoint(args.model)))
     print(format_table(result))
     if "dice_drop" in result:
         print(f"int8 minus float Dice at the same resolution: {-result['dice_drop']:+.4f}")
     print(f"threshold {result['threshold']:.3f} ({result['threshold_rule']}); pooled over "
           f"{len(result['val_images'])} validation images, inside the FOV")
+    if cuts := [c for row in result["rows"].values() for c in row.get("cuts", [])]:
+        print(f"cut per image: {min(cuts):.3f}-{max(cuts):.3f} (expected Dice, the model's "
+              "calibration)")
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics.json'}" +
               ("" if args.no_figures else " and figures"))
@@ -390,7 +402,8 @@ def _add_evaluate(sub: Commands) -> None:
                    "folders; FOV masks used where given), all of them scored")
     p.add_argument("--dataset", choices=["auto", *DATASETS.names()], default="auto",
                    help="how to read --data (auto: CHASE_DB1 when it holds the whole "
-                   "CHASE_DB1 split, else a labelled folder)")
+                   "CHASE_DB1 split, HRF-AV or LES-AV when laid out as they are, else a "
+                   "labelled folder)")
     p.add_argument("--size", type=positive_int, nargs="*", default=[],
                    help="extra square inference sizes (image resized, probabilities resized back)")
     p.add_argument("--out", type=output_folder, help="folder for metrics.json and figures")
@@ -399,6 +412,51 @@ def _add_evaluate(sub: Commands) -> None:
     _add_tta(p, "; the threshold is then chosen anew on the training images with the same "
              "views")
     _add_scale_option(p)
+
+
+# --- calibrate --------------------------------------------------------------------------
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .datasets import open_dataset
+    from .engine.calibrate import fit_calibration
+    from .files import write_json
+    from .inference.calibrate import calibration_path
+    from .inference.predict import Segmenter
+    from .pretrained import read_card
+    from .runtimes import open_weights
+
+    weights = resolve_checkpoint(args.model)
+    train, _ = open_dataset(args.data, args.dataset).split()
+    segmenter = Segmenter(open_weights(args.runtime, weights), scale="none")
+    calibration, report = fit_calibration(lambda rgb: segmenter.predict(rgb).probability, train,
+                                          read_card(weights).threshold_value)
+    target = calibration_path(weights)
+    write_json(target, {**calibration.to_dict(), "runtime": segmenter.runtime, **report})
+    a, b = calibration.platt
+    print(f"scale rule: widest vessels {calibration.vessel_width:.2f} px at the training "
+          f"scale, calibre ~ scale^{calibration.width_gamma:.3f}, corrections within "
+          f"{calibration.dead_band:.0%} ignored\n"
+          f"cut rule: expected Dice of sigmoid({a:g} * logit + {b:g}); pooled Dice "
+          f"{report['mean_dice']:.4f} averaged over {len(report['conditions'])} conditions\n"
+          f"wrote {target}")
+    return 0
+
+
+def _add_calibrate(sub: Commands) -> None:
+    p = _command(sub, "calibrate", "Fit a model's label-free per-image calibration on its "
+                 "training images (and shifts simulated from them): the vessel calibre that "
+                 "`--scale auto` restores and the recalibration behind `--threshold auto`; "
+                 "written beside the weights as NAME.calibration.json.",
+                 "  qsegment calibrate runs/fast\n"
+                 "  qsegment calibrate runs/hrf --dataset hrf-av --data ../shared/data/HRF-AV",
+                 _calibrate)
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
+                   help=f"pretrained name, run folder or .safetensors ({DEFAULT_MODEL})")
+    p.add_argument("--data", metavar="DIR", type=existing_dir,
+                   help="the dataset folder (default: the dataset's own)")
+    p.add_argument("--dataset", choices=DATASETS.names(), default=DEFAULT_DATASET,
+                   help=f"which dataset's training split to fit on ({DEFAULT_DATASET})")
+    _add_runtime(p, AUTO)
 
 
 # --- predict ----------------------------------------------------------------------------
@@ -457,7 +515,7 @@ def _predict(args: argparse.Namespace) -> int:
     for source, problem in summary.failed:
         print(f"qsegment predict: {source}: {problem}", file=sys.stderr)
     print(f"{len(summary.written)} image(s) segmented into {args.out} "
-          f"(threshold {segmenter.threshold:.3f}, runtime {segmenter.runtime}), "
+          f"({_calibration_summary(summary.predictions)}, runtime {segmenter.runtime}), "
           f"{len(summary.failed)} failed")
     if args.biomarkers:
         from .biomarkers.report import write_rows
@@ -465,6 +523,22 @@ def _predict(args: argparse.Namespace) -> int:
         csv_path, _ = write_rows(rows, args.out)
         print(f"biomarkers of {len(rows)} image(s) in {csv_path} and .json")
     return 1 if summary.failed else 0
+
+
+def _calibration_summary(found: Sequence[Prediction]) -> str:
+    """The scales and thresholds the images got, and by which rule: ``threshold 0.74
+    (auto), scale 0.52 (vessels)``, or ranges with the count of each rule."""
+    def spread(values: list[float], rules: list[str]) -> str:
+        counts = ", ".join(f"{rule} {rules.count(rule)}" if len(set(rules)) > 1 else rule
+                           for rule in sorted(set(rules)))
+        low, high = min(values), max(values)
+        number = f"{low:.3f}" if high - low < 5e-4 else f"{low:.3f}-{high:.3f}"
+        return f"{number} ({counts})"
+
+    if not found:
+        return "no image"
+    return (f"threshold {spread([p.threshold for p in found], [p.threshold_rule for p in found])}"
+            f", scale {spread([p.scale for p in found], [p.scale_rule for p in found])}")
 
 
 def _add_predict(sub: Commands) -> None:
@@ -879,8 +953,9 @@ def _add_app(sub: Commands) -> None:
 # --- entry point ------------------------------------------------------------------------
 
 VERBOSE_HELP = "also show other libraries' warnings, under their own names"
-COMMANDS = (_add_models, _add_data_command, _add_train, _add_evaluate, _add_predict,
-            _add_batch, _add_analyze, _add_quantize, _add_export, _add_camera, _add_bench, _add_app)
+COMMANDS = (_add_models, _add_data_command, _add_train, _add_evaluate, _add_calibrate,
+            _add_predict, _add_batch, _add_analyze, _add_quantize, _add_export, _add_camera,
+            _add_bench, _add_app)
 
 
 def build_parser() -> argparse.ArgumentParser:

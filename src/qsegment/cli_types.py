@@ -54,6 +54,20 @@ non_negative_float = ranged("non_negative_float", float, lambda v: v >= 0, "a nu
 # a decision threshold: 0 or 1 would make the mask all vessel or empty
 probability = ranged("probability", float, lambda v: 0 < v < 1,
                       "a probability strictly between 0 and 1")
+
+
+def threshold_rule(text: str) -> str | float:
+    """``auto`` (a cut per image), ``card`` (the model card's) or a probability."""
+    if text in ("auto", "card"):
+        return text
+    try:
+        return probability(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, card or a probability strictly between 0 and 1, got {text!r}"
+        ) from None
+
+
 fraction = ranged("fraction", float, lambda v: 0 <= v <= 1, "a share between 0 and 1")
 # a per-step decay or momentum: 1 would never let go of the past
 decay = ranged("decay", float, lambda v: 0 <= v < 1, "a decay in [0, 1)")

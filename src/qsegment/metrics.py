@@ -74,24 +74,50 @@ def confusion(prob: np.ndarray, label: np.ndarray, fov: np.ndarray | None = None
     return Counts(tp, fp, fn, int(t.size) - tp - fp - fn)
 
 
+EXACT_AUC_PIXELS = 1 << 22  # above this, AUC from AUC_BINS bins: seconds and MBs, not GBs
+AUC_BINS = 1 << 20
+
+
 def _auc(p: np.ndarray, t: np.ndarray) -> float:
-    return float(roc_auc_score(t, p)) if 0 < t.sum() < t.size else float("nan")
+    """ROC AUC of scores ``p`` against labels ``t``: scikit-learn's, exact, up to
+    :data:`EXACT_AUC_PIXELS`; above, from per-bin counts of probabilities in
+    :data:`AUC_BINS` equal bins (ties within a bin count half; within 1e-5 of the exact
+    value, where sorting the 145 M pixels of 21 HRF photographs takes 10 GB)."""
+    if not 0 < t.sum() < t.size:
+        return float("nan")
+    if t.size <= EXACT_AUC_PIXELS:
+        return float(roc_auc_score(t, p))
+    bins = np.minimum((np.clip(p, 0.0, 1.0) * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+    return binned_auc(np.bincount(bins[t], minlength=AUC_BINS),
+                      np.bincount(bins[~t], minlength=AUC_BINS))
+
+
+def binned_auc(vessel: np.ndarray, background: np.ndarray) -> float:
+    """ROC AUC from the counts of vessel and background pixels in the same increasing
+    probability bins (ties within a bin count half)."""
+    vessel, background = vessel.astype(np.float64), background.astype(np.float64)
+    below = np.cumsum(background) - background
+    return float(((below + background / 2) * vessel).sum() / (vessel.sum() * background.sum()))
 
 
 def evaluate(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-             fovs: Sequence[np.ndarray | None], threshold: float = 0.5
+             fovs: Sequence[np.ndarray | None], threshold: float | Sequence[float] = 0.5
              ) -> dict[str, Any]:
     """All metrics for a set of images: ``pooled``, ``mean`` and ``per_image`` dicts.
 
     ``probs`` are probability maps (or any score where higher means vessel; the
-    threshold applies to it), ``labels`` binary maps, ``fovs`` boolean masks or None.
+    threshold applies to it, one for all or one per image), ``labels`` binary maps,
+    ``fovs`` boolean masks or None.
     """
     if not (len(probs) == len(labels) == len(fovs)) or not probs:
         raise UsageError("need the same, non-zero number of predictions, labels and FOVs")
+    cuts = [threshold] * len(probs) if isinstance(threshold, float | int) else list(threshold)
+    if len(cuts) != len(probs):
+        raise UsageError(f"{len(cuts)} thresholds for {len(probs)} images")
     pixels = [_in_fov(p, t, f) for p, t, f in zip(probs, labels, fovs, strict=True)]
     per_image, total = [], Counts(0, 0, 0, 0)
-    for p, t in pixels:
-        c = confusion(p, t, None, threshold)
+    for (p, t), cut in zip(pixels, cuts, strict=True):
+        c = confusion(p, t, None, cut)
         total = total + c
         per_image.append({**scores(c), "auc": _auc(p, t)})
     all_p = np.concatenate([p for p, _ in pixels])

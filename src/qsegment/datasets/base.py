@@ -8,6 +8,7 @@ evaluation, calibration and threshold selection take the dataset object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -59,14 +60,43 @@ def open_image(path: Path, mode: str) -> np.ndarray:
         raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from err
 
 
-def load_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A binary label as bool (H, W); checks its size against the image's."""
+def shared_data_folder(folder: str, title: str, also: Sequence[Path] = (),
+                       how: str = "pass --data DIR") -> Path:
+    """``../shared/data/FOLDER`` from the working directory or from this source checkout,
+    else the first of ``also`` that exists; else a DatasetError saying where it looked and
+    ``how`` to give the folder."""
+    candidates = [Path.cwd() / "../shared/data" / folder,
+                  Path(__file__).resolve().parents[3] / "../shared/data" / folder, *also]
+    for path in candidates:
+        if path.is_dir():
+            return path.resolve()
+    raise DatasetError(f"no {title} folder given: {how} (looked in "
+                       f"{', '.join(str(p) for p in candidates)})")
+
+
+def is_ancillary(name: str) -> bool:
+    """Whether a file is one that may sit beside a dataset's images: notes, licence,
+    checksums."""
+    return (name in {"README", "README.md", "README.txt", "LICENSE", "LICENSE.txt", ".DS_Store"}
+            or name.endswith((".sha256", ".md5")))
+
+
+def load_label(path: Path, shape: tuple[int, int], vessel_classes: bool = False
+               ) -> np.ndarray:
+    """A binary label as bool (H, W); checks its size against the image's.
+
+    ``vessel_classes``: the file is a map of vessel classes (0 background, 1 artery,
+    2 vein, ...) and every nonzero value is vessel; otherwise a label of more than two
+    values is refused, since no one cut of it is safe to guess.
+    """
     label = open_image(path, "L")
     if label.shape != shape:
         raise DatasetError(
             f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image is "
             f"{shape[1]}x{shape[0]} (width x height)"
         )
+    if vessel_classes:
+        return label > 0
     values = np.unique(label)
     if len(values) > 2:
         raise DatasetError(f"{path}: label is not binary ({len(values)} distinct values)")
@@ -74,15 +104,21 @@ def load_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 @cache
-def load_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(image, FOV) of one photograph, decoded once per process whichever label is asked;
-    read-only arrays, the FOV derived from the image (:mod:`qsegment.datasets.fov`)."""
-    rgb = open_image(path, "RGB")
-    image = rgb.astype(np.float32) / 255.0
-    fov = fov_mask(rgb)
-    for array in (image, fov):
-        array.setflags(write=False)
-    return image, fov
+def load_image(path: Path) -> np.ndarray:
+    """One photograph as read-only float32 RGB in [0, 1], decoded once per process
+    whichever label is asked."""
+    image = open_image(path, "RGB").astype(np.float32) / 255.0
+    image.setflags(write=False)
+    return image
+
+
+@cache
+def derived_fov(path: Path) -> np.ndarray:
+    """The read-only FOV derived from a photograph (:mod:`qsegment.datasets.fov`), once
+    per process; only where the dataset gives no mask (0.3 s on an 8 MP photograph)."""
+    fov = fov_mask(load_image(path))
+    fov.setflags(write=False)
+    return fov
 
 
 class FundusDataset:
@@ -98,6 +134,7 @@ class FundusDataset:
     description: ClassVar[str]
     reference: ClassVar[str] = "the first observer"  # which labels are the reference
     fov: ClassVar[str] = "derived (qsegment.datasets.fov)"  # where FOV masks come from
+    vessel_classes: ClassVar[bool] = False  # labels are class maps: vessel = nonzero
     observers: int = 1  # a class's own, or found per folder (LabelledFolder)
     default_split: Split
 
@@ -155,10 +192,11 @@ class FundusDataset:
 @cache
 def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
     path = dataset.image_path(name)
-    image, fov = load_image(path)
-    if (given := dataset.fov_path(name)) is not None:
-        fov = load_label(given, image.shape[:2])
-    label = load_label(dataset.label_path(name, observer), image.shape[:2])
+    image = load_image(path)
+    given = dataset.fov_path(name)
+    fov = derived_fov(path) if given is None else load_label(given, image.shape[:2])
+    label = load_label(dataset.label_path(name, observer), image.shape[:2],
+                       dataset.vessel_classes)
     for array in (label, fov):
         array.setflags(write=False)
     return Sample(name=name, image=image, label=label, fov=fov, path=path)

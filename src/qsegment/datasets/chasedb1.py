@@ -21,12 +21,11 @@ import os
 import re
 from pathlib import Path
 
-from .base import DatasetError, FundusDataset, Split
+from .base import DatasetError, FundusDataset, Split, is_ancillary, shared_data_folder
 
 ENV_VAR = "QSEGMENT_DATA"
 _IMAGE = re.compile(r"^Image_(\d{2})([LR])\.jpg$")
 _LABEL = re.compile(r"^Image_(\d{2})([LR])_(1st|2nd)HO\.png$")
-_IGNORED = {"README", "README.md", "README.txt", "LICENSE", "LICENSE.txt", ".DS_Store"}
 _OBSERVERS = {1: "1st", 2: "2nd"}
 
 
@@ -37,16 +36,9 @@ def default_data_dir() -> Path:
 
     if env := os.environ.get(ENV_VAR):
         return Path(env)
-    candidates = [Path.cwd() / "../shared/data/CHASEDB1",
-                  Path(__file__).resolve().parents[3] / "../shared/data/CHASEDB1",
-                  default_download_dir()]
-    for path in candidates:
-        if path.is_dir():
-            return path.resolve()
-    raise DatasetError(
-        f"no CHASE_DB1 folder given: pass --data DIR, set {ENV_VAR}, or run `qsegment data "
-        f"download chasedb1` (looked in {', '.join(str(p) for p in candidates)})"
-    )
+    return shared_data_folder("CHASEDB1", "CHASE_DB1", [default_download_dir()],
+                              f"pass --data DIR, set {ENV_VAR}, or run `qsegment data "
+                              "download chasedb1`")
 
 
 class ChaseDB1(FundusDataset):
@@ -79,7 +71,7 @@ class ChaseDB1(FundusDataset):
         images, labels = set(), set()
         for path in sorted(root.iterdir()):
             name = path.name
-            if name in _IGNORED or name.endswith((".sha256", ".md5")):
+            if is_ancillary(name):
                 continue
             if m := _IMAGE.match(name):
                 images.add(f"Image_{m[1]}{m[2]}")

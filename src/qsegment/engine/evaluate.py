@@ -14,7 +14,8 @@ from ..card import Card
 from ..datasets import FundusDataset, Sample, Split, open_dataset
 from ..errors import UsageError
 from ..files import write_json
-from ..inference.maps import Scale, as_runtime, predict_proba, rescaled, scale_factor
+from ..inference.calibrate import CalibratedMap, Calibration, calibrated_map
+from ..inference.maps import Scale, as_runtime, predict_proba
 from ..metrics import best_threshold, evaluate
 from ..runtimes import open_file
 from ..runtimes.base import ModelFileError, Runtime
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
 Data = str | Path | FundusDataset | None  # a folder of the default dataset, or a dataset
 
 
-def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
-                    size: int | None = None, progress: bool = False, tta: str = "none",
-                    scale: Scale = "none") -> list[np.ndarray]:
-    """Probability maps at each sample's full resolution (inferred at ``size`` if given,
+def calibrated_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
+                       size: int | None = None, progress: bool = False, tta: str = "none",
+                       scale: Scale = "none", calibration: Calibration | None = None
+                       ) -> list[CalibratedMap]:
+    """Each sample's probability map at its full resolution (inferred at ``size`` if given,
     averaged over the ``tta`` views of :func:`~qsegment.inference.maps.symmetries`, at the
-    training scale with ``scale="auto"``: :func:`~qsegment.inference.maps.scale_factor`).
-    ``model`` is a runtime or a PyTorch module.
+    scale ``scale`` asks for), with the scale and the per-image cut that ``calibration``
+    finds (:func:`~qsegment.inference.calibrate.calibrated_map`).
 
     Args:
         model: a runtime (:mod:`qsegment.runtimes`) or a PyTorch module.
@@ -39,7 +41,34 @@ def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
         size: the inference resolution NxN (default: each image's own size).
         progress: show a progress bar.
         tta: test-time views to average: ``none``, ``flip`` or ``d8``.
-        scale: ``none``, ``auto`` or a factor by which each image is resized first.
+        scale: ``none``, ``auto``, ``fov`` or a factor by which each image is resized
+            first.
+        calibration: the model's constants for the label-free rules (None: the FOV rule
+            and no per-image cut).
+
+    Raises:
+        UsageError: an unknown ``tta`` or ``scale``.
+    """
+    runtime = as_runtime(model)
+    items = tqdm(samples, desc="predict", leave=False, disable=not progress)
+    return [calibrated_map(s.image, lambda image: predict_proba(runtime, image, size, tta),
+                           scale, calibration, name=s.name) for s in items]
+
+
+def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
+                    size: int | None = None, progress: bool = False, tta: str = "none",
+                    scale: Scale = "none") -> list[np.ndarray]:
+    """Probability maps at each sample's full resolution: :func:`calibrated_samples`'
+    maps, without a calibration (the FOV rule where ``scale`` is ``auto``).
+
+    Args:
+        model: a runtime (:mod:`qsegment.runtimes`) or a PyTorch module.
+        samples: the images to predict.
+        size: the inference resolution NxN (default: each image's own size).
+        progress: show a progress bar.
+        tta: test-time views to average: ``none``, ``flip`` or ``d8``.
+        scale: ``none``, ``auto``, ``fov`` or a factor by which each image is resized
+            first.
 
     Returns:
         One float32 (H, W) probability map per sample, at the sample's size.
@@ -47,21 +76,18 @@ def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
     Raises:
         UsageError: an unknown ``tta`` or ``scale``.
     """
-    runtime = as_runtime(model)
-    items = tqdm(samples, desc="predict", leave=False, disable=not progress)
-    return [rescaled(s.image, scale_factor(s.image, scale),
-                     lambda image: predict_proba(runtime, image, size, tta)) for s in items]
+    return [m.probability for m in calibrated_samples(model, samples, size, progress, tta, scale)]
 
 
-def score(probs: Sequence[np.ndarray], samples: Sequence[Sample], threshold: float = 0.5,
-          inside_fov: bool = True) -> dict:
+def score(probs: Sequence[np.ndarray], samples: Sequence[Sample],
+          threshold: float | Sequence[float] = 0.5, inside_fov: bool = True) -> dict:
     """Metrics of probability maps against the samples' labels, inside their FOV (or over
     the whole image, as some papers report: the dark border inflates Acc, Sp and AUC).
 
     Args:
         probs: one probability map per sample, at its size.
         samples: the samples with their labels and FOV masks.
-        threshold: the probability from which a pixel is vessel.
+        threshold: the probability from which a pixel is vessel, or one per sample.
         inside_fov: score inside each FOV only (else the whole image).
 
     Returns:
@@ -109,7 +135,8 @@ def second_observer(samples: Sequence[Sample], second: Sequence[Sample]) -> dict
 def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
              sizes: Sequence[int | None] = (None,), split: Split | None = None,
              out: Path | None = None, figures: bool = True, progress: bool = True,
-             tta: str = "none", scale: Scale = "none") -> dict:
+             tta: str = "none", scale: Scale = "none", calibration: Calibration | None = None
+             ) -> dict:
     """The Table IV rows of a model on the validation images, plus the human reference
     (when the dataset has a second observer).
 
@@ -131,7 +158,10 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
         figures: also draw ``predictions_SIZE.png`` and ``roc.png``.
         progress: show progress bars.
         tta: test-time views to average: ``none``, ``flip`` or ``d8``.
-        scale: ``none``, ``auto`` or a factor by which each image is resized first.
+        scale: ``none``, ``fov``, ``auto`` or a factor by which each image is resized
+            first (:func:`~qsegment.inference.calibrate.calibrated_map`).
+        calibration: the model's label-free calibration: the vessel rule of ``auto``, and
+            a second row per resolution with each image's own cut (``cuts``).
 
     Returns:
         ``threshold`` and ``threshold_rule``, ``tta``, the ``train_images`` and
@@ -145,7 +175,9 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
     """
     dataset = open_dataset(data)
     model = as_runtime(model)
-    train, val = dataset.split(split)
+    split = split or dataset.default_split
+    _, val = dataset.split(Split((), split.val))  # training images only where TTA needs them
+    train = dataset.split(Split(split.train, ()))[0] if tta != "none" else []
     if tta != "none" and not train:
         raise UsageError(f"--tta chooses its threshold on training images, and {dataset.title} "
                          "has none: score without --tta")
@@ -160,10 +192,17 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
     for size in sizes:
         resolution = "full" if size is None else f"{size}x{size}"
         label = f"{card.label} @ {resolution}{views}"
-        probs = predict_samples(model, val, size, progress, tta, scale)
+        found = calibrated_samples(model, val, size, progress, tta, scale, calibration)
+        probs = [m.probability for m in found]
         metrics = score(probs, val, threshold)
-        rows[label] = {"size": size, **metrics,
+        rows[label] = {"size": size, **metrics, "scales": [m.scale for m in found],
                        "whole_image": score(probs, val, threshold, inside_fov=False)["pooled"]}
+        if calibration is not None:  # beside the fixed cut: each image's own
+            cuts = [threshold if m.cut is None else m.cut for m in found]
+            rows[f"{label}, cut per image"] = {
+                "size": size, **score(probs, val, cuts), "scales": rows[label]["scales"],
+                "cuts": cuts,
+                "whole_image": score(probs, val, cuts, inside_fov=False)["pooled"]}
         curves[label] = (np.concatenate([p[s.fov] for p, s in zip(probs, val, strict=True)]),
                          np.concatenate([s.label[s.fov] for s in val]))
         if figures and out is not None:
@@ -176,10 +215,11 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
                                    Path(out) / f"predictions_{tag}.png", title=label)
     result = {"threshold": threshold, "threshold_rule": rule, "tta": tta,
               "val_images": [s.name for s in val], "rows": rows,
-              "train_images": [s.name for s in train]}
+              "train_images": list(split.train)}
     points = {}
     if dataset.observers >= 2:
-        result["second_observer"] = human = second_observer(val, dataset.split(split, 2)[1])
+        second = dataset.split(Split((), split.val), 2)[1]
+        result["second_observer"] = human = second_observer(val, second)
         points["second observer"] = (1 - human["pooled"]["sp"], human["pooled"]["se"])
     if out is not None:
         out = Path(out)

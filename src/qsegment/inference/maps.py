@@ -16,7 +16,7 @@ import numpy as np
 from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..datasets.fov import fov_diameter as measure_fov_diameter
 from ..errors import UsageError
-from ..images import network_input, resize_bilinear, resize_image, resize_map
+from ..images import network_input, resize_bilinear, resize_image
 from ..runtimes.base import Runtime, sigmoid
 
 if TYPE_CHECKING:
@@ -89,46 +89,53 @@ def predict_proba(model: Runtime | nn.Module, image: np.ndarray,
     return sigmoid(predict_logits(model, image, size, tta))
 
 
-Scale = str | float  # "auto", "none" or a factor
+Scale = str | float  # "auto", "fov", "none" or a factor
+SCALE_RULES = ("auto", "fov", "none")
 MIN_RESCALE = 0.1  # factors within 10 % of 1 leave the image as it is
 
 
 def check_scale(scale: Scale) -> None:
-    """Refuse a scale that is neither ``auto``, ``none`` nor a positive number."""
-    if scale in ("auto", "none"):
+    """Refuse a scale that is neither ``auto``, ``fov``, ``none`` nor a positive number."""
+    if scale in SCALE_RULES:
         return
     try:
         ok = 0 < float(scale) < float("inf")
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise UsageError(f"scale must be auto, none or a positive factor, not {scale!r}")
+        raise UsageError(f"scale must be auto, fov, none or a positive factor, not {scale!r}")
 
 
-def scale_factor(image: np.ndarray, scale: Scale,
-                 fov_diameter: float = TRAINING_FOV_DIAMETER) -> float:
-    """How much to resize ``image`` before the network: ``"none"`` 1; a number, that
-    factor; ``"auto"`` the factor that gives its field of view the training images'
-    diameter (``fov_diameter``), so that vessels are as wide as the network learned them.
-    An image without a visible FOV rim (a crop inside the retina) is left at its scale,
-    as is one within 10 % of the training scale (CHASE_DB1 itself)."""
-    if scale == "none":
-        return 1.0
-    if scale != "auto":
-        check_scale(scale)
-        return float(scale)
+def fov_scale(image: np.ndarray, fov_diameter: float = TRAINING_FOV_DIAMETER) -> float | None:
+    """The factor that gives the field of view of ``image`` the training images' diameter
+    (``fov_diameter``), so that vessels are about as wide as the network learned them; 1
+    within 10 % of it (CHASE_DB1 itself); None where no FOV rim shows (a crop inside the
+    retina, a blank image)."""
     diameter = measure_fov_diameter(image)
     if diameter is None:
-        return 1.0
+        return None
     factor = fov_diameter / diameter
     return 1.0 if abs(factor - 1.0) < MIN_RESCALE else factor
 
 
-def rescaled(image: np.ndarray, factor: float,
+def scale_factor(image: np.ndarray, scale: Scale,
+                 fov_diameter: float = TRAINING_FOV_DIAMETER) -> float:
+    """How much to resize ``image`` before the network, without a first pass: ``"none"``
+    1; a number, that factor; ``"auto"`` and ``"fov"`` the FOV rule (:func:`fov_scale`; 1
+    where no rim shows). The vessel rule of ``auto`` needs the map
+    (:func:`qsegment.inference.calibrate.calibrated_map`)."""
+    if scale == "none":
+        return 1.0
+    if scale not in SCALE_RULES:
+        check_scale(scale)
+        return float(scale)
+    return fov_scale(image, fov_diameter) or 1.0
+
+
+def at_scale(image: np.ndarray, factor: float,
              probability: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """``probability`` of ``image`` resized by ``factor``, resized back to the image's size."""
+    """``probability`` of ``image`` resized by ``factor``; the map stays at that scale."""
     if factor == 1.0:
         return probability(image)
     h, w = image.shape[:2]
-    small = resize_image(image, (max(1, round(h * factor)), max(1, round(w * factor))))
-    return resize_map(probability(small), (h, w))
+    return probability(resize_image(image, (max(1, round(h * factor)), max(1, round(w * factor)))))

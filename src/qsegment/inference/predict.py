@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,18 +32,13 @@ from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
 from ..runtimes.base import Runtime
-from .maps import (
-    Scale,
-    as_runtime,
-    check_scale,
-    predict_proba,
-    rescaled,
-    scale_factor,
-    symmetries,
-)
+from .calibrate import Calibration, calibrated_map
+from .maps import Scale, as_runtime, check_scale, predict_proba, symmetries
 
 if TYPE_CHECKING:
     from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 # Without shipped weights' tiling (Runtime.tile_shape, tile_margin): square tiles, and a
@@ -75,14 +71,23 @@ def tile_windows(length: int, tile: int, margin: int, grid: int
     return [(s, min(s + tile, length), k0, k1) for s, (k0, k1) in zip(starts, keeps, strict=True)]
 
 
+THRESHOLD_RULES = ("auto", "card")
+Threshold = str | float  # "auto" (per image), "card" or a probability
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """A vessel probability map and its binary mask at the input's size."""
+    """A vessel probability map and its binary mask at the input's size, with the scale
+    and the cut found for the image and how (:mod:`qsegment.inference.calibrate`)."""
 
     probability: np.ndarray  # (H, W) float32 in [0, 1]
     mask: np.ndarray  # (H, W) bool
     threshold: float
     scale: float = 1.0  # the factor the image was resized by before the network
+    scale_rule: str = "none"  # "vessels", "fov", "none" or "fixed"
+    fov_scale: float | None = None  # the FOV rule's factor, reported beside
+    threshold_rule: str = "fixed"  # "auto" (expected Dice, per image), "card" or "fixed"
+    quality: tuple[str, ...] = ()  # warnings (calibrate.QUALITY); empty when all looks right
 
 
 class Segmenter:
@@ -97,14 +102,17 @@ class Segmenter:
     def __init__(self, model: nn.Module | Runtime, threshold: float = 0.5,
                  tile: int | tuple[int, int] | None = None, overlap: int | None = None,
                  tta: str = "none", name: str | None = None, scale: Scale = "auto",
-                 fov_diameter: float = TRAINING_FOV_DIAMETER) -> None:
+                 fov_diameter: float = TRAINING_FOV_DIAMETER,
+                 calibration: Calibration | None = None, auto_threshold: bool = False,
+                 threshold_source: str = "fixed") -> None:
         """A Segmenter on ``model``, which any runtime of :mod:`qsegment.runtimes` can be.
 
         Args:
             model: a runtime (:mod:`qsegment.runtimes`; a PyTorch module on another one
                 is :func:`qsegment.export.cpu.open_runtime`'s), or a PyTorch module, run
                 on the ``torch`` runtime.
-            threshold: the probability from which a pixel is vessel.
+            threshold: the probability from which a pixel is vessel (the fallback of
+                ``auto_threshold``).
             tile: the largest image run whole, as N or (height, width); larger ones go
                 in overlapping tiles of this shape (default: the weights' shipped tile,
                 else 1024).
@@ -113,9 +121,15 @@ class Segmenter:
             tta: test-time views to average: ``none``, ``flip`` or ``d8``
                 (:func:`~qsegment.inference.maps.symmetries`).
             name: how outputs name the model (default: its class).
-            scale: ``auto`` (resize to the training images' FOV diameter), ``none`` or a
-                factor (:func:`~qsegment.inference.maps.scale_factor`).
+            scale: ``auto`` (the FOV rule, then the vessels' calibre where
+                ``calibration`` has it), ``fov`` (the FOV rule only), ``none`` or a factor
+                (:func:`~qsegment.inference.calibrate.calibrated_map`).
             fov_diameter: the training images' FOV diameter in pixels.
+            calibration: the model's constants for the label-free rules (its card's).
+            auto_threshold: cut each image where its own map expects the best Dice
+                (needs ``calibration``; else ``threshold``).
+            threshold_source: how outputs name ``threshold``'s origin: ``fixed`` or
+                ``card``.
 
         Raises:
             UsageError: an unknown ``tta`` or ``scale``, or a tile and overlap the
@@ -133,14 +147,16 @@ class Segmenter:
         if any(t % multiple or t <= 2 * overlap for t in (height, width)) or overlap % multiple:
             raise UsageError(f"tile ({height}x{width}) and overlap ({overlap}) must "
                              f"be multiples of {multiple} with tile > 2 * overlap")
-        self.threshold = threshold
+        self.threshold, self.calibration = threshold, calibration
+        self.auto_threshold = auto_threshold and calibration is not None
+        self.threshold_rule = "auto" if self.auto_threshold else threshold_source
         self.tile, self.overlap = (height, width), overlap
         self.runtime = self.runner.name
         self.tta = tta
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: float | None = None,
+    def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: Threshold = "auto",
                         runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
                         **kwargs: Any) -> Segmenter:
         """Shipped or trained weights with their card's threshold, on the fastest CPU
@@ -150,7 +166,9 @@ class Segmenter:
 
         Args:
             source: a shipped weights name, a run folder or a .safetensors file.
-            threshold: the vessel probability threshold (default: the card's).
+            threshold: ``auto`` (a cut per image by the model's calibration,
+                ``NAME.calibration.json``, where it has one; else the card's threshold),
+                ``card`` (the card's threshold) or a probability.
             runtime: a runtime that runs checkpoints
                 (:func:`qsegment.runtimes.checkpoint_runtimes`), or ``auto``: the fastest installed
                 for this CPU (:func:`qsegment.runtimes.auto_runtimes`).
@@ -169,10 +187,13 @@ class Segmenter:
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
+        fixed = threshold not in THRESHOLD_RULES
         return cls(open_weights(runtime, weights, threads),
-                   card.threshold_value if threshold is None else threshold, **kwargs)
+                   float(threshold) if fixed else card.threshold_value,
+                   calibration=Calibration.beside(weights), auto_threshold=threshold == "auto",
+                   threshold_source="fixed" if fixed else "card", **kwargs)
 
-    def predict(self, image: np.ndarray | Image.Image) -> Prediction:
+    def predict(self, image: np.ndarray | Image.Image, name: str = "image") -> Prediction:
         """The vessel map of one photograph; the network sees it at the training scale
         (``scale``), in tiles where it is large. 8-bit RGB goes to an int8 runtime as it
         is.
@@ -180,10 +201,11 @@ class Segmenter:
         Args:
             image: RGB, gray or RGBA, 8- or 16-bit integers or floats in [0, 1], as an
                 array or a PIL image.
+            name: how a warning about the image (``quality``) names it.
 
         Returns:
-            The probability map and mask at the input's size, with the threshold and the
-            factor the image was resized by.
+            The probability map and mask at the input's size, with the threshold, the
+            factor the image was resized by, how each was found and any quality flags.
 
         Raises:
             ImageError: an array that is no image (floats outside [0, 1], a shape other
@@ -196,9 +218,14 @@ class Segmenter:
             rgb, probability = array, self.runner.probability_uint8  # 8-bit RGB to int8
         else:
             rgb, probability = to_rgb_float(image), self._float_probability
-        factor = scale_factor(rgb, self.scale, self.fov_diameter)
-        prob = rescaled(rgb, factor, lambda scaled: self._tiled(scaled, probability))
-        return Prediction(prob, prob >= self.threshold, self.threshold, factor)
+        found = calibrated_map(rgb, lambda scaled: self._tiled(scaled, probability), self.scale,
+                               self.calibration, self.fov_diameter, name)
+        if self.auto_threshold and found.cut is not None:
+            threshold, rule = found.cut, "auto"
+        else:
+            threshold, rule = self.threshold, self.threshold_rule
+        return Prediction(found.probability, found.probability >= threshold, threshold,
+                          found.scale, found.scale_rule, found.fov_scale, rule, found.quality)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """The vessel probability of an image at its own scale (no rescale), tiled when it
@@ -241,10 +268,13 @@ PNG_COMPRESS_LEVEL = 1
 
 @dataclass
 class RunSummary:
-    """What ``predict_files`` did: written outputs per input and failures with reasons."""
+    """What ``predict_files`` did: written outputs per input, failures with reasons, and
+    each segmented image's threshold, scale and quality (its :class:`Prediction` less the
+    maps)."""
 
     written: dict[Path, list[Path]]
     failed: list[tuple[str, str]]
+    predictions: list[Prediction] = field(default_factory=list)
 
 
 OnResult = Callable[[Path, np.ndarray, Prediction], None]
@@ -336,6 +366,7 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
     kinds = ["mask", *(["prob"] if probability else []), *(["overlay"] if overlay else [])]
     plan = plan_outputs(files, out, kinds, failed)
     written: dict[Path, list[Path]] = {}
+    predictions: list[Prediction] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         reads = [pool.submit(read_rgb, path) for path, _ in plan[:workers + 1]]
         writes = []
@@ -348,9 +379,15 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
             except ImageError as err:
                 failed.append((str(path), str(err).removeprefix(f"{path}: ")))
                 continue
-            result = segmenter.predict(image)
+            result = segmenter.predict(image, str(path))
             writes.append(pool.submit(write_outputs, targets, image, result))
             written[path] = list(targets.values())
+            empty = np.empty((0, 0), dtype=bool)
+            predictions.append(replace(result, probability=empty, mask=empty))
+            log.info("%s: threshold %.3f (%s), scale %.3f (%s%s)%s", path, result.threshold,
+                     result.threshold_rule, result.scale, result.scale_rule,
+                     "" if result.fov_scale is None else f"; fov rule {result.fov_scale:.3f}",
+                     "".join(f"; {flag}" for flag in result.quality))
             if on_result is not None:
                 try:
                     on_result(path, image, result)
@@ -358,4 +395,4 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
                     failed.append((str(path), str(err)))
         for done in writes:
             done.result()  # a failed write (disk full) is an error of the run, not one image
-    return RunSummary(written, failed)
+    return RunSummary(written, failed, predictions)

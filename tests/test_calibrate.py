@@ -1,0 +1,181 @@
+"""Label-free per-image calibration (issue #31) on real CHASE_DB1 photographs: the scale
+from the vessels' calibre, the expected-Dice cut, the quality flags and the fit."""
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qsegment import Segmenter
+from qsegment.cli import main
+from qsegment.datasets import load_sample
+from qsegment.engine.calibrate import SHIFTS, fit_calibration, fit_scale_rule
+from qsegment.engine.evaluate import table_iv
+from qsegment.errors import UsageError
+from qsegment.inference.calibrate import (
+    Calibration,
+    calibration_path,
+    expected_dice_cut,
+    vessel_calibre,
+)
+from qsegment.metrics import evaluate
+from qsegment.pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
+from qsegment.runtimes import auto_runtimes, open_weights
+
+RUNTIME = auto_runtimes()[0][0]
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter.from_pretrained(DEFAULT_MODEL, runtime=RUNTIME, threads=1)
+
+
+@pytest.fixture(scope="module")
+def photograph(data_dir):
+    sample = load_sample(data_dir, "Image_12R")  # validation: never fitted on
+    return sample, np.round(sample.image * 255).astype(np.uint8)
+
+
+def _dice(mask, sample):
+    fov = sample.fov
+    return 2 * (mask & sample.label & fov).sum() / ((mask & fov).sum() + (sample.label & fov).sum())
+
+
+def test_the_default_model_ships_its_calibration():
+    calibration = Calibration.beside(resolve_checkpoint(DEFAULT_MODEL))
+    assert calibration is not None and "training images" in calibration.fitted_on
+    assert 0.3 < calibration.width_gamma < 1.0 and 5 < calibration.vessel_width < 20
+
+
+def test_chase_keeps_its_scale_and_gets_a_cut_of_its_own(segmenter, photograph):
+    sample, rgb = photograph
+    out = segmenter.predict(rgb)
+    assert (out.scale, out.scale_rule, out.fov_scale, out.quality) == (1.0, "fov", 1.0, ())
+    assert out.threshold_rule == "auto" and 0.5 < out.threshold < 0.95
+    card = Segmenter.from_pretrained(DEFAULT_MODEL, threshold="card", runtime=RUNTIME)
+    fixed = card.predict(rgb)
+    assert fixed.threshold_rule == "card" and fixed.threshold == read_card(
+        resolve_checkpoint(DEFAULT_MODEL)).threshold_value
+    assert abs(_dice(out.mask, sample) - _dice(fixed.mask, sample)) < 0.02
+    number = Segmenter.from_pretrained(DEFAULT_MODEL, threshold=0.7, runtime=RUNTIME)
+    assert (number.predict(rgb).threshold, number.predict(rgb).threshold_rule) == (0.7, "fixed")
+
+
+def test_the_vessels_correct_the_fov_rule(segmenter, photograph):
+    """A narrower-field camera, simulated: the central 700 px of the photograph inside a
+    round field of view. The FOV rule enlarges it 1.33x (its field is smaller than
+    CHASE's 917 px), though its vessels already have CHASE's calibre; the vessels' rule
+    brings it back near 1, and the map is better for it."""
+    sample, rgb = photograph
+    side, y0, x0 = 700, 130, 149
+    yy, xx = np.mgrid[:side, :side]
+    inside = (yy - side / 2 + 0.5) ** 2 + (xx - side / 2 + 0.5) ** 2 <= (side / 2 - 4) ** 2
+    crop = np.where(inside[..., None], rgb[y0:y0 + side, x0:x0 + side], 0).astype(np.uint8)
+    label = sample.label[y0:y0 + side, x0:x0 + side] & inside
+    out = segmenter.predict(crop)
+    fov_only = Segmenter.from_pretrained(DEFAULT_MODEL, runtime=RUNTIME, scale="fov").predict(crop)
+    assert fov_only.scale == pytest.approx(917 / 690, rel=0.02) and out.fov_scale == fov_only.scale
+    assert out.scale_rule == "vessels" and 0.8 < out.scale < 1.15, out.scale
+    crop_sample = type(sample)(sample.name, crop, label, inside, sample.path)
+    assert _dice(out.mask, crop_sample) > _dice(fov_only.mask, crop_sample) + 0.01
+
+
+def test_a_crop_without_a_rim_keeps_its_scale_and_says_so(segmenter, photograph):
+    """No FOV rim: the widest vessels of a crop need not be the widest there are, so
+    neither rule rescales it."""
+    _, rgb = photograph
+    out = segmenter.predict(rgb[200:600, 200:700], "crop.png")
+    assert (out.scale, out.scale_rule, out.quality) == (1.0, "none", ("no-fov",))
+
+
+def test_a_blank_image_falls_back_and_says_so_once(segmenter, caplog):
+    blank = np.full((300, 400, 3), 30, dtype=np.uint8)
+    with caplog.at_level(logging.WARNING, logger="qsegment"):
+        out = segmenter.predict(blank, "blank.png")
+    assert out.scale == 1.0 and set(out.quality) == {"no-fov", "no-vessels"}
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("qsegment")]
+    assert len(lines) == 2 and all(line.startswith("blank.png: ") for line in lines)
+
+
+def test_the_calibre_follows_the_scale_and_the_cut_follows_the_map(segmenter, photograph):
+    _, rgb = photograph
+    maps = {f: Segmenter(segmenter.runner, scale=f).predict(rgb).probability for f in (0.6, 1.0)}
+    small = np.asarray(Image.fromarray(rgb).resize((599, 576), Image.Resampling.BILINEAR))
+    at_small = Segmenter(segmenter.runner, scale="none").predict(small).probability
+    assert vessel_calibre(at_small) < 0.85 * vessel_calibre(maps[1.0])
+    assert vessel_calibre(np.zeros((200, 200))) is None
+    platt = (1.0, -1.5)
+    unsure = maps[1.0] * 0.8  # the same ranking, less sure: a lower cut
+    assert expected_dice_cut(unsure, platt) < expected_dice_cut(maps[1.0], platt)
+
+
+def test_fit_scale_rule_recovers_a_power_law():
+    factors = (0.5, 0.7, 1.0, 1.4)
+    eyes = np.array([[0.9], [1.0], [1.1]])
+    widths = 10.0 * eyes * np.asarray(factors) ** 0.6
+    reference, gamma, dead_band = fit_scale_rule(widths, factors)
+    assert gamma == pytest.approx(0.6) and reference == pytest.approx(10.0 * 0.9966, rel=1e-3)
+    # the eye farthest from the reference (0.9 against 0.9966) sets the band
+    assert dead_band == pytest.approx((0.9966 / 0.9) ** (1 / 0.6) - 1, rel=1e-3)
+    with pytest.raises(UsageError):
+        fit_scale_rule(widths, (0.5, 0.7, 0.8, 1.4))
+
+
+def test_fit_on_two_training_images(split):
+    train = split[0][:2]
+    weights = resolve_checkpoint(DEFAULT_MODEL)
+    runner = Segmenter(open_weights(RUNTIME, weights, 1), scale="none")
+    shifts = {k: SHIFTS[k] for k in ("none", "contrast 0.4", "blur 3")}
+    calibration, report = fit_calibration(lambda rgb: runner.predict(rgb).probability, train,
+                                          read_card(weights).threshold_value, shifts,
+                                          progress=False)
+    assert 0.3 < calibration.width_gamma < 1.0 and 8 < calibration.vessel_width < 16
+    assert 0 <= calibration.dead_band < 1 and "2 training images" in calibration.fitted_on
+    assert len(report["conditions"]) == 3 + 4 and 0.7 < report["mean_dice"] < 0.9
+    with pytest.raises(UsageError):
+        fit_calibration(lambda rgb: rgb, train, 0.5, {"blur 3": SHIFTS["blur 3"]})
+
+
+def test_evaluate_scores_the_fixed_and_the_per_image_cut(data_dir, split):
+    from qsegment.datasets import Split
+
+    weights = resolve_checkpoint(DEFAULT_MODEL)
+    result = table_iv(open_weights(RUNTIME, weights, 1), read_card(weights), data_dir,
+                      split=Split(("Image_01L",), ("Image_11L", "Image_12R")), figures=False,
+                      progress=False, scale="auto", calibration=Calibration.beside(weights))
+    fixed, per_image = result["rows"].values()
+    assert len(per_image["cuts"]) == 2 and per_image["scales"] == fixed["scales"] == [1.0, 1.0]
+    assert fixed["pooled"]["auc"] == per_image["pooled"]["auc"]  # same maps, other cuts
+    assert fixed["pooled"]["dice"] != per_image["pooled"]["dice"]
+
+
+def test_per_image_thresholds_in_metrics(photograph):
+    sample, _ = photograph
+    prob = np.clip(sample.label * 0.7 + np.linspace(0, 0.3, sample.label.size).reshape(
+        sample.label.shape), 0, 1)
+    both = evaluate([prob, prob], [sample.label] * 2, [sample.fov] * 2, [0.5, 0.9])
+    one = [evaluate([prob], [sample.label], [sample.fov], t)["pooled"]["dice"] for t in (0.5, 0.9)]
+    assert [m["dice"] for m in both["per_image"]] == pytest.approx(one)
+    with pytest.raises(UsageError):
+        evaluate([prob], [sample.label], [sample.fov], [0.5, 0.9])
+
+
+def test_predict_says_how_each_image_was_scaled_and_cut(data_dir, tmp_path, capsys):
+    assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path),
+                 "--runtime", RUNTIME]) == 0
+    out = capsys.readouterr().out
+    assert "threshold 0." in out and "(auto)" in out and "scale 1.000 (fov)" in out
+    assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path / "card"),
+                 "--runtime", RUNTIME, "--threshold", "card", "--scale", "fov"]) == 0
+    assert "(card)" in capsys.readouterr().out
+
+
+def test_a_broken_calibration_file_names_itself(tmp_path):
+    from qsegment.card import CardError
+
+    weights = tmp_path / "model.safetensors"
+    calibration_path(weights).write_text('{"vessel_width": 1}')
+    with pytest.raises(CardError, match=r"model\.calibration\.json"):
+        Calibration.beside(weights)
+    assert Calibration.beside(tmp_path / "other.safetensors") is None
