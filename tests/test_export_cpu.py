@@ -114,7 +114,7 @@ def test_the_int8_onnx_draws_the_masks_of_the_int8_flatbuffers(tmp_path, data_di
         weights.with_suffix(".int8-observers.safetensors")))
     samples = [load_sample(data_dir, name) for name in ("Image_11L", "Image_12R", "Image_14L")]
     images = [np.round(sample.image * 255).astype(np.uint8) for sample in samples]
-    litert = Segmenter.from_pretrained(runtime="tflite-int8", threads=1)
+    litert = Segmenter.from_pretrained(runtime="tflite-int8", threads=1, threshold="card")
     reference = [litert.predict(image) for image in images]
     fovs, labels = [s.fov for s in samples], [s.label for s in samples]
 
@@ -124,7 +124,8 @@ def test_the_int8_onnx_draws_the_masks_of_the_int8_flatbuffers(tmp_path, data_di
     for runtime in (OpenVinoInt8, OnnxInt8Runtime):
         engine = with_shipped_tiling(runtime(path, 1, size_multiple=model.size_multiple),
                                      read_manifest(weights))
-        ours = [Segmenter(engine, litert.threshold).predict(image) for image in images]
+        ours = [Segmenter(engine, litert.threshold, calibration=litert.calibration).predict(image)
+                for image in images]
         agreement = dice([p.mask.astype(np.float32) for p in ours],
                          [p.mask for p in reference], 0.5)
         assert agreement >= 0.99, (runtime.name, agreement)
