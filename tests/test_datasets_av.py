@@ -14,11 +14,13 @@ from qsegment.datasets import (
     DatasetError,
     HrfAv,
     LesAv,
+    default_data_dir,
     detect_dataset,
     load_label,
+    load_split,
     open_dataset,
 )
-from qsegment.datasets.base import shared_data_folder
+from qsegment.datasets.base import dataset_folder
 
 SHARED = (Path(__file__).resolve().parents[1] / "../shared/data").resolve()
 HRF, LES = SHARED / "HRF-AV", SHARED / "LES-AV"
@@ -103,10 +105,69 @@ def test_an_artery_vein_label_is_refused_as_binary_and_read_with_vessel_classes(
     path = LES / "test/1st_manual/224.png"
     raw = _raw(path)
     assert set(np.unique(raw)) == {0, 1, 2, 3}  # background, artery, vein, uncertain
-    with pytest.raises(DatasetError, match=r"224\.png: label is not binary \(4 distinct"):
+    with pytest.raises(DatasetError, match=r"224\.png: label is not binary: values 0, 1, 2, "
+                                           r"3; expected 0 and one other value"):
         load_label(path, raw.shape)
     label = load_label(path, raw.shape, vessel_classes=True)
     assert label.dtype == bool and np.array_equal(label, raw > 0)
+
+
+def _replace(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as the PNG/GIF ``path`` (a link of les_copy becomes a file)."""
+    path.unlink()
+    Image.fromarray(array).save(path)
+
+
+def _colour(label: np.ndarray) -> np.ndarray:
+    """An artery/vein map drawn in colour (artery red, vein blue, uncertain green), as
+    other sets publish them: gray, it is 0, 76, 29, 150."""
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255], [0, 255, 0]], np.uint8)
+    return palette[label]
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda raw: np.where(raw == 3, 7, raw).astype(np.uint8),
+     r"1st_manual/224\.png: label has values 0, 1, 2, 7; expected 0-3 \(background, artery, "
+     r"vein, uncertain\)"),
+    (lambda raw: (raw > 0).astype(np.uint8) * 255,  # a vessel map where classes belong
+     r"1st_manual/224\.png: label has values 0, 255; expected 0-3"),
+    (_colour, r"1st_manual/224\.png: label has values 0, 29, 76, 150; expected 0-3"),
+])
+def test_an_artery_vein_label_outside_0_to_3_is_refused_with_the_values(les_copy, damage,
+                                                                          message):
+    path = les_copy / "test/1st_manual/224.png"
+    _replace(path, damage(_raw(path)))
+    with pytest.raises(DatasetError, match=message):
+        load_split(LesAv(les_copy))  # what training and evaluation read first
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda mask: np.asarray(Image.fromarray(mask).resize((1000, 900))),
+     r"mask/224_mask\.gif: FOV mask is 1000x900 but its image is 1620x1444"),
+    (lambda mask: np.where(mask > 0, np.arange(mask.shape[1]) % 200, 0).astype(np.uint8),
+     r"mask/224_mask\.gif: FOV mask is not binary: values 0, 1, 2, 3, 4, 5, \.\.\. \(200 in "
+     r"all\); expected 0 and one other value"),
+])
+def test_a_mismatched_fov_mask_is_named(les_copy, damage, message):
+    path = les_copy / "test/mask/224_mask.gif"
+    _replace(path, damage(_raw(path)))
+    with pytest.raises(DatasetError, match=message):
+        load_split(LesAv(les_copy))
+
+
+def test_a_binary_label_is_zero_and_one_other_value(tmp_path, data_dir):
+    """Any one value beside 0 is vessel (0/1, 0/255, 0/7); two values without 0 have no
+    safe cut and are refused, naming them."""
+    raw = _raw(data_dir / "Image_11L_1stHO.png")
+    vessels = raw > 0
+    path = tmp_path / "label.png"
+    for low, high in ((0, 1), (0, 255), (0, 7)):
+        Image.fromarray(np.where(vessels, high, low).astype(np.uint8)).save(path)
+        assert np.array_equal(load_label(path, raw.shape), vessels)
+    Image.fromarray(np.where(vessels, 200, 100).astype(np.uint8)).save(path)
+    with pytest.raises(DatasetError, match=r"label\.png: label is not binary: values 100, 200; "
+                                           r"expected 0 and one other value \(0/1 or 0/255\)"):
+        load_label(path, raw.shape)
 
 
 def test_detect_dataset_picks_each_set(data_dir, les_copy):
@@ -121,8 +182,26 @@ def test_detect_dataset_picks_each_set(data_dir, les_copy):
 def test_open_by_name_finds_the_shared_folders():
     assert open_dataset(None, "hrf-av").root == HRF
     assert open_dataset(None, "les-av").root == LES
-    with pytest.raises(DatasetError, match=r"no NOPE folder given: pass --data DIR \(looked in"):
-        shared_data_folder("NOPE-AV", "NOPE")
+
+
+def test_a_dataset_s_folder_from_its_variable_the_shared_data_or_the_cache(
+        les_copy, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QSEGMENT_DATA_LES_AV", str(les_copy))
+    assert open_dataset(None, "les-av").root == les_copy
+    assert open_dataset(None, "hrf-av").root == HRF  # each set has its own variable
+    monkeypatch.setenv("QSEGMENT_DATA_CHASEDB1", str(tmp_path / "chase"))
+    monkeypatch.setenv("QSEGMENT_DATA", str(data_dir))
+    assert default_data_dir() == tmp_path / "chase"  # the set's own name first
+    monkeypatch.delenv("QSEGMENT_DATA_CHASEDB1")
+    assert default_data_dir() == data_dir  # CHASE_DB1's variable of old still works
+    monkeypatch.setenv("QSEGMENT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DatasetError, match=(
+            r"no NOPE folder found in \$QSEGMENT_DATA_NOPE_AV \(not set\), .*shared/data/NOPE-AV, "
+            r".*cache/data/NOPE-AV: pass --data DIR, set QSEGMENT_DATA_NOPE_AV=DIR, or put the "
+            r"folder at .*cache/data/NOPE-AV \(`qsegment data download nope-av`")):
+        dataset_folder("nope-av", "NOPE-AV", "NOPE")
+    (tmp_path / "cache/data/NOPE-AV").mkdir(parents=True)  # where `qsegment data` puts it
+    assert dataset_folder("nope-av", "NOPE-AV", "NOPE") == tmp_path / "cache/data/NOPE-AV"
 
 
 @pytest.mark.parametrize(("damage", "message"), [

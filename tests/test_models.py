@@ -12,6 +12,7 @@ from qsegment.errors import UsageError
 from qsegment.losses import structure_loss
 from qsegment.models import QSegment, create_model, list_models, pad_to_multiple
 from qsegment.models.profile import count_macs, count_parameters
+from qsegment.pretrained import list_pretrained
 from qsegment.registry import UnknownNameError
 
 # Parameter counts of the paper's Table II (millions).
@@ -100,6 +101,11 @@ def test_models_command_json(capsys):
     assert q["params"] == count_parameters(create_model("qsegment"))
     assert q["fp32_mb"] == pytest.approx(4 * q["int8_mb"])
     assert q["gmacs"] * 1e9 == count_macs(create_model("qsegment"), 96, 96)
+    # every shipped weights file says what it learned from, with the data's terms
+    shipped = {w["weights"]: w for w in table["weights"]}
+    assert set(shipped) == set(list_pretrained())
+    assert all(w["architecture"] in rows and "CC BY 4.0" in w["trained_on"]
+               for w in shipped.values())
     # MACs grow with the pixel count
     assert main(["models", "--json", "--size", "192"]) == 0
     big = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}

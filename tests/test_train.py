@@ -363,8 +363,9 @@ def test_evaluate_with_tta_chooses_its_threshold_on_training_images(data_dir, tm
 
 def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_path, data_dir,
                                                                           monkeypatch):
-    """The paper's recipe unchanged but for its length (bf16 autocast here, fp16 on CUDA):
-    the training forward passes really compute in bfloat16, on whole padded images."""
+    """The paper's recipe unchanged but for its length (bf16 autocast on an AVX-512 CPU,
+    fp16 on CUDA, fp32 where half precision is slower): the training forward passes
+    really compute in that type, on whole padded images."""
     seen = []
 
     def recording(name, **kwargs):
@@ -382,7 +383,8 @@ def test_paper_preset_runs_on_full_resolution_images_with_mixed_precision(tmp_pa
     assert card["epochs_done"] == 1
     assert card["config"]["optimizer"] == "sgd" and card["config"]["restart_epochs"] == 20
     training = [(dtype, shape) for is_training, dtype, shape in seen if is_training]
-    assert training == [(torch.bfloat16, (960, 1000))]  # one step of two whole images
+    expected = train_module.autocast_dtype(torch.device("cpu")) or torch.float32
+    assert training == [(expected, (960, 1000))]  # one step of two whole images
     assert {dtype for is_training, dtype, _ in seen if not is_training} == {torch.float32}
 
 
@@ -395,6 +397,6 @@ def test_training_at_the_deployment_size(tmp_path, data_dir):
     model, _ = load_model(tmp_path / "small")
     val = [load_sample(data_dir, "Image_11L")]
     at_128 = score(predict_samples(model, val, 128), val)["pooled"]
-    assert at_128 == pytest.approx(card["val_metrics"]["pooled"], abs=1e-6)
+    assert at_128 == pytest.approx(card["val_metrics"]["pooled"], abs=1e-5)  # NHWC rounding
     at_full = score(predict_samples(model, val), val)["pooled"]
     assert at_full["auc"] != pytest.approx(at_128["auc"], abs=1e-3)  # the sizes really differ

@@ -40,7 +40,7 @@ from .cli_types import (
     url,
 )
 from .console import configure_logging
-from .datasets import DATASETS, DEFAULT_DATASET
+from .datasets import DATASETS
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import QsegmentError, UsageError
 from .export import TARGETS
@@ -132,9 +132,23 @@ def device(text: str) -> str:
     return text
 
 
-def config_folder(text: str) -> str:
-    """An existing folder, as the text that a training config records."""
-    return str(existing_dir(text))
+def config_folders(text: str) -> str:
+    """Existing folders, comma-separated (one per dataset, empty for the dataset's own),
+    as the text that a training config records."""
+    return ",".join(folder and str(existing_dir(folder)) for folder in text.split(","))
+
+
+def _check_dataset_names(text: str) -> None:
+    for name in text.split(","):
+        DATASETS.get(name)
+
+
+dataset_names = checked(_check_dataset_names, "dataset_names")
+
+
+def positive_floats(text: str) -> list[float]:
+    """Comma-separated numbers > 0."""
+    return [positive_float(item) for item in text.split(",")]
 
 
 def image_names(text: str) -> list[str]:
@@ -231,13 +245,17 @@ def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
 def _models(args: argparse.Namespace) -> int:
     from .models import MODELS, create_model
     from .models.profile import model_stats
+    from .pretrained import WEIGHTS
 
     rows = []
     for name, description in MODELS.describe().items():
         stats = model_stats(create_model(name), args.size, args.size)
         rows.append({"model": name, "description": description, **stats})
+    shipped = [{"weights": w.name, "architecture": w.architecture, "trained_on": w.data,
+                "description": w.description} for w in WEIGHTS]
     if args.json:
-        print(json.dumps({"input": [args.size, args.size], "models": rows}, indent=2))
+        print(json.dumps({"input": [args.size, args.size], "models": rows,
+                          "weights": shipped}, indent=2))
         return 0
     print(f"| model | params (M) | fp32 weights (MB) | int8 weights (MB) | "
           f"GMACs @ {args.size}x{args.size} |")
@@ -245,12 +263,16 @@ def _models(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"| {r['model']} | {r['params_m']:.3f} | {r['fp32_mb']:.3f} | {r['int8_mb']:.3f} | "
               f"{r['gmacs']:.2f} |")
+    print("\n| shipped weights | architecture | trained on (the data's terms) |\n|---|---|---|")
+    for w in shipped:
+        print(f"| {w['weights']} | {w['architecture']} | {w['trained_on']} |")
     return 0
 
 
 def _add_models(sub: Commands) -> None:
     p = _command(sub, "models", "Print the models table (paper Table II): parameters, "
-                 "weight sizes and MACs, computed from the models.",
+                 "weight sizes and MACs, computed from the models; then the shipped "
+                 "weights, each with the data it was trained on and that data's terms.",
                  "  qsegment models\n  qsegment models --size 336 --json", _models)
     p.add_argument("--size", type=positive_int, default=960,
                    help="square input size for MACs (960)")
@@ -286,16 +308,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: Commands) -> None:
-    p = _command(sub, "train", "Train a model on CHASE_DB1 from a preset "
-                 "(paper: the paper's GPU recipe; fast: a 2-core CPU recipe). Any preset "
-                 "field can be overridden. Runs data-parallel under torchrun.",
+    p = _command(sub, "train", "Train a model on CHASE_DB1, or on a mixture of datasets, from "
+                 "a preset (paper: the paper's GPU recipe; fast: a 2-core CPU recipe; multi: "
+                 "fast on CHASE_DB1, HRF-AV and LES-AV, each photograph at one vessel scale). "
+                 "Any preset field can be overridden. Runs data-parallel under torchrun.",
                  "  qsegment train --preset fast --out runs/fast\n"
+                 "  qsegment train --preset multi --out runs/multi\n"
+                 "  qsegment train --preset multi --dataset hrf-av --out runs/hrf\n"
                  "  qsegment train --preset paper --out runs/paper --device cuda\n"
                  "  qsegment train --out runs/fast --resume\n"
                  "  torchrun --nproc-per-node 2 -m qsegment train --preset fast --out runs/ddp",
                  _train)
     p.add_argument("--preset", default="fast", type=preset,
-                   help="paper | fast | path to a YAML file (fast)")
+                   help="paper | fast | multi | path to a YAML file (fast)")
     p.add_argument("--out", required=True, type=output_folder, help="run folder to write")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its recipe; "
@@ -318,8 +343,9 @@ def _add_train(sub: Commands) -> None:
 
 # How each training config field's flag is parsed (the bool ones are --X/--no-X).
 TRAIN_OPTIONS: dict[str, dict] = {
-    "model": {"type": architecture}, "dataset": {"choices": DATASETS.names()},
-    "data": {"type": config_folder, "metavar": "DIR"},
+    "model": {"type": architecture}, "dataset": {"type": dataset_names, "metavar": "NAME[,NAME]"},
+    "dataset_weights": {"type": positive_floats, "metavar": "W[,W]"},
+    "data": {"type": config_folders, "metavar": "DIR[,DIR]"},
     "train_images": {"type": image_names}, "val_images": {"type": image_names},
     "epochs": {"type": positive_int}, "batch_size": {"type": positive_int},
     "crop": {"type": non_negative_int}, "resize": {"type": non_negative_int},
@@ -417,8 +443,9 @@ def _add_evaluate(sub: Commands) -> None:
 # --- calibrate --------------------------------------------------------------------------
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .datasets import open_dataset
-    from .engine.calibrate import fit_calibration
+    from .engine.calibrate import fit_calibration, fov_rule_corrections
+    from .engine.config import TrainConfig
+    from .engine.train import run_parts
     from .files import write_json
     from .inference.calibrate import calibration_path
     from .inference.predict import Segmenter
@@ -426,10 +453,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .runtimes import open_weights
 
     weights = resolve_checkpoint(args.model)
-    train, _ = open_dataset(args.data, args.dataset).split()
+    card = read_card(weights)
+    recipe = TrainConfig.recorded(card.get("config") or {})  # its datasets and their scale
+    given = {"dataset": args.dataset, "train_images": [], "val_images": []} \
+        if args.dataset else {}
+    parts = run_parts(dataclasses.replace(recipe, data=args.data, **given), progress=True)
+    train = [sample for part in parts for sample in part.train]
     segmenter = Segmenter(open_weights(args.runtime, weights), scale="none")
-    calibration, report = fit_calibration(lambda rgb: segmenter.predict(rgb).probability, train,
-                                          read_card(weights).threshold_value)
+    calibration, report = fit_calibration(
+        lambda rgb: segmenter.predict(rgb).probability, train, card.threshold_value,
+        fov_corrections=fov_rule_corrections(parts) if recipe.label_scale else ())
     target = calibration_path(weights)
     write_json(target, {**calibration.to_dict(), "runtime": segmenter.runtime, **report})
     a, b = calibration.platt
@@ -452,10 +485,11 @@ def _add_calibrate(sub: Commands) -> None:
                  _calibrate)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
                    help=f"pretrained name, run folder or .safetensors ({DEFAULT_MODEL})")
-    p.add_argument("--data", metavar="DIR", type=existing_dir,
-                   help="the dataset folder (default: the dataset's own)")
-    p.add_argument("--dataset", choices=DATASETS.names(), default=DEFAULT_DATASET,
-                   help=f"which dataset's training split to fit on ({DEFAULT_DATASET})")
+    p.add_argument("--data", metavar="DIR[,DIR]", type=config_folders,
+                   help="the dataset folder, one per dataset (default: each dataset's own)")
+    p.add_argument("--dataset", type=dataset_names, metavar="NAME[,NAME]",
+                   help="which datasets' training splits to fit on (default: the model's "
+                        "own, from its card)")
     _add_runtime(p, AUTO)
 
 
@@ -692,32 +726,50 @@ def _add_analyze(sub: Commands) -> None:
 def _data(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .datasets.download import download_chasedb1
+    from .datasets.download import check_dataset, download_dataset
 
-    with tqdm(total=0, unit="B", unit_scale=True, desc=args.dataset) as bar:
+    for flag, value, action in (("--to", args.to, "download"), ("--url", args.url, "download"),
+                                ("--data", args.data, "check")):
+        if value is not None and args.action != action:
+            raise UsageError(f"{flag} goes with `qsegment data {action}`, not {args.action}")
+    with tqdm(total=0, unit="B", unit_scale=True, desc=args.dataset, delay=1.0) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        folder = download_chasedb1(args.to, url=args.url, progress=progress)
-    print(f"CHASE_DB1 in {folder}: every file matches CHASEDB1.sha256 (CC BY 4.0: cite "
-          "Fraz et al. 2012 and Owen et al. 2009)")
+        if args.action == "check":
+            folder, files = check_dataset(args.dataset, args.data, progress)
+            done = f"{args.dataset} in {folder}: {files} files, every checksum matches"
+        else:
+            folder = download_dataset(args.dataset, args.to, args.url, progress)
+            done = (f"CHASE_DB1 in {folder}: every file matches CHASEDB1.sha256 (CC BY 4.0: "
+                    "cite Fraz et al. 2012 and Owen et al. 2009)")
+    print(done)  # after the bar has gone
     return 0
 
 
 def _add_data_command(sub: Commands) -> None:
-    from .datasets.download import CHASEDB1_URL
+    from .datasets.download import CHASEDB1_URL, SERVED
 
-    p = _command(sub, "data", "Get a dataset: download CHASE_DB1 from its publisher, check "
-                 "every file against the SHA-256 list shipped with qsegment and unpack it "
-                 "in the flat layout (resumes a broken download; retries).",
+    p = _command(sub, "data", "Get a dataset and check it. download: CHASE_DB1 from its "
+                 "publisher, every file checked against the SHA-256 list shipped with "
+                 "qsegment, unpacked where the commands look for it (resumes a broken "
+                 "download; retries); HRF-AV and LES-AV, which no publisher offers in the "
+                 "layout qsegment reads: where to get the files and how to arrange them. "
+                 "check: every file of a dataset folder against its shipped SHA-256 list.",
                  "  qsegment data download chasedb1\n"
-                 "  qsegment data download chasedb1 --to data/CHASEDB1", _data)
-    p.add_argument("action", choices=["download"], help="what to do")
-    p.add_argument("dataset", choices=["chasedb1"], help="which dataset")
-    p.add_argument("--to", type=output_folder, help="folder to create (default: "
-                   "~/.cache/qsegment/data/CHASEDB1, where the commands look for it)")
-    p.add_argument("--url", default=CHASEDB1_URL, type=url, help=f"the archive ({CHASEDB1_URL})")
+                 "  qsegment data download chasedb1 --to data/CHASEDB1\n"
+                 "  qsegment data download hrf-av      # where to get it, how to arrange it\n"
+                 "  qsegment data check les-av --data ~/data/LES-AV\n"
+                 "  qsegment data check chasedb1       # the folder the commands use", _data)
+    p.add_argument("action", choices=["download", "check"], help="what to do")
+    p.add_argument("dataset", choices=SERVED, help="which dataset")
+    p.add_argument("--to", metavar="DIR", type=output_folder, help="download: the folder to create "
+                   "(default: ~/.cache/qsegment/data/NAME, where the commands look for it)")
+    p.add_argument("--url", type=url, help=f"download: the archive ({CHASEDB1_URL})")
+    p.add_argument("--data", metavar="DIR", type=existing_dir,
+                   help="check: the dataset's folder (default: where the commands look: "
+                   "$QSEGMENT_DATA_NAME, ../shared/data/FOLDER, ~/.cache/qsegment/data/FOLDER)")
 
 
 # --- quantize, export, camera -----------------------------------------------------------

@@ -14,17 +14,19 @@ from .inputs import to_input
 from .transforms import apply
 
 
-def resize_sample(sample: Sample, size: int) -> Sample:
-    """The sample as a camera at size x size would see it: the image resized as for
-    inference (:func:`qsegment.data.inputs.to_input`), label and FOV resized by area
-    and re-binarised at 0.5."""
+def resize_sample(sample: Sample, size: int | tuple[int, int]) -> Sample:
+    """The sample as a camera at ``size`` (N for N x N, or (height, width)) would see it:
+    the image resized as for inference (:func:`qsegment.data.inputs.to_input`), label
+    and FOV resized by area and re-binarised at 0.5."""
     import torch.nn.functional as F
+
+    shape = (size, size) if isinstance(size, int) else size
 
     def mask(array: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(array.astype(np.float32))[None, None]
-        return F.interpolate(x, size=(size, size), mode="area")[0, 0].numpy() >= 0.5
+        return F.interpolate(x, size=shape, mode="area")[0, 0].numpy() >= 0.5
 
-    image = to_input(sample.image, size)[0].permute(1, 2, 0).numpy()
+    image = to_input(sample.image, shape)[0].permute(1, 2, 0).numpy()
     return Sample(name=sample.name, image=image, label=mask(sample.label), fov=mask(sample.fov),
                   path=sample.path)
 
@@ -48,24 +50,28 @@ def to_tensors(sample: Sample, multiple: int, device: torch.device | str = "cpu"
 class SegmentationDataset(Dataset):
     """Samples as (image, label, fov) tensors, augmented when a transform is given.
 
-    ``repeats`` lists each image that many times per epoch: with small random crops an
-    "epoch" over 20 images would otherwise be a handful of steps. The tensors are made
+    ``repeats`` lists each image that many times per epoch (or image ``i``
+    ``repeats[i]`` times: a mixture's shares): with small random crops an "epoch" over
+    20 images would otherwise be a handful of steps. The tensors are made
     once and kept on ``device``: on a GPU the augmentation then runs there too, which
     keeps full-resolution training from waiting on the CPU.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: v2.Transform | None = None,
-                 repeats: int = 1, multiple: int = 1, device: torch.device | str = "cpu"
-                 ) -> None:
+                 repeats: int | Sequence[int] = 1, multiple: int = 1,
+                 device: torch.device | str = "cpu") -> None:
         if not samples:
             raise DatasetError("no samples given")
         self.tensors = [to_tensors(s, multiple, device) for s in samples]
         self.transform = transform
-        self.repeats = repeats
+        counts = [repeats] * len(samples) if isinstance(repeats, int) else list(repeats)
+        # all images once, then again: with one count for all, index i is image i % N
+        self.order = [i for visit in range(max(counts)) for i, count in enumerate(counts)
+                      if visit < count]
 
     def __len__(self) -> int:
-        return len(self.tensors) * self.repeats
+        return len(self.order)
 
     def __getitem__(self, index: int) -> Tensors:
-        tensors = self.tensors[index % len(self.tensors)]
+        tensors = self.tensors[self.order[index]]
         return tensors if self.transform is None else apply(self.transform, *tensors)

@@ -13,7 +13,10 @@ are scored as qsegment scores CHASE_DB1, except for:
   for LES-AV.
 
 Loading is strict: a missing label or mask, a second file for one image, a name in
-both folders, or an unexpected file or folder raises :class:`DatasetError` naming it.
+both folders, an unexpected file or folder, or a label value outside 0-3 raises
+:class:`DatasetError` naming it. No publisher offers either set in this layout:
+`qsegment data download NAME` says where to get the files (:attr:`~ArteryVeinFolder.source`)
+and `qsegment data check NAME` checks them against the SHA-256 list shipped with qsegment.
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import re
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
-from .base import DatasetError, FundusDataset, Split, is_ancillary, shared_data_folder
+from .base import (
+    VESSEL_CLASSES,
+    DatasetError,
+    FundusDataset,
+    Split,
+    dataset_folder,
+    is_ancillary,
+)
 
 _SPLIT_FOLDERS = ("training", "test")  # train, validate
 _ROLE_FOLDERS = ("images", "1st_manual", "mask")
@@ -37,7 +47,8 @@ class _Files(NamedTuple):
 class ArteryVeinFolder(FundusDataset):
     """A fundus set in the artery/vein layout; a subclass says how its files are named."""
 
-    folder: ClassVar[str]  # its folder's name under ../shared/data
+    folder: ClassVar[str]  # its folder's name under ../shared/data and in the cache
+    source: ClassVar[str]  # where to get its files: the publishers and papers
     stem: ClassVar[str]  # regular expression of an image's name
     example: ClassVar[str]  # how error messages show a name
     image_suffixes: ClassVar[tuple[str, ...]]
@@ -54,7 +65,15 @@ class ArteryVeinFolder(FundusDataset):
 
     @classmethod
     def default_root(cls) -> Path:
-        return shared_data_folder(cls.folder, cls.title)
+        return dataset_folder(cls.name, cls.folder, cls.title)
+
+    @classmethod
+    def layout(cls) -> str:
+        """The files a folder of this set holds, for messages that say how to arrange it."""
+        coding = ", ".join(f"{value} {what}" for value, what in enumerate(VESSEL_CLASSES))
+        return (f"{{training,test}}/images/{cls.example}{' or '.join(cls.image_suffixes)}, "
+                f"{{training,test}}/1st_manual/{cls.example}{cls.label_suffix} (8-bit: "
+                f"{coding}) and {{training,test}}/mask/{cls.example}{cls.mask_suffix}")
 
     @classmethod
     def holds(cls, root: str | Path) -> bool:
@@ -149,10 +168,18 @@ class ArteryVeinFolder(FundusDataset):
 class HrfAv(ArteryVeinFolder):
     name = "hrf-av"
     title = "HRF-AV"
+    terms = "research use; cite Budai et al. 2013 and Hemelings et al. 2019"
     description = ("HRF-AV: HRF's 45 photographs (Canon CR-1, 45 deg, 3504x2336; healthy, "
                    "diabetic retinopathy, glaucoma) with artery/vein labels, 24:21 split; "
                    "research use, cite Budai et al. 2013 and Hemelings et al. 2019")
     folder = "HRF-AV"
+    source = ("the photographs and FOV masks of HRF (Budai A. et al., \"Robust Vessel "
+              "Segmentation in Fundus Images\", International Journal of Biomedical Imaging "
+              "2013; Friedrich-Alexander University Erlangen-Nuremberg), whose site gives "
+              "vessel maps without artery/vein labels, and the artery/vein labels of "
+              "Hemelings R. et al., \"Artery-vein segmentation in fundus images using a fully "
+              "convolutional network\", Computerized Medical Imaging and Graphics 76, 2019; "
+              "training/ holds 01-08, test/ 09-15")
     stem = r"\d{2}_(?:dr|g|h)"
     example = "NN_x"
     image_suffixes = (".jpg", ".JPG")
@@ -163,10 +190,15 @@ class HrfAv(ArteryVeinFolder):
 class LesAv(ArteryVeinFolder):
     name = "les-av"
     title = "LES-AV"
+    terms = "scientific use only, no commercial use; cite Orlando et al. 2018"
     description = ("LES-AV: 22 photographs (30 and 45 deg, 1620x1444 or 2196x1958) with "
                    "artery/vein labels, 11:11 split; scientific use only, no commercial use, "
                    "cite Orlando et al. 2018")
     folder = "LES-AV"
+    source = ("the LES-AV files of Orlando J. I. et al., \"Towards a glaucoma risk index "
+              "based on simulated hemodynamics from fundus images\", MICCAI 2018, which its "
+              "authors publish on figshare in another layout (rearrange them); the split "
+              "into training/ and test/ is the one of Zhou et al., MICCAI 2021")
     stem = r"\d+"
     example = "N"
     image_suffixes = (".png",)

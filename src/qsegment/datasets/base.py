@@ -8,6 +8,7 @@ evaluation, calibration and threshold selection take the dataset object.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import QsegmentError
+from ..files import user_cache_dir
 from .fov import fov_mask
 
 
@@ -60,18 +62,38 @@ def open_image(path: Path, mode: str) -> np.ndarray:
         raise DatasetError(f"{path}: unreadable or corrupt image ({err})") from err
 
 
-def shared_data_folder(folder: str, title: str, also: Sequence[Path] = (),
-                       how: str = "pass --data DIR") -> Path:
-    """``../shared/data/FOLDER`` from the working directory or from this source checkout,
-    else the first of ``also`` that exists; else a DatasetError saying where it looked and
-    ``how`` to give the folder."""
+def data_env_var(name: str) -> str:
+    """The environment variable that gives the folder of the registered dataset ``name``:
+    ``QSEGMENT_DATA_HRF_AV`` for ``hrf-av``."""
+    return "QSEGMENT_DATA_" + name.upper().replace("-", "_")
+
+
+def data_cache_folder(folder: str) -> Path:
+    """Where `qsegment data` puts a dataset's folder ``folder``, and the commands look for
+    it last: ``data/FOLDER`` in the user cache (:func:`~qsegment.files.user_cache_dir`)."""
+    return user_cache_dir("data", folder)
+
+
+def dataset_folder(name: str, folder: str, title: str, env_vars: Sequence[str] = ()) -> Path:
+    """The folder of dataset ``name``: ``$QSEGMENT_DATA_<NAME>`` (then ``env_vars``) where
+    set, else ``../shared/data/FOLDER`` from the working directory or from this source
+    checkout, else :func:`data_cache_folder`; else a DatasetError naming every place it
+    looked and how to give the folder."""
+    variables = (data_env_var(name), *env_vars)
+    for variable in variables:
+        if value := os.environ.get(variable):
+            return Path(value)
     candidates = [Path.cwd() / "../shared/data" / folder,
-                  Path(__file__).resolve().parents[3] / "../shared/data" / folder, *also]
+                  Path(__file__).resolve().parents[3] / "../shared/data" / folder,
+                  data_cache_folder(folder)]
     for path in candidates:
         if path.is_dir():
             return path.resolve()
-    raise DatasetError(f"no {title} folder given: {how} (looked in "
-                       f"{', '.join(str(p) for p in candidates)})")
+    looked = [f"${v} (not set)" for v in variables] + [str(p) for p in candidates]
+    raise DatasetError(
+        f"no {title} folder found in {', '.join(looked)}: pass --data DIR, set "
+        f"{' or '.join(variables)}=DIR, or put the folder at {candidates[-1]} (`qsegment "
+        f"data download {name}` does that, or says where to get it)")
 
 
 def is_ancillary(name: str) -> bool:
@@ -81,26 +103,42 @@ def is_ancillary(name: str) -> bool:
             or name.endswith((".sha256", ".md5")))
 
 
-def load_label(path: Path, shape: tuple[int, int], vessel_classes: bool = False
-               ) -> np.ndarray:
-    """A binary label as bool (H, W); checks its size against the image's.
+VESSEL_CLASSES = ("background", "artery", "vein", "uncertain")  # values 0, 1, 2, 3
 
-    ``vessel_classes``: the file is a map of vessel classes (0 background, 1 artery,
-    2 vein, ...) and every nonzero value is vessel; otherwise a label of more than two
-    values is refused, since no one cut of it is safe to guess.
+
+def _shown(values: np.ndarray) -> str:
+    """The first few of a label's distinct values, for an error message."""
+    more = f", ... ({values.size} in all)" if values.size > 6 else ""
+    return ", ".join(str(v) for v in values[:6]) + more
+
+
+def load_label(path: Path, shape: tuple[int, int], vessel_classes: bool = False,
+               what: str = "label") -> np.ndarray:
+    """A binary label (or FOV mask: ``what``) as bool (H, W); checks its size against the
+    image's.
+
+    ``vessel_classes``: the file is a map of :data:`VESSEL_CLASSES` (0 background,
+    1 artery, 2 vein, 3 uncertain) and every nonzero value is vessel; another value is
+    refused (a colour map read as gray, a label of another coding). Otherwise the file has
+    0 and one other value (0/1, 0/255); a label of more values, or without 0, is refused,
+    since no one cut of it is safe to guess. Either error names the values found.
     """
     label = open_image(path, "L")
     if label.shape != shape:
         raise DatasetError(
-            f"{path}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+            f"{path}: {what} is {label.shape[1]}x{label.shape[0]} but its image is "
             f"{shape[1]}x{shape[0]} (width x height)"
         )
+    values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))  # fast on 8 MP
     if vessel_classes:
-        return label > 0
-    values = np.unique(label)
-    if len(values) > 2:
-        raise DatasetError(f"{path}: label is not binary ({len(values)} distinct values)")
-    return label > 127 if values.max() > 1 else label > 0
+        if values.max() >= len(VESSEL_CLASSES):
+            raise DatasetError(
+                f"{path}: {what} has values {_shown(values)}; expected 0-3 "
+                f"({', '.join(VESSEL_CLASSES)})")
+    elif len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        raise DatasetError(f"{path}: {what} is not binary: values {_shown(values)}; expected "
+                           "0 and one other value (0/1 or 0/255)")
+    return label > 0
 
 
 @cache
@@ -133,6 +171,7 @@ class FundusDataset:
     title: ClassVar[str]  # how cards and tables name it
     description: ClassVar[str]
     reference: ClassVar[str] = "the first observer"  # which labels are the reference
+    terms: ClassVar[str] = "yours"  # the data's licence or terms of use, which cards carry
     fov: ClassVar[str] = "derived (qsegment.datasets.fov)"  # where FOV masks come from
     vessel_classes: ClassVar[bool] = False  # labels are class maps: vessel = nonzero
     observers: int = 1  # a class's own, or found per folder (LabelledFolder)
@@ -180,7 +219,7 @@ class FundusDataset:
     def describe(self, split: Split) -> dict:
         """What a card records about the data a model was trained and validated on."""
         return {"dataset": self.title, "train": list(split.train), "val": list(split.val),
-                "reference": self.reference, "fov": self.fov}
+                "reference": self.reference, "fov": self.fov, "terms": self.terms}
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.root == self.root
@@ -194,7 +233,8 @@ def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
     path = dataset.image_path(name)
     image = load_image(path)
     given = dataset.fov_path(name)
-    fov = derived_fov(path) if given is None else load_label(given, image.shape[:2])
+    fov = (derived_fov(path) if given is None
+           else load_label(given, image.shape[:2], what="FOV mask"))
     label = load_label(dataset.label_path(name, observer), image.shape[:2],
                        dataset.vessel_classes)
     for array in (label, fov):

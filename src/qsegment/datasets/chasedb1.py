@@ -17,11 +17,10 @@ the folder raises :class:`DatasetError` naming the file.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-from .base import DatasetError, FundusDataset, Split, is_ancillary, shared_data_folder
+from .base import DatasetError, FundusDataset, Split, dataset_folder, is_ancillary
 
 ENV_VAR = "QSEGMENT_DATA"
 _IMAGE = re.compile(r"^Image_(\d{2})([LR])\.jpg$")
@@ -30,22 +29,19 @@ _OBSERVERS = {1: "1st", 2: "2nd"}
 
 
 def default_data_dir() -> Path:
-    """``$QSEGMENT_DATA``, else ``../shared/data/CHASEDB1`` from the working directory or
-    from this source checkout, else where `qsegment data download` puts it."""
-    from .download import default_download_dir  # http and zip stay out of `predict`'s start
-
-    if env := os.environ.get(ENV_VAR):
-        return Path(env)
-    return shared_data_folder("CHASEDB1", "CHASE_DB1", [default_download_dir()],
-                              f"pass --data DIR, set {ENV_VAR}, or run `qsegment data "
-                              "download chasedb1`")
+    """``$QSEGMENT_DATA_CHASEDB1`` or ``$QSEGMENT_DATA``, else ``../shared/data/CHASEDB1``
+    from the working directory or from this source checkout, else where `qsegment data
+    download` puts it."""
+    return dataset_folder(ChaseDB1.name, ChaseDB1.folder, ChaseDB1.title, [ENV_VAR])
 
 
 class ChaseDB1(FundusDataset):
     name = "chasedb1"
     title = "CHASE_DB1"
+    folder = "CHASEDB1"  # its folder's name under ../shared/data and in the cache
     reference = "first observer (1stHO)"
     description = "CHASE_DB1: 28 images of 14 children, 999x960, two observers (CC BY 4.0)"
+    terms = "CC BY 4.0 (Kingston University); cite Fraz et al. 2012 and Owen et al. 2009"
     observers = 2
     default_split = Split()
 

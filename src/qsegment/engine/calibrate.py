@@ -17,6 +17,7 @@ import io
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -32,7 +33,10 @@ from ..inference.calibrate import (
     histogram,
     vessel_calibre,
 )
-from ..inference.maps import at_scale
+from ..inference.maps import at_scale, fov_scale
+
+if TYPE_CHECKING:  # the mixture is PyTorch's side; calibrating needs only its samples
+    from ..data.mixture import Part
 
 Probability = Callable[[np.ndarray], np.ndarray]  # uint8 RGB at its scale -> map
 FIT_FACTORS = (0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.4)
@@ -155,8 +159,8 @@ def fit_cut_rule(conditions: dict[str, list[Histograms]], card_threshold: float,
 
 
 def fit_calibration(probability: Probability, train: Sequence[Sample], card_threshold: float,
-                    shifts: Mapping[str, Shift] | None = None, progress: bool = True
-                    ) -> tuple[Calibration, dict]:
+                    shifts: Mapping[str, Shift] | None = None, progress: bool = True,
+                    fov_corrections: Sequence[float] = ()) -> tuple[Calibration, dict]:
     """A model's calibration fitted on its training images only.
 
     Args:
@@ -166,6 +170,9 @@ def fit_calibration(probability: Probability, train: Sequence[Sample], card_thre
             lose more than :data:`CARD_TOLERANCE` Dice to on the training images.
         shifts: the simulated camera shifts (default :data:`SHIFTS`; ``none`` is needed).
         progress: show a progress bar.
+        fov_corrections: how far each training image's training scale lies from the
+            FOV rule's (:func:`fov_rule_corrections`; a mixture of cameras): the scale rule
+            reaches them all.
 
     Returns:
         The calibration and a report: each condition's pooled Dice at the fitted cuts.
@@ -201,9 +208,23 @@ def fit_calibration(probability: Probability, train: Sequence[Sample], card_thre
     calibration = Calibration(
         vessel_width=round(reference, 3), width_gamma=round(gamma, 3), platt=platt,
         dead_band=math.ceil(dead_band * 1000) / 1000,  # rounded up: no training image moves
-        scale_range=(round(1 / max(FIT_FACTORS), 3), round(1 / min(FIT_FACTORS), 3)),
+        scale_range=(round(min((1 / max(FIT_FACTORS), *fov_corrections)), 3),
+                     round(max((1 / min(FIT_FACTORS), *fov_corrections)), 3)),
         fitted_on=f"{len(train)} training images ({train[0].name} to {train[-1].name}), "
                   f"{len(shifts) - 1} simulated shifts and {len(WRONG_SCALES)} wrong scales")
     report = {"mean_dice": round(dice, 4), "histogram_bins": HISTOGRAM_BINS,
               "conditions": sorted(conditions), "factors": list(FIT_FACTORS)}
     return calibration, report
+
+
+def fov_rule_corrections(parts: Sequence[Part]) -> list[float]:
+    """Each training photograph's training scale divided by the FOV rule's factor for it:
+    the correction the vessel rule must make after the FOV rule on that camera (a 45 deg
+    HRF photograph needs about 2.3x); photographs without a FOV rim are left out."""
+    corrections = []
+    for part in parts:
+        for name, scale in zip(part.split.train, part.train_scales, strict=True):
+            factor = fov_scale(part.dataset.sample(name).image)
+            if factor is not None:
+                corrections.append(scale / factor)
+    return corrections

@@ -5,6 +5,7 @@ PyTorch-free, so that ``qsegment train --help`` is built from the fields and the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,26 @@ class TrainConfig:
     model: str = _field("qsegment", "architecture: a name from `qsegment models`")
     model_args: dict[str, Any] = field(default_factory=dict,
                                        metadata={"help": "keyword arguments of the model"})
-    dataset: str = _field(DEFAULT_DATASET, "dataset name (qsegment.datasets)")
-    data: str | None = _field(None, "dataset folder (default: $QSEGMENT_DATA, else "
-                                    "../shared/data/CHASEDB1)")
+    dataset: str = _field(DEFAULT_DATASET, "dataset name, or several comma-separated for a "
+                                           "mixture, e.g. chasedb1,hrf-av,les-av")
+    dataset_weights: list[float] = field(
+        default_factory=list,
+        metadata={"help": "each dataset's share of an epoch's samples, comma-separated "
+                          "(default: equal shares)"})
+    data: str | None = _field(None, "dataset folder, or one per dataset comma-separated "
+                                    "(empty or default: each dataset's own, e.g. "
+                                    "$QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
     train_images: list[str] = field(
-        default_factory=lambda: list(Split().train),
-        metadata={"help": "comma-separated image names to train on (default Image_01L..10R)"})
+        default_factory=list,
+        metadata={"help": "comma-separated image names to train on (default: the dataset's "
+                          "training split, e.g. CHASE_DB1's Image_01L..10R)"})
     val_images: list[str] = field(
-        default_factory=lambda: list(Split().val),
-        metadata={"help": "comma-separated image names to validate on (default "
-                          "Image_11L..14R)"})
+        default_factory=list,
+        metadata={"help": "comma-separated image names to validate on (default: the "
+                          "dataset's, e.g. CHASE_DB1's Image_11L..14R)"})
+    label_scale: bool = _field(False, "see each photograph (training and validation) at the "
+                                      "scale where its labelled vessels have CHASE_DB1's "
+                                      "calibre: cameras of other sizes and field angles")
     epochs: int = _field(4000, "number of epochs")
     batch_size: int = _field(8, "global batch size (split across torchrun ranks)")
     crop: int = _field(0, "random square crop size (0: whole images)")
@@ -108,12 +119,41 @@ class TrainConfig:
     device: str = _field("auto", "auto | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
-        for registry, name in ((DATASETS, self.dataset), (LOSSES, self.loss),
+        for registry, name in (*((DATASETS, d) for d in self.datasets), (LOSSES, self.loss),
                                (OPTIMIZERS, self.optimizer), (SCHEDULERS, self.scheduler)):
             registry.get(name)  # an unknown name fails here, before any work
+        count = len(self.datasets)
+        if self.dataset_weights and len(self.dataset_weights) != count:
+            raise ConfigError(f"{len(self.dataset_weights)} dataset weight(s) for {count} "
+                              f"dataset(s) ({self.dataset})")
+        if self.data and len(self.data.split(",")) != count:
+            raise ConfigError(f"give one data folder per dataset ({self.dataset}), not "
+                              f"{self.data}")
+        if count > 1 and (self.train_images or self.val_images):
+            raise ConfigError("a mixture of datasets trains on each one's own split: drop "
+                              "--train-images and --val-images")
+
+    @classmethod
+    def recorded(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """The recipe a card or run folder records; fields this version no longer has are
+        dropped, and ones it added take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @property
+    def datasets(self) -> list[str]:
+        """The dataset names of the run (one, or a mixture's)."""
+        return self.dataset.split(",")
+
+    @property
+    def folders(self) -> list[str | None]:
+        """Each dataset's folder (None: its own default)."""
+        given = self.data.split(",") if self.data else [""] * len(self.datasets)
+        return [folder or None for folder in given]
 
     @property
     def split(self) -> Split:
+        """The images named by the config; an empty part is each dataset's own."""
         return Split(tuple(self.train_images), tuple(self.val_images))
 
 

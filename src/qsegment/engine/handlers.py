@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -135,23 +136,48 @@ class MovingAverage(Handler):
 
 
 class Validation(Handler):
-    """Scores the model on the validation images every ``every`` epochs and at the end."""
+    """Scores the model on the validation images every ``every`` epochs and at the end:
+    pooled over each dataset, and (several datasets) the mean of their Dice, so that the
+    largest photographs do not outvote the other cameras."""
 
-    def __init__(self, model: nn.Module, samples: Sequence[Sample], size: int | None,
-                 every: int, write: Callable[[str], object] = print) -> None:
-        self.model, self.samples, self.size, self.every = model, samples, size, every
+    def __init__(self, model: nn.Module, groups: Mapping[str, Sequence[Sample]],
+                 size: int | None, every: int, write: Callable[[str], object] = print) -> None:
+        self.model, self.groups, self.size, self.every = model, groups, size, every
         self.write = write
 
     def epoch_end(self, state: EpochState) -> None:
-        from .evaluate import predict_samples, score
-
         if state.epoch % self.every and not state.last:
             return
-        state.metrics = score(predict_samples(self.model, self.samples, self.size), self.samples)
+        state.metrics = validation_metrics(self.model, self.groups, self.size)[0]
         pooled = state.metrics["pooled"]
         state.row.update(val_dice=pooled["dice"], val_acc=pooled["acc"], val_auc=pooled["auc"])
+        each = state.metrics.get("datasets", {})
+        state.row.update({f"val_dice_{name}": m["pooled"]["dice"] for name, m in each.items()})
+        per_dataset = ", ".join(f"{name} {m['pooled']['dice']:.4f}" for name, m in each.items())
         self.write(f"epoch {state.epoch}: val Dice {pooled['dice']:.4f} "
-                   f"Acc {pooled['acc']:.4f} AUC {pooled['auc']:.4f}")
+                   f"Acc {pooled['acc']:.4f} AUC {pooled['auc']:.4f}"
+                   + (f" (mean of {per_dataset})" if per_dataset else ""))
+
+
+def validation_metrics(model: nn.Module, groups: Mapping[str, Sequence[Sample]],
+                       size: int | None = None, thresholds: Sequence[float] = (0.5,)
+                       ) -> list[dict]:
+    """At each of ``thresholds``, :func:`~qsegment.engine.evaluate.score` of one dataset;
+    of several, each one's under ``datasets`` and the mean of their pooled metrics as
+    ``pooled``. Each map is predicted once."""
+    from .evaluate import predict_samples, score
+
+    maps = {name: predict_samples(model, samples, size) for name, samples in groups.items()}
+    results = []
+    for threshold in thresholds:
+        each = {name: score(maps[name], samples, threshold) for name, samples in groups.items()}
+        if len(each) == 1:
+            results.append(next(iter(each.values())))
+            continue
+        pooled = {key: float(np.mean([m["pooled"][key] for m in each.values()]))
+                  for key in next(iter(each.values()))["pooled"]}
+        results.append({"threshold": threshold, "pooled": pooled, "datasets": each})
+    return results
 
 
 class RunLog(Handler):
@@ -159,20 +185,21 @@ class RunLog(Handler):
 
     COLUMNS = ("epoch", "step", "wall_s", "lr", "loss", "val_dice", "val_acc", "val_auc")
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, datasets: Sequence[str] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self.columns = (*self.COLUMNS, *(f"val_dice_{name}" for name in datasets))
         self.path = out / "log.csv"
         if not self.path.exists():
-            self.path.write_text(",".join(self.COLUMNS) + "\n")
+            self.path.write_text(",".join(self.columns) + "\n")
         self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def epoch_end(self, state: EpochState) -> None:
         row = {"epoch": state.epoch, "step": state.step, "wall_s": round(state.wall_s, 3),
                "lr": state.lr, "loss": state.loss, **state.row}
         with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([row.get(c, "") for c in self.COLUMNS])
-        for key in self.COLUMNS[2:]:
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+        for key in self.columns[2:]:
             if row.get(key, "") != "":
                 self.tb.add_scalar(key, row[key], state.step)
         self.tb.flush()
