@@ -37,11 +37,11 @@ from qsegment.metrics import binned_auc
 TEST_SETS = ("chasedb1", "hrf-av", "les-av")
 
 
-def measure(model: str, dataset_name: str) -> dict:
+def measure(model: str, dataset_name: str, runtime: str = "openvino") -> dict:
     """One cell: the model at its defaults on the dataset's test (validation) split."""
     dataset = open_dataset(None, dataset_name)
     _, samples = dataset.split()
-    segmenter = Segmenter.from_pretrained(model)
+    segmenter = Segmenter.from_pretrained(model, runtime=runtime)
     default = Counts()
     vessel, background = np.zeros(HISTOGRAM_BINS), np.zeros(HISTOGRAM_BINS)
     per_image, seconds = [], 0.0
@@ -109,12 +109,17 @@ def main() -> None:
                         help="a row: what it was trained on, and the weights (repeatable)")
     parser.add_argument("--dataset", action="append", choices=TEST_SETS,
                         help=f"a test split, repeatable (default: {', '.join(TEST_SETS)})")
+    parser.add_argument("--runtime", default="openvino",
+                        help="one runtime for every row (openvino: the default's on a CPU "
+                             "that has it; a run folder's `auto` would build a TFLite model "
+                             "per photograph size)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--figure", type=Path, help="also draw the table here (PNG)")
     args = parser.parse_args()
     models = dict(item.split("=", 1) for item in args.model)
     sets = args.dataset or list(TEST_SETS)
-    rows = {label: [measure(model, name) for name in sets] for label, model in models.items()}
+    rows = {label: [measure(model, name, args.runtime) for name in sets]
+            for label, model in models.items()}
     titles = [cell["dataset"] for cell in next(iter(rows.values()))]
     print("| trained on | " + " | ".join(f"{t} test: Dice (oracle) / AUC" for t in titles) + " |")
     print("|---|" + "---:|" * len(titles))
