@@ -22,6 +22,7 @@ from PIL import Image
 from qsegment import Segmenter
 from qsegment.batch import (
     RECORDS,
+    SCHEMA_VERSION,
     ManifestError,
     ManifestRow,
     collect_sources,
@@ -64,7 +65,7 @@ def _manifest(out: Path) -> list[dict]:
     """The manifest's rows by name (they are written in the order the images finish), as
     the Parquet file holds them, checked against what its reader makes of them."""
     table = pq.read_table(out / "manifest.parquet")
-    assert table.schema.metadata[b"schema_version"] == b"1"
+    assert table.schema.metadata[b"schema_version"] == b"2"
     rows = table.to_pylist()
     assert [r.to_dict() for r in read_batch_manifest(out / "manifest.parquet")] == rows
     return sorted(rows, key=lambda r: r["name"])
@@ -178,7 +179,7 @@ def test_a_manifest_or_record_of_another_schema_is_not_taken(tmp_path):
                       .hexdigest())
     settings = {"kinds": ["mask"]}
     item = {"path": "a.jpg", "record": str(tmp_path / "a.json"), "mask": str(mask)}
-    (tmp_path / "a.json").write_text(json.dumps({"schema_version": 1, **row.to_dict(),
+    (tmp_path / "a.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, **row.to_dict(),
                                                  "settings": settings}))
     assert complete_record(item, settings) == row
     (tmp_path / "a.json").write_text(json.dumps({**row.to_dict(), "settings": settings}))

@@ -21,9 +21,11 @@ PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06
 
 
 def test_registry_holds_the_paper_models():
-    assert [m for m in list_models() if m != "qsegment-imx"] == list(PAPER_PARAMS)
-    assert "qsegment-imx" in list_models()
-    with pytest.raises(UnknownNameError, match="choose one of: qsegment, qsegment-imx, tnet"):
+    variants = ("qsegment-imx", "qsegment-av")
+    assert [m for m in list_models() if m not in variants] == list(PAPER_PARAMS)
+    assert set(variants) <= set(list_models())
+    with pytest.raises(UnknownNameError, match="choose one of: qsegment, qsegment-imx, "
+                                               "qsegment-av, tnet"):
         create_model("unet")
 
 

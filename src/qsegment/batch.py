@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.parquet"
 RECORDS = ".records"
-SCHEMA_VERSION = 1  # of the manifest (Parquet metadata) and the records; raised on a change
+SCHEMA_VERSION = 2  # of the manifest (Parquet metadata) and the records; raised on a change
 INPUT_LIST_SUFFIXES = (".csv", ".parquet")
 TASK_RETRIES = 3  # a batch whose worker dies is retried on a restarted worker this often
 MAX_BLOCKS = 20_000  # Ray Data blocks: small enough to balance the tail, few enough to track
@@ -70,7 +70,8 @@ class ManifestRow:
     """One input's row of ``manifest.parquet`` (and of its record): where it came from,
     how it went (``status`` ok or failed, with the reason in ``error``), the model, the
     map's size and vessel fraction, the threshold and scale with how each was found and
-    any ``quality`` warnings, each output with its SHA-256, the seconds each step
+    any ``quality`` warnings, each output (the artery/vein map of an artery/vein model
+    among them) with its SHA-256, the seconds each step
     took, the worker; ``biomarkers``: the measured columns (``qsegment batch
     --biomarkers``: the biomarkers and :data:`BIOMARKER_COLUMNS`), else empty."""
 
@@ -93,6 +94,8 @@ class ManifestRow:
     mask_sha256: str | None = None
     prob: str | None = None
     prob_sha256: str | None = None
+    av: str | None = None  # the artery/vein map (--av)
+    av_sha256: str | None = None
     read_s: float | None = None
     segment_s: float | None = None
     write_s: float | None = None
@@ -259,7 +262,8 @@ class SegmentWorker:
         self.settings = settings
         self.segmenter = Segmenter.from_pretrained(
             settings["model"], settings["threshold"], settings["runtime"], threads=threads,
-            scale=settings["scale"], tile=settings["tile"])
+            scale=settings["scale"], tile=settings["tile"],
+            artery_vein=settings["artery_vein"])
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -443,7 +447,8 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
                   runtime: str = DEFAULT_RUNTIME, threshold: str | float = "auto",
                   scale: str | float = "auto",
                   tile: int | tuple[int, int] | None = None, probability: bool = False,
-                  biomarkers: bool = False, mm_per_pixel: float | None = None,
+                  artery_vein: bool = False, biomarkers: bool = False,
+                  mm_per_pixel: float | None = None,
                   fov_degrees: float | None = None, min_object_px: int = 0,
                   bridge: float | None = 0.3, address: str | None = None,
                   workers: int | None = None,
@@ -474,6 +479,8 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
         tile: the largest image run whole, as N or (height, width); larger ones go in
             tiles (:class:`~qsegment.inference.predict.Segmenter`).
         probability: also write ``NAME_prob.png`` (probability x 255).
+        artery_vein: also write ``NAME_av.png``, the artery/vein map of an artery/vein
+            model (its path and SHA-256 in the manifest's ``av`` columns).
         biomarkers: measure each map's vessel biomarkers into the manifest.
         mm_per_pixel: the pixel size of the biomarkers (default: pixels).
         fov_degrees: the camera's field of view in degrees, from which the pixel size
@@ -506,17 +513,19 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
     if (workers is not None and workers < 1) or cpus_per_worker < 1 or batch_size < 1:
         raise UsageError("workers, cpus per worker and batch size must be at least 1")
     out = output_folder(out)
-    Segmenter.from_pretrained(model, threshold, runtime, scale=scale, tile=tile)  # checked here
+    Segmenter.from_pretrained(model, threshold, runtime, scale=scale, tile=tile,
+                              artery_vein=artery_vein)  # checked here, not in every worker
     options = None
     if biomarkers:  # fail here, not in every worker, when the extra is missing
         from .biomarkers.report import measure_prediction  # noqa: F401
 
         options = {"mm_per_pixel": mm_per_pixel, "fov_degrees": fov_degrees,
                    "min_object_px": min_object_px, "bridge": bridge}
-    kinds = ["mask", *(["prob"] if probability else [])]
+    kinds = ["mask", *(["prob"] if probability else []), *(["av"] if artery_vein else [])]
     settings = json.loads(json.dumps({
         "model": str(model), "runtime": runtime, "threshold": threshold, "scale": scale,
-        "tile": tile, "kinds": kinds, "biomarkers": options}))  # as a record reads back
+        "tile": tile, "kinds": kinds, "biomarkers": options,
+        "artery_vein": artery_vein}))  # as a record reads back
     sources, failed = collect_sources(inputs)
     items = _work(sources, out, kinds, failed)
     summary = BatchSummary(out / MANIFEST)

@@ -50,17 +50,37 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def _leads(own: torch.Tensor, loaded: torch.Tensor) -> bool:
+    """Whether ``loaded`` fits the first outputs of ``own`` (dimension 0)."""
+    return (own.ndim == loaded.ndim >= 1 and own.shape[1:] == loaded.shape[1:]
+            and loaded.shape[0] < own.shape[0])
+
+
+def _leading(own: torch.Tensor, loaded: torch.Tensor) -> torch.Tensor:
+    """``loaded`` where it has ``own``'s shape; else ``own`` with its first outputs
+    replaced by ``loaded``."""
+    if own.shape == loaded.shape:
+        return loaded
+    merged = own.clone()
+    merged[:loaded.shape[0]] = loaded
+    return merged
+
+
 def load_weights(model: nn.Module, path: Path, matching_only: bool = False) -> dict:
     """Load the model weights of a checkpoint into ``model``; returns its meta.
 
     ``matching_only``: load only the tensors whose name and shape ``model`` shares (to
-    start a related architecture, e.g. ``qsegment-imx``, from a Q-Segment checkpoint);
-    their names are listed in the meta under ``"loaded"``."""
+    start a related architecture, e.g. ``qsegment-imx``, from a Q-Segment checkpoint),
+    and, where the model's outputs extend the vessel output (``qsegment-av``), into a
+    layer with more outputs (its head) its first outputs; their names are listed in the
+    meta under ``"loaded"``."""
     tensors, meta = read_checkpoint(path)
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     if matching_only:
         own = model.state_dict()
-        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        extends = len(getattr(model, "outputs", ())) > 1  # outputs after the vessel's
+        state = {k: _leading(own[k], v) for k, v in state.items()
+                 if k in own and (own[k].shape == v.shape or (extends and _leads(own[k], v)))}
         if not state:
             raise CheckpointError(f"{path}: no weights fit {type(model).__name__}")
         model.load_state_dict(state, strict=False)

@@ -370,6 +370,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     data = (detect_dataset(args.data) if args.dataset == "auto"
             else open_dataset(args.data, args.dataset))
     suffixes = tuple(i.suffix for i in RUNTIMES if i.suffix)
+    if args.task == "av":
+        return _evaluate_av(args, data)
     if str(args.model).endswith(suffixes):
         if args.tta != "none":
             raise UsageError("--tta applies to float checkpoints, not to an int8 model file")
@@ -404,6 +406,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_av(args: argparse.Namespace, data: object) -> int:
+    from .checkpoint import load_model
+    from .engine.evaluate import format_av_table, table_av
+    from .inference.calibrate import Calibration
+
+    if str(args.model).endswith(tuple(i.suffix for i in RUNTIMES if i.suffix)) or args.size:
+        raise UsageError("--task av scores a float checkpoint at full resolution: give a "
+                         "run folder, .safetensors or shipped name, and no --size")
+    model, card = load_model(args.model)
+    result = table_av(model, card, data, out=args.out, figures=not args.no_figures,
+                      scale=args.scale,
+                      calibration=Calibration.beside(resolve_checkpoint(args.model)))
+    print(format_av_table(result))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'metrics_av.json'}" +
+              ("" if args.no_figures else " and artery_vein.png"))
+    return 0
+
+
 def _add_evaluate(sub: Commands) -> None:
     files = ", ".join(f"{i.suffix} ({i.name})" for i in RUNTIMES if i.suffix)
     p = _command(sub, "evaluate", "Score a model on the validation images the way the "
@@ -414,7 +435,8 @@ def _add_evaluate(sub: Commands) -> None:
                  "  qsegment evaluate runs/fast --size 336 256 --out runs/fast/eval\n"
                  "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float\n"
                  "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter\n"
-                 "  qsegment evaluate --data my_images/        # your own labelled images",
+                 "  qsegment evaluate --data my_images/        # your own labelled images\n"
+                 "  qsegment evaluate runs/av --task av --dataset les-av   # arteries, veins",
                  _evaluate)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=model_or_file,
                    metavar="MODEL",
@@ -434,6 +456,11 @@ def _add_evaluate(sub: Commands) -> None:
                    help="extra square inference sizes (image resized, probabilities resized back)")
     p.add_argument("--out", type=output_folder, help="folder for metrics.json and figures")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--task", choices=["vessel", "av"], default="vessel",
+                   help="vessel: the vessel map (Table IV); av: an artery/vein model's "
+                   "classes by BF-Net's protocol (Se, AUC-ROC, F1, AUC-PR, MSE per class "
+                   "and weighted) and the accuracy on the manual centreline, on a dataset "
+                   "with artery/vein labels (default: vessel)")
     _add_runtime(p, "torch")
     _add_tta(p, "; the threshold is then chosen anew on the training images with the same "
              "views")
@@ -534,7 +561,8 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference.predict import Segmenter, predict_files
 
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
-                                          runtime=args.runtime, tta=args.tta, scale=args.scale)
+                                          runtime=args.runtime, tta=args.tta, scale=args.scale,
+                                          artery_vein=args.av)
     rows: list[BiomarkerRow] = []
     measure = None
     if args.biomarkers:
@@ -590,6 +618,11 @@ def _add_predict(sub: Commands) -> None:
     _add_threshold(p)
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
+    p.add_argument("--av", action="store_true",
+                   help="arteries and veins too, with an artery/vein model (--model, e.g. "
+                   "a run of the av preset): NAME_av.png (arteries red, veins blue, "
+                   "uncertain green) and a class-coloured overlay; runs on the torch "
+                   "runtime")
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
     _add_tta(p, "; the card's threshold still applies")
@@ -610,8 +643,8 @@ def _batch(args: argparse.Namespace) -> int:
 
     summary = segment_batch(args.inputs, args.out, model=args.model, runtime=args.runtime,
                             threshold=args.threshold, scale=args.scale, tile=args.tile,
-                            probability=args.prob, biomarkers=args.biomarkers,
-                            address=args.address, workers=args.workers,
+                            probability=args.prob, artery_vein=args.av,
+                            biomarkers=args.biomarkers, address=args.address, workers=args.workers,
                             cpus_per_worker=args.cpus_per_worker, **_measure_options(args))
     shown = 20  # a million inputs can fail by the thousand: the manifest lists them all
     for source, problem in summary.failed[:shown]:
@@ -657,6 +690,9 @@ def _add_batch(sub: Commands) -> None:
     _add_model(p)
     _add_threshold(p)
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
+    p.add_argument("--av", action="store_true",
+                   help="also write NAME_av.png, the artery/vein map of an artery/vein "
+                   "model (--model; the manifest's av columns); runs on the torch runtime")
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
     _add_scale_option(p)

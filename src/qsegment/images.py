@@ -143,6 +143,24 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = 
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
+# artery/vein class colours (0 background, 1 artery, 2 vein, 3 uncertain), as the
+# artery/vein literature draws them: arteries red, veins blue, uncertain green
+AV_COLOURS = np.array([[0, 0, 0], [230, 40, 40], [40, 90, 230], [60, 200, 60]], np.uint8)
+
+
+def artery_vein_colours(classes: np.ndarray) -> np.ndarray:
+    """An (H, W) artery/vein class map as uint8 RGB (:data:`AV_COLOURS`)."""
+    return AV_COLOURS[np.minimum(classes, len(AV_COLOURS) - 1)]
+
+
+def overlay_classes(image: np.ndarray, classes: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """uint8 RGB: the image with each vessel class blended towards its colour."""
+    out = image
+    for value in range(1, len(AV_COLOURS)):
+        out = overlay(out, classes == value, tuple(AV_COLOURS[value]), alpha)
+    return out
+
+
 def resize_bilinear(x: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
     """(N, C, h, w) float32 resized to ``size`` (PyTorch's bilinear, corners not aligned):
     the one resampling of inputs (antialiased) and of output maps."""

@@ -63,3 +63,25 @@ def structure_cldice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.T
     target = target.float()
     cldice = SoftclDiceLoss(iter_=5)(torch.sigmoid(logits.float()), target)
     return structure_loss(logits, target) + 2.0 * cldice
+
+
+UNKNOWN_CLASS = 255  # in an artery/vein target: a vessel pixel whose class is not labelled
+
+
+def artery_vein_loss(vessel_loss: Loss) -> Loss:
+    """The loss of an artery/vein model (:class:`~qsegment.models.qsegment.QSegmentAV`)
+    from a vessel loss: ``vessel_loss`` on channel 0 against ``target > 0``, plus the
+    cross-entropy of channels 1-3 (artery, vein, uncertain given a vessel) on the
+    labelled vessel pixels only. ``target`` is a class map (0 background, 1 artery,
+    2 vein, 3 uncertain, :data:`UNKNOWN_CLASS` a vessel of a dataset without
+    artery/vein labels, which trains the vessel channel alone)."""
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        vessel = vessel_loss(logits[:, :1], (target > 0).float())
+        classes = target[:, 0].long() - 1
+        classes = torch.where((classes >= 0) & (classes < logits.shape[1] - 1), classes, -100)
+        if not bool((classes >= 0).any()):
+            return vessel
+        return vessel + F.cross_entropy(logits[:, 1:].float(), classes, ignore_index=-100)
+
+    return loss

@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from .files import atomic_write
+from .images import artery_vein_colours
 
 # Error-map colours: true positive, false positive, false negative (colour-blind safe).
 TP, FP, FN = (1.0, 1.0, 1.0), (0.90, 0.60, 0.0), (0.0, 0.45, 0.70)
@@ -108,4 +109,46 @@ def training_curve(log_csv: Path | Mapping[str, Path], path: Path, label: str = 
         ax.legend(loc="lower right")
     ax.set_title(label or f"training curve: {', '.join(runs)}")
     fig.tight_layout()
+    _save(fig, path)
+
+
+def artery_vein_errors(predicted: np.ndarray, label: np.ndarray, fov: np.ndarray
+                       ) -> np.ndarray:
+    """RGB errors of a class map: right class white, wrong class (a vessel found, its
+    class not the label's) magenta, vessel missed blue, vessel where there is none
+    orange; the label's uncertain pixels count as right whatever vessel class is found."""
+    found, vessel = (predicted > 0) & fov, (label > 0) & fov
+    right = found & vessel & ((predicted == label) | (label == 3))
+    out = np.zeros((*label.shape, 3), np.uint8)
+    out[right] = (255, 255, 255)
+    out[found & vessel & ~right] = (230, 0, 230)
+    out[vessel & ~found] = (40, 90, 230)
+    out[found & ~vessel] = (255, 150, 0)
+    return out
+
+
+def artery_vein_figure(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                       predicted: Sequence[np.ndarray], fovs: Sequence[np.ndarray],
+                       names: Sequence[str], path: Path, title: str = "") -> None:
+    """One row per image: photograph, manual artery/vein map, predicted map, errors
+    (:func:`artery_vein_errors`)."""
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 4, figsize=(12, 2.6 * rows), dpi=100, squeeze=False)
+    heads = ["photograph", "manual: artery red, vein blue, uncertain green", "predicted",
+             "errors: right white, wrong class magenta,\nmissed blue, extra orange"]
+    for r, (image, label, pred, fov, name) in enumerate(
+            zip(images, labels, predicted, fovs, names, strict=True)):
+        panels = [image, artery_vein_colours(label), artery_vein_colours(pred),
+                  artery_vein_errors(pred, label, fov)]
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel, interpolation="antialiased")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(heads[c], fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows))
     _save(fig, path)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..datasets import DatasetError, Sample
+from ..datasets import VESSEL_CLASSES, DatasetError, Sample
 from .inputs import to_input
 from .transforms import apply
 
@@ -17,18 +17,25 @@ from .transforms import apply
 def resize_sample(sample: Sample, size: int | tuple[int, int]) -> Sample:
     """The sample as a camera at ``size`` (N for N x N, or (height, width)) would see it:
     the image resized as for inference (:func:`qsegment.data.inputs.to_input`), label
-    and FOV resized by area and re-binarised at 0.5."""
+    and FOV resized by area and re-binarised at 0.5; an artery/vein map gives each vessel
+    pixel of the new label the class that covers most of it."""
     import torch.nn.functional as F
 
     shape = (size, size) if isinstance(size, int) else size
 
-    def mask(array: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(array.astype(np.float32))[None, None]
-        return F.interpolate(x, size=shape, mode="area")[0, 0].numpy() >= 0.5
+    def area(array: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        return F.interpolate(x[None] if x.ndim == 3 else x[None, None], size=shape,
+                             mode="area")[0].numpy()
 
+    label = area(sample.label)[0] >= 0.5
+    classes = None
+    if sample.classes is not None:
+        shares = area(np.stack([sample.classes == c for c in range(1, len(VESSEL_CLASSES))]))
+        classes = np.where(label, shares.argmax(0) + 1, 0).astype(np.uint8)
     image = to_input(sample.image, shape)[0].permute(1, 2, 0).numpy()
-    return Sample(name=sample.name, image=image, label=mask(sample.label), fov=mask(sample.fov),
-                  path=sample.path)
+    return Sample(name=sample.name, image=image, label=label, fov=area(sample.fov)[0] >= 0.5,
+                  path=sample.path, classes=classes)
 
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # image, label, fov

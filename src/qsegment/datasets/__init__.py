@@ -10,7 +10,15 @@ from pathlib import Path
 
 from ..registry import Entry, Registry
 from .arteryvein import ArteryVeinFolder, HrfAv, LesAv
-from .base import DatasetError, FundusDataset, Sample, Split, load_label
+from .base import (
+    VESSEL_CLASSES,
+    DatasetError,
+    FundusDataset,
+    Sample,
+    Split,
+    load_classes,
+    load_label,
+)
 from .chasedb1 import ChaseDB1, default_data_dir
 from .folder import LabelledFolder
 from .fov import fov_diameter, fov_mask
@@ -78,6 +86,7 @@ def load_sample(data: str | Path | FundusDataset | None, name: str, observer: in
 __all__ = [
     "DATASETS",
     "DEFAULT_DATASET",
+    "VESSEL_CLASSES",
     "ArteryVeinFolder",
     "ChaseDB1",
     "DatasetError",
@@ -91,6 +100,7 @@ __all__ = [
     "detect_dataset",
     "fov_diameter",
     "fov_mask",
+    "load_classes",
     "load_label",
     "load_sample",
     "load_split",

@@ -48,6 +48,8 @@ class Sample:
     label: np.ndarray  # bool vessel map (float in [0, 1] when softened by a teacher)
     fov: np.ndarray  # bool field of view
     path: Path = field(compare=False)
+    # uint8 map of VESSEL_CLASSES where the dataset labels arteries and veins, else None
+    classes: np.ndarray | None = field(default=None, compare=False)
 
 
 def open_image(path: Path, mode: str) -> np.ndarray:
@@ -112,30 +114,43 @@ def _shown(values: np.ndarray) -> str:
     return ", ".join(str(v) for v in values[:6]) + more
 
 
-def load_label(path: Path, shape: tuple[int, int], vessel_classes: bool = False,
-               what: str = "label") -> np.ndarray:
-    """A binary label (or FOV mask: ``what``) as bool (H, W); checks its size against the
-    image's.
-
-    ``vessel_classes``: the file is a map of :data:`VESSEL_CLASSES` (0 background,
-    1 artery, 2 vein, 3 uncertain) and every nonzero value is vessel; another value is
-    refused (a colour map read as gray, a label of another coding). Otherwise the file has
-    0 and one other value (0/1, 0/255); a label of more values, or without 0, is refused,
-    since no one cut of it is safe to guess. Either error names the values found.
-    """
+def _read_label(path: Path, shape: tuple[int, int], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """An 8-bit label file as (H, W) uint8 and its distinct values; checks its size
+    against the image's."""
     label = open_image(path, "L")
     if label.shape != shape:
         raise DatasetError(
             f"{path}: {what} is {label.shape[1]}x{label.shape[0]} but its image is "
             f"{shape[1]}x{shape[0]} (width x height)"
         )
-    values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))  # fast on 8 MP
+    return label, np.flatnonzero(np.bincount(label.ravel(), minlength=256))  # fast on 8 MP
+
+
+def load_classes(path: Path, shape: tuple[int, int], what: str = "label") -> np.ndarray:
+    """A map of :data:`VESSEL_CLASSES` (0 background, 1 artery, 2 vein, 3 uncertain) as
+    uint8 (H, W); another value is refused with the values found (a colour map read as
+    gray, a label of another coding)."""
+    label, values = _read_label(path, shape, what)
+    if values.max() >= len(VESSEL_CLASSES):
+        raise DatasetError(f"{path}: {what} has values {_shown(values)}; expected 0-3 "
+                           f"({', '.join(VESSEL_CLASSES)})")
+    return label
+
+
+def load_label(path: Path, shape: tuple[int, int], vessel_classes: bool = False,
+               what: str = "label") -> np.ndarray:
+    """A binary label (or FOV mask: ``what``) as bool (H, W); checks its size against the
+    image's.
+
+    ``vessel_classes``: the file is a map of :data:`VESSEL_CLASSES` (:func:`load_classes`)
+    and every nonzero value is vessel. Otherwise the file has 0 and one other value (0/1,
+    0/255); a label of more values, or without 0, is refused, since no one cut of it is
+    safe to guess. Either error names the values found.
+    """
     if vessel_classes:
-        if values.max() >= len(VESSEL_CLASSES):
-            raise DatasetError(
-                f"{path}: {what} has values {_shown(values)}; expected 0-3 "
-                f"({', '.join(VESSEL_CLASSES)})")
-    elif len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        return load_classes(path, shape, what) > 0
+    label, values = _read_label(path, shape, what)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
         raise DatasetError(f"{path}: {what} is not binary: values {_shown(values)}; expected "
                            "0 and one other value (0/1 or 0/255)")
     return label > 0
@@ -235,8 +250,13 @@ def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
     given = dataset.fov_path(name)
     fov = (derived_fov(path) if given is None
            else load_label(given, image.shape[:2], what="FOV mask"))
-    label = load_label(dataset.label_path(name, observer), image.shape[:2],
-                       dataset.vessel_classes)
-    for array in (label, fov):
-        array.setflags(write=False)
-    return Sample(name=name, image=image, label=label, fov=fov, path=path)
+    classes = None
+    if dataset.vessel_classes:
+        classes = load_classes(dataset.label_path(name, observer), image.shape[:2])
+        label = classes > 0
+    else:
+        label = load_label(dataset.label_path(name, observer), image.shape[:2])
+    for array in (label, fov, classes):
+        if array is not None:
+            array.setflags(write=False)
+    return Sample(name=name, image=image, label=label, fov=fov, path=path, classes=classes)

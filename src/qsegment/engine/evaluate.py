@@ -4,19 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from tqdm import tqdm
 
 from .. import viz
 from ..card import Card
-from ..datasets import FundusDataset, Sample, Split, open_dataset
+from ..datasets import DatasetError, FundusDataset, Sample, Split, open_dataset
 from ..errors import UsageError
 from ..files import write_json
+from ..inference.arteryvein import (
+    calibrated_outputs,
+    check_artery_vein,
+    class_map,
+    class_probabilities,
+)
 from ..inference.calibrate import CalibratedMap, Calibration, calibrated_map
-from ..inference.maps import Scale, as_runtime, predict_proba
-from ..metrics import best_threshold, evaluate
+from ..inference.maps import Scale, as_runtime, predict_outputs, predict_proba
+from ..metrics import (
+    AV_CLASSES,
+    AV_METRICS,
+    artery_vein_scores,
+    best_threshold,
+    centreline_accuracy,
+    confusion,
+    evaluate,
+    scores,
+)
+from ..models import create_model
 from ..runtimes import open_file
 from ..runtimes.base import ModelFileError, Runtime
 
@@ -227,6 +243,76 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
             viz.roc_figure(curves, out / "roc.png", points=points)
         write_json(out / "metrics.json", result)
     return result
+
+
+def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
+             split: Split | None = None, out: Path | None = None, figures: bool = True,
+             progress: bool = True, scale: Scale = "auto",
+             calibration: Calibration | None = None) -> dict:
+    """An artery/vein model's scores on a dataset's test (validation) split, as the
+    artery/vein literature reports them (:func:`~qsegment.metrics.artery_vein_scores`:
+    BF-Net's protocol, per class and weighted, averaged over images; the classic
+    accuracy on the manual centreline pixels; the vessel map's Dice), each image at the
+    scale the vessel rules choose and cut as the model's vessel map is. Writes
+    ``metrics_av.json`` and, with ``figures``, ``artery_vein.png`` into ``out``.
+
+    Raises:
+        DatasetError: the dataset has no artery/vein labels, or lacks an image.
+        UsageError: the model has no artery/vein outputs.
+    """
+    dataset = open_dataset(data)
+    if not dataset.vessel_classes:
+        raise DatasetError(f"{dataset.title} has vessel labels only; scoring arteries and "
+                           "veins needs a dataset with artery/vein labels (hrf-av, les-av)")
+    runtime = as_runtime(model)
+    check_artery_vein(create_model(card.model, **card.model_args).outputs, card.label)
+    _, val = dataset.split(Split((), (split or dataset.default_split).val))
+    per_image, panels = [], []
+    for sample in tqdm(val, desc="artery/vein", leave=False, disable=not progress):
+        found, logits = calibrated_outputs(lambda image: predict_outputs(runtime, image),
+                                           sample.image, scale, calibration, name=sample.name)
+        cut = card.threshold_value if found.cut is None else found.cut
+        predicted, probabilities = class_map(logits, cut), class_probabilities(logits)
+        label = cast(np.ndarray, sample.classes)
+        classes = artery_vein_scores(predicted, probabilities, label, sample.fov)
+        centre, pixels = centreline_accuracy(
+            probabilities[0] / np.maximum(probabilities[:2].sum(0), 1e-12), label, sample.fov)
+        vessel = confusion(predicted > 0, sample.label, sample.fov)
+        per_image.append({"name": sample.name, **classes, "centreline_acc": centre,
+                          "centreline_pixels": pixels, "vessel_dice": scores(vessel)["dice"],
+                          "scale": round(found.scale, 3), "cut": round(cut, 4)})
+        if figures and out is not None and len(panels) < 4:
+            panels.append((sample, predicted))
+    mean = {group: {k: float(np.nanmean([m[group][k] for m in per_image]))
+                    for k in (*AV_METRICS, "acc")} for group in ("weighted", *AV_CLASSES)}
+    result = {"model": card.label, "dataset": dataset.title, "images": len(val),
+              "mean": mean, "centreline_acc": float(np.nanmean(
+                  [m["centreline_acc"] for m in per_image])),
+              "vessel_dice": float(np.mean([m["vessel_dice"] for m in per_image])),
+              "scale_rule": scale, "per_image": per_image}
+    if out is not None:
+        out = Path(out)
+        if figures:
+            viz.artery_vein_figure(
+                [s.image for s, _ in panels], [cast(np.ndarray, s.classes) for s, _ in panels],
+                [c for _, c in panels], [s.fov for s, _ in panels],
+                [s.name for s, _ in panels], out / "artery_vein.png",
+                title=f"{card.label} on {dataset.title}")
+        write_json(out / "metrics_av.json", result)
+    return result
+
+
+def format_av_table(result: dict) -> str:
+    """The rows of :func:`table_av` as a markdown table: BF-Net's columns per class and
+    weighted, then the centreline accuracy and the vessel Dice."""
+    head = ["| class | Se | AUC-ROC | F1 | AUC-PR | MSE |", "|---|---:|---:|---:|---:|---:|"]
+    rows = [f"| {group} | " + " | ".join(f"{result['mean'][group][k]:.4f}" for k in AV_METRICS)
+            + " |" for group in ("weighted", *AV_CLASSES)]
+    return "\n".join([f"{result['model']} on {result['dataset']} test "
+                      f"({result['images']} images)", *head, *rows,
+                      f"artery/vein accuracy on the manual centreline: "
+                      f"{result['centreline_acc']:.4f}; vessel Dice (mean of images): "
+                      f"{result['vessel_dice']:.4f}"])
 
 
 def int8_table(model_path: str | Path, size: int | None = None, data: Data = None,

@@ -38,6 +38,7 @@ from ..data import SegmentationDataset, paper_augmentation, resize_sample
 from ..data.dataset import Tensors
 from ..data.mixture import Part, describe_parts, training_parts, visits
 from ..datasets import Sample, open_dataset
+from ..losses import UNKNOWN_CLASS, artery_vein_loss
 from ..models import SegmentationModel, create_model
 from ..pretrained import checkpoint_reference, resolve_checkpoint
 from ..provenance import git_commit
@@ -65,8 +66,8 @@ from .handlers import (
     validation_metrics,
 )
 
-__all__ = ["TrainConfig", "TrainStep", "TrainingError", "load_config", "lr_factor",
-           "soften_labels", "train"]
+__all__ = ["TrainConfig", "TrainStep", "TrainingError", "class_target", "load_config",
+           "lr_factor", "soften_labels", "train"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,6 +163,15 @@ class _SeededDataset(SegmentationDataset):
             return super().__getitem__(index)
 
 
+def class_target(sample: Sample) -> Sample:
+    """The sample with its artery/vein class map as the target of an artery/vein model;
+    a dataset without one gives its vessels as :data:`~qsegment.losses.UNKNOWN_CLASS`,
+    which trains the vessel channel only."""
+    classes = sample.classes if sample.classes is not None else \
+        np.where(sample.label, UNKNOWN_CLASS, 0).astype(np.uint8)
+    return dataclasses.replace(sample, label=classes)
+
+
 def _portable(sources: str) -> str:
     """Comma-separated weights, each named as a shipped name or an absolute path."""
     return ",".join(checkpoint_reference(source) for source in sources.split(",") if source)
@@ -212,10 +222,10 @@ def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> Segmentat
 
 
 def _loader(cfg: TrainConfig, parts: list[Part], multiple: int, device: torch.device,
-            progress: bool) -> tuple[DataLoader, _SeededDataset]:
+            progress: bool, classes: bool = False) -> tuple[DataLoader, _SeededDataset]:
     """Batches of augmented training images (resized to ``cfg.resize``, labels softened by
-    ``cfg.teacher``; of a mixture, each dataset its share), split over the data-parallel
-    ranks."""
+    ``cfg.teacher``, or artery/vein class maps with ``classes``; of a mixture, each
+    dataset its share), split over the data-parallel ranks."""
     rank, world_size = dist.world()
     samples = [s for part in parts for s in part.train]
     repeats: int | list[int] = cfg.repeats
@@ -225,6 +235,8 @@ def _loader(cfg: TrainConfig, parts: list[Part], multiple: int, device: torch.de
     fitted = [resize_sample(s, cfg.resize) for s in samples] if cfg.resize else samples
     if cfg.teacher:
         fitted = soften_labels(fitted, cfg.teacher, cfg.teacher_mix, device, progress)
+    if classes:
+        fitted = [class_target(s) for s in fitted]
     augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90,
                                  acquisition=cfg.acquisition, jpeg=cfg.acquisition_jpeg)
     dataset = _SeededDataset(fitted, augment, repeats=repeats, multiple=multiple,
@@ -301,7 +313,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
 
     parts = run_parts(cfg, progress)
     model = _model(cfg, device, world_size)
-    loader, data = _loader(cfg, parts, model.size_multiple, device, progress)
+    classes = len(model.outputs) > 1
+    if classes and cfg.teacher:
+        raise ConfigError(f"{cfg.model} learns artery/vein classes; a teacher's soft vessel "
+                          "labels cannot train it (leave teacher empty)")
+    loader, data = _loader(cfg, parts, model.size_multiple, device, progress, classes)
     optimizer = OPTIMIZERS.load(cfg.optimizer)(cfg, model.parameters())
     average = MovingAverage(model, cfg.ema) if cfg.ema else None
     scored = model if average is None else average.module  # what is validated and saved
@@ -320,7 +336,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         handlers += [Validation(scored, groups, cfg.resize or None, cfg.val_every, tqdm.write),
                      RunLog(out, list(groups) if len(groups) > 1 else []), checkpoints]
     net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-    step = TrainStep(net, LOSSES.load(cfg.loss), optimizer, device, cfg.amp, cfg.compile)
+    loss = LOSSES.load(cfg.loss)
+    step = TrainStep(net, artery_vein_loss(loss) if classes else loss, optimizer, device,
+                     cfg.amp, cfg.compile)
     try:
         _run(cfg, step, device, loader, data, handlers, (start_epoch, wall_before), progress)
     finally:

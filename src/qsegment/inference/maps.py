@@ -60,10 +60,12 @@ def as_runtime(model: Runtime | nn.Module) -> Runtime:
     return TorchRuntime(model)
 
 
-def predict_logits(model: Runtime | nn.Module, image: np.ndarray,
-                   size: int | tuple[int, int] | None = None, tta: str = "none") -> np.ndarray:
-    """Vessel logits (H, W) of an RGB image (H, W, 3) in [0, 1], averaged over the ``tta``
-    views of :func:`symmetries`. With ``size`` the image is first resized to that
+def predict_outputs(model: Runtime | nn.Module, image: np.ndarray,
+                    size: int | tuple[int, int] | None = None, tta: str = "none"
+                    ) -> np.ndarray:
+    """Every output channel's logits (C, H, W) of an RGB image (H, W, 3) in [0, 1]
+    (channel 0 the vessel; an artery/vein model's classes after it), averaged over the
+    ``tta`` views of :func:`symmetries`. With ``size`` the image is first resized to that
     inference resolution (as a camera would deliver it) and the logits are resized back."""
     runtime = as_runtime(model)
     h, w = np.shape(image)[:2]
@@ -79,7 +81,14 @@ def predict_logits(model: Runtime | nn.Module, image: np.ndarray,
     logits = (total / (1 + len(others)))[..., :hh, :ww]
     if size is not None:
         logits = resize_bilinear(np.ascontiguousarray(logits), (h, w), antialias=False)
-    return logits[0, 0]
+    return logits[0]
+
+
+def predict_logits(model: Runtime | nn.Module, image: np.ndarray,
+                   size: int | tuple[int, int] | None = None, tta: str = "none") -> np.ndarray:
+    """Vessel logits (H, W) of an RGB image (H, W, 3) in [0, 1]: channel 0 of
+    :func:`predict_outputs`."""
+    return predict_outputs(model, image, size, tta)[0]
 
 
 def predict_proba(model: Runtime | nn.Module, image: np.ndarray,

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -27,13 +27,22 @@ from PIL import Image
 from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
-from ..images import ImageError, collect_inputs, read_rgb, round_up, to_rgb_float
+from ..images import (
+    ImageError,
+    artery_vein_colours,
+    collect_inputs,
+    overlay_classes,
+    read_rgb,
+    round_up,
+    to_rgb_float,
+)
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
-from ..runtimes.base import Runtime
-from .calibrate import Calibration, calibrated_map
-from .maps import Scale, as_runtime, check_scale, predict_proba, symmetries
+from ..runtimes.base import Runtime, sigmoid
+from .arteryvein import calibrated_outputs, check_artery_vein, class_map
+from .calibrate import CalibratedMap, Calibration, calibrated_map
+from .maps import Scale, as_runtime, check_scale, predict_outputs, predict_proba, symmetries
 
 if TYPE_CHECKING:
     from torch import nn
@@ -88,6 +97,9 @@ class Prediction:
     fov_scale: float | None = None  # the FOV rule's factor, reported beside
     threshold_rule: str = "fixed"  # "auto" (expected Dice, per image), "card" or "fixed"
     quality: tuple[str, ...] = ()  # warnings (calibrate.QUALITY); empty when all looks right
+    # (H, W) uint8 artery/vein map of an artery/vein Segmenter: 0 background, 1 artery,
+    # 2 vein, 3 uncertain, vessel where ``mask`` is; None for a vessel map alone
+    classes: np.ndarray | None = None
 
 
 class Segmenter:
@@ -104,7 +116,7 @@ class Segmenter:
                  tta: str = "none", name: str | None = None, scale: Scale = "auto",
                  fov_diameter: float = TRAINING_FOV_DIAMETER,
                  calibration: Calibration | None = None, auto_threshold: bool = False,
-                 threshold_source: str = "fixed") -> None:
+                 threshold_source: str = "fixed", artery_vein: bool = False) -> None:
         """A Segmenter on ``model``, which any runtime of :mod:`qsegment.runtimes` can be.
 
         Args:
@@ -130,10 +142,13 @@ class Segmenter:
                 (needs ``calibration``; else ``threshold``).
             threshold_source: how outputs name ``threshold``'s origin: ``fixed`` or
                 ``card``.
+            artery_vein: also give each vessel pixel its class (:attr:`Prediction.classes`);
+                needs an artery/vein model (``qsegment-av``) on a float runtime.
 
         Raises:
             UsageError: an unknown ``tta`` or ``scale``, or a tile and overlap the
-                network's stride does not divide, or a tile not over twice the overlap.
+                network's stride does not divide, or a tile not over twice the overlap,
+                or ``artery_vein`` for a model without artery/vein outputs.
         """
         symmetries(tta)  # an unknown mode fails here, not at the first image
         check_scale(scale)
@@ -154,6 +169,11 @@ class Segmenter:
         self.runtime = self.runner.name
         self.tta = tta
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
+        if artery_vein and self.model is None:
+            raise UsageError(f"artery/vein maps run on the torch runtime, not {self.runtime}")
+        if artery_vein:
+            check_artery_vein(self.model.outputs, self.name)
+        self.artery_vein = artery_vein
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: Threshold = "auto",
@@ -187,6 +207,8 @@ class Segmenter:
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
+        if kwargs.get("artery_vein") and runtime == DEFAULT_RUNTIME:
+            runtime = "torch"  # artery/vein models have no int8 files yet (issue #33)
         fixed = threshold not in THRESHOLD_RULES
         return cls(open_weights(runtime, weights, threads),
                    float(threshold) if fixed else card.threshold_value,
@@ -211,6 +233,8 @@ class Segmenter:
             ImageError: an array that is no image (floats outside [0, 1], a shape other
                 than (H, W), (H, W, 3) or (H, W, 4)).
         """
+        if self.artery_vein:
+            return self._predict_artery_vein(to_rgb_float(image), name)
         array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
         probability: Callable[[np.ndarray], np.ndarray]
         if (array is not None and array.dtype == np.uint8 and array.ndim == 3
@@ -220,12 +244,28 @@ class Segmenter:
             rgb, probability = to_rgb_float(image), self._float_probability
         found = calibrated_map(rgb, lambda scaled: self._tiled(scaled, probability), self.scale,
                                self.calibration, self.fov_diameter, name)
-        if self.auto_threshold and found.cut is not None:
-            threshold, rule = found.cut, "auto"
-        else:
-            threshold, rule = self.threshold, self.threshold_rule
+        threshold, rule = self._cut(found)
         return Prediction(found.probability, found.probability >= threshold, threshold,
                           found.scale, found.scale_rule, found.fov_scale, rule, found.quality)
+
+    def _cut(self, found: CalibratedMap) -> tuple[float, str]:
+        """The image's cut and how it was found: its own where ``auto_threshold`` found
+        one, else the Segmenter's."""
+        if self.auto_threshold and found.cut is not None:
+            return found.cut, "auto"
+        return self.threshold, self.threshold_rule
+
+    def _predict_artery_vein(self, rgb: np.ndarray, name: str) -> Prediction:
+        """:meth:`predict` with the class of each vessel pixel: the vessel map from the
+        model's channel 0 as for a vessel model, the classes from the others."""
+        found, logits = calibrated_outputs(
+            lambda scaled: self._tiled(scaled, lambda tile: predict_outputs(
+                self.runner, tile, tta=self.tta)), rgb, self.scale, self.calibration,
+            self.fov_diameter, name)
+        threshold, rule = self._cut(found)
+        classes = class_map(logits, threshold)
+        return Prediction(sigmoid(logits[0]), classes > 0, threshold, found.scale,
+                          found.scale_rule, found.fov_scale, rule, found.quality, classes)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """The vessel probability of an image at its own scale (no rescale), tiled when it
@@ -251,12 +291,15 @@ class Segmenter:
         h, w = image.shape[:2]
         if h <= self.tile[0] and w <= self.tile[1]:
             return probability(image)
-        out = np.empty((h, w), dtype=np.float32)
+        out: np.ndarray | None = None  # (..., h, w): one map, or every output channel
         grid = self.runner.size_multiple
         for y0, y1, ky0, ky1 in tile_windows(h, self.tile[0], self.overlap, grid):
             for x0, x1, kx0, kx1 in tile_windows(w, self.tile[1], self.overlap, grid):
                 tile = probability(image[y0:y1, x0:x1])
-                out[ky0:ky1, kx0:kx1] = tile[ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
+                if out is None:
+                    out = np.empty((*tile.shape[:-2], h, w), dtype=np.float32)
+                out[..., ky0:ky1, kx0:kx1] = tile[..., ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
+        assert out is not None
         return out
 
 
@@ -314,11 +357,15 @@ def plan_outputs(files: list[Path], out: Path, kinds: list[str], failed: list[tu
 
 def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Prediction
                   ) -> dict[str, str]:
-    """Each requested PNG (``mask``, ``prob``, ``overlay``) written atomically; returns the
+    """Each requested PNG (``mask``, ``prob``, ``overlay``; ``av``, the class map in colour,
+    from an artery/vein Segmenter) written atomically; returns the
     SHA-256 of each, with which ``qsegment batch`` recognises complete outputs."""
+    classes = result.classes
     arrays = {"mask": lambda: result.mask.astype(np.uint8) * 255,
               "prob": lambda: np.round(result.probability * 255).astype(np.uint8),
-              "overlay": lambda: tint_vessels(image, result.mask)}
+              "overlay": lambda: tint_vessels(image, result.mask) if classes is None
+              else overlay_classes(image, classes),
+              "av": lambda: artery_vein_colours(cast(np.ndarray, classes))}
     digests = {}
     for kind, target in targets.items():
         buffer = io.BytesIO()
@@ -344,7 +391,9 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
         out: the output folder (made if missing): ``NAME_mask.png`` (0/255, the input's
             size) for each input.
         probability: also write ``NAME_prob.png`` (probability x 255).
-        overlay: also write ``NAME_overlay.png`` (the vessels tinted on the image).
+        overlay: also write ``NAME_overlay.png`` (the vessels tinted on the image; by
+            class from an artery/vein Segmenter, which also writes ``NAME_av.png``: arteries
+            red, veins blue, uncertain green).
         progress: show a progress bar.
         on_result: called with each (path, image, prediction), e.g. to measure
             biomarkers; a :class:`~qsegment.errors.QsegmentError` it raises fails that
@@ -363,7 +412,8 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
 
     out = output_folder(out)
     files, failed = collect_inputs(inputs)
-    kinds = ["mask", *(["prob"] if probability else []), *(["overlay"] if overlay else [])]
+    kinds = ["mask", *(["prob"] if probability else []), *(["overlay"] if overlay else []),
+             *(["av"] if segmenter.artery_vein else [])]
     plan = plan_outputs(files, out, kinds, failed)
     written: dict[Path, list[Path]] = {}
     predictions: list[Prediction] = []

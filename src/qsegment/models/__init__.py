@@ -13,7 +13,7 @@ from .base import SegmentationModel, pad_to_multiple
 from .erfnet import ERFNet
 from .m2unet import M2UNet
 from .mobilenetv3 import MobileNetV3SmallLRASPP
-from .qsegment import QSegment
+from .qsegment import QSegment, QSegmentAV
 from .tnet import TNet
 
 # Row order is the order of `qsegment models` and of the paper's Table II.
@@ -22,6 +22,8 @@ MODELS: Registry[Entry] = Registry("architecture", [
           "Q-Segment (paper): 16/32/64 encoder-decoder, ~0.11M params"),
     Entry("qsegment-imx", "qsegment.models.qsegment:qsegment_imx",
           "Q-Segment at half resolution for the IMX500 (fits 640x640), ~0.11M params"),
+    Entry("qsegment-av", "qsegment.models.qsegment:qsegment_av",
+          "Q-Segment with an artery/vein head: vessel, artery, vein, uncertain; ~0.11M params"),
     Entry("tnet", "qsegment.models.tnet:tnet",
           "T-Net-like tiny net (Khan et al. 2022): widths 8/16/30, ~0.027M params"),
     Entry("m2unet", "qsegment.models.m2unet:m2unet",
@@ -60,6 +62,7 @@ __all__ = [
     "M2UNet",
     "MobileNetV3SmallLRASPP",
     "QSegment",
+    "QSegmentAV",
     "SegmentationModel",
     "TNet",
     "create_model",

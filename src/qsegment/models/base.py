@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -10,14 +12,18 @@ from ..images import round_up
 
 
 class SegmentationModel(nn.Module):
-    """Base class: ``forward`` maps (N, 3, H, W) images in [0, 1] to (N, 1, H, W) logits.
+    """Base class: ``forward`` maps (N, 3, H, W) images in [0, 1] to (N, C, H, W) logits,
+    one channel per name in ``outputs``.
 
+    Channel 0 is always the vessel logit, so that every vessel consumer (thresholds,
+    calibration, runtimes, the sensor) reads an artery/vein model as a vessel model.
     ``size_multiple`` is the factor H and W must be divisible by (the total stride of
     its pooling): the one place that number lives. Callers pad to it
     (:func:`qsegment.models.pad_to_multiple`) and tile on it.
     """
 
     size_multiple: int = 8
+    outputs: ClassVar[tuple[str, ...]] = ("vessel",)
 
     def check_input_shape(self, x: torch.Tensor) -> None:
         if isinstance(x, torch.fx.Proxy):  # torch.fx tracing (MCT's model reader): no shapes

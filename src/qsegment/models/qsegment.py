@@ -8,7 +8,8 @@ Up-sampling is either max-unpooling with the encoder's pooling indices (the
 paper) or nearest-neighbour (what the Sony IMX500 converter accepts).
 
 ``qsegment-imx`` is the same network run at half resolution so that the sensor can
-take inputs of 640x640 (see :class:`QSegmentIMX`).
+take inputs of 640x640 (see :class:`QSegmentIMX`); ``qsegment-av`` the same network
+with an artery/vein head (:class:`QSegmentAV`).
 """
 
 from __future__ import annotations
@@ -157,3 +158,27 @@ def depth_to_space(phases: torch.Tensor, factor: int) -> torch.Tensor:
 
 def qsegment_imx(widths: tuple[int, int, int] = (16, 32, 64)) -> QSegmentIMX:
     return QSegmentIMX(widths=widths)
+
+
+class QSegmentAV(QSegment):
+    """Q-Segment with an artery/vein head: four output channels, the vessel logit (as
+    every model here gives it) and the logits of artery, vein and uncertain *given a
+    vessel* (softmax over the three).
+
+    Why this factorisation: the vessel map stays the vessel model's, trained with the
+    same loss and threshold, and a pixel's class is only asked where there is a vessel
+    (:func:`qsegment.losses.artery_vein_loss`); the labels' "uncertain" class (3: crossings
+    and vessels the graders could not tell) is a class of its own, as BF-Net (Zhou et
+    al., MICCAI 2021) predicts and scores it. 435 more parameters than Q-Segment.
+    """
+
+    outputs = ("vessel", "artery", "vein", "uncertain")
+    init_from = ("qsegment",)  # --init from vessel weights: all fit, the head's channel 0 too
+
+    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__(widths=widths, upsample="nearest")
+        self.head = nn.Conv2d(widths[0], len(self.outputs), 3, padding=1)
+
+
+def qsegment_av(widths: tuple[int, int, int] = (16, 32, 64)) -> QSegmentAV:
+    return QSegmentAV(widths=widths)

@@ -1,0 +1,194 @@
+"""Arteries and veins (issue #33): class maps read and resized with their vessels, the
+artery/vein model and its loss, BF-Net's protocol and the centreline accuracy on the real
+HRF-AV and LES-AV labels, and the evaluation end to end on LES-AV."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
+
+from qsegment.checkpoint import load_model
+from qsegment.cli import main
+from qsegment.data import resize_sample
+from qsegment.datasets import Split, open_dataset
+from qsegment.engine.evaluate import format_av_table, table_av
+from qsegment.engine.train import class_target, load_config, train
+from qsegment.inference.arteryvein import class_map, class_probabilities
+from qsegment.inference.predict import Segmenter
+from qsegment.losses import UNKNOWN_CLASS, artery_vein_loss, structure_loss
+from qsegment.metrics import _binned_curves, artery_vein_scores, centreline_accuracy
+from qsegment.models import create_model
+from qsegment.pretrained import resolve_checkpoint
+
+
+@pytest.fixture(scope="module")
+def les():
+    """A LES-AV test photograph with its class map (1620x1444)."""
+    return open_dataset(None, "les-av").sample("224")
+
+
+def test_a_class_map_is_read_with_its_vessels_and_resized_with_them(les):
+    assert les.classes is not None and les.classes.dtype == np.uint8
+    assert set(np.unique(les.classes)) <= {0, 1, 2, 3}
+    assert np.array_equal(les.classes > 0, les.label)
+    counts = np.bincount(les.classes.ravel(), minlength=4)
+    assert counts[1] > 0 and counts[2] > 0  # arteries and veins both labelled
+    half = resize_sample(les, (les.label.shape[0] // 2, les.label.shape[1] // 2))
+    assert np.array_equal(half.classes > 0, half.label)
+    shares = np.bincount(half.classes.ravel(), minlength=4)[1:3] / counts[1:3].sum() * 4
+    assert shares == pytest.approx(counts[1:3] / counts[1:3].sum(), abs=0.05)
+    chase = open_dataset(None, "chasedb1").sample("Image_01L")
+    assert chase.classes is None
+    target = class_target(chase).label
+    assert set(np.unique(target)) == {0, UNKNOWN_CLASS}
+
+
+def test_the_manual_map_scores_perfectly_and_swapped_classes_score_nothing(les):
+    label, fov = les.classes, les.fov
+    one_hot = np.stack([label == c for c in (1, 2, 3)]).astype(np.float32)
+    perfect = artery_vein_scores(label, one_hot, label, fov)
+    assert perfect["weighted"]["f1"] == pytest.approx(1.0)
+    assert perfect["weighted"]["auc_roc"] == pytest.approx(1.0)
+    assert perfect["weighted"]["mse"] == pytest.approx(0.0)
+    swapped = np.choose(label, [0, 2, 1, 3]).astype(np.uint8)
+    scores = artery_vein_scores(swapped, one_hot[[1, 0, 2]], label, fov)
+    assert scores["artery"]["f1"] == 0.0 and scores["vein"]["f1"] == 0.0
+    weights = np.array([scores[c]["pixels"] for c in ("artery", "vein", "uncertain")])
+    expected = weights[2] / weights.sum() * scores["uncertain"]["f1"]
+    assert scores["weighted"]["f1"] == pytest.approx(expected)
+    artery = (label == 1).astype(np.float32)
+    assert centreline_accuracy(artery, label, fov)[0] == 1.0
+    accuracy, pixels = centreline_accuracy(1 - artery, label, fov)
+    assert accuracy == 0.0 and pixels > 1000
+
+
+def test_binned_curves_match_scikit_learn_on_a_real_map(les):
+    rng = np.random.default_rng(0)
+    t = les.label[les.fov]
+    p = np.clip(t * 0.6 + rng.normal(0.2, 0.2, t.shape), 0, 1)
+    roc, pr = _binned_curves(p, t)
+    precision, recall, _ = precision_recall_curve(t, p)
+    assert roc == pytest.approx(roc_auc_score(t, p), abs=1e-4)
+    assert pr == pytest.approx(auc(recall, precision), abs=2e-3)
+
+
+def test_the_artery_vein_model_starts_as_the_vessel_model_it_comes_from():
+    model = create_model("qsegment-av")
+    assert model.outputs == ("vessel", "artery", "vein", "uncertain")
+    assert sum(p.numel() for p in model.parameters()) <= 250_000
+    vessel, _ = load_model("qsegment-nearest-transfer-jpeg")
+    from qsegment.checkpoint import load_weights
+
+    meta = load_weights(model, resolve_checkpoint("qsegment-nearest-transfer-jpeg"),
+                        matching_only=True)
+    assert len(meta["loaded"]) == len(model.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x)[:, :1], vessel(x))
+
+
+def test_the_class_loss_learns_only_where_a_vessel_has_a_labelled_class():
+    logits = torch.zeros(1, 4, 8, 8, requires_grad=True)
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:4, :] = UNKNOWN_CLASS
+    artery_vein_loss(structure_loss)(logits, target).backward()
+    assert logits.grad[:, 1:].abs().sum() == 0 and logits.grad[:, 0].abs().sum() > 0
+    target[..., 5, :] = 2  # a vein
+    logits.grad = None
+    artery_vein_loss(structure_loss)(logits, target).backward()
+    assert logits.grad[0, 1:, 5].abs().sum() > 0 and logits.grad[0, 1:, 2].abs().sum() == 0
+
+
+def test_decoding_keeps_the_vessel_cut_and_probabilities_sum_to_the_vessel():
+    outputs = np.random.default_rng(1).normal(0, 2, (4, 16, 16)).astype(np.float32)
+    probabilities = class_probabilities(outputs)
+    vessel = 1 / (1 + np.exp(-outputs[0]))
+    assert np.allclose(probabilities.sum(0), vessel, atol=1e-6)
+    classes = class_map(outputs, 0.5)
+    assert np.array_equal(classes > 0, vessel >= 0.5)
+    assert np.array_equal(classes[classes > 0], outputs[1:].argmax(0)[classes > 0] + 1)
+
+
+@pytest.fixture(scope="module")
+def av_run(tmp_path_factory):
+    """A one-epoch run of the av preset on CHASE_DB1 and LES-AV at 256x256."""
+    out = tmp_path_factory.mktemp("av") / "run"
+    cfg = load_config("av", dataset="chasedb1,les-av", epochs=1, repeats=1, crop=64,
+                      resize=256, batch_size=8, threads=1)
+    card = train(cfg, out, progress=False)
+    assert card["model"] == "qsegment-av"
+    return out
+
+
+def test_an_artery_vein_model_is_scored_by_bfnet_protocol(av_run, tmp_path):
+    model, card = load_model(av_run)
+    result = table_av(model, card, open_dataset(None, "les-av"), Split((), ("224", "240")),
+                      out=tmp_path, progress=False, scale=0.5)
+    assert result["images"] == 2 and [m["name"] for m in result["per_image"]] == ["224", "240"]
+    weighted = result["mean"]["weighted"]
+    assert 0.0 < weighted["f1"] < 1.0 and 0.5 < weighted["auc_roc"] <= 1.0
+    assert 0.0 <= result["centreline_acc"] <= 1.0 and result["vessel_dice"] > 0.5
+    assert (tmp_path / "artery_vein.png").stat().st_size > 10_000
+    assert "| weighted |" in format_av_table(result)
+
+
+def test_tiles_give_the_whole_image_classes_and_predict_writes_them(av_run, data_dir,
+                                                                    tmp_path):
+    image = np.asarray(Image.open(data_dir / "Image_11L.jpg"))
+    whole = Segmenter.from_pretrained(av_run, artery_vein=True, scale="none").predict(image)
+    tiled = Segmenter.from_pretrained(av_run, artery_vein=True, scale="none", tile=512,
+                                      overlap=64).predict(image)
+    assert whole.classes is not None and np.array_equal(whole.classes > 0, whole.mask)
+    assert np.mean(whole.classes == tiled.classes) > 0.9999
+    assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path), "--model",
+                 str(av_run), "--av", "--overlay"]) == 0
+    colours = np.asarray(Image.open(tmp_path / "Image_11L_av.png"))
+    mask = np.asarray(Image.open(tmp_path / "Image_11L_mask.png")) > 0
+    assert colours.shape == (*mask.shape, 3) and np.array_equal(colours.any(2), mask)
+    assert (tmp_path / "Image_11L_overlay.png").exists()
+
+
+def test_an_artery_vein_model_gives_a_vessel_map_on_every_runtime(av_run, data_dir):
+    """Channel 0 is the vessel: the default int8 runtime, built from the checkpoint, draws
+    the float model's vessel mask (as close as int8 draws a vessel model's)."""
+    image = np.asarray(Image.open(data_dir / "Image_11L.jpg"))
+    masks = [Segmenter.from_pretrained(av_run, runtime=runtime, threshold="card")
+             .predict(image).mask for runtime in ("torch", "auto")]
+    assert masks[0].mean() > 0.02
+    assert 2 * (masks[0] & masks[1]).sum() / (masks[0].sum() + masks[1].sum()) > 0.97
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+def test_batch_writes_the_artery_vein_maps_predict_writes(av_run, data_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    from qsegment.batch import read_batch_manifest, segment_batch
+
+    image = data_dir / "Image_11L.jpg"
+    assert main(["predict", str(image), "-o", str(tmp_path / "p"), "--model", str(av_run),
+                 "--av"]) == 0
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=150 * 2**20,
+             log_to_driver=False)
+    try:
+        summary = segment_batch([str(image)], tmp_path / "b", model=av_run, artery_vein=True,
+                                workers=1, progress=False)
+    finally:
+        ray.shutdown()
+    row = read_batch_manifest(summary.manifest)[0]
+    assert row.status == "ok" and row.av == str(tmp_path / "b" / "Image_11L_av.png")
+    batch, predict = (np.asarray(Image.open(folder / "Image_11L_av.png"))
+                      for folder in (tmp_path / "b", tmp_path / "p"))
+    assert np.mean(np.all(batch == predict, axis=2)) > 0.9999
+
+
+def test_a_vessel_model_or_dataset_is_refused_for_artery_vein_maps(av_run, data_dir,
+                                                                   tmp_path, capsys):
+    assert main(["evaluate", "qsegment-nearest", "--task", "av", "--dataset", "les-av",
+                 "--no-figures"]) != 0
+    assert "qsegment-nearest is a vessel-only model" in capsys.readouterr().err
+    assert main(["evaluate", str(av_run), "--task", "av", "--dataset", "chasedb1",
+                 "--no-figures"]) != 0
+    assert "CHASE_DB1 has vessel labels only" in capsys.readouterr().err
+    assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path),
+                 "--av"]) != 0
+    assert "is a vessel-only model" in capsys.readouterr().err
