@@ -168,7 +168,9 @@ def test_pixels_go_in_as_uint8_and_come_out_as_the_sigmoid_of_the_logits(crop):
     assert through_pixels.shape == (250, 249) and through_pixels.dtype == np.float32
     # the same arithmetic up to float rounding (OpenVINO folds the division by 255 into
     # the input's multiplication), which moves an activation to the next step of its int8
-    # grid here and there
-    assert np.abs(through_pixels - expected[:250, :249]).mean() < 1e-3
+    # grid here and there: a mean probability difference under 1e-3 on an AVX2 EPYC, 0.0025
+    # on an AVX-512 VNNI Xeon, whose int8 kernels round elsewhere
+    assert np.abs(through_pixels - expected[:250, :249]).mean() < 5e-3
     cut = Segmenter.from_pretrained().threshold
-    assert ((through_pixels >= cut) == (expected[:250, :249] >= cut)).mean() > 0.999
+    # masks: 0.9977 of the pixels agree on the AVX-512 VNNI Xeon (> 0.999 on AVX2)
+    assert ((through_pixels >= cut) == (expected[:250, :249] >= cut)).mean() > 0.995

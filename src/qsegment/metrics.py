@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from .datasets.base import VESSEL_CLASSES
+from .datasets.base import AV_CLASSES
 from .errors import UsageError
 
 METRICS = ("dice", "acc", "auc", "se", "sp", "iou", "mcc")
@@ -174,8 +174,7 @@ def agreement(reference: np.ndarray, other: np.ndarray, threshold: float) -> dic
 
 
 # Artery/vein scores (issue #33). A class map codes 0 background, 1 artery, 2 vein,
-# 3 uncertain (VESSEL_CLASSES).
-AV_CLASSES = VESSEL_CLASSES[1:]  # values 1, 2, 3
+# 3 uncertain (AV_CLASSES are 1-3).
 AV_METRICS = ("se", "auc_roc", "f1", "auc_pr", "mse")  # BF-Net's table, in its order
 CURVE_BINS = 1 << 16
 

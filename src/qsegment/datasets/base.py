@@ -106,6 +106,7 @@ def is_ancillary(name: str) -> bool:
 
 
 VESSEL_CLASSES = ("background", "artery", "vein", "uncertain")  # values 0, 1, 2, 3
+AV_CLASSES = VESSEL_CLASSES[1:]  # the vessel classes (1, 2, 3), which artery/vein models give
 
 
 def _shown(values: np.ndarray) -> str:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..datasets.base import AV_CLASSES
 from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..errors import UsageError
 from ..images import resize_bilinear
-from ..metrics import AV_CLASSES
 from ..runtimes.base import sigmoid
 from .calibrate import CalibratedMap, Calibration, calibrated_map
 from .maps import Scale
