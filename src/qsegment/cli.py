@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .biomarkers.report import BiomarkerRow
+    from .datasets import FundusDataset
     from .inference.predict import Prediction
 
 Handler = Callable[[argparse.Namespace], int]
@@ -406,7 +407,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_av(args: argparse.Namespace, data: object) -> int:
+def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
     from .checkpoint import load_model
     from .engine.evaluate import format_av_table, table_av
     from .inference.calibrate import Calibration

@@ -267,7 +267,8 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
     runtime = as_runtime(model)
     check_artery_vein(create_model(card.model, **card.model_args).outputs, card.label)
     _, val = dataset.split(Split((), (split or dataset.default_split).val))
-    per_image, panels = [], []
+    per_image: list[dict] = []
+    panels: list[tuple[Sample, np.ndarray]] = []
     for sample in tqdm(val, desc="artery/vein", leave=False, disable=not progress):
         found, logits = calibrated_outputs(lambda image: predict_outputs(runtime, image),
                                            sample.image, scale, calibration, name=sample.name)

@@ -169,9 +169,10 @@ class Segmenter:
         self.runtime = self.runner.name
         self.tta = tta
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
-        if artery_vein and self.model is None:
-            raise UsageError(f"artery/vein maps run on the torch runtime, not {self.runtime}")
         if artery_vein:
+            if self.model is None:
+                raise UsageError(f"artery/vein maps run on the torch runtime, not "
+                                 f"{self.runtime}")
             check_artery_vein(self.model.outputs, self.name)
         self.artery_vein = artery_vein
 
