@@ -13,7 +13,11 @@
    has segmented a CHASE image before, and beside it by a fresh one (whose first predict
    sets the interpreter up).
 
-    python benchmarks/bench_cli.py [--runtime openvino] [--json out.json]
+4. With ``--av MODEL`` (an artery/vein model): the folder's per-image time of
+   ``predict --av`` against the same model's vessel map alone, both on ``--runtime``, and
+   against the default vessel ``predict`` of step 2 (issue #33's target).
+
+    python benchmarks/bench_cli.py [--runtime openvino] [--av runs/av] [--json out.json]
 
 The targets printed are issue #35's, and #31's: the label-free calibration (the default
 ``--scale auto --threshold auto``) against ``--scale fov --threshold card`` per image.
@@ -52,6 +56,17 @@ def run(args: list[str]) -> tuple[float, float]:
             stderr.seek(0)
             raise RuntimeError(f"{' '.join(args)} failed: {stderr.read().decode()[-2000:]}")
     return wall, usage.ru_maxrss / 1024
+
+
+def per_image_s(command: list[str], folder: Path, count: int, out: Path) -> float:
+    """A folder's time per image after start-up: (the folder - its first image alone)
+    over the other images; an untimed first run fills the caches a model's first use
+    fills (its int8 ranges, OpenVINO's compiled network)."""
+    first = sorted(folder.iterdir())[0]
+    run([*command, str(first), "-o", str(out / "warm-up")])
+    one, _ = run([*command, str(first), "-o", str(out / "one")])
+    whole, _ = run([*command, str(folder), "-o", str(out / "folder")])
+    return (whole - one) / (count - 1)
 
 
 def _timed(function, *args) -> float:
@@ -95,6 +110,12 @@ def print_table(r: dict) -> None:
           f"{r['big_first_over_second']:.2f}x | <= 1x (no build) |")
     print(f"| 3504x2336, --scale none: first predict of a fresh Segmenter (interpreter set-up) "
           f"| {r['big_fresh_first_s']:.2f} s | |")
+    if "av_s_per_image" in r:
+        av, alone = r["av_s_per_image"] * 1000, r["av_vessels_s_per_image"] * 1000
+        print(f"| 28-image folder, per image: `predict --av` ({r['av_model']}) / the same "
+              f"model's vessels alone | {av:.0f} / {alone:.0f} ms = {av / alone:.2f}x | |")
+        print(f"| the same, `predict --av` / the default vessel predict | {av:.0f} / "
+              f"{ms['cli_s_per_image']:.0f} ms = {r['av_over_default']:.2f}x | <= 1.5x |")
 
 
 def main() -> None:
@@ -106,6 +127,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="cold one-image runs (3)")
     parser.add_argument("--runtime", default="auto", help="what every command and "
                         "Segmenter runs on (auto: the default, the fastest for this CPU)")
+    parser.add_argument("--av", metavar="MODEL", help="also time `predict --av` with this "
+                        "artery/vein model (a run folder or .safetensors)")
     args = parser.parse_args()
     runtime = ["--runtime", args.runtime]
     data = default_data_dir()
@@ -151,6 +174,10 @@ def main() -> None:
         firsts = [statistics.median(times) for times in zip(*pairs, strict=True)]
         fresh = Segmenter.from_pretrained(scale="none", runtime=args.runtime)
         fresh_first = _timed(fresh.predict, big)
+        if args.av:
+            av_model = ["predict", "--model", args.av, *runtime]
+            av = per_image_s([*QSEGMENT, *av_model, "--av"], folder, len(photos), tmp / "av")
+            av_alone = per_image_s([*QSEGMENT, *av_model], folder, len(photos), tmp / "alone")
 
     cold = statistics.median(w for w, _ in one)
     per_image_cli = (folder_wall - cold) / (len(photos) - 1)
@@ -175,6 +202,10 @@ def main() -> None:
         "big_first_s": firsts[0], "big_second_s": firsts[1],
         "big_first_over_second": firsts[0] / firsts[1], "big_fresh_first_s": fresh_first,
     }
+    if args.av:
+        result.update({"av_model": args.av, "av_s_per_image": av,
+                       "av_vessels_s_per_image": av_alone,
+                       "av_over_default": av / per_image_cli})
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -12,7 +12,8 @@ import pytest
 from qsegment.checkpoint import read_checkpoint
 from qsegment.cli import main
 from qsegment.export.cpu import export_cpu_int8
-from qsegment.pretrained import read_card, resolve_checkpoint
+from qsegment.inference.calibrate import Calibration, calibration_path
+from qsegment.pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from qsegment.runtimes.base import read_manifest
 
 # in a fresh process that never imports PyTorch: the exported and the shipped files of
@@ -133,3 +134,12 @@ def test_the_int8_onnx_draws_the_masks_of_the_int8_flatbuffers(tmp_path, data_di
                    - dice([p.probability for p in reference], labels)) <= 0.001, runtime.name
         for shape in ((400, 1008), (256, 264)):  # H and W stay dynamic
             assert engine.logits(np.zeros((1, 3, *shape), np.float32)).shape == (1, 1, *shape)
+
+
+def test_cpu_int8_export_keeps_the_per_image_calibration(tmp_path):
+    """The default model's calibration (``--scale auto --threshold auto``) goes with it."""
+    note = export_cpu_int8(DEFAULT_MODEL, tmp_path, shape=[(256, 256)], name="mine")
+    assert "mine.calibration.json" in note.files
+    assert ((tmp_path / "mine.calibration.json").read_bytes()
+            == calibration_path(resolve_checkpoint(DEFAULT_MODEL)).read_bytes())
+    assert Calibration.beside(tmp_path / "mine.safetensors") is not None

@@ -88,6 +88,24 @@ def test_qsegment_upsampling_modes():
         QSegment(upsample="bilinear")
 
 
+def test_a_deeper_qsegment_adds_levels_around_the_papers(real_crop):
+    """widths of four levels: the receptive field of one more pooling, the size multiple
+    16, the paper's three levels' encoder unchanged, every parameter trained."""
+    torch.manual_seed(0)
+    paper, deeper = QSegment(), QSegment(widths=(16, 32, 64, 64))
+    assert deeper.size_multiple == 16 and paper.size_multiple == 8
+    shapes = {k: v.shape for k, v in paper.state_dict().items() if k.startswith("encoder.")}
+    assert all(deeper.state_dict()[k].shape == shape for k, shape in shapes.items())
+    assert len(deeper.decoder) == 4 and count_parameters(deeper) < 0.25e6
+    image, label = real_crop
+    structure_loss(deeper(image), label.repeat(2, 1, 1, 1)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() for p in deeper.parameters())
+    with pytest.raises(UsageError, match="divisible by 16"):
+        deeper(torch.rand(1, 3, 72, 72))
+    with pytest.raises(UsageError, match="widths"):
+        QSegment(widths=())
+
+
 def test_mac_counter_matches_hand_count():
     conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, groups=16))
     assert count_macs(conv, 10, 12) == (16 * 3 * 9 + 16 * 9) * 10 * 12

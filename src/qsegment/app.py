@@ -40,7 +40,15 @@ from PIL import Image
 
 from .errors import QsegmentError, UsageError
 from .files import atomic_write
-from .images import SAMPLE_IMAGES, ImageError, read_rgb, resize_image, resize_map
+from .images import (
+    SAMPLE_IMAGES,
+    ImageError,
+    artery_vein_colours,
+    overlay_classes,
+    read_rgb,
+    resize_image,
+    resize_map,
+)
 from .inference.calibrate import QUALITY
 
 if TYPE_CHECKING:
@@ -74,6 +82,7 @@ class Segmented:
     threshold_rule: str = "fixed"  # "auto", "card" or "fixed"
     scale_rule: str = "none"  # "vessels", "fov", "none" or "fixed"
     quality: tuple[str, ...] = ()  # warnings (qsegment.inference.calibrate.QUALITY)
+    artery_vein: bool = False  # an artery/vein map was made too (av.png, display_av.jpg)
 
     @property
     def stem(self) -> str:
@@ -84,9 +93,11 @@ class Segmented:
         return self.folder / what
 
 
-def _png(array: np.ndarray) -> bytes:
+def _encoded(array: np.ndarray, format: str = "PNG") -> bytes:
+    """uint8 pixels as a PNG (fast, lossless) or a JPEG (quality 90: what the page shows)."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    options = {"compress_level": 1} if format == "PNG" else {"quality": 90}
+    Image.fromarray(array).save(buffer, format=format, **options)
     return buffer.getvalue()
 
 
@@ -95,7 +106,9 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
                    ) -> Segmented:
     """Segment the photograph at ``path`` into ``folder``: its probability map at full size
     (``probability.npy``, from which the downloads are made) and display-size copies of
-    the photograph (JPEG) and of the map (8-bit PNG) for the page.
+    the photograph (JPEG) and of the map (8-bit PNG) for the page; from an artery/vein
+    Segmenter also the class map (``av.png``: arteries red, veins blue, at the cut found)
+    and its overlay on the photograph for the page (``display_av.jpg``).
     A file that is not a readable image, or is larger than ``max_megapixels``, raises
     :class:`ImageError` naming it by ``name`` (the visitor's file name, not the path)."""
     path, folder = Path(path), Path(folder)
@@ -117,15 +130,18 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
 
     atomic_write(folder / "probability.npy", write_npy)
     atomic_write(folder / "display_probability.png",
-                 _png(_unit_to_uint8(resize_map(prediction.probability, small))))
+                 _encoded(_unit_to_uint8(resize_map(prediction.probability, small))))
     if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
         rgb = _unit_to_uint8(rgb)
-    photo = io.BytesIO()
-    Image.fromarray(resize_image(rgb, small)).save(photo, format="JPEG", quality=90)
-    atomic_write(folder / "display_photograph.jpg", photo.getvalue())
+    atomic_write(folder / "display_photograph.jpg", _encoded(resize_image(rgb, small), "JPEG"))
+    classes = prediction.classes
+    if classes is not None:
+        atomic_write(folder / "av.png", _encoded(artery_vein_colours(classes)))
+        atomic_write(folder / "display_av.jpg",
+                     _encoded(resize_image(overlay_classes(rgb, classes), small), "JPEG"))
     return Segmented(name, folder, width, height, prediction.scale, seconds, path,
                      prediction.threshold, prediction.threshold_rule, prediction.scale_rule,
-                     prediction.quality)
+                     prediction.quality, artery_vein=classes is not None)
 
 
 def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -137,12 +153,12 @@ def mask_png(entry: Segmented, threshold: float) -> bytes:
     """The full-size mask of ``entry`` at ``threshold`` (0/255 PNG), cut from the saved
     float map: the mask ``qsegment predict --threshold`` writes."""
     probability = np.load(entry.file("probability.npy"))
-    return _png((probability >= threshold).astype(np.uint8) * 255)
+    return _encoded((probability >= threshold).astype(np.uint8) * 255)
 
 
 def probability_png(entry: Segmented) -> bytes:
     """The full-size probability map of ``entry`` x 255 (8-bit PNG): ``predict --prob``'s."""
-    return _png(_unit_to_uint8(np.load(entry.file("probability.npy"))))
+    return _encoded(_unit_to_uint8(np.load(entry.file("probability.npy"))))
 
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
@@ -207,7 +223,7 @@ class App:
                 "scale": round(entry.scale, 4), "scale_rule": entry.scale_rule,
                 "threshold": round(entry.threshold, 4), "threshold_rule": entry.threshold_rule,
                 "quality": [QUALITY[flag] for flag in entry.quality],
-                "network_ms": round(entry.seconds * 1000),
+                "network_ms": round(entry.seconds * 1000), "artery_vein": entry.artery_vein,
                 "model": self.segmenter.name, "runtime": self.segmenter.runtime}
 
     def warm_up(self) -> None:
@@ -280,7 +296,8 @@ class _Api:
     :class:`_Refusal`, which the page shows."""
 
     PAGE_FILES: ClassVar[dict[str, str]] = {"photograph.jpg": "display_photograph.jpg",
-                                            "probability.png": "display_probability.png"}
+                                            "probability.png": "display_probability.png",
+                                            "artery_vein.jpg": "display_av.jpg"}
 
     # the page may load nothing from elsewhere, and tells nobody where it came from
     PAGE_HEADERS: ClassVar[dict[str, str]] = {
@@ -297,6 +314,7 @@ class _Api:
         self.network = ThreadPoolExecutor(1, thread_name_prefix="network")
         self.measuring = ThreadPoolExecutor(1, thread_name_prefix="biomarkers")
         config = {"model": app.segmenter.name, "runtime": app.segmenter.runtime,
+                  "artery_vein": app.segmenter.artery_vein,
                   "threshold": round(app.segmenter.threshold, 2),
                   "max_upload_mb": MAX_UPLOAD_MB, "max_megapixels": app.max_megapixels,
                   "examples": list(self.samples)}
@@ -360,6 +378,14 @@ class _Api:
         return _attachment(await asyncio.to_thread(probability_png, entry),
                            f"{entry.stem}_prob.png")
 
+    async def artery_vein(self, request: "Request") -> "Response":
+        """The full-size artery/vein map (``predict --av``'s NAME_av.png), to download."""
+        entry = self._entry(request)
+        if not entry.artery_vein:
+            raise _Refusal(404, "no artery/vein map: start the app with --av and an "
+                                "artery/vein model")
+        return _attachment(entry.file("av.png").read_bytes(), f"{entry.stem}_av.png")
+
     async def biomarkers(self, request: "Request") -> "Response":
         """The biomarkers table at ``?threshold=``, as JSON rows."""
         from starlette.responses import JSONResponse
@@ -374,7 +400,7 @@ class _Api:
         from starlette.responses import FileResponse
 
         entry, what = self._entry(request), request.path_params["what"]
-        if what not in self.PAGE_FILES:
+        if what not in self.PAGE_FILES or not entry.file(self.PAGE_FILES[what]).is_file():
             raise _Refusal(404, "not found")
         return FileResponse(entry.file(self.PAGE_FILES[what]))
 
@@ -384,9 +410,10 @@ def build_app(app: App) -> "Starlette":
 
     - ``POST /api/segment?name=eye.jpg`` (the file as body) and ``POST /api/examples/NAME``
       segment a photograph and answer its key and facts;
-    - ``GET /api/results/KEY/{photograph.jpg,probability.png}``: what the page draws;
-    - ``GET /api/results/KEY/mask.png?threshold=T``, ``.../probability_full.png``: the
-      downloads, at the photograph's size;
+    - ``GET /api/results/KEY/{photograph.jpg,probability.png,artery_vein.jpg}``: what the
+      page draws (the last from an artery/vein model);
+    - ``GET /api/results/KEY/mask.png?threshold=T``, ``.../probability_full.png``,
+      ``.../av.png``: the downloads, at the photograph's size;
     - ``GET /api/results/KEY/biomarkers?threshold=T``: the biomarkers table."""
     from starlette.applications import Starlette
     from starlette.routing import Route
@@ -399,6 +426,7 @@ def build_app(app: App) -> "Starlette":
         Route("/api/examples/{name}", api.example, methods=["POST"]),
         Route("/api/results/{key}/mask.png", api.mask),
         Route("/api/results/{key}/probability_full.png", api.probability),
+        Route("/api/results/{key}/av.png", api.artery_vein),
         Route("/api/results/{key}/biomarkers", api.biomarkers),
         Route("/api/results/{key}/{what}", api.page_file),
     ])
@@ -417,9 +445,11 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(model: str | Path | None = None, runtime: str | None = None, host: str = LOOPBACK,
-          port: int = 7860, max_megapixels: float = MAX_MEGAPIXELS) -> None:
+          port: int = 7860, max_megapixels: float = MAX_MEGAPIXELS,
+          artery_vein: bool = False) -> None:
     """Run the app until interrupted, on ``host``:``port`` (loopback unless told); every
-    file it makes goes to a temporary folder removed at exit."""
+    file it makes goes to a temporary folder removed at exit. ``artery_vein`` shows each
+    photograph's arteries and veins too (an artery/vein model)."""
     import uvicorn
 
     from .inference.predict import Segmenter
@@ -435,7 +465,8 @@ def serve(model: str | Path | None = None, runtime: str | None = None, host: str
     os.environ.setdefault("MPLBACKEND", "agg")
     try:
         segmenter = Segmenter.from_pretrained(model or DEFAULT_MODEL,
-                                              runtime=runtime or DEFAULT_RUNTIME)
+                                              runtime=runtime or DEFAULT_RUNTIME,
+                                              artery_vein=artery_vein)
         app = App(segmenter, workdir / "results", max_megapixels)
         server = uvicorn.Server(uvicorn.Config(build_app(app), host=host, port=port,
                                                log_level="warning", access_log=False))

@@ -51,8 +51,10 @@ if TYPE_CHECKING:
     import numpy as np
 
     from .biomarkers.report import BiomarkerRow
+    from .card import Card
     from .datasets import FundusDataset
     from .inference.predict import Prediction
+    from .runtimes.base import Runtime
 
 Handler = Callable[[argparse.Namespace], int]
 Commands = argparse._SubParsersAction
@@ -381,15 +383,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = int8_table(args.model, (args.size or [None])[0], data, out=args.out,
                             figures=not args.no_figures)
     else:
-        from .checkpoint import load_model
-        from .export.cpu import open_runtime
-
-        model, card = load_model(args.model)
-        runner = open_runtime(args.runtime, model, resolve_checkpoint(args.model))
-        if args.runtime != "torch":  # label the rows with the runtime that scored them
-            card = card.replace(name=f"{card.label} ({args.runtime})")
         from .inference.calibrate import Calibration
 
+        runner, card = _scored_runtime(args)
         result = table_iv(runner, card, data, [None, *args.size], out=args.out,
                           figures=not args.no_figures, tta=args.tta, scale=args.scale,
                           calibration=Calibration.beside(resolve_checkpoint(args.model)))
@@ -407,16 +403,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
+def _scored_runtime(args: argparse.Namespace) -> tuple[Runtime, Card]:
+    """The checkpoint ``args.model`` on ``args.runtime``, with its card named after the
+    runtime where it is not the float network itself (the tables' row label)."""
     from .checkpoint import load_model
+    from .export.cpu import open_runtime
+
+    model, card = load_model(args.model)
+    runner = open_runtime(args.runtime, model, resolve_checkpoint(args.model))
+    if args.runtime != "torch":
+        card = card.replace(name=f"{card.label} ({args.runtime})")
+    return runner, card
+
+
+def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
     from .engine.evaluate import format_av_table, table_av
     from .inference.calibrate import Calibration
 
     if str(args.model).endswith(tuple(i.suffix for i in RUNTIMES if i.suffix)) or args.size:
-        raise UsageError("--task av scores a float checkpoint at full resolution: give a "
-                         "run folder, .safetensors or shipped name, and no --size")
-    model, card = load_model(args.model)
-    result = table_av(model, card, data, out=args.out, figures=not args.no_figures,
+        raise UsageError("--task av scores a checkpoint at full resolution (on --runtime): "
+                         "give a run folder, .safetensors or shipped name, and no --size")
+    runner, card = _scored_runtime(args)
+    result = table_av(runner, card, data, out=args.out, figures=not args.no_figures,
                       scale=args.scale,
                       calibration=Calibration.beside(resolve_checkpoint(args.model)))
     print(format_av_table(result))
@@ -622,8 +630,7 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--av", action="store_true",
                    help="arteries and veins too, with an artery/vein model (--model, e.g. "
                    "a run of the av preset): NAME_av.png (arteries red, veins blue, "
-                   "uncertain green) and a class-coloured overlay; runs on the torch "
-                   "runtime")
+                   "uncertain green) and a class-coloured overlay")
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
     _add_tta(p, "; the card's threshold still applies")
@@ -693,7 +700,7 @@ def _add_batch(sub: Commands) -> None:
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--av", action="store_true",
                    help="also write NAME_av.png, the artery/vein map of an artery/vein "
-                   "model (--model; the manifest's av columns); runs on the torch runtime")
+                   "model (--model; the manifest's av columns)")
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
     _add_scale_option(p)
@@ -1015,7 +1022,7 @@ def _app(args: argparse.Namespace) -> int:
     from .app import serve
 
     serve(args.model, args.runtime, host=args.host, port=args.port,
-          max_megapixels=args.max_megapixels)
+          max_megapixels=args.max_megapixels, artery_vein=args.av)
     return 0
 
 
@@ -1029,7 +1036,8 @@ def _add_app(sub: Commands) -> None:
                  "Needs pip install 'qsegment[app]'.",
                  "  qsegment app                       # then open http://127.0.0.1:7860\n"
                  "  qsegment app --port 8080 --model qsegment-nearest\n"
-                 "  qsegment app --host 0.0.0.0        # reachable from your network", _app)
+                 "  qsegment app --host 0.0.0.0        # reachable from your network\n"
+                 "  qsegment app --av --model runs/av  # arteries and veins too", _app)
     p.add_argument("--host", default=LOOPBACK, type=host,
                    help=f"address to listen on; 0.0.0.0 opens it to the network ({LOOPBACK})")
     p.add_argument("--port", type=port, default=7860, help="TCP port (7860)")
@@ -1037,6 +1045,9 @@ def _add_app(sub: Commands) -> None:
     _add_runtime(p, DEFAULT_RUNTIME)
     p.add_argument("--max-megapixels", type=positive_float, default=MAX_MEGAPIXELS,
                    help=f"refuse larger photographs with a message ({MAX_MEGAPIXELS})")
+    p.add_argument("--av", action="store_true",
+                   help="show arteries and veins too, with an artery/vein model (--model, "
+                   "e.g. a run of the av preset)")
 
 
 # --- entry point ------------------------------------------------------------------------

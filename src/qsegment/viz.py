@@ -33,32 +33,42 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def _panel_grid(rows: Sequence[Sequence[np.ndarray]], heads: Sequence[str],
+                names: Sequence[str], path: Path, title: str = "", row_height: float = 3.0,
+                fontsize: int = 9) -> None:
+    """Save a figure of one row of image panels per item: ``heads`` over the columns,
+    ``names`` beside the rows."""
+    fig, axes = plt.subplots(len(rows), len(heads), figsize=(12, row_height * len(rows)),
+                             dpi=100, squeeze=False)
+    for r, (panels, name) in enumerate(zip(rows, names, strict=True)):
+        for c, (panel, head) in enumerate(zip(panels, heads, strict=True)):
+            ax = axes[r, c]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None,
+                      interpolation="antialiased")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(head, fontsize=fontsize)
+        axes[r, 0].set_ylabel(name, fontsize=fontsize)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / len(rows)))
+    _save(fig, path)
+
+
 def predictions_figure(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                        probs: Sequence[np.ndarray], fovs: Sequence[np.ndarray],
                        names: Sequence[str], threshold: float, path: Path,
                        title: str = "") -> None:
     """One row per image: input, ground truth, prediction, error map (paper Table V).
     ``names`` label the rows (for example the image name and its Dice)."""
-    rows = len(images)
-    fig, axes = plt.subplots(rows, 4, figsize=(12, 3 * rows), dpi=100, squeeze=False)
-    for r, (image, label, prob, fov, name) in enumerate(
-            zip(images, labels, probs, fovs, names, strict=True)):
+    rows = []
+    for image, label, prob, fov in zip(images, labels, probs, fovs, strict=True):
         pred = (prob >= threshold) & fov
-        panels = [image, label, pred, error_map(pred, label, fov)]
-        heads = ["input", "ground truth", f"prediction (t={threshold:.2f})",
-                 "errors: TP white, FP orange, FN blue"]
-        for c, (panel, head) in enumerate(zip(panels, heads, strict=True)):
-            ax = axes[r, c]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(head, fontsize=9)
-        axes[r, 0].set_ylabel(name)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows))
-    _save(fig, path)
+        rows.append([image, label, pred, error_map(pred, label, fov)])
+    heads = ["input", "ground truth", f"prediction (t={threshold:.2f})",
+             "errors: TP white, FP orange, FN blue"]
+    _panel_grid(rows, heads, names, path, title)
 
 
 def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
@@ -132,23 +142,9 @@ def artery_vein_figure(images: Sequence[np.ndarray], labels: Sequence[np.ndarray
                        names: Sequence[str], path: Path, title: str = "") -> None:
     """One row per image: photograph, manual artery/vein map, predicted map, errors
     (:func:`artery_vein_errors`)."""
-    rows = len(images)
-    fig, axes = plt.subplots(rows, 4, figsize=(12, 2.6 * rows), dpi=100, squeeze=False)
+    rows = [[image, artery_vein_colours(label), artery_vein_colours(pred),
+             artery_vein_errors(pred, label, fov)]
+            for image, label, pred, fov in zip(images, labels, predicted, fovs, strict=True)]
     heads = ["photograph", "manual: artery red, vein blue, uncertain green", "predicted",
              "errors: right white, wrong class magenta,\nmissed blue, extra orange"]
-    for r, (image, label, pred, fov, name) in enumerate(
-            zip(images, labels, predicted, fovs, names, strict=True)):
-        panels = [image, artery_vein_colours(label), artery_vein_colours(pred),
-                  artery_vein_errors(pred, label, fov)]
-        for c, panel in enumerate(panels):
-            ax = axes[r, c]
-            ax.imshow(panel, interpolation="antialiased")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(heads[c], fontsize=8)
-        axes[r, 0].set_ylabel(name, fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / rows))
-    _save(fig, path)
+    _panel_grid(rows, heads, names, path, title, row_height=2.6, fontsize=8)

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..registry import Entry, Registry
 from .arteryvein import ArteryVeinFolder, HrfAv, LesAv
 from .base import (
+    AV_CLASSES,
     VESSEL_CLASSES,
     DatasetError,
     FundusDataset,
@@ -84,6 +85,7 @@ def load_sample(data: str | Path | FundusDataset | None, name: str, observer: in
 
 
 __all__ = [
+    "AV_CLASSES",
     "DATASETS",
     "DEFAULT_DATASET",
     "VESSEL_CLASSES",

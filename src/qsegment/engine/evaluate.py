@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..card import Card
-from ..datasets import DatasetError, FundusDataset, Sample, Split, open_dataset
+from ..datasets import AV_CLASSES, DatasetError, FundusDataset, Sample, Split, open_dataset
 from ..errors import UsageError
 from ..files import write_json
 from ..inference.arteryvein import (
@@ -23,7 +23,6 @@ from ..inference.arteryvein import (
 from ..inference.calibrate import CalibratedMap, Calibration, calibrated_map
 from ..inference.maps import Scale, as_runtime, predict_outputs, predict_proba
 from ..metrics import (
-    AV_CLASSES,
     AV_METRICS,
     artery_vein_scores,
     best_threshold,

@@ -32,6 +32,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..errors import QsegmentError
 from ..files import atomic_write, write_json
 from ..images import round_up
+from ..inference.calibrate import calibration_path
 from ..models import SegmentationModel
 from ..models.profile import receptive_radius
 from ..pretrained import resolve_checkpoint
@@ -189,8 +190,10 @@ def export_cpu_int8(source: str | Path, out: str | Path,
                     shape: Sequence[Shape] | None = None, name: str | None = None
                     ) -> ExportNote:
     """Write the weights ``source`` as ``out/NAME.safetensors`` with its card
-    (``NAME.json``), and beside them the CPU int8 runtimes' files and their manifest
-    (``NAME.int8.json``), as the shipped weights have them. A file the source has beside
+    (``NAME.json``) and its calibration where it has one (``NAME.calibration.json``: the
+    per-image scale and cut of ``--scale auto --threshold auto``), and beside them the CPU
+    int8 runtimes' files and their manifest (``NAME.int8.json``), as the shipped weights
+    have them. A file the source has beside
     it is the same weights' file and is copied; the others are built (calibrated ranges
     are reused, so rebuilt flatbuffers are identical). A model a converter cannot express
     (max-unpooling, in TFLite and in the ONNX tracer) is listed without that runtime, and
@@ -221,9 +224,11 @@ def export_cpu_int8(source: str | Path, out: str | Path,
         published = card.replace(name=name, source_run=card.get("source_run") or str(source))
         save_checkpoint(dest, model, {"card": published.to_dict()})
         published.write(dest.with_suffix(".json"))
+        if calibration_path(weights).is_file():
+            atomic_write(calibration_path(dest), calibration_path(weights).read_bytes())
     _write_int8_files(dest, model, manifest, weights)
-    card_file = dest.with_suffix(".json")  # none if ``source`` is ``dest``, without one
-    card_files = (card_file.name,) if card_file.is_file() else ()
+    beside = (dest.with_suffix(".json"), calibration_path(dest))  # where the source has them
+    card_files = tuple(path.name for path in beside if path.is_file())
     files = (dest.name, *card_files, *manifest["tflite"].values(),
              *(manifest[key] for key in ("observers", "onnx") if key in manifest),
              dest.with_suffix(".int8.json").name)

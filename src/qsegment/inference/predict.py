@@ -143,12 +143,13 @@ class Segmenter:
             threshold_source: how outputs name ``threshold``'s origin: ``fixed`` or
                 ``card``.
             artery_vein: also give each vessel pixel its class (:attr:`Prediction.classes`);
-                needs an artery/vein model (``qsegment-av``) on a float runtime.
+                needs an artery/vein model (``qsegment-av``), on any runtime.
 
         Raises:
             UsageError: an unknown ``tta`` or ``scale``, or a tile and overlap the
                 network's stride does not divide, or a tile not over twice the overlap,
-                or ``artery_vein`` for a model without artery/vein outputs.
+                or ``artery_vein`` for a model without artery/vein outputs (a model
+                file: at its first map).
         """
         symmetries(tta)  # an unknown mode fails here, not at the first image
         check_scale(scale)
@@ -169,10 +170,7 @@ class Segmenter:
         self.runtime = self.runner.name
         self.tta = tta
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
-        if artery_vein:
-            if self.model is None:
-                raise UsageError(f"artery/vein maps run on the torch runtime, not "
-                                 f"{self.runtime}")
+        if artery_vein and self.model is not None:  # a model file's channels: at the first map
             check_artery_vein(self.model.outputs, self.name)
         self.artery_vein = artery_vein
 
@@ -208,8 +206,6 @@ class Segmenter:
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
-        if kwargs.get("artery_vein") and runtime == DEFAULT_RUNTIME:
-            runtime = "torch"  # artery/vein models have no int8 files yet (issue #33)
         fixed = threshold not in THRESHOLD_RULES
         return cls(open_weights(runtime, weights, threads),
                    float(threshold) if fixed else card.threshold_value,
@@ -263,6 +259,7 @@ class Segmenter:
             lambda scaled: self._tiled(scaled, lambda tile: predict_outputs(
                 self.runner, tile, tta=self.tta)), rgb, self.scale, self.calibration,
             self.fov_diameter, name)
+        check_artery_vein(len(logits), self.name)
         threshold, rule = self._cut(found)
         classes = class_map(logits, threshold)
         return Prediction(sigmoid(logits[0]), classes > 0, threshold, found.scale,

@@ -14,6 +14,7 @@ with an artery/vein head (:class:`QSegmentAV`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, cast
 
 import torch
@@ -80,23 +81,34 @@ class _Nearest(nn.Module):
 
 
 class QSegment(SegmentationModel):
-    """The Q-Segment network; ``forward`` returns one-channel logits."""
+    """The Q-Segment network; ``forward`` returns one-channel logits.
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64),
+    ``widths`` gives one encoder level per entry (the paper's three: 16/32/64); each
+    further level halves the resolution once more, doubling the receptive field at a
+    small cost in parameters and compute (what the artery/vein head needs: a vessel's
+    class shows over a wider neighbourhood than its presence).
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64),
                  upsample: Upsample = "nearest") -> None:
         super().__init__()
         if upsample not in ("nearest", "unpool"):
             raise UsageError(f"upsample must be 'nearest' or 'unpool', got {upsample!r}")
-        w1, w2, w3 = widths
+        widths = tuple(int(w) for w in widths)
+        if not widths or min(widths) < 1:
+            raise UsageError(f"widths must be one or more positive channel counts, got {widths}")
         self.upsample = upsample
+        self.size_multiple = 2 ** len(widths)
         self.encoder = nn.ModuleList(
-            [ConvBlock(3, w1, skip=False), ConvBlock(w1, w2), ConvBlock(w2, w3)]
-        )
-        self.bottleneck = ConvBlock(w3, w3)
-        self.decoder = nn.ModuleList([ConvBlock(w3, w2), ConvBlock(w2, w1), ConvBlock(w1, w1)])
+            [ConvBlock(cin, cout, skip=level > 0)
+             for level, (cin, cout) in enumerate(zip((3, *widths[:-1]), widths, strict=True))])
+        self.bottleneck = ConvBlock(widths[-1], widths[-1])
+        outputs = (*widths[-2::-1], widths[0])  # each decoder level gives the next finer width
+        self.decoder = nn.ModuleList(
+            [ConvBlock(cin, cout) for cin, cout in zip(widths[::-1], outputs, strict=True)])
         self.down = _Down(keep_indices=upsample == "unpool")
         self.up = _Unpool() if upsample == "unpool" else _Nearest()
-        self.head = nn.Conv2d(w1, 1, 3, padding=1)
+        self.head = nn.Conv2d(widths[0], 1, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input_shape(x)
@@ -112,8 +124,7 @@ class QSegment(SegmentationModel):
         return self.head(x)
 
 
-def qsegment(upsample: Upsample = "nearest", widths: tuple[int, int, int] = (16, 32, 64)
-             ) -> QSegment:
+def qsegment(upsample: Upsample = "nearest", widths: Sequence[int] = (16, 32, 64)) -> QSegment:
     return QSegment(widths=widths, upsample=upsample)
 
 
@@ -134,14 +145,14 @@ class QSegmentIMX(QSegment):
     factor = 2
     init_from = ("qsegment",)  # --init from Q-Segment weights: all but the stem and head fit
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64)) -> None:
         super().__init__(widths=widths, upsample="nearest")
         w1 = widths[0]
-        first, last = cast(ConvBlock, self.encoder[0]), cast(ConvBlock, self.decoder[2])
+        first, last = cast(ConvBlock, self.encoder[0]), cast(ConvBlock, self.decoder[-1])
         first.conv3x3[0] = nn.Conv2d(3, w1, self.factor, stride=self.factor)
         last.skip = None
         self.head = nn.Conv2d(w1, self.factor**2, 3, padding=1)
-        self.size_multiple = 8 * self.factor
+        self.size_multiple *= self.factor
 
     def forward_phases(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 4, H/2, W/2) logits: what the sensor computes and returns."""
@@ -156,7 +167,7 @@ def depth_to_space(phases: torch.Tensor, factor: int) -> torch.Tensor:
     return F.pixel_shuffle(phases, factor)
 
 
-def qsegment_imx(widths: tuple[int, int, int] = (16, 32, 64)) -> QSegmentIMX:
+def qsegment_imx(widths: Sequence[int] = (16, 32, 64)) -> QSegmentIMX:
     return QSegmentIMX(widths=widths)
 
 
@@ -175,10 +186,10 @@ class QSegmentAV(QSegment):
     outputs = ("vessel", "artery", "vein", "uncertain")
     init_from = ("qsegment",)  # --init from vessel weights: all fit, the head's channel 0 too
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64)) -> None:
         super().__init__(widths=widths, upsample="nearest")
         self.head = nn.Conv2d(widths[0], len(self.outputs), 3, padding=1)
 
 
-def qsegment_av(widths: tuple[int, int, int] = (16, 32, 64)) -> QSegmentAV:
+def qsegment_av(widths: Sequence[int] = (16, 32, 64)) -> QSegmentAV:
     return QSegmentAV(widths=widths)
