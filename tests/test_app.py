@@ -93,8 +93,9 @@ def test_biomarker_rows_follow_the_threshold(tmp_path: Path, data_dir: Path,
     image = data_dir / "Image_11L.jpg"
     entry = segment_upload(segmenter, image, tmp_path / "one")
     rows = {r[0]: r for r in biomarker_rows(entry, segmenter.threshold)}
-    assert list(rows) == [f.name for f in FIELDS]
+    assert list(rows) == [f.name for f in FIELDS] + ["disc_row", "disc_col", "disc_diameter"]
     assert rows["vessel_length"][2] == "px" and float(rows["area_density"][1]) > 0.05
+    assert 80 < float(rows["disc_diameter"][1]) < 130  # Image_11L's disc: about 100 px
     lower = {r[0]: r for r in biomarker_rows(entry, 0.2)}
     assert float(lower["vessel_area"][1]) > float(rows["vessel_area"][1])
 
@@ -256,7 +257,9 @@ def test_api_segments_recuts_and_measures(server: Server, data_dir: Path,
                                   np.round(reference.probability * 255).astype(np.uint8))
     assert 'filename="Image_13R_prob.png"' in headers["content-disposition"]
     _, body, _ = _call(server, f"{base}biomarkers?threshold=0.3")
-    assert [row[0] for row in json.loads(body)] == [f.name for f in FIELDS]
+    rows = {row[0]: row for row in json.loads(body)}
+    assert list(rows) == [f.name for f in FIELDS] + ["disc_row", "disc_col", "disc_diameter"]
+    assert float(rows["disc_diameter"][1]) > 0 and rows["disc_diameter"][2] == "px"
     for path, status in ((f"{base}mask.png?threshold=1.5", 400),
                          (f"{base}biomarkers?threshold=x", 400),
                          ("api/results/not-a-key/mask.png?threshold=0.5", 404),

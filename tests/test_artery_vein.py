@@ -238,6 +238,13 @@ def test_the_web_app_shows_and_serves_the_artery_vein_map(av_run, data_dir, tmp_
     assert "eye_av.png" in served.headers["content-disposition"]
     shown = asyncio.run(api.page_file(request))
     assert Image.open(shown.path).size == (999, 960)
+    measured = SimpleNamespace(path_params={"key": info["key"]},
+                               query_params={"threshold": "0.5"})
+    rows = {row[0]: row[1] for row in json.loads(asyncio.run(api.biomarkers(measured)).body)}
+    assert {"crae", "crve", "avr", "artery_tortuosity", "vein_calibre_mean"} <= set(rows)
+    assert float(rows["disc_diameter"]) > 0  # the disc, found on the photograph
+    zone = SimpleNamespace(path_params={"key": info["key"], "what": "zone.jpg"})
+    assert Image.open(asyncio.run(api.page_file(zone)).path).size == (999, 960)
 
     vessels = _Api(App(Segmenter.from_pretrained(av_run), tmp_path / "vessels"))
     info = json.loads(asyncio.run(vessels._segment(image.read_bytes(), "eye.jpg")).body)

@@ -65,7 +65,7 @@ def _manifest(out: Path) -> list[dict]:
     """The manifest's rows by name (they are written in the order the images finish), as
     the Parquet file holds them, checked against what its reader makes of them."""
     table = pq.read_table(out / "manifest.parquet")
-    assert table.schema.metadata[b"schema_version"] == b"2"
+    assert table.schema.metadata[b"schema_version"] == b"3"
     rows = table.to_pylist()
     assert [r.to_dict() for r in read_batch_manifest(out / "manifest.parquet")] == rows
     return sorted(rows, key=lambda r: r["name"])

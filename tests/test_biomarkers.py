@@ -362,7 +362,7 @@ def test_analyze_real_masks_a_photograph_and_a_corrupt_file(tmp_path, data_dir, 
     assert float(table[2]["calibre_mean"]) == pytest.approx(rows[2].values["calibre_mean"])
     assert table[3]["area_density"] == "" and table[3]["status"] == "error"  # corrupt.jpg
     document = json.loads((tmp_path / "out" / "biomarkers.json").read_text())
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert [r["name"] for r in document["rows"]] == [r.name for r in rows]
     assert all(list(r) == [*ROW_COLUMNS, "units"] for r in document["rows"])  # errors too
     assert document["rows"][2]["units"]["length_density"] == "1/px"
@@ -396,7 +396,7 @@ def test_agreement_files_say_how_they_were_made(tmp_path, data_dir, segmenter):
     names = ["Image_11L", "Image_11R", "Image_12L"]
     table = agreement(data_dir, tmp_path, segmenter=segmenter, names=names, bridge=0.5)
     document = json.loads((tmp_path / "agreement.json").read_text())
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["settings"] == {
         "images": "val", "names": names, "bridge": 0.5, "min_object_px": 0,
         "mm_per_pixel": None, "fov_degrees": None,

@@ -163,20 +163,67 @@ def probability_png(entry: Segmented) -> bytes:
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
     """The biomarkers of ``entry``'s mask at ``threshold`` inside the field of view of its
-    photograph: one row per measure (name, value, unit, meaning), in pixels."""
+    photograph, then the optic disc and, for an artery/vein map, CRAE, CRVE, AVR and
+    each class's measures (at the cut found; drawn into ``display_zone.jpg`` once): one
+    row per measure (name, value, unit, meaning), in pixels."""
     from .biomarkers import FIELDS
-    from .biomarkers.report import measure_photograph
+    from .biomarkers.disc import locate_disc
+    from .biomarkers.equivalents import DISC_FIELDS
+    from .biomarkers.equivalents import FIELDS as AV_FIELDS
+    from .biomarkers.report import BiomarkerRow, measure_photograph
 
     probability = np.load(entry.file("probability.npy"))
-    analysis = measure_photograph(read_rgb(entry.photograph), probability >= threshold,
-                                  probability=probability)
-    units = analysis.pixel_size.units()
+    rgb = read_rgb(entry.photograph)
+    if rgb.dtype != np.uint8:
+        rgb = _unit_to_uint8(rgb)
+    analysis = measure_photograph(rgb, probability >= threshold, probability=probability)
+    row = BiomarkerRow.measured(entry.photograph, entry.name, "photograph", analysis)
+    if entry.artery_vein:
+        row.values.update(_artery_vein(entry, rgb))
+    else:
+        row.add_disc(locate_disc(rgb, vessels=probability >= threshold), analysis.pixel_size)
     rows = []
-    for field in FIELDS:
-        value = analysis.values.get(field.name)
+    for field in (*FIELDS, *(AV_FIELDS if entry.artery_vein else
+                             [f for f in AV_FIELDS if f.name in DISC_FIELDS])):
+        value = row.values.get(field.name)
         shown = "" if value is None or value != value else f"{value:.4g}"  # NaN: not measurable
-        rows.append([field.name, shown, units.get(field.name, ""), field.doc])
+        rows.append([field.name, shown, field.unit.replace("L", "px"), field.doc])
     return rows
+
+
+def _artery_vein(entry: Segmented, rgb: np.ndarray) -> dict[str, float]:
+    """The artery/vein measures of ``entry``'s class map, in pixels, measured once (the
+    map does not change with the slider: ``artery_vein.json``) and drawn into
+    ``display_zone.jpg``: the class overlay with the disc (yellow), zone B (cyan) and the
+    segments CRAE and CRVE combine (white)."""
+    from PIL import ImageDraw
+
+    from .biomarkers.disc import locate_disc
+    from .biomarkers.equivalents import measure_artery_vein
+    from .biomarkers.report import read_input
+    from .datasets import fov_mask
+
+    measured = entry.file("artery_vein.json")
+    if measured.is_file():
+        return json.loads(measured.read_text())
+    classes = read_input(entry.file("av.png"))[1]
+    fov = fov_mask(rgb)
+    analysis = measure_artery_vein(classes, locate_disc(rgb, fov, classes > 0), fov)
+    with Image.open(entry.file("display_av.jpg")) as opened:
+        shown = opened.convert("RGB")
+    shrink = shown.width / entry.width
+    draw = ImageDraw.Draw(shown)
+    disc = analysis.disc
+    if disc.found:
+        for radius, colour in ((0.5, "yellow"), (1.0, "cyan"), (1.5, "cyan")):
+            r = radius * disc.diameter * shrink
+            x, y = disc.col * shrink, disc.row * shrink
+            draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=2)
+    for vessel in analysis.used:
+        draw.line([(c * shrink, r * shrink) for r, c in vessel.coords], fill="white", width=3)
+    atomic_write(entry.file("display_zone.jpg"), _encoded(np.asarray(shown), "JPEG"))
+    atomic_write(measured, json.dumps(analysis.values))  # the zone view before the values
+    return analysis.values
 
 
 class App:
@@ -297,7 +344,8 @@ class _Api:
 
     PAGE_FILES: ClassVar[dict[str, str]] = {"photograph.jpg": "display_photograph.jpg",
                                             "probability.png": "display_probability.png",
-                                            "artery_vein.jpg": "display_av.jpg"}
+                                            "artery_vein.jpg": "display_av.jpg",
+                                            "zone.jpg": "display_zone.jpg"}
 
     # the page may load nothing from elsewhere, and tells nobody where it came from
     PAGE_HEADERS: ClassVar[dict[str, str]] = {

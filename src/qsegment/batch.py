@@ -51,13 +51,13 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.parquet"
 RECORDS = ".records"
-SCHEMA_VERSION = 2  # of the manifest (Parquet metadata) and the records; raised on a change
+SCHEMA_VERSION = 3  # of the manifest (Parquet metadata) and the records; raised on a change
 INPUT_LIST_SUFFIXES = (".csv", ".parquet")
 TASK_RETRIES = 3  # a batch whose worker dies is retried on a restarted worker this often
 MAX_BLOCKS = 20_000  # Ray Data blocks: small enough to balance the tail, few enough to track
 ROWS_PER_WRITE = 10_000  # manifest rows held by the driver before they go to the file
 BIOMARKER_COLUMNS = ("bridge", "fov_source", "length_unit", "mm_per_pixel", "scale_source",
-                     "reasons", "warnings")
+                     "reasons", "warnings", "disc_source")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -73,7 +73,8 @@ class ManifestRow:
     any ``quality`` warnings, each output (the artery/vein map of an artery/vein model
     among them) with its SHA-256, the seconds each step
     took, the worker; ``biomarkers``: the measured columns (``qsegment batch
-    --biomarkers``: the biomarkers and :data:`BIOMARKER_COLUMNS`), else empty."""
+    --biomarkers``: the biomarkers, the optic disc and, from an artery/vein model, CRAE,
+    CRVE, AVR and the per-class measures, and :data:`BIOMARKER_COLUMNS`), else empty."""
 
     path: str
     name: str
@@ -313,13 +314,15 @@ class SegmentWorker:
 
     def measure(self, item: dict, image: np.ndarray, result: Prediction) -> dict[str, Any]:
         """The manifest's biomarker columns of one image's map."""
+        from .biomarkers.equivalents import FIELD_NAMES as AV_FIELD_NAMES
         from .biomarkers.measures import FIELD_NAMES
         from .biomarkers.report import measure_prediction
 
         _, row = measure_prediction(Path(item["path"]), item["name"], image, result,
                                     self.segmenter, **self.settings["biomarkers"])
         cells = row.to_dict()
-        return {key: _plain(cells[key]) for key in (*FIELD_NAMES, *BIOMARKER_COLUMNS)}
+        return {key: _plain(cells[key])
+                for key in (*FIELD_NAMES, *AV_FIELD_NAMES, *BIOMARKER_COLUMNS)}
 
 
 def manifest_schema(biomarkers: bool) -> pa.Schema:
@@ -334,9 +337,11 @@ def manifest_schema(biomarkers: bool) -> pa.Schema:
                                    (hints[f.name],) if t is not type(None))])
                for f in fields(ManifestRow) if f.name != "biomarkers"]
     if biomarkers:
+        from .biomarkers.equivalents import FIELDS as AV_FIELDS
         from .biomarkers.measures import FIELDS
 
-        columns += [(f.name, integer if f.unit == "count" else number) for f in FIELDS]
+        columns += [(f.name, integer if f.unit == "count" else number)
+                    for f in (*FIELDS, *AV_FIELDS)]
         columns += [(name, number if name in ("bridge", "mm_per_pixel") else text)
                     for name in BIOMARKER_COLUMNS]
     return pa.schema(columns, metadata={"schema_version": str(SCHEMA_VERSION)})

@@ -719,7 +719,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.agreement:
         raise UsageError("give masks or photographs to measure, or --agreement")
-    segmenter = Segmenter.from_pretrained(args.model, args.threshold, runtime=args.runtime)
+    segmenter = Segmenter.from_pretrained(args.model, args.threshold, runtime=args.runtime,
+                                          artery_vein=args.av)
     if args.agreement:  # the float model beside it: how much int8 moves the biomarkers
         reference = Segmenter.from_pretrained(args.model, args.threshold, runtime="torch")
         table = report.agreement(args.data, args.out, segmenter=segmenter, images=args.images,
@@ -729,7 +730,7 @@ def _analyze(args: argparse.Namespace) -> int:
         return 0
     files, failed = collect_inputs(args.inputs)
     rows = report.analyze(files, args.out, segmenter=segmenter, figures=not args.no_figures,
-                          **_measure_options(args))
+                          photographs=args.photographs, **_measure_options(args))
     failed += [(r.input, r.error) for r in rows if r.status != "ok"]
     for source, problem in failed:
         print(f"qsegment analyze: {source}: {problem}", file=sys.stderr)
@@ -743,9 +744,14 @@ def _add_analyze(sub: Commands) -> None:
     p = _command(sub, "analyze", "Vessel biomarkers of binary vessel masks or of photographs "
                  "(segmented first): densities, fractal dimension, tortuosity, calibre, "
                  "branching, inside the FOV; biomarkers.csv and .json (one row per image), "
-                 "NAME_segments.csv and a figure per image. --agreement compares the model's "
-                 "biomarkers with CHASE_DB1's two human annotators.",
+                 "NAME_segments.csv and a figure per image. Artery/vein maps (the datasets' "
+                 "0-3 coding, or predict --av's NAME_av.png), or photographs with --av, add "
+                 "the optic disc, CRAE, CRVE, AVR and each class's measures. --agreement "
+                 "compares the model's biomarkers with CHASE_DB1's two human annotators.",
                  "  qsegment analyze out/Image_11L_mask.png -o bio/\n"
+                 "  qsegment analyze HRF-AV/test/1st_manual -o av/ --photographs "
+                 "HRF-AV/test/images\n"
+                 "  qsegment analyze photos/ -o av/ --av --model runs/av\n"
                  "  qsegment analyze photos/ -o bio/ --fov-degrees 45\n"
                  "  qsegment analyze --agreement -o bio/agreement",
                  _analyze)
@@ -756,6 +762,13 @@ def _add_analyze(sub: Commands) -> None:
     _add_threshold(p)
     _add_runtime(p, DEFAULT_RUNTIME)
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--av", action="store_true",
+                   help="segment photographs with an artery/vein model (--model) and add the "
+                   "optic disc, CRAE, CRVE, AVR and each class's measures")
+    p.add_argument("--photographs", type=existing_dir, metavar="DIR",
+                   help="where artery/vein map inputs find their photographs, in which the "
+                   "optic disc is found (09_dr.JPG for 09_dr_AVmanual.png; the same name "
+                   "for LES-AV's)")
     p.add_argument("--agreement", action="store_true",
                    help="the agreement study on CHASE_DB1's validation images (--data)")
     p.add_argument("--images", choices=("val", "train"), default="val",

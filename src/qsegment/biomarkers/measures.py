@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from warnings import warn
 
 import numpy as np
@@ -61,6 +61,9 @@ from skimage.morphology import remove_small_objects, skeletonize
 
 from ..datasets.fov import fov_mask_diameter
 from ..errors import QsegmentError
+
+if TYPE_CHECKING:
+    from .equivalents import ArteryVeinAnalysis
 
 MM_PER_DEGREE = 0.29
 """Retinal distance per degree of visual angle near the posterior pole of an
@@ -192,6 +195,7 @@ class VesselAnalysis:
     branch_points: np.ndarray
     end_points: np.ndarray
     branching_angles: np.ndarray
+    artery_vein: ArteryVeinAnalysis | None = None  # CRAE, CRVE, ... where classes were given
 
     @property
     def scale(self) -> PixelSize:

@@ -31,10 +31,15 @@ from scipy import stats
 
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
+from .disc import Disc, locate_disc
+from .equivalents import FIELD_NAMES as AV_FIELD_NAMES
+from .equivalents import FIELDS as AV_FIELDS
+from .equivalents import ArteryVeinAnalysis, disc_reasons, measure_artery_vein
 from .measures import (
     BRIDGE_LOW,
     FIELD_NAMES,
     FIELDS,
+    PixelSize,
     VesselAnalysis,
     as_binary,
     bridge_gaps,
@@ -55,7 +60,7 @@ AGREEMENT_FIELDS = ("area_density", "length_density", "fractal_dimension", "tort
 SOURCES = ("observer1", "observer2", "model", "model_float")
 FOV_FROM_PHOTO = "photograph (red channel > 20, qsegment.datasets.fov_mask)"
 FOV_WHOLE_FRAME = "whole frame (a mask alone carries no FOV)"
-SCHEMA_VERSION = 1  # biomarkers.json's and agreement.json's; raised when their shape changes
+SCHEMA_VERSION = 2  # biomarkers.json's and agreement.json's; raised when their shape changes
 
 Progress = Callable[[int, int, str], None]
 
@@ -86,6 +91,7 @@ class BiomarkerRow:
     warnings: list[str] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)  # each value's unit in words
     figure: str | None = None
+    disc_source: str | None = None  # where the optic disc came from (artery/vein maps)
 
     @classmethod
     def measured(cls, path: Path, name: str, kind: str, analysis: VesselAnalysis,
@@ -98,17 +104,36 @@ class BiomarkerRow:
                    scale_source=size.source, reasons=analysis.reasons,
                    warnings=analysis.warnings, units=size.units())
 
+    def add_artery_vein(self, analysis: ArteryVeinAnalysis) -> None:
+        """The artery/vein measures (:data:`~.equivalents.FIELDS`) added to the row."""
+        self._add(analysis.values, analysis.reasons, analysis.pixel_size, analysis.disc)
+
+    def add_disc(self, disc: Disc, size: PixelSize) -> None:
+        """The optic disc's fields (:data:`~.equivalents.DISC_FIELDS`) added to the row."""
+        values = {"disc_row": disc.row, "disc_col": disc.col,
+                  "disc_diameter": size.convert(disc.diameter, "L")}
+        self._add(values, disc_reasons(disc), size, disc)
+
+    def _add(self, values: dict[str, float], reasons: dict[str, str], size: PixelSize,
+             disc: Disc) -> None:
+        self.values.update(values)
+        self.reasons.update(reasons)
+        self.units.update({f.name: f.unit.replace("L", size.unit) for f in AV_FIELDS
+                           if f.name in values})
+        self.disc_source = disc.source
+
     def to_dict(self) -> dict[str, Any]:
         """The flat row of the tables: each value a column of its own (None where the
         file was not measured), in :data:`ROW_COLUMNS` order, then ``units``."""
-        values = {name: self.values.get(name) for name in FIELD_NAMES}
+        values = {name: self.values.get(name) for name in (*FIELD_NAMES, *AV_FIELD_NAMES)}
         return {column: values[column] if column in values else getattr(self, column)
                 for column in (*ROW_COLUMNS, "units")}
 
 
 # every field of a row but its values, which become the columns FIELD_NAMES (units: JSON only)
 ROW_COLUMNS = tuple(column for f in dataclasses.fields(BiomarkerRow) if f.name != "units"
-                    for column in (FIELD_NAMES if f.name == "values" else (f.name,)))
+                    for column in ((*FIELD_NAMES, *AV_FIELD_NAMES) if f.name == "values"
+                                   else (f.name,)))
 
 
 @dataclass(frozen=True)
@@ -156,12 +181,19 @@ class InputError(QsegmentError, ValueError):
 
 
 def read_input(path: str | Path) -> tuple[str, np.ndarray]:
-    """``("mask", bool HxW)`` or ``("photograph", uint8 HxWx3)`` from an image file.
+    """``("mask", bool HxW)``, ``("classes", uint8 HxW)`` or ``("photograph", uint8
+    HxWx3)`` from an image file.
 
     The rule: an image whose pixels are gray (one channel, or three equal ones; alpha
-    ignored) and take at most two values is a mask, its nonzero pixels the vessels. A
-    colour image is a photograph. A gray image with more values is refused: it may be
-    a probability map or a red-free photograph, and guessing either would be wrong."""
+    ignored) and take at most two values is a mask, its nonzero pixels the vessels; one
+    of three or four values, all of 0-3, is an artery/vein map of
+    :data:`~qsegment.datasets.VESSEL_CLASSES` (the datasets' coding), as is a colour
+    image of :data:`~qsegment.images.AV_COLOURS` only (``predict --av``'s ``NAME_av.png``).
+    Another colour image is a photograph. A gray image with other values is refused: it
+    may be a probability map or a red-free photograph, and guessing either would be
+    wrong."""
+    from ..images import AV_COLOURS
+
     path = Path(path)
     try:
         with Image.open(path) as opened:
@@ -173,12 +205,23 @@ def read_input(path: str | Path) -> tuple[str, np.ndarray]:
         array = array[..., :3] if array.shape[2] >= 3 else array[..., 0]
     gray = array.ndim == 2 or bool(np.all(array == array[..., :1]))
     if not gray:
+        if array.dtype == np.uint8:
+            codes = array.astype(np.int32) @ np.array([65536, 256, 1])
+            palette = AV_COLOURS.astype(np.int32) @ np.array([65536, 256, 1])
+            if np.isin(codes, palette).all():
+                classes = np.zeros(codes.shape, np.uint8)
+                for value, code in enumerate(palette):
+                    classes[codes == code] = value
+                return "classes", classes
         return "photograph", _eight_bit_photograph(array, path)
     plane = array if array.ndim == 2 else array[..., 0]
     values = np.unique(plane)
+    if values.size > 2 and values.max() <= 3:
+        return "classes", plane.astype(np.uint8)
     if values.size > 2:
         raise InputError(f"{path}: a gray image with {values.size} values is neither a binary "
-                         "mask (two values) nor a colour photograph")
+                         "mask (two values), an artery/vein map (values 0-3) nor a colour "
+                         "photograph")
     return "mask", as_binary(plane != values[0] if values.size == 2 else plane, str(path))
 
 
@@ -316,6 +359,8 @@ def save_figure(path: str | Path, analysis: VesselAnalysis, background: np.ndarr
     for points, marker in ((analysis.branch_points, "o"), (analysis.end_points, ".")):
         if len(points):
             ax.plot(points[:, 1], points[:, 0], marker, ms=4, mfc="none", mec="white", mew=0.8)
+    if analysis.artery_vein is not None:
+        _draw_zone(ax, analysis.artery_vein)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap="turbo"),
@@ -326,8 +371,29 @@ def save_figure(path: str | Path, analysis: VesselAnalysis, background: np.ndarr
     atomic_write(path, buffer.getvalue())
 
 
+def _draw_zone(ax: Any, analysis: ArteryVeinAnalysis) -> None:
+    """The optic disc (yellow), zone B's two circles (cyan) and the zone-B segments that
+    CRAE and CRVE combine (arteries red, veins blue) on ``ax``."""
+    from matplotlib.patches import Circle
+
+    disc = analysis.disc
+    if not disc.found:
+        return
+    circles = ((disc.diameter / 2, "yellow", "-"), (disc.diameter, "cyan", "--"),
+               (1.5 * disc.diameter, "cyan", "--"))
+    for radius, colour, style in circles:
+        ax.add_patch(Circle((disc.col, disc.row), radius, fill=False, ec=colour, ls=style, lw=1))
+    for vessel in analysis.used:
+        ax.plot(vessel.coords[:, 1], vessel.coords[:, 0], lw=2.5,
+                color="red" if vessel.kind == "artery" else "dodgerblue")
+
+
 def _summary(analysis: VesselAnalysis) -> str:
     v, unit = analysis.values, analysis.pixel_size.unit
+    if analysis.artery_vein is not None:
+        av = analysis.artery_vein.values
+        return (f"CRAE {av['crae']:.3g} {unit}, CRVE {av['crve']:.3g} {unit}, "
+                f"AVR {av['avr']:.3f}, disc {av['disc_diameter']:.3g} {unit}")
     return (f"area density {v['area_density']:.3f}, FD {v['fractal_dimension']:.3f}, "
             f"tortuosity {v['tortuosity']:.3f}, calibre {v['calibre_mean']:.3g} {unit}, "
             f"{v['branch_points']} branch points")
@@ -338,8 +404,10 @@ def measure_prediction(path: Path, name: str, image: np.ndarray, prediction: Pre
                        **options: Any) -> tuple[VesselAnalysis, BiomarkerRow]:
     """The biomarkers of ``segmenter``'s ``prediction`` of the photograph ``image``, its
     gaps bridged down to ``bridge`` (:func:`measure_photograph`; ``options``: the pixel size
-    and ``min_object_px``), and their table row. ``qsegment analyze``, ``predict --biomarkers``
-    and ``batch --biomarkers`` measure and write alike through it.
+    and ``min_object_px``), and their table row, with the optic disc located on the
+    photograph (:func:`~.disc.locate_disc`) and, from an artery/vein Segmenter, CRAE, CRVE,
+    AVR and each class's measures around it (:mod:`.equivalents`). ``qsegment analyze``,
+    ``predict --biomarkers`` and ``batch --biomarkers`` measure and write alike through it.
 
     Args:
         path: the photograph's file, as the row names it.
@@ -361,19 +429,74 @@ def measure_prediction(path: Path, name: str, image: np.ndarray, prediction: Pre
     """
     analysis = measure_photograph(image, prediction.mask, probability=prediction.probability,
                                   bridge=bridge, **options)
-    return analysis, BiomarkerRow.measured(
+    row = BiomarkerRow.measured(
         path, name, "photograph", analysis, model=segmenter.name, runtime=segmenter.runtime,
         threshold=float(prediction.threshold), bridge=bridge, fov_source=FOV_FROM_PHOTO)
+    photograph = image if image.dtype == np.uint8 else np.round(
+        np.clip(image, 0, 1) * 255).astype(np.uint8)
+    if prediction.classes is not None:
+        _add_artery_vein(analysis, row, prediction.classes, photograph, None, options)
+    else:
+        from ..datasets import fov_mask
+
+        row.add_disc(locate_disc(photograph, fov_mask(photograph), prediction.mask),
+                     analysis.pixel_size)
+    return analysis, row
+
+
+def _add_artery_vein(analysis: VesselAnalysis, row: BiomarkerRow, classes: np.ndarray,
+                     photograph: np.ndarray | None, disc: Disc | None, options: dict) -> None:
+    """CRAE, CRVE, AVR and each class's measures of ``classes`` into ``analysis`` and
+    ``row``, around ``disc``, else the disc located on ``photograph`` (with the map's
+    vessels), else none (NaN, with the reason)."""
+    from ..datasets import fov_mask
+
+    fov = None if photograph is None else fov_mask(photograph)
+    if disc is None:
+        disc = Disc.missing("no photograph to find the optic disc in (analyze: "
+                            "--photographs)") if photograph is None else locate_disc(
+            photograph, fov, vessels=classes > 0)
+    analysis.artery_vein = measure_artery_vein(
+        classes, disc, fov, mm_per_pixel=options.get("mm_per_pixel"),
+        fov_degrees=options.get("fov_degrees"))
+    row.add_artery_vein(analysis.artery_vein)
+
+
+def photograph_of(label: Path, folder: Path) -> Path | None:
+    """The photograph in ``folder`` of the artery/vein map ``label``: the image file whose
+    name is the label's (LES-AV: ``224.png``) or begins it, followed by ``_`` or ``-``
+    (HRF-AV: ``09_dr.JPG`` for ``09_dr_AVmanual.png``); the longest such name wins."""
+    from ..images import IMAGE_SUFFIXES
+
+    matches = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+               and (p.stem == label.stem or label.stem.startswith((p.stem + "_", p.stem + "-")))]
+    return max(matches, key=lambda p: len(p.stem), default=None)
 
 
 def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: dict,
-                 bridge: float | None, figures: bool) -> BiomarkerRow:
+                 bridge: float | None, figures: bool, photographs: Path | None) -> BiomarkerRow:
     """One file's row (raises on any failure, which :func:`analyze` records)."""
     kind, array = read_input(path)
+    background = array
     if kind == "photograph":
         segmenter = model.get()
         analysis, row = measure_prediction(path, name, array, segmenter.predict(array),
                                            segmenter, bridge=bridge, **options)
+    elif kind == "classes":
+        photo_path = photograph_of(path, photographs) if photographs else None
+        photograph = None if photo_path is None else read_input(photo_path)[1]
+        if photograph is not None and photograph.shape[:2] != array.shape:
+            raise InputError(f"{path} is {array.shape[1]}x{array.shape[0]} px but its "
+                             f"photograph {photo_path} is {photograph.shape[1]}x"
+                             f"{photograph.shape[0]}: they must match")
+        from ..datasets import fov_mask
+
+        fov = None if photograph is None else fov_mask(photograph)
+        analysis = measure(array > 0, fov, **options)
+        row = BiomarkerRow.measured(path, name, kind, analysis, fov_source=FOV_WHOLE_FRAME
+                                    if photograph is None else FOV_FROM_PHOTO)
+        _add_artery_vein(analysis, row, array, photograph, None, options)
+        background = array > 0 if photograph is None else photograph
     else:
         analysis = measure(array, **options)
         if options["fov_degrees"] is not None:
@@ -384,7 +507,7 @@ def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: d
     atomic_write(out_dir / f"{name}_segments.csv", _csv_text(segments, SEGMENT_COLUMNS))
     if figures:
         figure = out_dir / f"{name}_biomarkers.png"
-        save_figure(figure, analysis, array, f"{name}: {_summary(analysis)}")
+        save_figure(figure, analysis, background, f"{name}: {_summary(analysis)}")
         row.figure = str(figure)
     return row
 
@@ -409,8 +532,10 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
             segmenter: Segmenter | None = None, bridge: float | None = BRIDGE_LOW,
             mm_per_pixel: float | None = None, fov_degrees: float | None = None,
             min_object_px: int = 0, figures: bool = True,
+            photographs: str | Path | None = None,
             progress: Progress | None = None) -> list[BiomarkerRow]:
-    """Measure every input (a binary mask, or a photograph segmented by ``segmenter``,
+    """Measure every input (a binary mask, an artery/vein map: :func:`read_input`, or a
+    photograph segmented by ``segmenter``,
     default: ``Segmenter.from_pretrained()``, loaded at the first photograph, its map's
     gaps bridged down to ``bridge``: :func:`measure_photograph`) and write
     ``biomarkers.csv`` / ``biomarkers.json`` into ``out_dir``, with each image's
@@ -430,6 +555,9 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
             is computed instead (:func:`~.measures.pixel_size`).
         min_object_px: vessel fragments of this many pixels or fewer are dropped first.
         figures: also draw ``NAME_biomarkers.png`` per file.
+        photographs: the folder of the artery/vein maps' photographs
+            (:func:`photograph_of`), where their optic disc is found; without it, or
+            with no photograph there, a map's disc measures are NaN with the reason.
         progress: called after each file with the files done, their total and the
             file's path.
 
@@ -457,7 +585,8 @@ def analyze(inputs: Sequence[str | Path], out_dir: str | Path, *,
         try:
             if name is None:
                 raise InputError(f"{path}: its outputs would overwrite an input")
-            rows.append(_analyze_one(path, name, out_dir, model, options, bridge, figures))
+            rows.append(_analyze_one(path, name, out_dir, model, options, bridge, figures,
+                                     None if photographs is None else Path(photographs)))
             log.info("%s: %s (%.1f s)", path, _row_summary(rows[-1]), time.perf_counter() - start)
         except (QsegmentError, OSError, ValueError) as err:  # unreadable or unmeasurable:
             log.warning("%s: %s", path, err)  # one bad file must not stop the others
@@ -489,7 +618,8 @@ def write_rows(rows: Sequence[BiomarkerRow], out_dir: str | Path) -> tuple[Path,
     csv_path, json_path = out_dir / "biomarkers.csv", out_dir / "biomarkers.json"
     table = [row.to_dict() for row in rows]
     atomic_write(csv_path, _csv_text(table, ROW_COLUMNS))
-    document = {"schema_version": SCHEMA_VERSION, "fields": {f.name: f.doc for f in FIELDS},
+    document = {"schema_version": SCHEMA_VERSION,
+                "fields": {f.name: f.doc for f in (*FIELDS, *AV_FIELDS)},
                 "rows": _json_safe(table)}
     atomic_write(json_path, json.dumps(document, indent=1) + "\n")
     return csv_path, json_path
