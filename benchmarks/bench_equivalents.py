@@ -1,14 +1,16 @@
 """CRAE, CRVE and AVR from an artery/vein model's maps against the same code on the
 manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
-    python benchmarks/bench_equivalents.py RUN [--runtime R] [--out DIR] [--limit N]
+    python benchmarks/bench_equivalents.py RUN [--split test|train] [--runtime R] [--out DIR]
 
 For each test photograph the optic disc is located once (on the photograph, with the
 model's vessel map) and both maps are measured around that same disc
 (:func:`qsegment.biomarkers.equivalents.measure_artery_vein`). Reported per measure,
 pooled over both splits: ICC(A,1), mean absolute relative difference (MARD), Pearson r
 and the Bland-Altman bias and limits of agreement; ``DIR/equivalents.json`` holds every
-image's values and ``DIR/equivalents_bland_altman.png`` the figure.
+image's values and ``DIR/equivalents_bland_altman.png`` the figure. ``--split train``
+measures the training splits instead, which the artery/vein model learned from: what
+the same code gives where the model's maps are closer to the manual ones.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def main() -> None:
     parser.add_argument("model", help="an artery/vein model: run folder or weights")
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--out", default="runs/equivalents", help="output folder")
-    parser.add_argument("--limit", type=int, help="at most this many images per split")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--limit", type=int, help="at most this many images per dataset")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,8 @@ def main() -> None:
     images: list[dict] = []
     for name in ("hrf-av", "les-av"):
         dataset = open_dataset(dataset=name)
-        for image_name in dataset.default_split.val[:args.limit]:
+        split = dataset.default_split
+        for image_name in (split.val if args.split == "test" else split.train)[:args.limit]:
             start = time.perf_counter()
             photo = np.asarray(Image.open(dataset.image_path(image_name)).convert("RGB"))
             shape = photo.shape[:2]
@@ -105,7 +109,8 @@ def main() -> None:
               f"{s['r']:.3f} | {s['manual_mean']:.3g} | {s['model_mean']:.3g} | "
               f"{s['bias']:+.3g} | ±{s['loa']:.3g} |")
     (out / "equivalents.json").write_text(json.dumps(
-        {"model": str(args.model), "runtime": segmenter.runtime, "summary": summary,
+        {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
+         "summary": summary,
          "images": images}, indent=1, default=float) + "\n")
     _bland_altman(out / "equivalents_bland_altman.png", table)
     print(f"wrote {out / 'equivalents.json'} and equivalents_bland_altman.png")

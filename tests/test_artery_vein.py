@@ -150,11 +150,15 @@ def test_tiles_give_the_whole_image_classes_and_predict_writes_them(av_run, data
     assert whole.classes is not None and np.array_equal(whole.classes > 0, whole.mask)
     assert np.mean(whole.classes == tiled.classes) > 0.9999
     assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path), "--model",
-                 str(av_run), "--av", "--overlay"]) == 0
+                 str(av_run), "--av", "--overlay", "--biomarkers"]) == 0
     colours = np.asarray(Image.open(tmp_path / "Image_11L_av.png"))
     mask = np.asarray(Image.open(tmp_path / "Image_11L_mask.png")) > 0
     assert colours.shape == (*mask.shape, 3) and np.array_equal(colours.any(2), mask)
     assert (tmp_path / "Image_11L_overlay.png").exists()
+    row = json.loads((tmp_path / "biomarkers.json").read_text())["rows"][0]
+    assert row["disc_diameter"] > 50 and row["artery_calibre_mean"] > 0
+    for name in ("crae", "crve", "avr"):  # a value, or NaN with its reason
+        assert (row[name] or 0) > 0 or row["reasons"][name], name
 
 
 def test_an_artery_vein_model_gives_a_vessel_map_on_every_runtime(av_run, data_dir):

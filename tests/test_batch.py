@@ -150,6 +150,8 @@ def test_a_bad_file_is_a_failed_row_and_the_rest_are_done(ray_local, reference, 
         assert row[field] == pytest.approx(expected[field]), field
     assert isinstance(row["segments"], int) and row["length_unit"] == "px"
     assert row["bridge"] == BRIDGE_LOW
+    assert row["disc_diameter"] > 50 and row["disc_source"] == "located"  # the optic disc
+    assert row["crae"] is None  # a vessel-only model: no artery/vein measures
 
 
 def test_inputs_from_lists_folders_and_uris(tmp_path, chase):

@@ -35,7 +35,7 @@ RAYS = 48
 EDGE_RANGE = (0.025, 0.12)  # where a disc's edge may lie from its centre, in FOV diameters
 DIAMETER_GAIN = 1.057  # reference diameter / median edge diameter on IDRiD-OD 1-40
 MIN_CONTRAST = 1.8  # a centre's brightness z-score under which it is no disc
-MIN_EDGE = 0.08  # a disc's median edge drop per px, in FOV brightness SDs, under which ...
+MIN_EDGE = 0.07  # a disc's median edge drop per px, in FOV brightness SDs, under which ...
 
 ZONES = {"A": (0.0, 0.5), "B": (0.5, 1.0), "C": (0.5, 2.0)}
 """The measurement zones, in disc diameters from the disc's margin (Knudtson et al.
@@ -83,13 +83,14 @@ class Disc:
 
 def _working(plane: np.ndarray, box: tuple[int, int, int, int], size: int
              ) -> tuple[np.ndarray, float]:
-    """The bounding box ``box`` of a float (H, W) ``plane`` resized so the FOV is
-    ``size`` px across (box filter), and that scale."""
+    """The bounding box ``box`` of a uint8 image (H, W[, 3]) resized so the FOV is
+    ``size`` px across (box filter; in uint8, which Pillow resizes fastest) as float32,
+    and that scale."""
     top, left, bottom, right = box
     scale = size / max(bottom - top, right - left)
     shape = (max(1, round((right - left) * scale)), max(1, round((bottom - top) * scale)))
-    crop = Image.fromarray(np.ascontiguousarray(plane[top:bottom, left:right], np.float32))
-    return np.asarray(crop.resize(shape, Image.Resampling.BOX)), scale
+    crop = Image.fromarray(np.ascontiguousarray(plane[top:bottom, left:right]))
+    return np.asarray(crop.resize(shape, Image.Resampling.BOX), np.float32), scale
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -113,7 +114,9 @@ def _zscore(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 def _centre(luminance: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None
             ) -> tuple[tuple[int, int], float]:
-    """The best disc centre in a working image, and its brightness z-score."""
+    """The best disc centre in a working image, and the highest brightness z-score within
+    a filter radius of it (the vessels may pull the centre off a faint disc's brightest
+    spot)."""
     radius = max(3, round(FILTER_RADIUS * LOCATE_PX))
     inner, coverage = _fov_mean(luminance, fov, radius)
     outer, _ = _fov_mean(luminance, fov, 2 * radius)
@@ -125,7 +128,11 @@ def _centre(luminance: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None
         score += VESSEL_WEIGHT * _zscore(density, valid)
     score[~valid] = -np.inf
     row, col = np.unravel_index(int(np.argmax(score)), score.shape)
-    return (int(row), int(col)), float(brightness[row, col])
+    near = _disk(radius) > 0
+    top, left = row - radius, col - radius
+    window = np.pad(np.where(valid, brightness, -np.inf), radius, constant_values=-np.inf)[
+        top + radius:top + 3 * radius + 1, left + radius:left + 3 * radius + 1]
+    return (int(row), int(col)), float(window[near].max())
 
 
 def _edge(luminance: np.ndarray, fov: np.ndarray, centre: tuple[float, float]
@@ -172,14 +179,16 @@ def locate_disc(image: np.ndarray, fov: np.ndarray | None = None,
         return Disc.missing("empty field of view")
     rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
     box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
-    luminance = image.mean(axis=2, dtype=np.float32)
-    small, scale = _working(luminance, box, LOCATE_PX)
-    small_fov = _working(fov.astype(np.float32), box, LOCATE_PX)[0] > 0.5
+    mask = np.asarray(fov, bool).view(np.uint8) * np.uint8(255)
+    edge, edge_scale = _working(image, box, EDGE_PX)
+    edge = edge.mean(axis=2)
+    edge_fov = _working(mask, box, EDGE_PX)[0] > 127
+    small, scale = _working(image, box, LOCATE_PX)
+    small = small.mean(axis=2)
+    small_fov = _working(mask, box, LOCATE_PX)[0] > 127
     small_vessels = None if vessels is None else _working(
-        np.asarray(vessels, np.float32), box, LOCATE_PX)[0]
+        np.asarray(vessels, bool).view(np.uint8) * np.uint8(255), box, LOCATE_PX)[0] / 255
     (row, col), contrast = _centre(small, small_fov, small_vessels)
-    edge, edge_scale = _working(luminance, box, EDGE_PX)
-    edge_fov = _working(fov.astype(np.float32), box, EDGE_PX)[0] > 0.5
     ratio = edge_scale / scale
     diameter, strength = _edge(edge, edge_fov, ((row + 0.5) * ratio - 0.5,
                                                 (col + 0.5) * ratio - 0.5))
