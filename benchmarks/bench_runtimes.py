@@ -130,12 +130,8 @@ def bare_forward(runtime: Any, rgb: np.ndarray, small_session: Any = None
 def tile_crops(segmenter: Any, rgb: np.ndarray) -> list[np.ndarray]:
     """The crops of ``rgb`` that ``segmenter`` runs the network on (one: the whole image,
     where it fits its tile), as ``Segmenter._tiled`` cuts them."""
-    from qsegment.inference.predict import tile_windows
-
-    (height, width), grid = rgb.shape[:2], segmenter.runner.size_multiple
-    return [rgb[y0:y1, x0:x1]
-            for y0, y1, _, _ in tile_windows(height, segmenter.tile[0], segmenter.overlap, grid)
-            for x0, x1, _, _ in tile_windows(width, segmenter.tile[1], segmenter.overlap, grid)]
+    rows, columns = segmenter.windows(*rgb.shape[:2])
+    return [rgb[y0:y1, x0:x1] for y0, y1, _, _ in rows for x0, x1, _, _ in columns]
 
 
 def timed_forwards(forwards: list[tuple[Callable[[], Any], list[int]]], args: argparse.Namespace

@@ -174,3 +174,16 @@ def test_pixels_go_in_as_uint8_and_come_out_as_the_sigmoid_of_the_logits(crop):
     cut = Segmenter.from_pretrained().threshold
     # masks: 0.9977 of the pixels agree on the AVX-512 VNNI Xeon (> 0.999 on AVX2)
     assert ((through_pixels >= cut) == (expected[:250, :249] >= cut)).mean() > 0.995
+
+
+def test_openvino_fits_its_tiles_to_a_large_image_without_seams(data_dir):
+    """A 960x1800 image: OpenVINO compiles any shape cheaply, so its tiles shrink to fit
+    the image (two of 960x960 across, not two of 1024) and the stitched map is the
+    whole image's, as with the one tile shape."""
+    pair = [rgb8(load_sample(data_dir, name)) for name in ("Image_11L", "Image_13L")]
+    big = np.concatenate(pair, axis=1)[:, :1800]
+    tiled = Segmenter.from_pretrained(runtime="openvino", scale="none")
+    rows, columns = tiled.windows(*big.shape[:2])
+    assert len(rows) == 1 and [b - a for a, b, _, _ in columns] == [960, 960]
+    whole = Segmenter.from_pretrained(runtime="openvino", scale="none", tile=(960, 1800))
+    assert np.abs(tiled.probability(big) - whole.probability(big)).max() < 1e-3

@@ -80,6 +80,20 @@ def tile_windows(length: int, tile: int, margin: int, grid: int
     return [(s, min(s + tile, length), k0, k1) for s, (k0, k1) in zip(starts, keeps, strict=True)]
 
 
+def fitted_tile(length: int, tile: int, margin: int, grid: int) -> int:
+    """The shortest tile, at most ``tile``, that covers an axis of ``length`` in as few
+    windows as ``tile`` needs (:func:`tile_windows`): a 2336 px side in tiles of 1024
+    with 56 px margins takes three of 856 instead of three of 1024, so the network runs
+    on 1.1x the image's pixels, not 1.3x."""
+    count = len(tile_windows(length, tile, margin, grid))
+    if count == 1:
+        return tile
+    fitted = round_up(-(-(round_up(length, grid) - 2 * margin) // count) + 2 * margin, grid)
+    while fitted < tile and len(tile_windows(length, fitted, margin, grid)) > count:
+        fitted += grid
+    return min(fitted, tile)
+
+
 THRESHOLD_RULES = ("auto", "card")
 Threshold = str | float  # "auto" (per image), "card" or a probability
 
@@ -282,17 +296,26 @@ class Segmenter:
         views."""
         return predict_proba(self.runner, rgb, tta=self.tta)
 
+    def windows(self, height: int, width: int) -> tuple[list[tuple[int, int, int, int]], ...]:
+        """The row and column windows (:func:`tile_windows`) an image of ``height`` x
+        ``width`` is cut into: in ``tile``, or in tiles fitted to it
+        (:func:`fitted_tile`) on a runtime for which a new shape costs little."""
+        grid = self.runner.size_multiple
+        return tuple(tile_windows(length, fitted_tile(length, tile, self.overlap, grid)
+                                  if self.runner.fits_tiles else tile, self.overlap, grid)
+                     for length, tile in zip((height, width), self.tile, strict=True))
+
     def _tiled(self, image: np.ndarray, probability: Callable[[np.ndarray], np.ndarray]
                ) -> np.ndarray:
         """``probability`` of the whole image, or of overlapping tiles whose interiors are
-        stitched when the image exceeds ``tile`` (:func:`tile_windows`)."""
+        stitched when the image exceeds ``tile`` (:meth:`windows`)."""
         h, w = image.shape[:2]
         if h <= self.tile[0] and w <= self.tile[1]:
             return probability(image)
         out: np.ndarray | None = None  # (..., h, w): one map, or every output channel
-        grid = self.runner.size_multiple
-        for y0, y1, ky0, ky1 in tile_windows(h, self.tile[0], self.overlap, grid):
-            for x0, x1, kx0, kx1 in tile_windows(w, self.tile[1], self.overlap, grid):
+        rows, columns = self.windows(h, w)
+        for y0, y1, ky0, ky1 in rows:
+            for x0, x1, kx0, kx1 in columns:
                 tile = probability(image[y0:y1, x0:x1])
                 if out is None:
                     out = np.empty((*tile.shape[:-2], h, w), dtype=np.float32)

@@ -34,6 +34,9 @@ class Runtime:
     fixed_size: int | None = None
     tile_shape: tuple[int, int] | None = None  # what Segmenter tiles large images into
     tile_margin: int | None = None  # each tile's margin: at least the receptive radius
+    # a new input shape costs little (OpenVINO compiles one in about a second, kept in its
+    # disk cache): Segmenter then fits its tiles to each image instead of one tile shape
+    fits_tiles: ClassVar[bool] = False
     card: Card = Card()
 
     def logits(self, x: np.ndarray) -> np.ndarray:

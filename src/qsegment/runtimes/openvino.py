@@ -59,6 +59,7 @@ class OpenVinoInt8(Runtime):
     # Images up to this size run whole: OpenVINO runs a whole CHASE_DB1 image (960x1008)
     # at about 210 MB, where LiteRT needs its 400x1008 tiles (issue #35's measurements).
     tile_shape = (1024, 1024)
+    fits_tiles = True
 
     def __init__(self, path: str | Path, threads: int | None = None, size_multiple: int = 1,
                  max_compiled: int = 3) -> None:
