@@ -9,10 +9,11 @@ of :data:`FILTER_RADIUS` FOV diameters around it minus that of a disc twice as w
 :data:`VESSEL_WEIGHT` times the vessel density in the smaller disc, both as z-scores over
 the FOV. The best pixel is the centre. The diameter is twice the median, over
 :data:`RAYS` rays from the centre, of the radius where the smoothed brightness falls
-fastest, at a working size where the FOV is :data:`EDGE_PX` across. A spot is no disc
-(the photograph may be centred on the macula with the disc outside it) where its
-brightness z-score is under :data:`MIN_CONTRAST` or its edge falls slower than
-:data:`MIN_EDGE`.
+fastest, at a working size where the FOV is :data:`EDGE_PX` across. The candidate is no
+disc (the photograph may be centred on the macula with the disc outside it) where its
+brightness z-score is under :data:`MIN_CONTRAST`, its edge falls slower than
+:data:`MIN_EDGE` or, given a vessel map, its brightness and vessel density z-scores
+sum to less than :data:`MIN_EVIDENCE`.
 
 Every constant was chosen on IDRiD-OD's first 40 photographs and checked on the other
 14 (docs/BIOMARKERS.md, "The optic disc"; ``benchmarks/bench_disc.py``).
@@ -35,7 +36,8 @@ RAYS = 48
 EDGE_RANGE = (0.025, 0.12)  # where a disc's edge may lie from its centre, in FOV diameters
 DIAMETER_GAIN = 1.057  # reference diameter / median edge diameter on IDRiD-OD 1-40
 MIN_CONTRAST = 1.8  # a centre's brightness z-score under which it is no disc
-MIN_EDGE = 0.07  # a disc's median edge drop per px, in FOV brightness SDs, under which ...
+MIN_EDGE = 0.06  # a disc's median edge drop per px, in FOV brightness SDs, under which ...
+MIN_EVIDENCE = 3.5  # ... or, with a vessel map, its brightness and vessel z-scores' sum ...
 
 ZONES = {"A": (0.0, 0.5), "B": (0.5, 1.0), "C": (0.5, 2.0)}
 """The measurement zones, in disc diameters from the disc's margin (Knudtson et al.
@@ -113,26 +115,26 @@ def _zscore(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 
 def _centre(luminance: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None
-            ) -> tuple[tuple[int, int], float]:
-    """The best disc centre in a working image, and the highest brightness z-score within
-    a filter radius of it (the vessels may pull the centre off a faint disc's brightest
-    spot)."""
+            ) -> tuple[tuple[int, int], float, float]:
+    """The best disc centre in a working image, the highest brightness z-score within a
+    filter radius of it (the vessels may pull the centre off a faint disc's brightest
+    spot) and the vessel density's z-score there (NaN without vessels)."""
     radius = max(3, round(FILTER_RADIUS * LOCATE_PX))
     inner, coverage = _fov_mean(luminance, fov, radius)
     outer, _ = _fov_mean(luminance, fov, 2 * radius)
     valid = fov & (coverage > 0.5)
     brightness = _zscore(inner - outer, valid)
-    score = brightness.copy()
+    score, convergence = brightness.copy(), np.full(brightness.shape, np.nan)
     if vessels is not None and vessels[valid].any():
-        density, _ = _fov_mean(vessels, fov, radius)
-        score += VESSEL_WEIGHT * _zscore(density, valid)
+        convergence = _zscore(_fov_mean(vessels, fov, radius)[0], valid)
+        score += VESSEL_WEIGHT * convergence
     score[~valid] = -np.inf
     row, col = np.unravel_index(int(np.argmax(score)), score.shape)
     near = _disk(radius) > 0
     top, left = row - radius, col - radius
     window = np.pad(np.where(valid, brightness, -np.inf), radius, constant_values=-np.inf)[
         top + radius:top + 3 * radius + 1, left + radius:left + 3 * radius + 1]
-    return (int(row), int(col)), float(window[near].max())
+    return (int(row), int(col)), float(window[near].max()), float(convergence[row, col])
 
 
 def _edge(luminance: np.ndarray, fov: np.ndarray, centre: tuple[float, float]
@@ -188,14 +190,14 @@ def locate_disc(image: np.ndarray, fov: np.ndarray | None = None,
     small_fov = _working(mask, box, LOCATE_PX)[0] > 127
     small_vessels = None if vessels is None else _working(
         np.asarray(vessels, bool).view(np.uint8) * np.uint8(255), box, LOCATE_PX)[0] / 255
-    (row, col), contrast = _centre(small, small_fov, small_vessels)
+    (row, col), contrast, convergence = _centre(small, small_fov, small_vessels)
     ratio = edge_scale / scale
     diameter, strength = _edge(edge, edge_fov, ((row + 0.5) * ratio - 0.5,
                                                 (col + 0.5) * ratio - 0.5))
-    if contrast < MIN_CONTRAST or strength < MIN_EDGE:
-        return Disc.missing(f"no disc: the brightest disc-sized spot (z-score {contrast:.2f}, "
-                            f"edge {strength:.3f}; a disc needs {MIN_CONTRAST} and "
-                            f"{MIN_EDGE}) is too faint; is the disc outside the photograph?",
-                            contrast)
+    if (contrast < MIN_CONTRAST or strength < MIN_EDGE
+            or contrast + convergence < MIN_EVIDENCE):  # NaN (no vessel map) is not less
+        return Disc.missing(f"no disc: the best candidate (brightness z-score {contrast:.2f}, "
+                            f"edge {strength:.3f}, vessel density z-score {convergence:.2f}) "
+                            "is too weak; is the disc outside the photograph?", contrast)
     return Disc(box[0] + (row + 0.5) / scale - 0.5, box[1] + (col + 0.5) / scale - 0.5,
                 DIAMETER_GAIN * diameter / edge_scale, score=contrast)
