@@ -139,6 +139,10 @@ def test_an_artery_vein_model_is_scored_by_bfnet_protocol(av_run, tmp_path):
     assert 0.0 <= result["centreline_acc"] <= 1.0 and result["vessel_dice"] > 0.5
     assert (tmp_path / "artery_vein.png").stat().st_size > 10_000
     assert "| weighted |" in format_av_table(result)
+    flipped = table_av(model, card, open_dataset(None, "les-av"), Split((), ("224",)),
+                       progress=False, scale=0.5, tta="flip")  # evaluate --task av --tta
+    assert flipped["tta"] == "flip" and result["tta"] == "none"
+    assert flipped["per_image"][0]["weighted"] != result["per_image"][0]["weighted"]
 
 
 def test_tiles_give_the_whole_image_classes_and_predict_writes_them(av_run, data_dir,

@@ -425,7 +425,7 @@ def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
                          "give a run folder, .safetensors or shipped name, and no --size")
     runner, card = _scored_runtime(args)
     result = table_av(runner, card, data, out=args.out, figures=not args.no_figures,
-                      scale=args.scale,
+                      scale=args.scale, tta=args.tta,
                       calibration=Calibration.beside(resolve_checkpoint(args.model)))
     print(format_av_table(result))
     if args.out:

@@ -247,12 +247,13 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
 def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
              split: Split | None = None, out: Path | None = None, figures: bool = True,
              progress: bool = True, scale: Scale = "auto",
-             calibration: Calibration | None = None) -> dict:
+             calibration: Calibration | None = None, tta: str = "none") -> dict:
     """An artery/vein model's scores on a dataset's test (validation) split, as the
     artery/vein literature reports them (:func:`~qsegment.metrics.artery_vein_scores`:
     BF-Net's protocol, per class and weighted, averaged over images; the classic
     accuracy on the manual centreline pixels; the vessel map's Dice), each image at the
-    scale the vessel rules choose and cut as the model's vessel map is. Writes
+    scale the vessel rules choose and cut as the model's vessel map is, its logits
+    averaged over the ``tta`` views (:func:`~qsegment.inference.maps.symmetries`). Writes
     ``metrics_av.json`` and, with ``figures``, ``artery_vein.png`` into ``out``.
 
     Raises:
@@ -269,8 +270,9 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
     per_image: list[dict] = []
     panels: list[tuple[Sample, np.ndarray]] = []
     for sample in tqdm(val, desc="artery/vein", leave=False, disable=not progress):
-        found, logits = calibrated_outputs(lambda image: predict_outputs(runtime, image),
-                                           sample.image, scale, calibration, name=sample.name)
+        found, logits = calibrated_outputs(
+            lambda image: predict_outputs(runtime, image, tta=tta), sample.image, scale,
+            calibration, name=sample.name)
         cut = card.threshold_value if found.cut is None else found.cut
         predicted, probabilities = class_map(logits, cut), class_probabilities(logits)
         label = cast(np.ndarray, sample.classes)
@@ -289,7 +291,7 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
               "mean": mean, "centreline_acc": float(np.nanmean(
                   [m["centreline_acc"] for m in per_image])),
               "vessel_dice": float(np.mean([m["vessel_dice"] for m in per_image])),
-              "scale_rule": scale, "per_image": per_image}
+              "scale_rule": scale, "tta": tta, "per_image": per_image}
     if out is not None:
         out = Path(out)
         if figures:
