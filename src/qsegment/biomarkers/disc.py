@@ -8,15 +8,17 @@ of :data:`FILTER_RADIUS` FOV diameters around it minus that of a disc twice as w
 (means over FOV pixels only, so the FOV's edge is no edge), plus
 :data:`VESSEL_WEIGHT` times the vessel density in the smaller disc, both as z-scores over
 the FOV. The best pixel is the centre. The diameter is twice the median, over
-:data:`RAYS` rays from the centre, of the radius where the smoothed brightness falls
-fastest, at a working size where the FOV is :data:`EDGE_PX` across. The candidate is no
-disc (the photograph may be centred on the macula with the disc outside it) where its
-brightness z-score is under :data:`MIN_CONTRAST`, its edge falls slower than
-:data:`MIN_EDGE` or, given a vessel map, its brightness and vessel density z-scores
-sum to less than :data:`MIN_EVIDENCE`.
+:data:`RAYS` rays from the centre, of the radius of the outermost strong fall of the
+smoothed brightness (:func:`_edge`), at a working size where the FOV is :data:`EDGE_PX`
+across. The candidate is no disc (the photograph may be centred on the macula with the
+disc outside it) where its brightness z-score is under :data:`MIN_CONTRAST`, its edge
+falls slower than :data:`MIN_EDGE` or, given a vessel map, its brightness and vessel
+density z-scores sum to less than :data:`MIN_EVIDENCE`.
 
 Every constant was chosen on IDRiD-OD's first 40 photographs and checked on the other
-14 (docs/BIOMARKERS.md, "The optic disc"; ``benchmarks/bench_disc.py``).
+14 (docs/BIOMARKERS.md, "The optic disc"; ``benchmarks/bench_disc.py``);
+:data:`EDGE_FRACTION` also by eye on HRF-AV's training photographs, whose discs have a
+bright cup inside whose edge is the steepest fall.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ FILTER_RADIUS = 0.08  # the brightness filter's disc radius, in FOV diameters
 VESSEL_WEIGHT = 0.5  # the vessel density's weight beside the brightness
 RAYS = 48
 EDGE_RANGE = (0.025, 0.12)  # where a disc's edge may lie from its centre, in FOV diameters
-DIAMETER_GAIN = 1.057  # reference diameter / median edge diameter on IDRiD-OD 1-40
+EDGE_FRACTION = 0.3  # a fall this steep, relative to a ray's steepest, may be the margin
 MIN_CONTRAST = 1.8  # a centre's brightness z-score under which it is no disc
 MIN_EDGE = 0.06  # a disc's median edge drop per px, in FOV brightness SDs, under which ...
 MIN_EVIDENCE = 3.5  # ... or, with a vessel map, its brightness and vessel z-scores' sum ...
@@ -139,9 +141,12 @@ def _centre(luminance: np.ndarray, fov: np.ndarray, vessels: np.ndarray | None
 
 def _edge(luminance: np.ndarray, fov: np.ndarray, centre: tuple[float, float]
           ) -> tuple[float, float]:
-    """Twice the median radius at which brightness falls fastest along :data:`RAYS` rays
-    (in the working image's pixels; rays leaving the FOV end there), and the median of
-    those steepest falls per px in standard deviations of the FOV's brightness."""
+    """The disc's diameter in the working image's pixels: twice the median, over
+    :data:`RAYS` rays (ending where they leave the FOV), of the radius of the ray's
+    outermost strong fall in brightness (the steepest point of its last run of slopes
+    at least :data:`EDGE_FRACTION` as steep as its steepest: the disc's margin, where the
+    steepest fall is often the cup's edge inside it); and the median of the rays'
+    steepest falls per px, in standard deviations of the FOV's brightness."""
     smooth = ndimage.gaussian_filter(luminance, 2.0)
     radii = np.arange(EDGE_RANGE[0] * EDGE_PX, EDGE_RANGE[1] * EDGE_PX)
     angles = np.linspace(0.0, 2 * np.pi, RAYS, endpoint=False)
@@ -151,7 +156,13 @@ def _edge(luminance: np.ndarray, fov: np.ndarray, centre: tuple[float, float]
     inside = ndimage.map_coordinates(fov.astype(np.float32), [rows, cols], order=0) > 0
     slope = np.gradient(profile, axis=1)
     slope[~inside] = 0.0
-    diameter = 2.0 * float(np.median(radii[np.argmin(slope, axis=1)]))
+    edges = []
+    for ray in slope[slope.min(axis=1) < 0]:
+        strong = np.flatnonzero(ray <= EDGE_FRACTION * ray.min())
+        gaps = np.flatnonzero(np.diff(strong) > 1)  # the last run starts after the last gap
+        first, last = strong[gaps[-1] + 1 if gaps.size else 0], strong[-1]
+        edges.append(radii[first + int(np.argmin(ray[first:last + 1]))])
+    diameter = 2.0 * float(np.median(edges)) if edges else math.nan
     return diameter, float(np.median(-slope.min(axis=1))) / max(float(smooth[fov].std()), 1e-6)
 
 
@@ -200,4 +211,4 @@ def locate_disc(image: np.ndarray, fov: np.ndarray | None = None,
                             f"edge {strength:.3f}, vessel density z-score {convergence:.2f}) "
                             "is too weak; is the disc outside the photograph?", contrast)
     return Disc(box[0] + (row + 0.5) / scale - 0.5, box[1] + (col + 0.5) / scale - 0.5,
-                DIAMETER_GAIN * diameter / edge_scale, score=contrast)
+                diameter / edge_scale, score=contrast)
