@@ -238,7 +238,7 @@ def _eight_bit_photograph(rgb: np.ndarray, path: Path) -> np.ndarray:
 def measure_photograph(image: np.ndarray, mask: np.ndarray, *,
                        probability: np.ndarray | None = None, bridge: float | None = BRIDGE_LOW,
                        mm_per_pixel: float | None = None, fov_degrees: float | None = None,
-                       min_object_px: int = 0) -> VesselAnalysis:
+                       min_object_px: int = 0, fov: np.ndarray | None = None) -> VesselAnalysis:
     """The biomarkers of ``mask`` inside the FOV of its photograph ``image`` (RGB, uint8
     or float in [0, 1]): what ``qsegment predict`` has in hand after segmenting. Given
     the model's ``probability`` map, of which ``mask`` is the cut, the mask's gaps are
@@ -254,6 +254,8 @@ def measure_photograph(image: np.ndarray, mask: np.ndarray, *,
         fov_degrees: the camera's field of view in degrees, from which the pixel size
             is computed instead (:func:`~.measures.pixel_size`).
         min_object_px: vessel fragments of this many pixels or fewer are dropped first.
+        fov: the photograph's field of view, where the caller has it already (default:
+            :func:`~qsegment.datasets.fov_mask` of ``image``).
 
     Returns:
         The biomarkers (:func:`~.measures.measure`), with a warning where the photograph
@@ -273,7 +275,7 @@ def measure_photograph(image: np.ndarray, mask: np.ndarray, *,
                          f"is {image.shape[1]}x{image.shape[0]}: they must match")
     if probability is not None and bridge is not None:
         mask = bridge_gaps(mask, probability, bridge)
-    fov = fov_mask(image)
+    fov = fov_mask(image) if fov is None else fov
     analysis = measure(mask, fov, mm_per_pixel=mm_per_pixel, fov_degrees=fov_degrees,
                        min_object_px=min_object_px)
     if not fov.any():
@@ -427,35 +429,31 @@ def measure_prediction(path: Path, name: str, image: np.ndarray, prediction: Pre
         BiomarkerError: the pixel-size options are wrong.
         ImageError: ``image`` is not an (H, W, 3) RGB array.
     """
+    from ..datasets import fov_mask
+
+    photograph = image if image.dtype == np.uint8 else np.round(
+        np.clip(image, 0, 1) * 255).astype(np.uint8)
+    fov = fov_mask(photograph)  # once, for the measures, the disc and the classes
     analysis = measure_photograph(image, prediction.mask, probability=prediction.probability,
-                                  bridge=bridge, **options)
+                                  bridge=bridge, fov=fov, **options)
     row = BiomarkerRow.measured(
         path, name, "photograph", analysis, model=segmenter.name, runtime=segmenter.runtime,
         threshold=float(prediction.threshold), bridge=bridge, fov_source=FOV_FROM_PHOTO)
-    photograph = image if image.dtype == np.uint8 else np.round(
-        np.clip(image, 0, 1) * 255).astype(np.uint8)
     if prediction.classes is not None:
-        _add_artery_vein(analysis, row, prediction.classes, photograph, None, options)
+        _add_artery_vein(analysis, row, prediction.classes, photograph, fov, options)
     else:
-        from ..datasets import fov_mask
-
-        row.add_disc(locate_disc(photograph, fov_mask(photograph), prediction.mask),
-                     analysis.pixel_size)
+        row.add_disc(locate_disc(photograph, fov, prediction.mask), analysis.pixel_size)
     return analysis, row
 
 
 def _add_artery_vein(analysis: VesselAnalysis, row: BiomarkerRow, classes: np.ndarray,
-                     photograph: np.ndarray | None, disc: Disc | None, options: dict) -> None:
+                     photograph: np.ndarray | None, fov: np.ndarray | None, options: dict
+                     ) -> None:
     """CRAE, CRVE, AVR and each class's measures of ``classes`` into ``analysis`` and
-    ``row``, around ``disc``, else the disc located on ``photograph`` (with the map's
+    ``row``, inside ``fov``, around the disc located on ``photograph`` (with the map's
     vessels), else none (NaN, with the reason)."""
-    from ..datasets import fov_mask
-
-    fov = None if photograph is None else fov_mask(photograph)
-    if disc is None:
-        disc = Disc.missing("no photograph to find the optic disc in (analyze: "
-                            "--photographs)") if photograph is None else locate_disc(
-            photograph, fov, vessels=classes > 0)
+    disc = Disc.missing("no photograph to find the optic disc in (analyze: --photographs)"
+                        ) if photograph is None else locate_disc(photograph, fov, classes > 0)
     analysis.artery_vein = measure_artery_vein(
         classes, disc, fov, mm_per_pixel=options.get("mm_per_pixel"),
         fov_degrees=options.get("fov_degrees"))
@@ -495,7 +493,7 @@ def _analyze_one(path: Path, name: str, out_dir: Path, model: _Model, options: d
         analysis = measure(array > 0, fov, **options)
         row = BiomarkerRow.measured(path, name, kind, analysis, fov_source=FOV_WHOLE_FRAME
                                     if photograph is None else FOV_FROM_PHOTO)
-        _add_artery_vein(analysis, row, array, photograph, None, options)
+        _add_artery_vein(analysis, row, array, photograph, fov, options)
         background = array > 0 if photograph is None else photograph
     else:
         analysis = measure(array, **options)
