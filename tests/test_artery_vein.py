@@ -20,7 +20,11 @@ from qsegment.datasets import Split, open_dataset
 from qsegment.engine.evaluate import format_av_table, table_av
 from qsegment.engine.train import class_target, load_config, train
 from qsegment.images import artery_vein_colours
-from qsegment.inference.arteryvein import class_map, class_probabilities
+from qsegment.inference.arteryvein import (
+    class_map,
+    class_probabilities,
+    with_vessel_probability,
+)
 from qsegment.inference.predict import Segmenter
 from qsegment.losses import UNKNOWN_CLASS, artery_vein_loss, structure_loss
 from qsegment.metrics import _binned_curves, artery_vein_scores, centreline_accuracy
@@ -108,12 +112,17 @@ def test_the_class_loss_learns_only_where_a_vessel_has_a_labelled_class():
 
 def test_decoding_keeps_the_vessel_cut_and_probabilities_sum_to_the_vessel():
     outputs = np.random.default_rng(1).normal(0, 2, (4, 16, 16)).astype(np.float32)
-    probabilities = class_probabilities(outputs)
     vessel = 1 / (1 + np.exp(-outputs[0]))
+    converted = with_vessel_probability(outputs.copy())
+    assert np.allclose(converted[0], vessel, atol=1e-6)
+    assert np.array_equal(converted[1:], outputs[1:])
+    probabilities = class_probabilities(converted[0], outputs[1:])
     assert np.allclose(probabilities.sum(0), vessel, atol=1e-6)
-    classes = class_map(outputs, 0.5)
+    classes = class_map(vessel >= 0.5, outputs[1:])
     assert np.array_equal(classes > 0, vessel >= 0.5)
     assert np.array_equal(classes[classes > 0], outputs[1:].argmax(0)[classes > 0] + 1)
+    # a runtime's sigmoid of the class logits ranks the classes as the logits do
+    assert np.array_equal(class_map(vessel >= 0.5, 1 / (1 + np.exp(-outputs[1:]))), classes)
 
 
 @pytest.fixture(scope="module")

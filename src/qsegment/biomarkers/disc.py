@@ -17,8 +17,11 @@ density z-scores sum to less than :data:`MIN_EVIDENCE`.
 
 Every constant was chosen on IDRiD-OD's first 40 photographs and checked on the other
 14 (docs/BIOMARKERS.md, "The optic disc"; ``benchmarks/bench_disc.py``);
-:data:`EDGE_FRACTION` also by eye on HRF-AV's training photographs, whose discs have a
-bright cup inside whose edge is the steepest fall.
+:data:`EDGE_FRACTION` also by eye on eight photographs of the other cameras, whose discs
+have a bright cup inside whose edge is the steepest fall: five training photographs and
+three test ones (HRF-AV 12_g and 14_dr, LES-AV 279), which the docs name.
+:data:`MIN_CONTRAST` was lowered after a contact sheet of HRF-AV and CHASE_DB1, test
+photographs among them.
 """
 
 from __future__ import annotations

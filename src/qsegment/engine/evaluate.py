@@ -19,6 +19,7 @@ from ..inference.arteryvein import (
     check_artery_vein,
     class_map,
     class_probabilities,
+    with_vessel_probability,
 )
 from ..inference.calibrate import CalibratedMap, Calibration, calibrated_map
 from ..inference.maps import Scale, as_runtime, predict_outputs, predict_proba
@@ -270,11 +271,12 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
     per_image: list[dict] = []
     panels: list[tuple[Sample, np.ndarray]] = []
     for sample in tqdm(val, desc="artery/vein", leave=False, disable=not progress):
-        found, logits = calibrated_outputs(
-            lambda image: predict_outputs(runtime, image, tta=tta), sample.image, scale,
-            calibration, name=sample.name)
+        found, class_logits = calibrated_outputs(
+            lambda image: with_vessel_probability(predict_outputs(runtime, image, tta=tta)),
+            sample.image, scale, calibration, name=sample.name)
         cut = card.threshold_value if found.cut is None else found.cut
-        predicted, probabilities = class_map(logits, cut), class_probabilities(logits)
+        predicted = class_map(found.probability >= cut, class_logits)
+        probabilities = class_probabilities(found.probability, class_logits)
         label = cast(np.ndarray, sample.classes)
         classes = artery_vein_scores(predicted, probabilities, label, sample.fov)
         centre, pixels = centreline_accuracy(

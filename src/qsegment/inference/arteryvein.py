@@ -1,7 +1,8 @@
 """Arteries and veins from an artery/vein model's four outputs (the vessel logit, then
 the artery, vein and uncertain logits given a vessel:
 :class:`~qsegment.models.qsegment.QSegmentAV`): class probabilities and the class map, from
-logits at the scale the vessel rules choose."""
+outputs at the scale the vessel rules choose. The vessel map is the one a vessel model's
+would be (the same rules, the same cut on the same probability)."""
 
 from __future__ import annotations
 
@@ -18,22 +19,28 @@ from .calibrate import CalibratedMap, Calibration, calibrated_map
 from .maps import Scale
 
 
-def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """(3, H, W) probabilities of artery, vein and uncertain: the vessel probability times
-    the softmax of the three class logits."""
-    logits = outputs[1:].astype(np.float32)
-    exp = np.exp(logits - logits.max(0, keepdims=True))
-    return sigmoid(outputs[0]) * exp / exp.sum(0, keepdims=True)
+def class_probabilities(vessel: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
+    """(3, H, W) probabilities of artery, vein and uncertain: the vessel probability
+    (H, W) times the softmax of the three class logits (3, H, W)."""
+    exp = np.exp(class_logits - class_logits.max(0, keepdims=True))
+    return vessel * exp / exp.sum(0, keepdims=True)
 
 
-def class_map(outputs: np.ndarray, cut: float) -> np.ndarray:
-    """(H, W) uint8 map of 0 background, 1 artery, 2 vein, 3 uncertain: vessel where the
-    vessel probability reaches ``cut`` (the vessel map's own), there the likeliest class
-    (ranked on the vessel pixels alone: a tenth of the image)."""
-    vessel = sigmoid(outputs[0]) >= cut
+def class_map(vessel: np.ndarray, class_scores: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 map of 0 background, 1 artery, 2 vein, 3 uncertain: on the ``vessel``
+    mask, the likeliest class (ranked on the vessel pixels alone: a tenth of the image).
+    ``class_scores`` (3, H, W) are the class logits, or any increasing function of them
+    (a runtime's sigmoid: :meth:`~qsegment.runtimes.base.Runtime.outputs_uint8`)."""
     classes = np.zeros(vessel.shape, np.uint8)
-    classes[vessel] = outputs[1:, vessel].argmax(0) + 1
+    classes[vessel] = class_scores[:, vessel].argmax(0) + 1
     return classes
+
+
+def with_vessel_probability(outputs: np.ndarray) -> np.ndarray:
+    """A model's (C, H, W) logits with channel 0's turned into the vessel probability
+    (in place): what :func:`calibrated_outputs` takes."""
+    outputs[0] = sigmoid(outputs[0])
+    return outputs
 
 
 def check_artery_vein(outputs: tuple[str, ...] | int, name: str) -> None:
@@ -52,24 +59,26 @@ def calibrated_outputs(outputs: Callable[[np.ndarray], np.ndarray], image: np.nd
                        scale: Scale, calibration: Calibration | None,
                        fov_diameter: float = TRAINING_FOV_DIAMETER, name: str = "image"
                        ) -> tuple[CalibratedMap, np.ndarray]:
-    """Every channel's logits (C, H, W) of ``image`` at its full resolution, the network
-    run at the scale the vessel rules choose on channel 0
+    """The vessel map of ``image`` and its class scores (C - 1, H, W) at its full
+    resolution, the network run at the scale the vessel rules choose on channel 0
     (:func:`~qsegment.inference.calibrate.calibrated_map`, whose result comes first).
 
     Args:
-        outputs: an image's (C, h, w) logits at its own scale.
-        image: (H, W, 3) float RGB in [0, 1].
+        outputs: an image's (C, h, w) outputs at its own scale: channel 0 the vessel
+            probability, the class scores after it (:func:`with_vessel_probability`, or
+            a runtime's :meth:`~qsegment.runtimes.base.Runtime.outputs_uint8`).
+        image: (H, W, 3) RGB, as ``outputs`` takes it.
         scale, calibration, fov_diameter, name: as ``calibrated_map`` takes them.
     """
     last: dict[str, np.ndarray] = {}
 
     def vessel_probability(resized: np.ndarray) -> np.ndarray:
         last["outputs"] = outputs(resized)
-        return sigmoid(last["outputs"][0])
+        return last["outputs"][0]
 
     found = calibrated_map(image, vessel_probability, scale, calibration, fov_diameter, name)
-    logits = last["outputs"]  # of the last pass: the scale chosen
+    scores = last["outputs"][1:]  # of the last pass: the scale chosen
     h, w = image.shape[:2]
-    if logits.shape[1:] != (h, w):  # logits resized, as predict_outputs does with a size
-        logits = resize_bilinear(np.ascontiguousarray(logits[None]), (h, w), False)[0]
-    return found, logits
+    if scores.shape[1:] != (h, w):  # resized as predict_outputs does with a size
+        scores = resize_bilinear(np.ascontiguousarray(scores[None]), (h, w), False)[0]
+    return found, scores

@@ -39,8 +39,13 @@ from ..images import (
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
-from ..runtimes.base import Runtime, sigmoid
-from .arteryvein import calibrated_outputs, check_artery_vein, class_map
+from ..runtimes.base import Runtime
+from .arteryvein import (
+    calibrated_outputs,
+    check_artery_vein,
+    class_map,
+    with_vessel_probability,
+)
 from .calibrate import CalibratedMap, Calibration, calibrated_map
 from .maps import Scale, as_runtime, check_scale, predict_outputs, predict_proba, symmetries
 
@@ -245,12 +250,10 @@ class Segmenter:
                 than (H, W), (H, W, 3) or (H, W, 4)).
         """
         if self.artery_vein:
-            return self._predict_artery_vein(to_rgb_float(image), name)
-        array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
+            return self._predict_artery_vein(image, name)
         probability: Callable[[np.ndarray], np.ndarray]
-        if (array is not None and array.dtype == np.uint8 and array.ndim == 3
-                and array.shape[2] == 3 and self.tta == "none" and self.runner.accepts_uint8):
-            rgb, probability = array, self.runner.probability_uint8  # 8-bit RGB to int8
+        if (pixels := self._pixels(image)) is not None:
+            rgb, probability = pixels, self.runner.probability_uint8  # 8-bit RGB to int8
         else:
             rgb, probability = to_rgb_float(image), self._float_probability
         found = calibrated_map(rgb, lambda scaled: self._tiled(scaled, probability), self.scale,
@@ -266,18 +269,33 @@ class Segmenter:
             return found.cut, "auto"
         return self.threshold, self.threshold_rule
 
-    def _predict_artery_vein(self, rgb: np.ndarray, name: str) -> Prediction:
+    def _pixels(self, image: np.ndarray | Image.Image) -> np.ndarray | None:
+        """``image`` as the (H, W, 3) uint8 array an int8 runtime takes as it is
+        (``accepts_uint8``, no ``tta``); None where it must go in as floats."""
+        array = np.asarray(image) if isinstance(image, np.ndarray) or image.mode == "RGB" else None
+        if (array is not None and array.dtype == np.uint8 and array.ndim == 3
+                and array.shape[2] == 3 and self.tta == "none" and self.runner.accepts_uint8):
+            return array
+        return None
+
+    def _predict_artery_vein(self, image: np.ndarray | Image.Image, name: str) -> Prediction:
         """:meth:`predict` with the class of each vessel pixel: the vessel map from the
         model's channel 0 as for a vessel model, the classes from the others."""
-        found, logits = calibrated_outputs(
-            lambda scaled: self._tiled(scaled, lambda tile: predict_outputs(
-                self.runner, tile, tta=self.tta)), rgb, self.scale, self.calibration,
-            self.fov_diameter, name)
-        check_artery_vein(len(logits), self.name)
+        pixels = self._pixels(image)
+        rgb = to_rgb_float(image) if pixels is None else pixels
+
+        def checked(tile: np.ndarray) -> np.ndarray:
+            result = with_vessel_probability(predict_outputs(self.runner, tile, tta=self.tta)) \
+                if pixels is None else self.runner.outputs_uint8(tile)
+            check_artery_vein(len(result), self.name)
+            return result
+
+        found, scores = calibrated_outputs(lambda scaled: self._tiled(scaled, checked), rgb,
+                                           self.scale, self.calibration, self.fov_diameter, name)
         threshold, rule = self._cut(found)
-        classes = class_map(logits, threshold)
-        return Prediction(sigmoid(logits[0]), classes > 0, threshold, found.scale,
-                          found.scale_rule, found.fov_scale, rule, found.quality, classes)
+        mask = found.probability >= threshold
+        return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
+                          found.fov_scale, rule, found.quality, class_map(mask, scores))
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """The vessel probability of an image at its own scale (no rescale), tiled when it

@@ -73,7 +73,7 @@ class Int8Session:
         self.probability_lut = (1 / (1 + np.exp(-(codes - zero) * scale))).astype(np.float32)
 
     def run(self, quantized: np.ndarray) -> np.ndarray:
-        """int8 (H, W, 1) output of an int8 (1, H, W, 3) input."""
+        """int8 (H, W, C) output of an int8 (1, H, W, 3) input."""
         self.interpreter.set_tensor(self.input_index, quantized)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output_index)[0]
@@ -88,7 +88,7 @@ class Int8Session:
 class LiteRtInt8(Runtime):
     """A model as fully int8 TFLite, run by LiteRT (XNNPACK kernels) on the CPU.
 
-    :meth:`logits` takes an (N, 3, H, W) float32 batch in [0, 1]; :meth:`probability_uint8`
+    :meth:`logits` takes an (N, 3, H, W) float32 batch in [0, 1]; :meth:`outputs_uint8`
     is the fast path from an 8-bit RGB image (a lookup table quantizes the input, another
     gives the probability of each int8 output). A TFLite graph has one input shape: an
     image is padded (black, bottom/right) up to the smallest shape in ``flatbuffers``
@@ -171,9 +171,10 @@ class LiteRtInt8(Runtime):
         padded = np.pad(x, ((0, 0), (0, 0), (0, shape[0] - height), (0, shape[1] - width)))
         return self.session(*shape).logits(padded)[..., :height, :width]
 
-    def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
-        """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, padded with black
-        (the quantized 0) up to its shape (:meth:`shape_for`) and cropped back."""
+    def outputs_uint8(self, rgb: np.ndarray) -> np.ndarray:
+        """The sigmoid of every output channel (C, H, W) of an (H, W, 3) uint8 RGB image,
+        padded with black (the quantized 0) up to its shape (:meth:`shape_for`) and cropped
+        back."""
         height, width = rgb.shape[:2]
         session = self.session(*self.shape_for(height, width))
         q = np.full(session.shape, session.input_quantization[1], dtype=np.int8)
@@ -181,5 +182,5 @@ class LiteRtInt8(Runtime):
             np.bitwise_xor(rgb, 0x80, out=q.view(np.uint8)[0, :height, :width])
         else:
             np.take(session.lut, rgb, out=q[0, :height, :width])
-        out = session.run(q)[:height, :width, 0]
+        out = session.run(q)[:height, :width].transpose(2, 0, 1)
         return session.probability_lut[out.view(np.uint8)]

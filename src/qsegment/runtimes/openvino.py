@@ -100,7 +100,7 @@ class OpenVinoInt8(Runtime):
         """The inference request of the network compiled for inputs of exactly ``shape``,
         compiled (or loaded from the cache) on first use: float (N, 3, H, W) in [0, 1] to
         logits, or with ``pixels`` uint8 RGB (N, H, W, 3) to probabilities, the
-        conversions and the sigmoid compiled into the network (:meth:`probability_uint8`)."""
+        conversions and the sigmoid compiled into the network (:meth:`outputs_uint8`)."""
         key = (*shape, pixels)
         if key in self._requests:
             self._requests.move_to_end(key)
@@ -122,17 +122,18 @@ class OpenVinoInt8(Runtime):
         x = np.ascontiguousarray(x, np.float32)
         return self.request(x.shape).infer({0: x}, share_inputs=True)[0]
 
-    def probability_uint8(self, rgb: np.ndarray) -> np.ndarray:
-        """Vessel probability (H, W) of an (H, W, 3) uint8 RGB image, zero-padded to the
-        size multiple: OpenVINO itself converts the pixels, runs the network and the
-        sigmoid, so nothing of the image's size is done in numpy but the padding."""
+    def outputs_uint8(self, rgb: np.ndarray) -> np.ndarray:
+        """The sigmoid of every output channel (C, H, W) of an (H, W, 3) uint8 RGB image,
+        zero-padded to the size multiple: OpenVINO itself converts the pixels, runs the
+        network and the sigmoid, so nothing of the image's size is done in numpy but the
+        padding."""
         height, width = rgb.shape[:2]
         m = self.size_multiple
         padded = np.zeros((1, round_up(height, m), round_up(width, m), 3), np.uint8)
         padded[0, :height, :width] = rgb
-        probability = self.request(padded.shape, pixels=True).infer({0: padded},
-                                                                     share_inputs=True)[0]
-        return probability[0, 0, :height, :width]
+        outputs = self.request(padded.shape, pixels=True).infer({0: padded},
+                                                                 share_inputs=True)[0]
+        return outputs[0, :, :height, :width]
 
 
 def _from_pixels(network: Model, shape: tuple[int, ...]) -> Model:
