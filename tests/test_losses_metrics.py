@@ -130,6 +130,30 @@ def test_best_threshold_maximizes_dice():
     assert all(dice(t) >= dice(g) - 1e-12 for g in np.linspace(0.05, 0.95, 19))
 
 
+def test_a_large_pool_gets_the_exact_threshold_from_bin_counts(data_dir, monkeypatch):
+    """Over :data:`EXACT_AUC_PIXELS` the threshold comes from per-image bin counts (no
+    sort of all pixels): on two real CHASE_DB1 maps it is scikit-learn's (the int8
+    map's 238 probabilities are far apart: the binned edge alone would lie 0.017 below),
+    and draws the same pooled Dice; the pool's AUC from per-image counts is its exact AUC
+    within 1e-5."""
+    from qsegment import Segmenter, metrics
+
+    samples = [load_sample(data_dir, name) for name in ("Image_01L", "Image_02R")]
+    segmenter = Segmenter.from_pretrained(scale="none", threshold=0.5)
+    case = ([segmenter.predict(s.image).probability for s in samples],
+            [s.label for s in samples], [s.fov for s in samples])
+    monkeypatch.setattr(metrics, "EXACT_AUC_PIXELS", 0)  # 2 M pixels: as 20 would be
+    binned = best_threshold(*case)
+    monkeypatch.setattr(metrics, "EXACT_AUC_PIXELS", 1 << 40)
+    exact = best_threshold(*case)
+    assert 0.3 < exact < 0.99 and abs(binned - exact) < 1 / metrics.AUC_BINS
+    exact_auc = evaluate(*case)["pooled"]["auc"]
+    monkeypatch.setattr(metrics, "EXACT_AUC_PIXELS", 0)  # the pool's AUC from summed counts
+    pooled = evaluate(*case, threshold=binned)["pooled"]
+    assert pooled["auc"] == pytest.approx(exact_auc, abs=1e-5) and 0.95 < exact_auc < 1
+    assert pooled["dice"] == evaluate(*case, threshold=exact)["pooled"]["dice"]
+
+
 def test_shape_mismatch_is_an_error():
     prob, label, fov = _random_case(0)
     with pytest.raises(UsageError, match="shape mismatch"):

@@ -76,14 +76,20 @@ def training_parts(datasets: Sequence[FundusDataset], split: Split | None = None
         default = dataset.default_split
         chosen = Split(split.train or default.train, split.val or default.val) if split \
             else default
-        train, val = dataset.split(chosen)
-        scales = [1.0] * (len(train) + len(val))
-        if label_scaled:
-            rescale = tqdm(train + val, desc=f"{dataset.title} to the training scale",
-                           unit="image", disable=not progress, leave=False)
-            scales = [label_scale(s) for s in rescale]
-            scaled = [at_label_scale(*pair) for pair in zip(train + val, scales, strict=True)]
-            train, val = scaled[:len(train)], scaled[len(train):]
+        if not label_scaled:
+            train, val = dataset.split(chosen)
+            parts.append(Part(dataset, chosen, train, val, [1.0] * len(train)))
+            continue
+        dataset.check_split(chosen)
+        scaled, scales = [], []
+        # one photograph at a time, uncached: only the resized copies stay in memory
+        # (HRF-AV's 45 at full size would hold 5.4 GB for the rest of the run)
+        for name in tqdm([*chosen.train, *chosen.val], unit="image", leave=False,
+                         desc=f"{dataset.title} to the training scale", disable=not progress):
+            sample = dataset.sample(name, cached=False)
+            scales.append(label_scale(sample))
+            scaled.append(at_label_scale(sample, scales[-1]))
+        train, val = scaled[:len(chosen.train)], scaled[len(chosen.train):]
         parts.append(Part(dataset, chosen, train, val, scales[:len(train)]))
     return parts
 

@@ -157,13 +157,17 @@ def load_label(path: Path, shape: tuple[int, int], vessel_classes: bool = False,
     return label > 0
 
 
-@cache
-def load_image(path: Path) -> np.ndarray:
-    """One photograph as read-only float32 RGB in [0, 1], decoded once per process
-    whichever label is asked."""
+def read_image(path: Path) -> np.ndarray:
+    """One photograph as read-only float32 RGB in [0, 1]."""
     image = open_image(path, "RGB").astype(np.float32) / 255.0
     image.setflags(write=False)
     return image
+
+
+@cache
+def load_image(path: Path) -> np.ndarray:
+    """:func:`read_image`, decoded once per process whichever label is asked."""
+    return read_image(path)
 
 
 @cache
@@ -213,22 +217,29 @@ class FundusDataset:
         """A given FOV mask of the image, or None: derived from the image then."""
         return None
 
-    def sample(self, name: str, observer: int = 1) -> Sample:
+    def sample(self, name: str, observer: int = 1, cached: bool = True) -> Sample:
         """One image with the label of ``observer`` (1: the reference). Arrays are
-        read-only and cached per process: samples are shared, never copied."""
+        read-only and, unless not ``cached``, cached per process: samples are shared,
+        never copied. Uncached, a sample is read afresh and freed with its last use:
+        what a caller that only keeps a resized copy wants (an 8 MP HRF photograph
+        holds 120 MB)."""
         if not 1 <= observer <= self.observers:
             raise DatasetError(f"{self.name} has {self.observers} observer(s), not {observer}")
-        return _sample(self, name, observer)
+        return _sample(self, name, observer) if cached else read_sample(self, name, observer)
+
+    def check_split(self, split: Split) -> None:
+        """Refuse a split naming an image the folder lacks, naming its file."""
+        available = set(self.names())
+        for name in (*split.train, *split.val):
+            if name not in available:
+                raise DatasetError(f"{self.image_path(name)}: image of the split not found")
 
     def split(self, split: Split | None = None, observer: int = 1
               ) -> tuple[list[Sample], list[Sample]]:
         """(train, val) samples of ``split`` (default: the dataset's) after validating the
         folder."""
         split = split or self.default_split
-        available = set(self.names())
-        for name in (*split.train, *split.val):
-            if name not in available:
-                raise DatasetError(f"{self.image_path(name)}: image of the split not found")
+        self.check_split(split)
         return ([self.sample(n, observer) for n in split.train],
                 [self.sample(n, observer) for n in split.val])
 
@@ -244,13 +255,17 @@ class FundusDataset:
         return hash((type(self), self.root))
 
 
-@cache
-def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
+def read_sample(dataset: FundusDataset, name: str, observer: int = 1, cached: bool = False
+                ) -> Sample:
+    """One sample of ``dataset`` read from its files (its image and derived FOV from the
+    process's cache where ``cached``); :meth:`FundusDataset.sample` checks ``observer``."""
     path = dataset.image_path(name)
-    image = load_image(path)
+    image = load_image(path) if cached else read_image(path)
     given = dataset.fov_path(name)
-    fov = (derived_fov(path) if given is None
-           else load_label(given, image.shape[:2], what="FOV mask"))
+    if given is not None:
+        fov = load_label(given, image.shape[:2], what="FOV mask")
+    else:
+        fov = derived_fov(path) if cached else fov_mask(image)
     classes = None
     if dataset.vessel_classes:
         classes = load_classes(dataset.label_path(name, observer), image.shape[:2])
@@ -261,3 +276,8 @@ def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
         if array is not None:
             array.setflags(write=False)
     return Sample(name=name, image=image, label=label, fov=fov, path=path, classes=classes)
+
+
+@cache
+def _sample(dataset: FundusDataset, name: str, observer: int) -> Sample:
+    return read_sample(dataset, name, observer, cached=True)
