@@ -10,7 +10,7 @@ import pytest
 from qsegment.cli import main
 from qsegment.data import SegmentationDataset
 from qsegment.data.mixture import REFERENCE_LABEL_CALIBRE, at_label_scale, label_scale, visits
-from qsegment.datasets import DatasetError, Split, open_dataset
+from qsegment.datasets import DatasetError, Sample, Split, open_dataset
 from qsegment.engine.config import ConfigError
 from qsegment.engine.train import load_config, run_parts, train
 from qsegment.inference.calibrate import vessel_calibre
@@ -67,6 +67,28 @@ def test_label_scaling_keeps_only_the_resized_photographs():
         for field in ("image", "label", "fov", "classes"):
             assert np.array_equal(getattr(scaled, field), getattr(expected, field)), field
     assert part.train_scales == [label_scale(dataset.sample("34"))]
+
+
+def test_a_large_photograph_is_validated_in_tiles_that_give_its_whole_map():
+    """A PyTorch model's map of a photograph larger than a tile (validation, the training
+    threshold) is made in tiles with a margin of its receptive radius: the whole map,
+    without the whole photograph's activations."""
+    from qsegment.checkpoint import load_model
+    from qsegment.engine.evaluate import _probability, predict_samples
+    from qsegment.inference.maps import predict_proba
+    from qsegment.models.profile import receptive_radius
+
+    model, _ = load_model()
+    sample = open_dataset(None, "hrf-av").sample("01_dr")
+    crop = np.s_[600:1800, 1000:2300]  # 1200x1300: over the 1024 px tile both ways
+    part = Sample(sample.name, sample.image[crop], sample.label[crop], sample.fov[crop],
+                  sample.path)
+    tiler = _probability(model, None, "none").__self__  # Segmenter.probability
+    assert tiler.tile == (1024, 1024) and tiler.overlap > receptive_radius(model)
+    tiled = predict_samples(model, [part])[0]
+    whole = predict_proba(model, part.image)
+    assert tiled.shape == whole.shape == (1200, 1300) and (whole >= 0.5).mean() > 0.03
+    assert np.abs(tiled - whole).max() < 1e-4
 
 
 def test_a_mixture_needs_consistent_options(tmp_path, data_dir):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -14,6 +15,7 @@ from ..card import Card
 from ..datasets import AV_CLASSES, DatasetError, FundusDataset, Sample, Split, open_dataset
 from ..errors import UsageError
 from ..files import write_json
+from ..images import round_up
 from ..inference.arteryvein import (
     calibrated_outputs,
     check_artery_vein,
@@ -65,10 +67,38 @@ def calibrated_samples(model: Runtime | nn.Module, samples: Sequence[Sample],
     Raises:
         UsageError: an unknown ``tta`` or ``scale``.
     """
-    runtime = as_runtime(model)
+    probability = _probability(model, size, tta)
     items = tqdm(samples, desc="predict", leave=False, disable=not progress)
-    return [calibrated_map(s.image, lambda image: predict_proba(runtime, image, size, tta),
-                           scale, calibration, name=s.name) for s in items]
+    return [calibrated_map(s.image, probability, scale, calibration, name=s.name)
+            for s in items]
+
+
+def _probability(model: Runtime | nn.Module, size: int | None, tta: str
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`~qsegment.inference.maps.predict_proba` of an image; a PyTorch module's in
+    :class:`~qsegment.inference.predict.Segmenter`'s tiles, with a margin of its measured
+    receptive radius (so the map is the whole image's), where the image exceeds a tile:
+    its forward over a whole HRF-AV photograph at the training scale held 3-5 GB of
+    activations during validation. A network whose reach cannot be measured (global
+    pooling) runs whole."""
+    from torch import nn
+
+    from ..inference.predict import TILE, Segmenter
+    from ..models.profile import receptive_radius
+
+    runtime = as_runtime(model)
+    whole = partial(predict_proba, runtime, size=size, tta=tta)
+    if size is not None or not isinstance(model, nn.Module):
+        return whole
+    multiple = runtime.size_multiple
+    try:
+        margin = round_up(receptive_radius(model) + 1, multiple)
+    except UsageError:
+        return whole
+    tile = round_up(TILE, multiple)
+    if 2 * margin >= tile:
+        return whole
+    return Segmenter(runtime, tile=tile, overlap=margin, tta=tta, scale="none").probability
 
 
 def predict_samples(model: Runtime | nn.Module, samples: Sequence[Sample],

@@ -57,6 +57,7 @@ def receptive_radius(model: nn.Module, size: int = 384) -> int:
     centre = size // 2 // multiple * multiple
     base = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     probes = base.repeat(multiple + 1, 1, 1, 1)  # the first stays unperturbed: the reference
+    probes = probes.to(next(model.parameters()).device)  # a model training on a GPU too
     for k in range(multiple):
         probes[k + 1, :, centre + k, centre + k] += 0.5
     with torch.no_grad():
