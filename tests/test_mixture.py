@@ -74,8 +74,8 @@ def test_a_large_photograph_is_validated_in_tiles_that_give_its_whole_map():
     threshold) is made in tiles with a margin of its receptive radius: the whole map,
     without the whole photograph's activations."""
     from qsegment.checkpoint import load_model
-    from qsegment.engine.evaluate import _probability, predict_samples
-    from qsegment.inference.maps import predict_proba
+    from qsegment.engine.evaluate import _tiled_probability, predict_samples
+    from qsegment.inference.maps import as_runtime, predict_proba
     from qsegment.models.profile import receptive_radius
 
     model, _ = load_model()
@@ -83,7 +83,7 @@ def test_a_large_photograph_is_validated_in_tiles_that_give_its_whole_map():
     crop = np.s_[600:1800, 1000:2300]  # 1200x1300: over the 1024 px tile both ways
     part = Sample(sample.name, sample.image[crop], sample.label[crop], sample.fov[crop],
                   sample.path)
-    tiler = _probability(model, None, "none").__self__  # Segmenter.probability
+    tiler = _tiled_probability(model, as_runtime(model), "none").__self__  # a Segmenter's
     assert tiler.tile == (1024, 1024) and tiler.overlap > receptive_radius(model)
     tiled = predict_samples(model, [part])[0]
     whole = predict_proba(model, part.image)

@@ -80,24 +80,44 @@ def _probability(model: Runtime | nn.Module, size: int | None, tta: str
     receptive radius (so the map is the whole image's), where the image exceeds a tile:
     its forward over a whole HRF-AV photograph at the training scale held 3-5 GB of
     activations during validation. A network whose reach cannot be measured (global
-    pooling) runs whole."""
+    pooling) runs whole. The reach is measured (a second or two) at the first image
+    over a tile only: CHASE_DB1's never need it."""
     from torch import nn
 
-    from ..inference.predict import TILE, Segmenter
-    from ..models.profile import receptive_radius
+    from ..inference.predict import TILE
 
     runtime = as_runtime(model)
     whole = partial(predict_proba, runtime, size=size, tta=tta)
     if size is not None or not isinstance(model, nn.Module):
         return whole
+    tiled: list[Callable[[np.ndarray], np.ndarray]] = []  # made at the first large image
+
+    def probability(image: np.ndarray) -> np.ndarray:
+        if max(image.shape[:2]) <= TILE:
+            return whole(image)
+        if not tiled:
+            tiled.append(_tiled_probability(model, runtime, tta) or whole)
+        return tiled[0](image)
+
+    return probability
+
+
+def _tiled_probability(model: nn.Module, runtime: Runtime, tta: str
+                       ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``Segmenter.probability`` in tiles of about :data:`~qsegment.inference.predict.TILE`
+    px with a margin of ``model``'s receptive radius; None where that cannot be measured
+    or does not fit in a tile."""
+    from ..inference.predict import TILE, Segmenter
+    from ..models.profile import receptive_radius
+
     multiple = runtime.size_multiple
     try:
         margin = round_up(receptive_radius(model) + 1, multiple)
     except UsageError:
-        return whole
+        return None
     tile = round_up(TILE, multiple)
     if 2 * margin >= tile:
-        return whole
+        return None
     return Segmenter(runtime, tile=tile, overlap=margin, tta=tta, scale="none").probability
 
 
