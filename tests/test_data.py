@@ -9,6 +9,7 @@ from qsegment.data.transforms import apply
 from qsegment.datasets import (
     ChaseDB1,
     DatasetError,
+    Sample,
     Split,
     fov_mask,
     load_sample,
@@ -176,6 +177,28 @@ def test_acquisition_training_crops_at_other_zooms(data_dir):
         assert img.shape[-2:] == lab.shape[-2:] == (128, 128)
         assert set(lab.unique().tolist()) <= {0.0, 1.0}  # masks by nearest neighbour
     assert min(sides) >= 102 and max(sides) <= 160 and len(sides) > 5  # 128 / (1.25 .. 0.8)
+
+
+@pytest.mark.parametrize("acquisition", [False, True])
+def test_a_crop_is_cut_from_the_photograph_as_from_its_padded_tensors(data_dir, acquisition):
+    """The dataset cuts a random crop's window from the sample's arrays instead of keeping
+    a padded float copy of every photograph: the same draws give the same tensors, padding
+    included (a 250x253 piece is padded to 256x256 and cropped at 256)."""
+    from qsegment.data.dataset import augment
+
+    whole = load_sample(data_dir, "Image_03L")
+    piece = Sample(whole.name, whole.image[:250, 300:553], whole.label[:250, 300:553],
+                   whole.fov[:250, 300:553], whole.path)
+    for sample, crop in ((whole, 256), (piece, 256)):
+        transform = paper_augmentation(crop=crop, acquisition=acquisition)
+        tensors = to_tensors(sample, MULTIPLE)
+        for seed in range(4):
+            torch.manual_seed(seed)
+            expected = apply(transform, *tensors)
+            torch.manual_seed(seed)
+            got = augment(transform, sample, MULTIPLE)
+            for a, b in zip(expected, got, strict=True):
+                assert a.dtype == b.dtype and torch.equal(a, b), (sample.name, crop, seed)
 
 
 def test_dataset_repeats_and_augments(data_dir):

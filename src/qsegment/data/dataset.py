@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..datasets import VESSEL_CLASSES, DatasetError, Sample
@@ -54,14 +55,50 @@ def to_tensors(sample: Sample, multiple: int, device: torch.device | str = "cpu"
     return image, label, fov
 
 
+def _window(array: np.ndarray, top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """(C, height, width) float32 copy of ``array``'s (H, W) or (H, W, C) window at (top,
+    left), zero where the window runs past the array's bottom or right edge."""
+    part = torch.from_numpy(array[top:top + height, left:left + width].astype(np.float32))
+    part = part.permute(2, 0, 1) if part.ndim == 3 else part[None]
+    window = torch.zeros((part.shape[0], height, width))
+    window[:, :part.shape[1], :part.shape[2]] = part
+    return window
+
+
+def augment(transform: v2.Transform, sample: Sample, multiple: int = 1,
+            device: torch.device | str = "cpu") -> Tensors:
+    """``transform`` on ``sample``'s tensors (:func:`to_tensors`), with the same random
+    draws and result; a leading random crop (the CPU recipes' first step) draws its window
+    on the padded size and cuts it from the sample's arrays, so that only the window is
+    converted to float, padded and moved to ``device``: a 3504x2336 photograph costs a
+    sample what a CHASE image does."""
+    crop, *rest = getattr(transform, "transforms", [transform])
+    plain_crop = type(crop) is v2.RandomCrop and crop.padding is None and not crop.pad_if_needed
+    if not (plain_crop or isinstance(crop, v2.RandomResizedCrop)):
+        return apply(transform, *to_tensors(sample, multiple, device))
+    height, width = sample.label.shape
+    padded = (height + (-height) % multiple, width + (-width) % multiple)
+    params = crop.make_params([tv_tensors.Image(torch.zeros(1, 1, 1).expand(3, *padded))])
+    box = params["top"], params["left"], params["height"], params["width"]
+    image, label, fov = (_window(a, *box).to(device) for a in (sample.image, sample.label,
+                                                                sample.fov))
+    if not plain_crop:  # the window is resized to the crop size
+        whole = {**params, "top": 0, "left": 0}
+        image, label, fov = (crop.transform(wrap(t), whole).as_subclass(torch.Tensor) for wrap, t
+                             in ((tv_tensors.Image, image), (tv_tensors.Mask, label),
+                                 (tv_tensors.Mask, fov)))
+    return apply(v2.Compose(rest), image, label, fov) if rest else (image, label, fov)
+
+
 class SegmentationDataset(Dataset):
     """Samples as (image, label, fov) tensors, augmented when a transform is given.
 
     ``repeats`` lists each image that many times per epoch (or image ``i``
     ``repeats[i]`` times: a mixture's shares): with small random crops an "epoch" over
-    20 images would otherwise be a handful of steps. The tensors are made
-    once and kept on ``device``: on a GPU the augmentation then runs there too, which
-    keeps full-resolution training from waiting on the CPU.
+    20 images would otherwise be a handful of steps. The samples' arrays are the only
+    copy of the photographs; each item's tensors are made when it is drawn
+    (:func:`augment`) and put on ``device``, where the augmentation then runs: on a GPU
+    that keeps full-resolution training from waiting on the CPU.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: v2.Transform | None = None,
@@ -69,8 +106,8 @@ class SegmentationDataset(Dataset):
                  device: torch.device | str = "cpu") -> None:
         if not samples:
             raise DatasetError("no samples given")
-        self.tensors = [to_tensors(s, multiple, device) for s in samples]
-        self.transform = transform
+        self.samples, self.transform = list(samples), transform
+        self.multiple, self.device = multiple, device
         counts = [repeats] * len(samples) if isinstance(repeats, int) else list(repeats)
         # all images once, then again: with one count for all, index i is image i % N
         self.order = [i for visit in range(max(counts)) for i, count in enumerate(counts)
@@ -80,5 +117,7 @@ class SegmentationDataset(Dataset):
         return len(self.order)
 
     def __getitem__(self, index: int) -> Tensors:
-        tensors = self.tensors[self.order[index]]
-        return tensors if self.transform is None else apply(self.transform, *tensors)
+        sample = self.samples[self.order[index]]
+        if self.transform is None:
+            return to_tensors(sample, self.multiple, self.device)
+        return augment(self.transform, sample, self.multiple, self.device)
