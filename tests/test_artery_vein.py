@@ -199,6 +199,30 @@ def test_the_classes_run_in_int8_on_openvino_as_in_float(av_run, data_dir):
     assert np.mean(float_.classes[both] == int8.classes[both]) > 0.9
 
 
+def test_the_classes_run_in_int8_on_litert_as_in_float(av_run, data_dir, tmp_path):
+    """`qsegment export --target tflite-int8` of an artery/vein model keeps its four
+    channels, its contract says what each is, and LiteRT's lookup tables turn every
+    channel's int8 logits into the float model's probabilities."""
+    from qsegment.export.formats import export_tflite_int8
+    from qsegment.runtimes.litert import LiteRtInt8
+
+    note = export_tflite_int8(av_run, tmp_path, shape=[(256, 256)], name="av")
+    assert note.files == ("av.int8-256x256.tflite",)
+    output = note.details["contract"]["output"]
+    assert "(1, H, W, 4)" in output and "artery, vein, uncertain given a vessel" in output
+    image = np.asarray(Image.open(data_dir / "Image_11L.jpg").resize((256, 256)))
+    int8 = LiteRtInt8.from_file(tmp_path / note.files[0]).outputs_uint8(image)
+    model, _ = load_model(av_run)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(image / np.float32(255)).permute(2, 0, 1)[None])[0]
+    float_ = torch.sigmoid(logits).numpy()
+    assert int8.shape == float_.shape == (4, 256, 256) and int8.dtype == np.float32
+    vessels = (int8[0] >= 0.5) & (float_[0] >= 0.5)
+    assert 2 * vessels.sum() / ((int8[0] >= 0.5).sum() + (float_[0] >= 0.5).sum()) > 0.9
+    same = int8[1:].argmax(0)[vessels] == float_[1:].argmax(0)[vessels]
+    assert vessels.sum() > 500 and same.mean() > 0.85
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 def test_batch_writes_the_artery_vein_maps_predict_writes(av_run, data_dir, tmp_path):
     ray = pytest.importorskip("ray")

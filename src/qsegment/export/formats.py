@@ -123,8 +123,8 @@ def export_tflite_int8(source: str | Path, out: str | Path,
     sessions = {path.name: Int8Session(path.read_bytes()) for path in files}
     contract = {
         "input": "int8 (1, H, W, 3) NHWC: RGB / 255, quantized as round(x / scale) + "
-                 "zero_point", "output": "int8 (1, H, W, 1) NHWC logits, dequantized as "
-                 "(q - zero_point) * scale",
+                 "zero_point", "output": f"int8 (1, H, W, {weights.channels}) NHWC logits, "
+                 f"dequantized as (q - zero_point) * scale; {weights.channel_names}",
         "quantization": {file: {"input": list(session.input_quantization),
                                 "output": list(session.output_quantization)}
                          for file, session in sessions.items()},
@@ -153,7 +153,22 @@ class _Source:
         return {"input": "float32 (N, 3, H, W) NCHW named 'image': RGB / 255 in [0, 1], no "
                          f"mean or std; H and W multiples of {self.model.size_multiple} (pad "
                          "bottom and right with 0)",
-                "output": "float32 (N, 1, H, W) logits named 'logits'"}
+                "output": f"float32 (N, {self.channels}, H, W) logits named 'logits'; "
+                          f"{self.channel_names}"}
+
+    @property
+    def channels(self) -> int:
+        return len(self.model.outputs)
+
+    @property
+    def channel_names(self) -> str:
+        """What each output channel is: the vessel logit, and an artery/vein model's class
+        logits given a vessel."""
+        if self.channels == 1:
+            return "channel 0: the vessel logit"
+        classes = ", ".join(self.model.outputs[1:])
+        return (f"channel 0: the vessel logit; channels 1-{self.channels - 1}: the logits of "
+                f"{classes} given a vessel (softmax over them)")
 
 
 def _note(target: str, weights: _Source, files: list[Path], exported: Runtime,

@@ -1,11 +1,11 @@
 """The one protocol every way of running a model follows.
 
-A runtime maps an (N, 3, H, W) float32 batch in [0, 1] to (N, 1, H, W) float32
-logits as numpy, whatever runs underneath (PyTorch, ONNX Runtime, LiteRT,
-TFLite-Micro). It says what it accepts: ``fixed_size`` (a square input it was
-built for, or None for any size that is a multiple of ``size_multiple``) and
-``accepts_uint8`` (whether :meth:`outputs_uint8` takes 8-bit RGB straight).
-A runtime opened for shipped weights also carries their default tiling
+A runtime maps an (N, 3, H, W) float32 batch in [0, 1] to (N, C, H, W) float32 logits as
+numpy (C = 1 for a vessel model, 4 for an artery/vein model), whatever runs underneath
+(PyTorch, ONNX Runtime, LiteRT, TFLite-Micro). It says what it accepts: ``fixed_size``
+(a square input it was built for, or None for any size that is a multiple of
+``size_multiple``) and ``accepts_uint8`` (whether :meth:`outputs_uint8` takes 8-bit RGB
+straight). A runtime opened for shipped weights also carries their default tiling
 (``tile_shape``, ``tile_margin``: :func:`read_manifest`).
 """
 

@@ -42,7 +42,7 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 def dequantize_output(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """(N, 1, H, W) float logits of an (N, H, W, 1) int8 output."""
+    """(N, C, H, W) float logits of an (N, H, W, C) int8 output."""
     return ((q.astype(np.float32) - zero_point) * scale).transpose(0, 3, 1, 2)
 
 
@@ -79,7 +79,7 @@ class Int8Session:
         return self.interpreter.get_tensor(self.output_index)[0]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Float logits (N, 1, H, W) of an (N, 3, H, W) float batch in [0, 1]."""
+        """Float logits (N, C, H, W) of an (N, 3, H, W) float batch in [0, 1]."""
         q = quantize_input(x, *self.input_quantization)
         outputs = np.stack([self.run(image[None]) for image in q])
         return dequantize_output(outputs, *self.output_quantization)
