@@ -46,23 +46,29 @@ def to_tensors(sample: Sample, multiple: int, device: torch.device | str = "cpu"
     """(image (3, H', W'), label (1, H', W'), fov (1, H', W')) as float32, zero-padded
     bottom/right so that H' and W' are multiples of ``multiple``; the padding lies
     outside the FOV, so it never counts in the loss mask or the metrics; on ``device``."""
-    image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
-    label = torch.from_numpy(sample.label.astype(np.float32))[None]
-    fov = torch.from_numpy(sample.fov.astype(np.float32))[None]
-    h, w = image.shape[-2:]
-    pad = (0, (-w) % multiple, 0, (-h) % multiple)
-    image, label, fov = (torch.nn.functional.pad(t, pad).to(device) for t in (image, label, fov))
-    return image, label, fov
+    return _windows(sample, (0, 0, *_padded_shape(sample, multiple)), device)
 
 
-def _window(array: np.ndarray, top: int, left: int, height: int, width: int) -> torch.Tensor:
-    """(C, height, width) float32 copy of ``array``'s (H, W) or (H, W, C) window at (top,
-    left), zero where the window runs past the array's bottom or right edge."""
-    part = torch.from_numpy(array[top:top + height, left:left + width].astype(np.float32))
-    part = part.permute(2, 0, 1) if part.ndim == 3 else part[None]
-    window = torch.zeros((part.shape[0], height, width))
-    window[:, :part.shape[1], :part.shape[2]] = part
-    return window
+def _padded_shape(sample: Sample, multiple: int) -> tuple[int, int]:
+    height, width = sample.label.shape
+    return height + (-height) % multiple, width + (-width) % multiple
+
+
+def _windows(sample: Sample, box: tuple[int, int, int, int], device: torch.device | str
+             ) -> Tensors:
+    """The (top, left, height, width) ``box`` of the sample's image, label and FOV as
+    (C, height, width) float32 copies on ``device``, zero where it runs past the arrays'
+    bottom or right edge."""
+    top, left, height, width = box
+
+    def window(array: np.ndarray) -> torch.Tensor:
+        part = torch.from_numpy(array[top:top + height, left:left + width].astype(np.float32))
+        part = part.permute(2, 0, 1) if part.ndim == 3 else part[None]
+        out = torch.zeros((part.shape[0], height, width))
+        out[:, :part.shape[1], :part.shape[2]] = part
+        return out.to(device)
+
+    return window(sample.image), window(sample.label), window(sample.fov)
 
 
 def augment(transform: v2.Transform, sample: Sample, multiple: int = 1,
@@ -76,12 +82,10 @@ def augment(transform: v2.Transform, sample: Sample, multiple: int = 1,
     plain_crop = type(crop) is v2.RandomCrop and crop.padding is None and not crop.pad_if_needed
     if not (plain_crop or isinstance(crop, v2.RandomResizedCrop)):
         return apply(transform, *to_tensors(sample, multiple, device))
-    height, width = sample.label.shape
-    padded = (height + (-height) % multiple, width + (-width) % multiple)
+    padded = _padded_shape(sample, multiple)
     params = crop.make_params([tv_tensors.Image(torch.zeros(1, 1, 1).expand(3, *padded))])
-    box = params["top"], params["left"], params["height"], params["width"]
-    image, label, fov = (_window(a, *box).to(device) for a in (sample.image, sample.label,
-                                                                sample.fov))
+    image, label, fov = _windows(
+        sample, (params["top"], params["left"], params["height"], params["width"]), device)
     if not plain_crop:  # the window is resized to the crop size
         whole = {**params, "top": 0, "left": 0}
         image, label, fov = (crop.transform(wrap(t), whole).as_subclass(torch.Tensor) for wrap, t

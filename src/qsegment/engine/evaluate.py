@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -90,14 +90,13 @@ def _probability(model: Runtime | nn.Module, size: int | None, tta: str
     whole = partial(predict_proba, runtime, size=size, tta=tta)
     if size is not None or not isinstance(model, nn.Module):
         return whole
-    tiled: list[Callable[[np.ndarray], np.ndarray]] = []  # made at the first large image
+
+    @cache  # made at the first large image
+    def tiled() -> Callable[[np.ndarray], np.ndarray]:
+        return _tiled_probability(model, runtime, tta) or whole
 
     def probability(image: np.ndarray) -> np.ndarray:
-        if max(image.shape[:2]) <= TILE:
-            return whole(image)
-        if not tiled:
-            tiled.append(_tiled_probability(model, runtime, tta) or whole)
-        return tiled[0](image)
+        return whole(image) if max(image.shape[:2]) <= TILE else tiled()(image)
 
     return probability
 
