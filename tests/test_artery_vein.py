@@ -19,9 +19,8 @@ from qsegment.data import resize_sample
 from qsegment.datasets import Split, open_dataset
 from qsegment.engine.evaluate import format_av_table, table_av
 from qsegment.engine.train import class_target, load_config, train
-from qsegment.images import artery_vein_colours
+from qsegment.images import artery_vein_colours, class_map
 from qsegment.inference.arteryvein import (
-    class_map,
     class_probabilities,
     with_vessel_probability,
 )

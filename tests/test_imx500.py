@@ -256,24 +256,34 @@ def imx_quantized(tmp_path_factory, data_dir):
     return path, quantize("qsegment-imx", path, size=128, calibration=4, data=data_dir)
 
 
-def test_imx_variant_returns_phases_that_the_host_interleaves(imx_quantized, split):
-    """The sensor graph stops at the 2x2 phases (the converter has no DepthToSpace); the
-    int8 runtime and the camera's decoder interleave them into the full-resolution map."""
+@pytest.mark.parametrize("variant,outputs", [("imx_quantized", ["vessel"]),
+                                             ("imx_av_quantized", ["vessel", "artery", "vein",
+                                                                   "uncertain"])])
+def test_imx_variant_returns_phases_that_the_host_interleaves(variant, outputs, split,
+                                                              request):
+    """The sensor graph stops at the 2x2 phases of each output (the converter has no
+    DepthToSpace): 4 maps for the vessel variant, 16 for the artery/vein one, each
+    output's four together; the int8 runtime and the camera's decoder interleave them
+    into the full-resolution maps."""
     from qsegment.runtimes.base import depth_to_space
 
-    path, card = imx_quantized
-    assert card["output_phases"] == 2 and card["size_multiple"] == 16
+    path, card = request.getfixturevalue(variant)
+    channels = len(outputs)
+    assert card["output_phases"] == 2 and card["outputs"] == outputs
     assert card["agreement"]["float_vs_int8"]["mask_agreement"] > 0.97
     runner = QuantizedOnnxModel(path)
     x = to_input(split[1][0].image, 128).numpy()
     raw = runner.session.run(None, {runner.input_name: x})[0]
     full = runner.logits(x)
-    assert raw.shape == (1, 4, 64, 64) and full.shape == (1, 1, 128, 128)
+    assert raw.shape == (1, 4 * channels, 64, 64) and full.shape == (1, channels, 128, 128)
     assert np.array_equal(full, depth_to_space(raw, 2))
+    assert np.array_equal(full[:, :1], depth_to_space(raw[:, :4], 2))  # the vessel's own 4
+    decoded = full[0, 0] if channels == 1 else full[0]
     for layout in (raw, [raw[0]], [raw[0].transpose(1, 2, 0)]):
-        assert np.array_equal(decode_output(layout, 128, phases=2), full[0, 0])
-    with pytest.raises(CameraError, match="as 2x2 phases of a vessel map"):
-        decode_output([raw[0, :3]], 128, phases=2)
+        assert np.array_equal(decode_output(layout, 128, phases=2, channels=channels), decoded)
+    what = "a vessel map" if channels == 1 else f"{channels} maps"
+    with pytest.raises(CameraError, match=f"as 2x2 phases of {what}"):
+        decode_output([raw[0, :3]], 128, phases=2, channels=channels)
 
 
 def test_imx_variant_converts_with_its_phases_in_deploy_json(imx_quantized, tmp_path):
@@ -291,3 +301,104 @@ def test_imx_variant_fits_640_in_the_sensor(imx_quantized):
     fit, over = memory_report(imx_quantized[0], 640), memory_report(imx_quantized[0], 720)
     assert fit.fits and fit.required <= fit.available == 8388480
     assert not over.fits and over.required > over.available
+
+
+@pytest.fixture(scope="module")
+def imx_av_quantized(tmp_path_factory, data_dir):
+    """The artery/vein variant (``qsegment-imx-av``): one epoch of the av preset on
+    CHASE_DB1 and LES-AV at 256x256 from the shipped half-resolution vessel weights
+    (which fit it whole but for the head), then PTQ at 128x128 on 4 images."""
+    from qsegment.engine.train import load_config, train
+
+    root = tmp_path_factory.mktemp("imx-av")
+    cfg = load_config("av", model="qsegment-imx-av", model_args={},
+                      init="qsegment-imx-transfer", dataset="chasedb1,les-av", epochs=1,
+                      repeats=1, crop=64, resize=256, batch_size=8, threads=1)
+    train(cfg, root / "run", progress=False)
+    path = root / "imx-av.onnx"
+    return path, quantize(root / "run", path, size=128, calibration=4, data=data_dir)
+
+
+def test_imx_av_variant_is_shown_by_class_on_the_camera_preview(imx_av_quantized, split):
+    """The camera tints an artery/vein network's vessels by class: the class map lies on
+    the vessel mask, and each class gets its colour."""
+    from qsegment.deploy.camera import shown_map
+    from qsegment.images import AV_COLOURS
+
+    path, card = imx_av_quantized
+    logits = QuantizedOnnxModel(path).logits(to_input(split[1][0].image, 128).numpy())[0]
+    probabilities = probability(logits)
+    assert np.allclose(probabilities[1:].sum(0), 1, atol=1e-5)
+    classes = shown_map(probabilities, card["threshold"]["value"])
+    assert np.array_equal(classes > 0, vessel_mask(logits[0], card["threshold"]["value"]))
+    assert classes.any() and set(np.unique(classes)) <= {0, 1, 2, 3}
+    frame = np.zeros((200, 200, 3), np.uint8)
+    shown = overlay_in_roi(frame, classes, (36, 36, 128, 128))
+    for value in np.unique(classes[classes > 0]):
+        tinted = shown[36:164, 36:164][classes == value]
+        assert (tinted == np.round(0.6 * AV_COLOURS[value])).all()
+
+
+def test_imx_av_variant_converts_and_tiles_with_its_maps_in_deploy_json(imx_av_quantized,
+                                                                       tmp_path):
+    """deploy.json says the sensor returns 16 maps and names them; the camera's tiling
+    plan accepts it, and stitching blends all four maps of each tile."""
+    from qsegment.deploy.camera import tiling_plan
+    from qsegment.deploy.tiling import stitch
+
+    note = export_imx500(imx_av_quantized[0], tmp_path / "deploy", size=128).details
+    assert (tmp_path / "deploy" / "packerOut.zip").is_file()
+    assert note["output"]["shape"] == [1, 16, 64, 64]
+    assert note["output"]["outputs"] == ["vessel", "artery", "vein", "uncertain"]
+    plan = tiling_plan(note, 4)
+    assert plan.size == 128 and plan.tiles == 4
+    maps = [np.stack([np.full((128, 128), v, np.float32) for v in (0.9, 0.2, 0.7, 0.1)])
+            ] * plan.tiles
+    stitched = stitch(maps, plan, scale=0.25)
+    assert stitched.probability.shape == (4, 760, 1014)
+    inside = stitched.probability[:, stitched.covered]
+    assert np.allclose(inside, [[0.9], [0.2], [0.7], [0.1]], atol=1e-6)
+    # the preview tints a tile's vessels in its class's colour: here veins, in blue
+    from qsegment.deploy.camera import TiledPreview
+    from qsegment.images import AV_COLOURS
+
+    preview = TiledPreview(plan, 0.5, lambda roi: None)
+    veins = np.stack([np.full((128, 128), v, np.float32) for v in (5.0, 0.0, 3.0, -1.0)])
+    sensor = (0, 0, plan.frame[1], plan.frame[0])
+    shown = preview.show(np.zeros((480, 640, 3), np.uint8), veins, sensor)
+    tinted = shown[shown.any(-1)]
+    assert len(tinted) and (tinted == np.round(0.6 * AV_COLOURS[2])).all()
+    assert set(np.unique(preview.mask())) == {0, 2}
+
+
+def test_sensor_tiles_score_an_artery_vein_photograph_as_the_camera_tiles_it(
+        imx_av_quantized, tmp_path, capsys):
+    """The int8 file in native ROI tiles (SensorTiles) gives the map the camera's own
+    stitching gives for the same plan, and `evaluate --task av` scores it on LES-AV."""
+    from qsegment.datasets import Split, open_dataset
+    from qsegment.deploy.tiling import (
+        SensorTiles,
+        native_tiles,
+        plan_tiles,
+        simulate_image,
+    )
+    from qsegment.engine.evaluate import table_av
+
+    path, card = imx_av_quantized
+    runner = QuantizedOnnxModel(path)
+    sensor = SensorTiles(runner)
+    les = open_dataset(None, "les-av")
+    image = les.sample("224").image[400:700, 500:900]  # 300x400: 3x4 tiles of 128 px
+    frame = image.shape[:2]
+    plan = plan_tiles(frame, 128, native_tiles(frame, 128))
+    assert plan.side == 128 and plan.tiles == 12
+    camera = simulate_image(runner, image, plan).probability
+    logits = sensor.logits(image.transpose(2, 0, 1)[None].astype(np.float32))
+    assert logits.shape == (1, 4, *frame)
+    assert np.allclose(probability(logits[0]), camera, atol=1e-4)
+    result = table_av(sensor, card, les, Split((), ("224",)), progress=False,
+                      figures=False, scale=0.5)
+    assert 0 <= result["mean"]["weighted"]["f1"] <= 1 and result["vessel_dice"] > 0.3
+    assert main(["evaluate", str(path), "--task", "av", "--dataset", "les-av", "--size",
+                 "256"]) == 2
+    assert "in native ROI tiles" in capsys.readouterr().err

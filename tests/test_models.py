@@ -21,11 +21,11 @@ PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06
 
 
 def test_registry_holds_the_paper_models():
-    variants = ("qsegment-imx", "qsegment-av")
+    variants = ("qsegment-imx", "qsegment-av", "qsegment-imx-av")
     assert [m for m in list_models() if m not in variants] == list(PAPER_PARAMS)
     assert set(variants) <= set(list_models())
     with pytest.raises(UnknownNameError, match="choose one of: qsegment, qsegment-imx, "
-                                               "qsegment-av, tnet"):
+                                               "qsegment-av, qsegment-imx-av, tnet"):
         create_model("unet")
 
 
@@ -147,7 +147,7 @@ def test_qsegment_imx_predicts_full_resolution_from_interleaved_phases(real_crop
     assert full[0, 0, 1, 0] == phases[0, 2, 0, 0] and full[0, 0, 0, 1] == phases[0, 1, 0, 0]
     with pytest.raises(UsageError, match=r"divisible by 16.*pad to 80x96"):
         model(torch.rand(1, 3, 72, 88))
-    with pytest.raises(UsageError, match="expected 4 phase channels"):
+    with pytest.raises(UsageError, match="expected a multiple of 4 phase channels"):
         depth_to_space(np.zeros((1, 3, 4, 4), np.float32), 2)
 
 

@@ -42,7 +42,7 @@ from .cli_types import (
 from .console import configure_logging
 from .datasets import DATASETS
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
-from .errors import QsegmentError, UsageError
+from .errors import CheckpointError, QsegmentError, UsageError
 from .export import TARGETS
 from .pretrained import DEFAULT_MODEL, resolve_checkpoint
 from .runtimes import AUTO, DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .biomarkers.report import BiomarkerRow
     from .card import Card
     from .datasets import FundusDataset
+    from .inference.calibrate import Calibration
     from .inference.predict import Prediction
     from .runtimes.base import Runtime
 
@@ -420,18 +421,41 @@ def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
     from .engine.evaluate import format_av_table, table_av
     from .inference.calibrate import Calibration
 
-    if str(args.model).endswith(tuple(i.suffix for i in RUNTIMES if i.suffix)) or args.size:
-        raise UsageError("--task av scores a checkpoint at full resolution (on --runtime): "
-                         "give a run folder, .safetensors or shipped name, and no --size")
-    runner, card = _scored_runtime(args)
+    if args.size or (str(args.model).endswith(tuple(i.suffix for i in RUNTIMES if i.suffix))
+                     and not str(args.model).endswith(".onnx")):
+        raise UsageError("--task av scores a checkpoint at full resolution (on --runtime), or "
+                         "an IMX500 int8 .onnx in native ROI tiles: give a run folder, "
+                         ".safetensors, shipped name or .onnx, and no --size")
+    if str(args.model).endswith(".onnx"):
+        from .deploy.tiling import SensorTiles
+        from .runtimes.onnxrt import MctOnnxRuntime
+
+        sensor = SensorTiles(MctOnnxRuntime(args.model))
+        runner: Runtime = sensor
+        card = sensor.card.replace(
+            name=f"{sensor.card.label} ({sensor.name} of {sensor.size}x{sensor.size})")
+        calibration = _source_calibration(card.get("source_checkpoint"))
+    else:
+        runner, card = _scored_runtime(args)
+        calibration = Calibration.beside(resolve_checkpoint(args.model))
     result = table_av(runner, card, data, out=args.out, figures=not args.no_figures,
-                      scale=args.scale, tta=args.tta,
-                      calibration=Calibration.beside(resolve_checkpoint(args.model)))
+                      scale=args.scale, tta=args.tta, calibration=calibration)
     print(format_av_table(result))
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics_av.json'}" +
               ("" if args.no_figures else " and artery_vein.png"))
     return 0
+
+
+def _source_calibration(source: str | None) -> Calibration | None:
+    """The calibration of an int8 file's float model (its card's ``source_checkpoint``),
+    which sets the scale it is scored at; None where that model has none or is gone."""
+    from .inference.calibrate import Calibration
+
+    try:
+        return Calibration.beside(resolve_checkpoint(source)) if source else None
+    except CheckpointError:
+        return None
 
 
 def _add_evaluate(sub: Commands) -> None:
@@ -445,12 +469,14 @@ def _add_evaluate(sub: Commands) -> None:
                  "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float\n"
                  "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter\n"
                  "  qsegment evaluate --data my_images/        # your own labelled images\n"
-                 "  qsegment evaluate runs/av --task av --dataset les-av   # arteries, veins",
+                 "  qsegment evaluate runs/av --task av --dataset les-av   # arteries, veins\n"
+                 "  qsegment evaluate q/imxav.onnx --task av --dataset les-av  # in-sensor tiles",
                  _evaluate)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=model_or_file,
                    metavar="MODEL",
                    help="pretrained name, run folder, .safetensors, or an int8 model file "
-                        f"scored beside its float model at its size: {files} "
+                        f"scored beside its float model at its size: {files}; with --task "
+                        "av an .onnx is run in the sensor's native ROI tiles "
                         f"({DEFAULT_MODEL})")
     p.add_argument("--data", metavar="DIR", type=existing_dir,
                    help="the images to score: a CHASE_DB1 folder (default: $QSEGMENT_DATA, "
@@ -935,7 +961,8 @@ def _camera(args: argparse.Namespace) -> int:
                         save_every=args.save_every, seconds=args.seconds,
                         preview=not args.no_preview, transpose=args.transpose, plan=plan,
                         settle_frames=args.settle_frames,
-                        phases=int(info.get("output_phases", 1)))
+                        phases=int(info.get("output_phases", 1)),
+                        channels=len(info.get("output", {}).get("outputs", ["vessel"])))
     print(f"{frames} frame(s) segmented in the sensor (threshold {threshold:.3f})")
     return 0
 

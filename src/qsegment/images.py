@@ -148,6 +148,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = 
 AV_COLOURS = np.array([[0, 0, 0], [230, 40, 40], [40, 90, 230], [60, 200, 60]], np.uint8)
 
 
+def class_map(vessel: np.ndarray, class_scores: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 map of 0 background, 1 artery, 2 vein, 3 uncertain: on the ``vessel``
+    mask, the likeliest class (ranked on the vessel pixels alone: a tenth of the image).
+    ``class_scores`` (3, H, W) are the class logits, or any increasing function of them
+    (a runtime's sigmoid: :meth:`~qsegment.runtimes.base.Runtime.outputs_uint8`)."""
+    classes = np.zeros(vessel.shape, np.uint8)
+    classes[vessel] = class_scores[:, vessel].argmax(0) + 1
+    return classes
+
+
 def artery_vein_colours(classes: np.ndarray) -> np.ndarray:
     """An (H, W) artery/vein class map as uint8 RGB (:data:`AV_COLOURS`)."""
     return AV_COLOURS[np.minimum(classes, len(AV_COLOURS) - 1)]

@@ -27,8 +27,8 @@ from PIL import Image
 
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
-from ..images import overlay
-from ..runtimes.base import depth_to_space, sigmoid
+from ..images import artery_vein_colours, class_map, overlay, overlay_classes
+from ..runtimes.base import depth_to_space, output_probabilities
 from .tiling import DEFAULT_HALO, Roi, TileCycler, TilePlan, plan_tiles
 
 SENSOR_FRAME = (3040, 4056)  # (height, width): the IMX500's pixel array, in which
@@ -40,19 +40,24 @@ class CameraError(QsegmentError, RuntimeError):
 
 
 def decode_output(outputs: list[np.ndarray] | np.ndarray, size: int | None = None,
-                  transpose: bool = False, phases: int = 1) -> np.ndarray:
-    """(H, W) float32 logits from the IMX500's output tensor(s).
+                  transpose: bool = False, phases: int = 1, channels: int = 1) -> np.ndarray:
+    """(H, W) float32 logits from the IMX500's output tensor(s); (C, H, W) for a network
+    with ``channels`` > 1 outputs (deploy.json's ``output.outputs``: ``qsegment-imx-av``'s
+    vessel, artery, vein and uncertain).
 
     picamera2 returns a list of float arrays (already de-quantized), with or without a
     batch axis and with the single channel first or last; a flat vector of ``size**2``
     values is also accepted. ``transpose`` swaps H and W (for a column-major read).
     ``phases`` > 1 (deploy.json's ``output_phases``, ``qsegment-imx``): the tensor holds
-    phases**2 sub-maps of size/phases, channels first or last, interleaved here.
+    phases**2 sub-maps of size/phases per output, channels first or last, interleaved here.
     """
     tensor = np.asarray(outputs[0] if isinstance(outputs, list | tuple) else outputs,
                         dtype=np.float32)
-    if phases > 1:
-        return _interleave(tensor, size, phases, transpose)
+    if phases > 1 or channels > 1:
+        maps = _maps(tensor, size, phases, channels)
+        full = depth_to_space(maps[None], phases)[0] if phases > 1 else maps
+        full = full.transpose(0, 2, 1) if transpose else full
+        return full[0] if channels == 1 else full
     if tensor.ndim == 1 and size is not None and tensor.size == size * size:
         tensor = tensor.reshape(size, size)
     squeezed = tensor.squeeze()
@@ -63,23 +68,23 @@ def decode_output(outputs: list[np.ndarray] | np.ndarray, size: int | None = Non
     return squeezed.T if transpose else squeezed
 
 
-def _interleave(tensor: np.ndarray, size: int | None, phases: int, transpose: bool
-                ) -> np.ndarray:
-    channels = phases * phases
+def _maps(tensor: np.ndarray, size: int | None, phases: int, channels: int) -> np.ndarray:
+    """The (channels * phases**2, side, side) maps of an output tensor, channels first."""
+    count = channels * phases * phases
     squeezed = tensor.reshape(tensor.shape[-3:]) if tensor.ndim == 4 else tensor
-    if squeezed.ndim == 3 and squeezed.shape[-1] == channels and squeezed.shape[0] != channels:
+    if squeezed.ndim == 3 and squeezed.shape[-1] == count and squeezed.shape[0] != count:
         squeezed = squeezed.transpose(2, 0, 1)  # channels last
     side = None if size is None else size // phases
-    if (squeezed.ndim != 3 or squeezed.shape[0] != channels
+    if (squeezed.ndim != 3 or squeezed.shape[0] != count
             or (side is not None and squeezed.shape[1:] != (side, side))):
-        expected = f"{channels}x{side}x{side}" if side else f"{channels} phase maps"
+        expected = f"{count}x{side}x{side}" if side else f"{count} maps"
+        what = "a vessel map" if channels == 1 else f"{channels} maps"
         raise CameraError(f"cannot read an output tensor of shape {tensor.shape} as "
-                         f"{phases}x{phases} phases of a vessel map (expected {expected})")
-    full = depth_to_space(squeezed[None], phases)[0, 0]
-    return full.T if transpose else full
+                         f"{phases}x{phases} phases of {what} (expected {expected})")
+    return squeezed
 
 
-probability = sigmoid  # the network outputs logits, never probabilities
+probability = output_probabilities  # the network outputs logits, never probabilities
 
 
 def vessel_mask(logits: np.ndarray, threshold: float) -> np.ndarray:
@@ -87,24 +92,36 @@ def vessel_mask(logits: np.ndarray, threshold: float) -> np.ndarray:
     return probability(logits) >= threshold
 
 
+def shown_map(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """What the preview tints: the vessel mask (bool) of a vessel map, or of an
+    artery/vein model's maps the uint8 class map on that mask (1 artery, 2 vein, 3
+    uncertain; :func:`qsegment.images.class_map`)."""
+    if probabilities.ndim == 2:
+        return probabilities >= threshold
+    return class_map(probabilities[0] >= threshold, probabilities[1:])
+
+
 def overlay_in_roi(frame: np.ndarray, mask: np.ndarray, roi: tuple[int, int, int, int],
                    colour: tuple[int, int, int] = (0, 255, 0), alpha: float = 0.6
                    ) -> np.ndarray:
     """uint8 RGB copy of ``frame`` with the mask (scaled, nearest) tinted inside ``roi``
     (x, y, width, height: where the network's input lies in the frame); the region is
-    clipped to the frame."""
+    clipped to the frame. A uint8 class map (:func:`shown_map` of an artery/vein model)
+    is tinted by class (:data:`qsegment.images.AV_COLOURS`)."""
     x, y, w, h = (int(v) for v in roi)
     if w <= 0 or h <= 0:
         raise UsageError(f"empty region of interest {roi}")
     out = np.array(frame[..., :3], dtype=np.uint8, copy=True)
-    scaled = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
-        (w, h), Image.Resampling.NEAREST)) > 0
+    classes = mask.dtype == np.uint8
+    scaled = np.asarray(Image.fromarray(mask if classes else mask.astype(np.uint8) * 255)
+                        .resize((w, h), Image.Resampling.NEAREST))
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + w, out.shape[1]), min(y + h, out.shape[0])
     if x1 <= x0 or y1 <= y0:
         return out
-    region = scaled[y0 - y:y1 - y, x0 - x:x1 - x]
-    out[y0:y1, x0:x1] = overlay(out[y0:y1, x0:x1], region, colour, alpha)
+    region, seen = scaled[y0 - y:y1 - y, x0 - x:x1 - x], out[y0:y1, x0:x1]
+    out[y0:y1, x0:x1] = (overlay_classes(seen, region, alpha) if classes
+                         else overlay(seen, region > 0, colour, alpha))
     return out
 
 
@@ -170,8 +187,9 @@ def tiling_plan(info: dict, tiles: int, fov: Roi | None = None, halo: int = DEFA
     if not isinstance(phases, int) or phases < 1 or size % phases:
         raise CameraError(f"deploy.json is inconsistent: output_phases {phases!r} for size "
                           f"{size}; re-run `qsegment export`")
+    channels = len((info.get("output") or {}).get("outputs", ["vessel"]))
     expected = {"input": [1, 3, size, size],
-                "output": [1, phases * phases, size // phases, size // phases]}
+                "output": [1, channels * phases * phases, size // phases, size // phases]}
     for key, shape in expected.items():
         found = (info.get(key) or {}).get("shape")
         if found is not None and list(found) != shape:
@@ -214,9 +232,15 @@ def tiled_overlay(frame: np.ndarray, cycler: TileCycler, threshold: float,
     frame costs little however many tiles the plan has."""
     height, width = frame.shape[:2]
     scale = max(width / scaler_crop[2], height / scaler_crop[3])
-    mask = cycler.stitched(scale).probability >= threshold
+    mask = shown_map(cycler.stitched(scale).probability, threshold)
     sensor = (0, 0, cycler.plan.frame[1], cycler.plan.frame[0])
     return overlay_in_roi(frame, mask, sensor_to_preview(sensor, scaler_crop, (width, height)))
+
+
+def map_image(shown: np.ndarray) -> np.ndarray:
+    """A :func:`shown_map` as the PNG ``predict`` writes for it: a vessel mask 0/255, a
+    class map in its colours (``_av.png``)."""
+    return artery_vein_colours(shown) if shown.dtype == np.uint8 else shown.astype(np.uint8) * 255
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -247,10 +271,10 @@ class TiledPreview:
         return tiled_overlay(frame, self.cycler, self.threshold, scaler_crop)
 
     def mask(self) -> np.ndarray:
-        """The stitched vessel mask at the network's sampling of the sensor (whole-sensor
-        frame, False outside the tiles seen so far)."""
+        """The stitched vessel mask (or class map, :func:`shown_map`) at the network's
+        sampling of the sensor (whole-sensor frame, empty outside the tiles seen so far)."""
         plan = self.cycler.plan
-        return self.cycler.stitched(plan.resize_factor).probability >= self.threshold
+        return shown_map(self.cycler.stitched(plan.resize_factor).probability, self.threshold)
 
 
 def _picamera2(rpk: Path) -> tuple:
@@ -270,13 +294,14 @@ def _picamera2(rpk: Path) -> tuple:
 def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
                save: Path | None = None, save_every: int = 30, seconds: float | None = None,
                preview: bool = True, transpose: bool = False, plan: TilePlan | None = None,
-               settle_frames: int = 0, phases: int = 1) -> int:
+               settle_frames: int = 0, phases: int = 1, channels: int = 1) -> int:
     """Stream the camera with the in-sensor vessel map overlaid until Ctrl-C (or
     ``seconds``); with ``save``, every ``save_every``-th frame and its map are written
     there. With a tiling ``plan`` (:func:`tiling_plan`), the inference region cycles
     over its tiles (:class:`TiledPreview`) and the map shown and saved is the stitched
-    one. ``phases``: deploy.json's ``output_phases`` (:func:`decode_output`). Returns
-    the number of frames with an output tensor."""
+    one. ``phases`` and ``channels``: deploy.json's ``output_phases`` and the number of its
+    ``output.outputs`` (:func:`decode_output`; an artery/vein model's map is shown by
+    class). Returns the number of frames with an output tensor."""
     MappedArray, Picamera2, IMX500 = _picamera2(Path(rpk))
     imx500 = IMX500(str(rpk))  # before Picamera2(): it uploads the network firmware
     if plan is not None:
@@ -295,10 +320,10 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
         outputs = imx500.get_outputs(metadata)
         if outputs is None:
             return
-        logits = decode_output(outputs, size, transpose, phases)
+        logits = decode_output(outputs, size, transpose, phases, channels)
         with MappedArray(request, "main") as m:
             if tiled is None:
-                mask = vessel_mask(logits, threshold)
+                mask = shown_map(probability(logits), threshold)
                 shown = overlay_in_roi(m.array, mask, imx500.get_roi_scaled(request))
             else:
                 shown = tiled.show(m.array, logits, metadata["ScalerCrop"])
@@ -310,7 +335,7 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
         if save is not None and frames[0] % save_every == 0:
             _save(Path(save) / f"frame_{frames[0]:06d}.png", shown)
             mask = mask if tiled is None else tiled.mask()
-            _save(Path(save) / f"mask_{frames[0]:06d}.png", mask.astype(np.uint8) * 255)
+            _save(Path(save) / f"mask_{frames[0]:06d}.png", map_image(mask))
 
     imx500.show_network_fw_progress_bar()
     picam2.pre_callback = on_request

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..images import network_input, resize_map
-from ..runtimes.base import Runtime, sigmoid
+from ..runtimes.base import Runtime, output_logits, output_probabilities
 
 if TYPE_CHECKING:
     from ..datasets import Sample
@@ -185,7 +185,7 @@ class Stitched:
     """A frame-sized vessel probability map and where it comes from a tile: 0 (no vessel)
     outside every tile, so ``covered`` says where the map means something."""
 
-    probability: np.ndarray  # (H, W) float32
+    probability: np.ndarray  # (H, W) float32, or (C, H, W) for a network of C outputs
     covered: np.ndarray  # (H, W) bool
 
 
@@ -210,24 +210,29 @@ def _scaled(roi: Roi, scale: float) -> Roi:
 
 def stitch(maps: Sequence[np.ndarray | None], plan: TilePlan, scale: float = 1.0
            ) -> Stitched:
-    """The tiles' probability maps (each NxN, the network's output for ``plan.rois[i]``;
-    None for a tile not seen yet) resized back onto their ROIs (bilinear) and blended
-    with :func:`blend_window` over the plan's overlap, in a frame scaled by ``scale``
-    (1: the frame's pixels; smaller for a preview)."""
+    """The tiles' probability maps (each NxN, or CxNxN for a network of C outputs; the
+    network's output for ``plan.rois[i]``; None for a tile not seen yet) resized back onto
+    their ROIs (bilinear) and blended with :func:`blend_window` over the plan's overlap, in
+    a frame scaled by ``scale`` (1: the frame's pixels; smaller for a preview)."""
     if len(maps) != plan.tiles:
         raise UsageError(f"the plan has {plan.tiles} tiles, got {len(maps)} maps")
+    seen = [m for m in maps if m is not None]
+    channels = seen[0].shape[:-2] if seen else ()
     shape = (round(plan.frame[0] * scale), round(plan.frame[1] * scale))
-    weighted = np.zeros(shape, np.float32)
+    weighted = np.zeros((*channels, *shape), np.float32)
     weights = np.zeros(shape, np.float32)
     for tile_map, roi in zip(maps, plan.rois, strict=True):
         if tile_map is None:
             continue
         x, y, w, h = _scaled(roi, scale)
         window = blend_window(h, w, plan.overlap * scale)
-        weighted[y:y + h, x:x + w] += window * resize_map(tile_map, (h, w))
+        resized = (resize_map(tile_map, (h, w)) if tile_map.ndim == 2 else
+                   np.stack([resize_map(m, (h, w)) for m in tile_map]))
+        weighted[..., y:y + h, x:x + w] += window * resized
         weights[y:y + h, x:x + w] += window
     covered = weights > 0
-    probability = np.divide(weighted, weights, out=np.zeros(shape, np.float32), where=covered)
+    probability = np.divide(weighted, weights, out=np.zeros_like(weighted),
+                            where=np.broadcast_to(covered, weighted.shape))
     return Stitched(probability, covered)
 
 
@@ -261,8 +266,8 @@ class TileCycler:
         return all(m is not None for m in self.latest)
 
     def add(self, probability: np.ndarray) -> Roi | None:
-        """Take one frame's (N, N) probability map; returns the ROI to set now when the
-        tile changes, None when it stays (settling, or a one-tile plan)."""
+        """Take one frame's (N, N) (or (C, N, N)) probability map; returns the ROI to set
+        now when the tile changes, None when it stays (settling, or a one-tile plan)."""
         self.outputs_on_tile += 1
         if self.outputs_on_tile <= self.settle_frames:
             return None
@@ -301,8 +306,10 @@ def _fixed_size(runtime: Runtime) -> int:
 
 
 def roi_probability(runtime: Runtime, image: np.ndarray, roi: Roi) -> np.ndarray:
-    """The (N, N) vessel probability of a fixed-size runtime on one ROI of ``image``."""
-    return sigmoid(runtime.logits(sensor_view(image, roi, _fixed_size(runtime)))[0, 0])
+    """The (N, N) vessel probability of a fixed-size runtime on one ROI of ``image``; of
+    an artery/vein network all its (C, N, N) maps (:func:`output_probabilities`)."""
+    logits = runtime.logits(sensor_view(image, roi, _fixed_size(runtime)))[0]
+    return output_probabilities(logits[0] if len(logits) == 1 else logits)
 
 
 def simulate_image(runtime: Runtime, image: np.ndarray, plan: TilePlan) -> Stitched:
@@ -323,8 +330,9 @@ def simulate(runtime: Runtime, samples: Sequence[Sample], tiles: int, halo: int 
     threshold = runtime.card.threshold_value if threshold is None else threshold
     plans = [plan_tiles(s.fov.shape, _fixed_size(runtime), tiles, fov_box(s.fov), halo)
              for s in samples]
-    probs = [simulate_image(runtime, s.image, p).probability
-             for s, p in zip(samples, plans, strict=True)]
+    maps = [simulate_image(runtime, s.image, p).probability
+            for s, p in zip(samples, plans, strict=True)]
+    probs = [m if m.ndim == 2 else m[0] for m in maps]  # the vessel map
     metrics = evaluate(probs, [s.label for s in samples], [s.fov for s in samples], threshold)
     sides = [p.side for p in plans]
     return {"tiles_requested": tiles, "tiles": max(p.tiles for p in plans),
@@ -335,3 +343,36 @@ def simulate(runtime: Runtime, samples: Sequence[Sample], tiles: int, halo: int 
             "halo": halo, "threshold": threshold, "images": [s.name for s in samples],
             "pooled": metrics["pooled"],
             "per_image_dice": [m["dice"] for m in metrics["per_image"]]}
+
+
+class SensorTiles(Runtime):
+    """A fixed-size network (the sensor's int8 file) run on an image of any size as the
+    camera runs it with ROI tiling at native resolution: the fewest NxN windows that
+    cover it overlapping by ``halo`` (:func:`native_tiles`), each window's maps blended
+    in probability (:func:`stitch`), returned as logits of every output channel. With it
+    whole-photograph scores (``qsegment evaluate MODEL.onnx --task av``) measure what the
+    sensor gives."""
+
+    name = "in-sensor ROI tiles"
+
+    def __init__(self, runtime: Runtime, halo: int = DEFAULT_HALO) -> None:
+        self.runtime, self.size, self.halo = runtime, _fixed_size(runtime), halo
+        self.card = runtime.card
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        height, width = x.shape[-2:]
+        frame = (max(height, self.size), max(width, self.size))  # a small image: padded
+        padded = np.zeros((*x.shape[:2], *frame), np.float32)
+        padded[..., :height, :width] = x
+        plan = plan_tiles(frame, self.size, native_tiles(frame, self.size, halo=self.halo),
+                          halo=self.halo)
+        batches = []
+        for item in padded:
+            maps = []
+            for tx, ty, side, _ in plan.rois:
+                logits = self.runtime.logits(np.ascontiguousarray(
+                    item[None, :, ty:ty + side, tx:tx + side]))[0]
+                maps.append(output_probabilities(logits[0] if len(logits) == 1 else logits))
+            blended = stitch(maps, plan).probability
+            batches.append(output_logits(blended if blended.ndim == 3 else blended[None]))
+        return np.stack(batches)[..., :height, :width]

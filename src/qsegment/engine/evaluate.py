@@ -15,11 +15,10 @@ from ..card import Card
 from ..datasets import AV_CLASSES, DatasetError, FundusDataset, Sample, Split, open_dataset
 from ..errors import UsageError
 from ..files import write_json
-from ..images import round_up
+from ..images import class_map, round_up
 from ..inference.arteryvein import (
     calibrated_outputs,
     check_artery_vein,
-    class_map,
     class_probabilities,
     with_vessel_probability,
 )

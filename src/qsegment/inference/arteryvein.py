@@ -26,16 +26,6 @@ def class_probabilities(vessel: np.ndarray, class_logits: np.ndarray) -> np.ndar
     return vessel * exp / exp.sum(0, keepdims=True)
 
 
-def class_map(vessel: np.ndarray, class_scores: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 map of 0 background, 1 artery, 2 vein, 3 uncertain: on the ``vessel``
-    mask, the likeliest class (ranked on the vessel pixels alone: a tenth of the image).
-    ``class_scores`` (3, H, W) are the class logits, or any increasing function of them
-    (a runtime's sigmoid: :meth:`~qsegment.runtimes.base.Runtime.outputs_uint8`)."""
-    classes = np.zeros(vessel.shape, np.uint8)
-    classes[vessel] = class_scores[:, vessel].argmax(0) + 1
-    return classes
-
-
 def with_vessel_probability(outputs: np.ndarray) -> np.ndarray:
     """A model's (C, H, W) logits with channel 0's turned into the vessel probability
     (in place): what :func:`calibrated_outputs` takes."""

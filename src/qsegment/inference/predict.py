@@ -30,6 +30,7 @@ from ..files import atomic_write
 from ..images import (
     ImageError,
     artery_vein_colours,
+    class_map,
     collect_inputs,
     overlay_classes,
     read_rgb,
@@ -43,7 +44,6 @@ from ..runtimes.base import Runtime
 from .arteryvein import (
     calibrated_outputs,
     check_artery_vein,
-    class_map,
     with_vessel_probability,
 )
 from .calibrate import CalibratedMap, Calibration, calibrated_map

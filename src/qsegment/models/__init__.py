@@ -24,6 +24,8 @@ MODELS: Registry[Entry] = Registry("architecture", [
           "Q-Segment at half resolution for the IMX500 (fits 640x640), ~0.11M params"),
     Entry("qsegment-av", "qsegment.models.qsegment:qsegment_av",
           "Q-Segment with an artery/vein head: vessel, artery, vein, uncertain; ~0.11M params"),
+    Entry("qsegment-imx-av", "qsegment.models.qsegment:qsegment_imx_av",
+          "qsegment-av at half resolution for the IMX500; ~0.11M params"),
     Entry("tnet", "qsegment.models.tnet:tnet",
           "T-Net-like tiny net (Khan et al. 2022): widths 8/16/30, ~0.027M params"),
     Entry("m2unet", "qsegment.models.m2unet:m2unet",

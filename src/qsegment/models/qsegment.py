@@ -143,7 +143,8 @@ class QSegmentIMX(QSegment):
     """
 
     factor = 2
-    init_from = ("qsegment",)  # --init from Q-Segment weights: all but the stem and head fit
+    init_from: tuple[str, ...] = ("qsegment",)  # --init from Q-Segment weights: all but
+    # the stem and head fit
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64)) -> None:
         super().__init__(widths=widths, upsample="nearest")
@@ -151,11 +152,12 @@ class QSegmentIMX(QSegment):
         first, last = cast(ConvBlock, self.encoder[0]), cast(ConvBlock, self.decoder[-1])
         first.conv3x3[0] = nn.Conv2d(3, w1, self.factor, stride=self.factor)
         last.skip = None
-        self.head = nn.Conv2d(w1, self.factor**2, 3, padding=1)
+        self.head = nn.Conv2d(w1, len(self.outputs) * self.factor**2, 3, padding=1)
         self.size_multiple *= self.factor
 
     def forward_phases(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 4, H/2, W/2) logits: what the sensor computes and returns."""
+        """(N, C*4, H/2, W/2) logits, each output's four phases together: what the sensor
+        computes and returns."""
         return super().forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,3 +195,16 @@ class QSegmentAV(QSegment):
 
 def qsegment_av(widths: Sequence[int] = (16, 32, 64)) -> QSegmentAV:
     return QSegmentAV(widths=widths)
+
+
+class QSegmentIMXAV(QSegmentIMX):
+    """The artery/vein head of :class:`QSegmentAV` on the half-resolution network of
+    :class:`QSegmentIMX`: the sensor returns each output's four phases (16 channels) and
+    the host interleaves them into the four full-resolution maps."""
+
+    outputs = QSegmentAV.outputs
+    init_from = ("qsegment", "qsegment-imx", "qsegment-av")
+
+
+def qsegment_imx_av(widths: Sequence[int] = (16, 32, 64)) -> QSegmentIMXAV:
+    return QSegmentIMXAV(widths=widths)

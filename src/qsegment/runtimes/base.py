@@ -90,14 +90,36 @@ def with_shipped_tiling(runtime: Runtime, manifest: dict) -> Runtime:
 
 
 def depth_to_space(phases: np.ndarray, factor: int) -> np.ndarray:
-    """Interleave (N, factor**2, h, w) phase logits into (N, 1, h*factor, w*factor), as
-    ``torch.nn.functional.pixel_shuffle`` does: what the host does with the output of a
-    network that the sensor runs at reduced resolution (``qsegment-imx``)."""
+    """Interleave (N, C*factor**2, h, w) phase logits, each output's phases together, into
+    (N, C, h*factor, w*factor), as ``torch.nn.functional.pixel_shuffle`` does: what the
+    host does with the output of a network that the sensor runs at reduced resolution
+    (``qsegment-imx``: one output; ``qsegment-imx-av``: four)."""
     n, c, h, w = phases.shape
-    if c != factor * factor:
-        raise UsageError(f"expected {factor * factor} phase channels, got {c}")
-    grid = phases.reshape(n, factor, factor, h, w).transpose(0, 3, 1, 4, 2)
-    return grid.reshape(n, 1, h * factor, w * factor)
+    if c % (factor * factor):
+        raise UsageError(f"expected a multiple of {factor * factor} phase channels, got {c}")
+    grid = phases.reshape(n, c // factor**2, factor, factor, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return grid.reshape(n, c // factor**2, h * factor, w * factor)
+
+
+def output_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of a network's logits, channels on axis -3: of vessel logits (one
+    channel, or none) their sigmoid; of artery/vein logits (C > 1) the vessel's sigmoid,
+    then the softmax of the classes (artery, vein, uncertain given a vessel), as the
+    model was trained."""
+    if logits.ndim < 3 or logits.shape[-3] == 1:
+        return sigmoid(logits)
+    classes = np.exp(logits[..., 1:, :, :] - logits[..., 1:, :, :].max(-3, keepdims=True))
+    return np.concatenate([sigmoid(logits[..., :1, :, :]),
+                           classes / classes.sum(-3, keepdims=True)], axis=-3)
+
+
+def output_logits(probabilities: np.ndarray) -> np.ndarray:
+    """Logits with the :func:`output_probabilities` ``probabilities`` (channels on axis
+    -3), e.g. of maps blended in probability: the vessel's logit, the classes'
+    log-probabilities."""
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return np.concatenate([np.log(p[..., :1, :, :] / (1 - p[..., :1, :, :])),
+                           np.log(p[..., 1:, :, :])], axis=-3)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

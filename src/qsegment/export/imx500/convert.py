@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -224,10 +225,15 @@ def _tensor_info(dnn_params: Path) -> dict:
     return info
 
 
-def normalisation_note(size: int, tensors: dict, threshold: float, phases: int = 1) -> dict:
+def normalisation_note(size: int, tensors: dict, threshold: float, phases: int = 1,
+                       outputs: Sequence[str] = ("vessel",)) -> dict:
     """What the camera must feed the network and how to read its output (``phases``: the
-    sensor returns phases x phases interleaved sub-maps, see ``output_phases``)."""
+    sensor returns phases x phases interleaved sub-maps, see ``output_phases``;
+    ``outputs``: the maps, each with its phases together, as the model's ``outputs``)."""
     scale_in, scale_out = tensors["inputTensor"]["scale"], tensors["outputTensor"]["scale"]
+    maps = ("vessel logits" if len(outputs) == 1 else
+            f"{len(outputs)} maps ({', '.join(outputs)}): the vessel logit, then the "
+            "artery, vein and uncertain logits given a vessel (softmax over the three)")
     return {
         "input": {
             "shape": [1, 3, size, size], "colour_order": "RGB",
@@ -244,10 +250,11 @@ def normalisation_note(size: int, tensors: dict, threshold: float, phases: int =
                                   f"{size}x{size}",
         },
         "output": {
-            "shape": [1, phases**2, size // phases, size // phases],
-            "meaning": "vessel logits" if phases == 1 else (
-                f"the {phases}x{phases} phases of the {size}x{size} vessel logits: "
-                "interleave them (depth-to-space, as torch's pixel_shuffle)"),
+            "shape": [1, len(outputs) * phases**2, size // phases, size // phases],
+            "outputs": list(outputs),
+            "meaning": maps if phases == 1 else (
+                f"the {phases}x{phases} phases of {size}x{size} {maps}, each map's phases "
+                "together: interleave them (depth-to-space, as torch's pixel_shuffle)"),
             "sensor_tensor": f"{tensors['outputTensor']['bits']}-bit "
                              f"{tensors['outputTensor']['format']}, scale {scale_out}",
             "probability": "sigmoid(logit)", "threshold": threshold,
@@ -300,7 +307,7 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
             **({"largest_fitting_size": largest} if largest else {}),
             "output_phases": phases,
             **normalisation_note(size, _tensor_info(staging / "dnnParams.xml"), threshold,
-                                 phases),
+                                 phases, card.get("outputs", ["vessel"])),
             "conversion_s": round(seconds, 1),
             "converter": package_versions().get("imx500-converter"),
             "next": "on the Raspberry Pi: imx500-package -i packerOut.zip -o out; "

@@ -274,6 +274,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
         source_checkpoint=checkpoint_reference(source), size=size, threshold=threshold,
         extra={
             "format": "mct-onnx", **facts, "size_multiple": multiple,
+            "outputs": list(model.outputs),
             "input": {"shape": [1, 3, size, size], "layout": "NCHW", "colour": "RGB",
                       "range": [0.0, 1.0]},
             "calibration": {"images": names, "count": len(names), "seed": seed,
