@@ -421,12 +421,13 @@ def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
     from .engine.evaluate import format_av_table, table_av
     from .inference.calibrate import Calibration
 
+    in_sensor = str(args.model).endswith(".onnx")
     if args.size or (str(args.model).endswith(tuple(i.suffix for i in RUNTIMES if i.suffix))
-                     and not str(args.model).endswith(".onnx")):
+                     and not in_sensor):
         raise UsageError("--task av scores a checkpoint at full resolution (on --runtime), or "
                          "an IMX500 int8 .onnx in native ROI tiles: give a run folder, "
                          ".safetensors, shipped name or .onnx, and no --size")
-    if str(args.model).endswith(".onnx"):
+    if in_sensor:
         from .deploy.tiling import SensorTiles
         from .runtimes.onnxrt import MctOnnxRuntime
 

@@ -366,13 +366,7 @@ class SensorTiles(Runtime):
         padded[..., :height, :width] = x
         plan = plan_tiles(frame, self.size, native_tiles(frame, self.size, halo=self.halo),
                           halo=self.halo)
-        batches = []
-        for item in padded:
-            maps = []
-            for tx, ty, side, _ in plan.rois:
-                logits = self.runtime.logits(np.ascontiguousarray(
-                    item[None, :, ty:ty + side, tx:tx + side]))[0]
-                maps.append(output_probabilities(logits[0] if len(logits) == 1 else logits))
-            blended = stitch(maps, plan).probability
-            batches.append(output_logits(blended if blended.ndim == 3 else blended[None]))
-        return np.stack(batches)[..., :height, :width]
+        blended = [simulate_image(self.runtime, item.transpose(1, 2, 0), plan).probability
+                   for item in padded]
+        return np.stack([output_logits(m if m.ndim == 3 else m[None])
+                         for m in blended])[..., :height, :width]
