@@ -2,7 +2,7 @@
 manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
     python benchmarks/bench_equivalents.py RUN [--split test|train] [--tta flip] [--runtime R]
-        [--out DIR]
+        [--no-segment-vote] [--out DIR]
 
 For each test photograph the optic disc is located once (on the photograph, with the
 model's vessel map) and both maps are measured around that same disc
@@ -66,11 +66,14 @@ def main() -> None:
     parser.add_argument("--tta", choices=("none", "flip", "d8"), default="none",
                         help="the test-time views the model's logits are averaged over")
     parser.add_argument("--limit", type=int, help="at most this many images per dataset")
+    parser.add_argument("--segment-vote", action=argparse.BooleanOptionalAction, default=True,
+                        help="one class per vessel segment, as predict --av (default), or "
+                        "each pixel's own")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, artery_vein=True,
-                                          tta=args.tta)
+                                          tta=args.tta, segment_vote=args.segment_vote)
     images: list[dict] = []
     for name in ("hrf-av", "les-av"):
         dataset = open_dataset(dataset=name)
@@ -114,7 +117,7 @@ def main() -> None:
               f"{s['bias']:+.3g} | ±{s['loa']:.3g} |")
     (out / "equivalents.json").write_text(json.dumps(
         {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
-         "tta": args.tta,
+         "tta": args.tta, "segment_vote": args.segment_vote,
          "summary": summary,
          "images": images}, indent=1, default=float) + "\n")
     _bland_altman(out / "equivalents_bland_altman.png", table)

@@ -22,6 +22,7 @@ from qsegment.engine.train import class_target, load_config, train
 from qsegment.images import artery_vein_colours, class_map
 from qsegment.inference.arteryvein import (
     class_probabilities,
+    vote_segments,
     with_vessel_probability,
 )
 from qsegment.inference.predict import Segmenter
@@ -70,6 +71,35 @@ def test_the_manual_map_scores_perfectly_and_swapped_classes_score_nothing(les):
     assert centreline_accuracy(artery, label, fov)[0] == 1.0
     accuracy, pixels = centreline_accuracy(1 - artery, label, fov)
     assert accuracy == 0.0 and pixels > 1000
+
+
+def test_a_vote_per_segment_undoes_scattered_flips_of_the_manual_classes(les):
+    """On LES-AV's manual map: a third of the vessel pixels' artery and vein logits
+    swapped at random, the vote per segment gives back the manual class on >= 98 % of the
+    artery and vein pixels (0.988 measured; 0.67 before), the same as it keeps of the
+    clean map (crossings cut the skeleton, so the classes of two crossing vessels do not
+    merge); uncertain pixels stay uncertain, a+v is kept and the input is not changed."""
+    label, vessel = les.classes, les.classes > 0
+    logits = np.stack([(label == c) * 4.0 for c in (1, 2, 3)]).astype(np.float32)
+    flip = vessel & (np.random.default_rng(0).random(label.shape) < 1 / 3)
+    noisy = logits.copy()
+    noisy[0][flip], noisy[1][flip] = logits[1][flip], logits[0][flip]
+    known = (label == 1) | (label == 2)
+
+    def accuracy(scores: np.ndarray) -> float:
+        return float(np.mean((scores[0] > scores[1])[known] == (label == 1)[known]))
+
+    assert accuracy(noisy) < 0.7
+    before = noisy.copy()
+    voted = vote_segments(vessel, noisy)
+    assert accuracy(voted) > 0.98 and accuracy(vote_segments(vessel, logits)) > 0.98
+    assert np.array_equal(class_map(vessel, voted) == 3, label == 3)
+    on_mask = vote_segments(vessel, noisy, everywhere=False)  # predict's: the mask alone
+    assert np.array_equal(class_map(vessel, on_mask), class_map(vessel, voted))
+    assert np.allclose(voted[0] + voted[1], noisy[0] + noisy[1], atol=1e-5)
+    assert np.array_equal(voted[2], noisy[2]) and np.array_equal(noisy, before)  # a copy
+    empty = vote_segments(np.zeros_like(vessel), noisy)
+    assert np.array_equal(empty, noisy)
 
 
 def test_binned_curves_match_scikit_learn_on_a_real_map(les):
@@ -151,6 +181,12 @@ def test_an_artery_vein_model_is_scored_by_bfnet_protocol(av_run, tmp_path):
                        progress=False, scale=0.5, tta="flip")  # evaluate --task av --tta
     assert flipped["tta"] == "flip" and result["tta"] == "none"
     assert flipped["per_image"][0]["weighted"] != result["per_image"][0]["weighted"]
+    per_pixel = table_av(model, card, open_dataset(None, "les-av"), Split((), ("224",)),
+                         progress=False, scale=0.5, segment_vote=False)  # --no-segment-vote
+    assert result["segment_vote"] and not per_pixel["segment_vote"]
+    assert per_pixel["per_image"][0]["weighted"] != result["per_image"][0]["weighted"]
+    assert "per pixel" in format_av_table(per_pixel)
+    assert "one class per vessel segment" in format_av_table(result)
 
 
 def test_tiles_give_the_whole_image_classes_and_predict_writes_them(av_run, data_dir,
@@ -161,11 +197,17 @@ def test_tiles_give_the_whole_image_classes_and_predict_writes_them(av_run, data
                                       overlap=64).predict(image)
     assert whole.classes is not None and np.array_equal(whole.classes > 0, whole.mask)
     assert np.mean(whole.classes == tiled.classes) > 0.9999
+    per_pixel = Segmenter.from_pretrained(av_run, artery_vein=True, scale="none",
+                                          segment_vote=False).predict(image)
+    assert np.array_equal(per_pixel.mask, whole.mask)
+    assert not np.array_equal(per_pixel.classes, whole.classes)
     assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path), "--model",
                  str(av_run), "--av", "--overlay", "--biomarkers"]) == 0
-    colours = np.asarray(Image.open(tmp_path / "Image_11L_av.png"))
+    written = Image.open(tmp_path / "Image_11L_av.png")  # the classes, in a palette
+    classes, colours = np.asarray(written), np.asarray(written.convert("RGB"))
     mask = np.asarray(Image.open(tmp_path / "Image_11L_mask.png")) > 0
-    assert colours.shape == (*mask.shape, 3) and np.array_equal(colours.any(2), mask)
+    assert written.mode == "P" and np.array_equal(classes > 0, mask)
+    assert np.array_equal(colours, artery_vein_colours(classes)) and set(np.unique(classes)) > {0}
     assert (tmp_path / "Image_11L_overlay.png").exists()
     row = json.loads((tmp_path / "biomarkers.json").read_text())["rows"][0]
     assert row["disc_diameter"] > 50 and row["artery_calibre_mean"] > 0
@@ -241,7 +283,7 @@ def test_batch_writes_the_artery_vein_maps_predict_writes(av_run, data_dir, tmp_
     assert row.status == "ok" and row.av == str(tmp_path / "b" / "Image_11L_av.png")
     batch, predict = (np.asarray(Image.open(folder / "Image_11L_av.png"))
                       for folder in (tmp_path / "b", tmp_path / "p"))
-    assert np.mean(np.all(batch == predict, axis=2)) > 0.9999
+    assert np.mean(batch == predict) > 0.9999  # the same classes
 
 
 def test_a_vessel_model_or_dataset_is_refused_for_artery_vein_maps(av_run, data_dir,
@@ -273,8 +315,7 @@ def test_the_web_app_shows_and_serves_the_artery_vein_map(av_run, data_dir, tmp_
     request = SimpleNamespace(path_params={"key": info["key"], "what": "artery_vein.jpg"})
     served = asyncio.run(api.artery_vein(request))
     reference = segmenter.predict(np.asarray(Image.open(image)))
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.body))),
-                          artery_vein_colours(reference.classes))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.body))), reference.classes)
     assert "eye_av.png" in served.headers["content-disposition"]
     shown = asyncio.run(api.page_file(request))
     assert Image.open(shown.path).size == (999, 960)

@@ -17,7 +17,7 @@ from qsegment import Segmenter
 from qsegment.biomarkers.disc import Disc, locate_disc
 from qsegment.biomarkers.equivalents import MIN_VESSELS, knudtson, measure_artery_vein
 from qsegment.biomarkers.report import read_input
-from qsegment.images import artery_vein_colours
+from qsegment.images import artery_vein_colours, artery_vein_image
 
 SHARED = (Path(__file__).resolve().parents[1] / "../shared/data").resolve()
 IDRID, LES_AV = SHARED / "IDRiD-OD", SHARED / "LES-AV"
@@ -126,6 +126,9 @@ def test_predict_av_colour_maps_read_back_as_classes(tmp_path: Path) -> None:
     classes[0, :4] = [0, 1, 2, 3]
     path = tmp_path / "x_av.png"
     Image.fromarray(artery_vein_colours(classes)).save(path)
+    assert read_input(path)[0] == "classes"
+    assert np.array_equal(read_input(path)[1], classes)
+    artery_vein_image(classes).save(path)  # what predict --av writes: a palette PNG
     assert read_input(path)[0] == "classes"
     assert np.array_equal(read_input(path)[1], classes)
     Image.fromarray(classes).save(tmp_path / "coded.png")

@@ -161,7 +161,8 @@ def test_qsegment_imx_trains_every_parameter(real_crop):
 
 def test_receptive_radius_of_known_stacks():
     """A 5x5 convolution reaches 2 pixels; two 3x3 around a 2x2 pool and a nearest x2
-    reach further, by the pooling grid; a reach past the probe is refused."""
+    reach further, by the pooling grid; a reach past the probe is probed again larger, and
+    past the largest probe refused."""
     from qsegment.models.profile import receptive_radius
 
     torch.manual_seed(0)
@@ -171,5 +172,7 @@ def test_receptive_radius_of_known_stacks():
                            nn.Conv2d(4, 1, 1))
     pooled.size_multiple = 2
     assert receptive_radius(pooled, size=64) == 4  # 1 + 2 (pooled 3x3) + 1 (grid offset)
-    with pytest.raises(UsageError, match="larger size"):
-        receptive_radius(nn.Conv2d(3, 1, 31, padding=15), size=24)
+    wide = nn.Conv2d(3, 1, 31, padding=15)
+    assert receptive_radius(wide, size=24) == 15  # probed again at 48: past 24's border
+    with pytest.raises(UsageError, match="reaches past a 24x24 probe"):
+        receptive_radius(wide, size=24, largest=24)

@@ -43,7 +43,7 @@ from .files import atomic_write
 from .images import (
     SAMPLE_IMAGES,
     ImageError,
-    artery_vein_colours,
+    artery_vein_image,
     overlay_classes,
     read_rgb,
     resize_image,
@@ -93,11 +93,13 @@ class Segmented:
         return self.folder / what
 
 
-def _encoded(array: np.ndarray, format: str = "PNG") -> bytes:
-    """uint8 pixels as a PNG (fast, lossless) or a JPEG (quality 90: what the page shows)."""
+def _encoded(pixels: np.ndarray | Image.Image, format: str = "PNG") -> bytes:
+    """uint8 pixels (or an image) as a PNG (fast, lossless) or a JPEG (quality 90: what
+    the page shows)."""
     buffer = io.BytesIO()
     options = {"compress_level": 1} if format == "PNG" else {"quality": 90}
-    Image.fromarray(array).save(buffer, format=format, **options)
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    image.save(buffer, format=format, **options)
     return buffer.getvalue()
 
 
@@ -136,7 +138,7 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
     atomic_write(folder / "display_photograph.jpg", _encoded(resize_image(rgb, small), "JPEG"))
     classes = prediction.classes
     if classes is not None:
-        atomic_write(folder / "av.png", _encoded(artery_vein_colours(classes)))
+        atomic_write(folder / "av.png", _encoded(artery_vein_image(classes)))
         atomic_write(folder / "display_av.jpg",
                      _encoded(resize_image(overlay_classes(rgb, classes), small), "JPEG"))
     return Segmented(name, folder, width, height, prediction.scale, seconds, path,

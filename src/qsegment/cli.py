@@ -188,6 +188,13 @@ def _add_threshold(p: argparse.ArgumentParser) -> None:
                    "training data; a number between 0 and 1: that (auto)")
 
 
+def _add_segment_vote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segment-vote", action=argparse.BooleanOptionalAction, default=True,
+                   help="artery/vein maps: one class per vessel segment, the skeleton cut "
+                   "at branch points and crossings (default; needs scikit-image); "
+                   "--no-segment-vote: each pixel's own class")
+
+
 def _add_tta(p: argparse.ArgumentParser, note: str) -> None:
     p.add_argument("--tta", choices=["none", "flip", "d8"], default="none",
                    help="test-time augmentation: average the logits over flips (4 passes) or "
@@ -440,7 +447,8 @@ def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
         runner, card = _scored_runtime(args)
         calibration = Calibration.beside(resolve_checkpoint(args.model))
     result = table_av(runner, card, data, out=args.out, figures=not args.no_figures,
-                      scale=args.scale, tta=args.tta, calibration=calibration)
+                      scale=args.scale, tta=args.tta, calibration=calibration,
+                      segment_vote=args.segment_vote)
     print(format_av_table(result))
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics_av.json'}" +
@@ -497,6 +505,7 @@ def _add_evaluate(sub: Commands) -> None:
                    "classes by BF-Net's protocol (Se, AUC-ROC, F1, AUC-PR, MSE per class "
                    "and weighted) and the accuracy on the manual centreline, on a dataset "
                    "with artery/vein labels (default: vessel)")
+    _add_segment_vote(p)
     _add_runtime(p, "torch")
     _add_tta(p, "; the threshold is then chosen anew on the training images with the same "
              "views")
@@ -598,7 +607,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     segmenter = Segmenter.from_pretrained(args.model, threshold=args.threshold, tile=args.tile,
                                           runtime=args.runtime, tta=args.tta, scale=args.scale,
-                                          artery_vein=args.av)
+                                          artery_vein=args.av, segment_vote=args.segment_vote)
     rows: list[BiomarkerRow] = []
     measure = None
     if args.biomarkers:
@@ -656,8 +665,10 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     p.add_argument("--av", action="store_true",
                    help="arteries and veins too, with an artery/vein model (--model, e.g. "
-                   "a run of the av preset): NAME_av.png (arteries red, veins blue, "
-                   "uncertain green) and a class-coloured overlay")
+                   "a run of the av preset): NAME_av.png (a palette PNG: its values are "
+                   "the classes 0-3, shown as arteries red, veins blue, uncertain green) "
+                   "and a class-coloured overlay")
+    _add_segment_vote(p)
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
     _add_tta(p, "; the card's threshold still applies")

@@ -20,6 +20,7 @@ from ..inference.arteryvein import (
     calibrated_outputs,
     check_artery_vein,
     class_probabilities,
+    vote_segments,
     with_vessel_probability,
 )
 from ..inference.calibrate import CalibratedMap, Calibration, calibrated_map
@@ -296,13 +297,16 @@ def table_iv(model: Runtime | nn.Module, card: Card, data: Data = None,
 def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
              split: Split | None = None, out: Path | None = None, figures: bool = True,
              progress: bool = True, scale: Scale = "auto",
-             calibration: Calibration | None = None, tta: str = "none") -> dict:
+             calibration: Calibration | None = None, tta: str = "none",
+             segment_vote: bool = True) -> dict:
     """An artery/vein model's scores on a dataset's test (validation) split, as the
     artery/vein literature reports them (:func:`~qsegment.metrics.artery_vein_scores`:
     BF-Net's protocol, per class and weighted, averaged over images; the classic
     accuracy on the manual centreline pixels; the vessel map's Dice), each image at the
     scale the vessel rules choose and cut as the model's vessel map is, its logits
-    averaged over the ``tta`` views (:func:`~qsegment.inference.maps.symmetries`). Writes
+    averaged over the ``tta`` views (:func:`~qsegment.inference.maps.symmetries`), one
+    class per vessel segment with ``segment_vote`` (as ``qsegment predict --av`` gives
+    them: :func:`~qsegment.inference.arteryvein.vote_segments`). Writes
     ``metrics_av.json`` and, with ``figures``, ``artery_vein.png`` into ``out``.
 
     Raises:
@@ -323,6 +327,8 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
             lambda image: with_vessel_probability(predict_outputs(runtime, image, tta=tta)),
             sample.image, scale, calibration, name=sample.name)
         cut = card.threshold_value if found.cut is None else found.cut
+        if segment_vote:
+            class_logits = vote_segments(found.probability >= cut, class_logits)
         predicted = class_map(found.probability >= cut, class_logits)
         probabilities = class_probabilities(found.probability, class_logits)
         label = cast(np.ndarray, sample.classes)
@@ -341,7 +347,8 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
               "mean": mean, "centreline_acc": float(np.nanmean(
                   [m["centreline_acc"] for m in per_image])),
               "vessel_dice": float(np.mean([m["vessel_dice"] for m in per_image])),
-              "scale_rule": scale, "tta": tta, "per_image": per_image}
+              "scale_rule": scale, "tta": tta, "segment_vote": segment_vote,
+              "per_image": per_image}
     if out is not None:
         out = Path(out)
         if figures:
@@ -360,8 +367,9 @@ def format_av_table(result: dict) -> str:
     head = ["| class | Se | AUC-ROC | F1 | AUC-PR | MSE |", "|---|---:|---:|---:|---:|---:|"]
     rows = [f"| {group} | " + " | ".join(f"{result['mean'][group][k]:.4f}" for k in AV_METRICS)
             + " |" for group in ("weighted", *AV_CLASSES)]
+    classes = "one class per vessel segment" if result["segment_vote"] else "per pixel"
     return "\n".join([f"{result['model']} on {result['dataset']} test "
-                      f"({result['images']} images)", *head, *rows,
+                      f"({result['images']} images; {classes})", *head, *rows,
                       f"artery/vein accuracy on the manual centreline: "
                       f"{result['centreline_acc']:.4f}; vessel Dice (mean of images): "
                       f"{result['vessel_dice']:.4f}"])

@@ -248,7 +248,8 @@ def int8_manifest(model: SegmentationModel, shapes: Sequence[Shape]) -> dict:
     if min(shapes[-1]) <= 2 * margin:
         raise ExportError(f"the tile {shapes[-1][0]}x{shapes[-1][1]} (the last shape) must "
                           f"exceed twice its margin, {margin} px (the network's receptive "
-                          f"radius, {radius} px, rounded up to {m})")
+                          f"radius, {radius} px, rounded up to {m}): give --shape with a "
+                          f"larger last shape, e.g. 512x512,{2 * margin + 512}x1024")
     return {"size_multiple": m, "receptive_radius": radius,
             "tile": {"shape": list(shapes[-1]), "margin": margin},
             "tflite": {f"{h}x{w}": None for h, w in shapes}, "unsupported": {}}

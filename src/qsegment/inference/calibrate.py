@@ -36,6 +36,7 @@ import numpy as np
 from ..card import CardError
 from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..images import resize_map
+from ..runtimes.base import logit
 from .maps import Scale, at_scale, fov_scale
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,6 @@ def scale_correction(probability: np.ndarray, calibration: Calibration) -> float
     return float(np.clip(correction, *calibration.scale_range))
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 HISTOGRAM_BINS = 512
 
 
@@ -154,7 +150,7 @@ def expected_dice_bin(counts: np.ndarray, platt: tuple[float, float]) -> int:
     """The lowest bin of :func:`histogram` ``counts`` that the expected-Dice cut keeps."""
     centres = (np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS
     a, b = platt
-    chance = 1.0 / (1.0 + np.exp(-(a * _logit(centres) + b)))
+    chance = 1.0 / (1.0 + np.exp(-(a * logit(centres) + b)))
     above = np.cumsum(counts[::-1])  # pixels at or above each bin, from the top
     hits = np.cumsum((counts * chance)[::-1])
     expected = 2.0 * hits / np.maximum(above + hits[-1], 1.0)

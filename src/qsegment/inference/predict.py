@@ -29,7 +29,7 @@ from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from ..images import (
     ImageError,
-    artery_vein_colours,
+    artery_vein_image,
     class_map,
     collect_inputs,
     overlay_classes,
@@ -40,10 +40,11 @@ from ..images import (
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
-from ..runtimes.base import Runtime
+from ..runtimes.base import Runtime, logit
 from .arteryvein import (
     calibrated_outputs,
     check_artery_vein,
+    vote_segments,
     with_vessel_probability,
 )
 from .calibrate import CalibratedMap, Calibration, calibrated_map
@@ -135,7 +136,8 @@ class Segmenter:
                  tta: str = "none", name: str | None = None, scale: Scale = "auto",
                  fov_diameter: float = TRAINING_FOV_DIAMETER,
                  calibration: Calibration | None = None, auto_threshold: bool = False,
-                 threshold_source: str = "fixed", artery_vein: bool = False) -> None:
+                 threshold_source: str = "fixed", artery_vein: bool = False,
+                 segment_vote: bool = True) -> None:
         """A Segmenter on ``model``, which any runtime of :mod:`qsegment.runtimes` can be.
 
         Args:
@@ -163,6 +165,9 @@ class Segmenter:
                 ``card``.
             artery_vein: also give each vessel pixel its class (:attr:`Prediction.classes`);
                 needs an artery/vein model (``qsegment-av``), on any runtime.
+            segment_vote: with ``artery_vein``, one class per vessel segment
+                (:func:`~qsegment.inference.arteryvein.vote_segments`; scikit-image);
+                else each pixel's own.
 
         Raises:
             UsageError: an unknown ``tta`` or ``scale``, or a tile and overlap the
@@ -191,7 +196,7 @@ class Segmenter:
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
         if artery_vein and self.model is not None:  # a model file's channels: at the first map
             check_artery_vein(self.model.outputs, self.name)
-        self.artery_vein = artery_vein
+        self.artery_vein, self.segment_vote = artery_vein, segment_vote
 
     @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: Threshold = "auto",
@@ -294,6 +299,10 @@ class Segmenter:
                                            self.scale, self.calibration, self.fov_diameter, name)
         threshold, rule = self._cut(found)
         mask = found.probability >= threshold
+        if self.segment_vote:
+            if pixels is not None:  # the runtime's sigmoids: logits where the map reads them
+                scores[:, mask] = logit(scores[:, mask])
+            scores = vote_segments(mask, scores, everywhere=False)
         return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
                           found.fov_scale, rule, found.quality, class_map(mask, scores))
 
@@ -396,20 +405,21 @@ def plan_outputs(files: list[Path], out: Path, kinds: list[str], failed: list[tu
 
 def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Prediction
                   ) -> dict[str, str]:
-    """Each requested PNG (``mask``, ``prob``, ``overlay``; ``av``, the class map in colour,
-    from an artery/vein Segmenter) written atomically; returns the
+    """Each requested PNG (``mask``, ``prob``, ``overlay``; ``av``, the class map as a
+    palette image, from an artery/vein Segmenter) written atomically; returns the
     SHA-256 of each, with which ``qsegment batch`` recognises complete outputs."""
     classes = result.classes
-    arrays = {"mask": lambda: result.mask.astype(np.uint8) * 255,
-              "prob": lambda: np.round(result.probability * 255).astype(np.uint8),
-              "overlay": lambda: tint_vessels(image, result.mask) if classes is None
-              else overlay_classes(image, classes),
-              "av": lambda: artery_vein_colours(cast(np.ndarray, classes))}
+    images = {"mask": lambda: Image.fromarray(result.mask.astype(np.uint8) * 255),
+              "prob": lambda: Image.fromarray(np.round(result.probability * 255)
+                                              .astype(np.uint8)),
+              "overlay": lambda: Image.fromarray(
+                  tint_vessels(image, result.mask) if classes is None
+                  else overlay_classes(image, classes)),
+              "av": lambda: artery_vein_image(cast(np.ndarray, classes))}
     digests = {}
     for kind, target in targets.items():
         buffer = io.BytesIO()
-        Image.fromarray(arrays[kind]()).save(buffer, format="PNG",
-                                             compress_level=PNG_COMPRESS_LEVEL)
+        images[kind]().save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         data = buffer.getvalue()
         atomic_write(target, data)
         digests[kind] = hashlib.sha256(data).hexdigest()

@@ -46,12 +46,13 @@ def model_stats(model: nn.Module, height: int = 960, width: int = 960) -> dict[s
     }
 
 
-def receptive_radius(model: nn.Module, size: int = 384) -> int:
+def receptive_radius(model: nn.Module, size: int = 384, largest: int = 2048) -> int:
     """How far (pixels) one input pixel reaches in the output, measured by perturbing it:
     the margin a tile needs for its kept interior to equal the whole image's map. Probed
     at every offset of the network's pooling grid (the reach depends on it) in the middle
-    of a ``size`` x ``size`` random image (logit changes over 1e-5 count); a reach to the
-    border raises."""
+    of a ``size`` x ``size`` random image (logit changes over 1e-5 count); where the reach
+    touches the border, probed again at twice the size, up to ``largest`` (a deeper
+    network, e.g. four levels at half resolution, reaches past 384 px)."""
     multiple = getattr(model, "size_multiple", 1)
     size = round_up(size, multiple)
     centre = size // 2 // multiple * multiple
@@ -67,8 +68,9 @@ def receptive_radius(model: nn.Module, size: int = 384) -> int:
     for k in range(multiple):
         ys, xs = torch.nonzero(changed[k], as_tuple=True)
         if ys.min() == 0 or xs.min() == 0 or ys.max() == size - 1 or xs.max() == size - 1:
-            raise UsageError(f"the receptive field reaches past a {size}x{size} probe: "
-                             "measure with a larger size")
+            if 2 * size > largest:
+                raise UsageError(f"the receptive field reaches past a {size}x{size} probe")
+            return receptive_radius(model, 2 * size, largest)
         at = centre + k
         radius = max(radius, int((ys - at).abs().max()), int((xs - at).abs().max()))
     return radius

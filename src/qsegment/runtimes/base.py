@@ -118,8 +118,14 @@ def output_logits(probabilities: np.ndarray) -> np.ndarray:
     -3), e.g. of maps blended in probability: the vessel's logit, the classes'
     log-probabilities."""
     p = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    return np.concatenate([np.log(p[..., :1, :, :] / (1 - p[..., :1, :, :])),
-                           np.log(p[..., 1:, :, :])], axis=-3)
+    return np.concatenate([logit(p[..., :1, :, :]), np.log(p[..., 1:, :, :])], axis=-3)
+
+
+def logit(probabilities: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`sigmoid`, the probabilities clipped to [1e-7, 1 - 1e-7]
+    first (a float32 sigmoid saturates at 1)."""
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
