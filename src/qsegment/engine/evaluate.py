@@ -327,9 +327,10 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
             lambda image: with_vessel_probability(predict_outputs(runtime, image, tta=tta)),
             sample.image, scale, calibration, name=sample.name)
         cut = card.threshold_value if found.cut is None else found.cut
+        mask = found.probability >= cut
         if segment_vote:
-            class_logits = vote_segments(found.probability >= cut, class_logits)
-        predicted = class_map(found.probability >= cut, class_logits)
+            class_logits = vote_segments(mask, class_logits)
+        predicted = class_map(mask, class_logits)
         probabilities = class_probabilities(found.probability, class_logits)
         label = cast(np.ndarray, sample.classes)
         classes = artery_vein_scores(predicted, probabilities, label, sample.fov)

@@ -76,17 +76,14 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray, everywhere: bool
     difference = logits[0, rows, cols] - logits[1, rows, cols]
     pixels = np.bincount(owned, minlength=count + 1)
     mean = (np.bincount(owned, difference, count + 1) / np.maximum(pixels, 1)).astype(np.float32)
-    if everywhere:
-        height, width = box.shape[0] * f, box.shape[1] * f
+    if everywhere:  # the bounding box, at full resolution
+        index: tuple = (slice(r0, r0 + box.shape[0] * f), slice(c0, c0 + box.shape[1] * f))
         voted = mean[np.repeat(np.repeat(owner, f, 0), f, 1)][:logits.shape[1] - r0,
                                                              :logits.shape[2] - c0]
-        region = logits[:2, r0:r0 + height, c0:c0 + width]
-    else:
-        voted, region = mean[owned], logits[:2, rows, cols]
-    both = region[0] + region[1]  # kept: a = (both + voted) / 2, v = (both - voted) / 2
-    region[0], region[1] = (both + voted) * 0.5, (both - voted) * 0.5
-    if not everywhere:
-        logits[:2, rows, cols] = region
+    else:  # the mask's pixels
+        index, voted = (rows, cols), mean[owned]
+    both = logits[0][index] + logits[1][index]  # kept: a = (both + voted) / 2, v = (...) / 2
+    logits[0][index], logits[1][index] = (both + voted) * 0.5, (both - voted) * 0.5
     return logits
 
 
