@@ -159,8 +159,8 @@ def _handlers_fail(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real = build_parser
 
-    def guarded() -> argparse.ArgumentParser:
-        parser = real()
+    def guarded(only: str | None = None) -> argparse.ArgumentParser:
+        parser = real(only)
         for command in _commands(parser).values():
             command.set_defaults(handler=reached)
         return parser
@@ -289,6 +289,24 @@ def test_valid_values_pass_the_door(places):
     assert parsed[5].bridge is None and parsed[10].fov == (0, 0, 3040, 3040)
     assert parsed[4].dataset == "chasedb1" and parsed[4].runtime == "tflite-int8"
     assert [p.command for p in parsed] == list(_commands(parser))
+
+
+def test_a_command_builds_its_own_parser_alone():
+    """A run builds only its command's parser: `qsegment predict` pays for neither the web
+    app's nor the downloader's imports; `qsegment --help` still lists every command."""
+    assert list(_commands(build_parser())) == list(cli.COMMANDS)
+    assert all(list(_commands(build_parser(name))) == [name] for name in cli.COMMANDS)
+    code = ("import sys; from qsegment.cli import build_parser; build_parser('predict'); "
+            "print(sorted({'qsegment.app', 'qsegment.datasets.download'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["-v", "models", "--json"], ["models", "-v", "--json"]])
+def test_the_command_is_found_after_a_global_option(argv, capsys):
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)
 
 
 def test_checking_values_imports_no_pytorch(places):

@@ -64,6 +64,18 @@ def test_openvino_draws_the_masks_of_litert_and_onnx_runtime(data_dir):
     assert dice["openvino"] > 0.82 and abs(dice["openvino"] - dice["tflite-int8"]) <= 0.001
 
 
+def test_openvino_is_imported_without_its_converter_which_comes_when_asked_for():
+    """The converter (45-60 ms of a cold start) is left out of the import, and neither it
+    nor its usage statistics load until `openvino.convert_model` is asked for."""
+    code = ("import sys; from qsegment.runtimes.openvino import import_openvino\n"
+            "ov = import_openvino(); loaded = lambda: 'openvino.tools.ovc' in sys.modules\n"
+            "before = loaded(); convert = ov.convert_model\n"
+            "print(before, loaded(), callable(convert), sys.modules['openvino_telemetry'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=120)
+    assert result.stdout.split() == ["False", "True", "True", "None"]
+
+
 def test_a_second_process_loads_the_compiled_network_from_the_cache(tmp_path, crop):
     np.save(tmp_path / "crop.npy", crop)
     script = ("import json, sys, numpy as np\n"

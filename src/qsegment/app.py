@@ -41,6 +41,7 @@ from PIL import Image
 from .errors import QsegmentError, UsageError
 from .files import atomic_write
 from .images import (
+    PNG_OPTIONS,
     SAMPLE_IMAGES,
     ImageError,
     artery_vein_image,
@@ -97,7 +98,7 @@ def _encoded(pixels: np.ndarray | Image.Image, format: str = "PNG") -> bytes:
     """uint8 pixels (or an image) as a PNG (fast, lossless) or a JPEG (quality 90: what
     the page shows)."""
     buffer = io.BytesIO()
-    options = {"compress_level": 1} if format == "PNG" else {"quality": 90}
+    options = PNG_OPTIONS if format == "PNG" else {"quality": 90}
     image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
     image.save(buffer, format=format, **options)
     return buffer.getvalue()

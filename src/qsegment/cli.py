@@ -1105,12 +1105,17 @@ def _add_app(sub: Commands) -> None:
 # --- entry point ------------------------------------------------------------------------
 
 VERBOSE_HELP = "also show other libraries' warnings, under their own names"
-COMMANDS = (_add_models, _add_data_command, _add_train, _add_evaluate, _add_calibrate,
-            _add_predict, _add_batch, _add_analyze, _add_quantize, _add_export, _add_camera,
-            _add_bench, _add_app)
+# Each command's name and the function that adds its sub-parser, in `--help`'s order.
+COMMANDS = {"models": _add_models, "data": _add_data_command, "train": _add_train,
+            "evaluate": _add_evaluate, "calibrate": _add_calibrate, "predict": _add_predict,
+            "batch": _add_batch, "analyze": _add_analyze, "quantize": _add_quantize,
+            "export": _add_export, "camera": _add_camera, "bench": _add_bench, "app": _add_app}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command's, or only the command ``only`` (what one run
+    needs: building the others costs 35-40 ms of imports and argparse work at each
+    start, a fifteenth of a one-image ``qsegment predict``)."""
     parser = Parser(
         prog="qsegment",
         description="Ultra-low-power retinal vessel segmentation: train, evaluate and deploy "
@@ -1124,8 +1129,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qsegment {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in COMMANDS:
-        add(sub)
+    for name, add in COMMANDS.items():
+        if only in (None, name):
+            add(sub)
     for name, command in sub.choices.items():
         command.set_defaults(command=name)  # error lines name it whatever precedes it
         # also after the command; SUPPRESS: not given there, the global flag's value stands
@@ -1144,7 +1150,11 @@ EXTRAS = {"torch": "train", "torchvision": "train", "sklearn": "train", "matplot
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # the first word that is not an option names the command (no global option takes a
+    # value); anything else (`--help`, a typo) gets the whole parser and its choices
+    words = [word for word in argv if not word.startswith("-")]
+    args = build_parser(words[0] if words and words[0] in COMMANDS else None).parse_args(argv)
     configure_logging(verbose=args.verbose)
     try:
         return args.handler(args)

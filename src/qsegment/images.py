@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,12 @@ def to_rgb_float(image: np.ndarray | Image.Image) -> np.ndarray:
 
 SAMPLE_IMAGES = Path(__file__).parent / "sample_images"  # two CHASE_DB1 test images (CC BY 4.0)
 MAX_MEGAPIXELS = 100  # larger files are refused before decoding, never an out-of-memory kill
+# How the PNGs a user gets are encoded (predict's files, the app's downloads): zlib level
+# 1, with its run-length strategy. On a CHASE_DB1 map level 1 encodes the mask in 5 ms
+# against 20 ms at Pillow's default 6 (issue #35: predict's largest share outside the
+# network); the run-length strategy takes no longer and makes the mask 43 % smaller (17
+# against 30 kB), the probability and the overlay 17-18 % (Pillow 12.3, median of 7).
+PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 _EIGHT_BIT = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"}
 
 

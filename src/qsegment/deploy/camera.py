@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
-from ..images import artery_vein_colours, class_map, overlay, overlay_classes
+from ..images import PNG_OPTIONS, artery_vein_colours, class_map, overlay, overlay_classes
 from ..runtimes.base import depth_to_space, output_probabilities
 from .tiling import DEFAULT_HALO, Roi, TileCycler, TilePlan, plan_tiles
 
@@ -245,7 +245,7 @@ def map_image(shown: np.ndarray) -> np.ndarray:
 
 def _save(path: Path, array: np.ndarray) -> None:
     image = Image.fromarray(array)
-    atomic_write(path, lambda p: image.save(p, format="PNG"))
+    atomic_write(path, lambda p: image.save(p, format="PNG", **PNG_OPTIONS))
 
 
 class TiledPreview:

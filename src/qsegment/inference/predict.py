@@ -28,6 +28,7 @@ from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from ..images import (
+    PNG_OPTIONS,
     ImageError,
     artery_vein_image,
     class_map,
@@ -351,12 +352,6 @@ class Segmenter:
         return out
 
 
-# zlib level of the PNGs written: a CHASE_DB1 mask encodes in 9 ms at 1 against 20 ms at
-# Pillow's default 6, for 31 kB against 18 kB (issue #35: the largest share of predict's
-# time outside the network, benchmarks/bench_runtimes.py)
-PNG_COMPRESS_LEVEL = 1
-
-
 @dataclass
 class RunSummary:
     """What ``predict_files`` did: written outputs per input, failures with reasons, and
@@ -419,7 +414,7 @@ def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Predictio
     digests = {}
     for kind, target in targets.items():
         buffer = io.BytesIO()
-        images[kind]().save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        images[kind]().save(buffer, format="PNG", **PNG_OPTIONS)
         data = buffer.getvalue()
         atomic_write(target, data)
         digests[kind] = hashlib.sha256(data).hexdigest()

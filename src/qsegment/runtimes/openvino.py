@@ -35,15 +35,36 @@ if TYPE_CHECKING:
 
 
 def import_openvino() -> ModuleType:
-    """``openvino``, imported without its model converter's usage statistics: those write
-    ``~/intel/openvino_ga_cid`` and ``stats`` on import, and qsegment writes nothing in
-    the home folder but its cache. (Where the statistics package was imported before, it
-    is left as it is.)"""
-    # None in sys.modules makes its import fail: the converter then takes its own stub
+    """``openvino``, imported without its model converter (``openvino.tools.ovc``) and its
+    usage statistics. Why: qsegment reads ONNX and IR with the runtime alone; the converter
+    costs 45-60 ms of every cold start (a tenth of a one-image ``qsegment predict``), and
+    its statistics package writes ``~/intel/openvino_ga_cid`` and ``stats`` on import,
+    where qsegment writes nothing in the home folder but its cache.
+    ``openvino.convert_model`` still works: the converter is imported when first asked
+    for. (Where openvino was imported before, it is left as it is.)"""
+    # None in sys.modules makes an import fail: openvino's __init__ passes over the
+    # converter, and the converter (if imported later) takes its own statistics stub
     sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    if "openvino" not in sys.modules:
+        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]
+        try:
+            import openvino
+        finally:
+            del sys.modules["openvino.tools.ovc"]
+        openvino.__dict__.setdefault("__getattr__", _converter_on_demand)
     import openvino
 
     return openvino
+
+
+def _converter_on_demand(name: str) -> object:
+    """``openvino``'s module ``__getattr__`` (PEP 562): its ``convert_model``, imported
+    when first asked for (:func:`import_openvino` left it out)."""
+    if name != "convert_model":
+        raise AttributeError(f"module 'openvino' has no attribute {name!r}")
+    from openvino.tools.ovc import convert_model
+
+    return convert_model
 
 
 class OpenVinoInt8(Runtime):
