@@ -1153,8 +1153,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # the first word that is not an option names the command (no global option takes a
     # value); anything else (`--help`, a typo) gets the whole parser and its choices
-    words = [word for word in argv if not word.startswith("-")]
-    args = build_parser(words[0] if words and words[0] in COMMANDS else None).parse_args(argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     configure_logging(verbose=args.verbose)
     try:
         return args.handler(args)

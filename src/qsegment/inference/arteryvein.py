@@ -63,10 +63,8 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray, everywhere: bool
     skeleton = skeletonize(box)
     neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3), np.uint8),
                                   mode="constant") - 1
-    cut = skeleton.copy()
-    for r, c in np.argwhere(skeleton & (neighbours >= 3)):
-        cut[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] = False
-    segments, count = ndimage.label(cut, np.ones((3, 3), bool))
+    junctions = ndimage.binary_dilation(skeleton & (neighbours >= 3), np.ones((3, 3), bool))
+    segments, count = ndimage.label(skeleton & ~junctions, np.ones((3, 3), bool))
     if not count:
         return logits
     _, (near_r, near_c) = ndimage.distance_transform_cdt(segments == 0, "chessboard",

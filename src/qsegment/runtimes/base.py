@@ -117,8 +117,8 @@ def output_logits(probabilities: np.ndarray) -> np.ndarray:
     """Logits with the :func:`output_probabilities` ``probabilities`` (channels on axis
     -3), e.g. of maps blended in probability: the vessel's logit, the classes'
     log-probabilities."""
-    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    return np.concatenate([logit(p[..., :1, :, :]), np.log(p[..., 1:, :, :])], axis=-3)
+    classes = np.clip(probabilities[..., 1:, :, :], 1e-7, 1 - 1e-7)
+    return np.concatenate([logit(probabilities[..., :1, :, :]), np.log(classes)], axis=-3)
 
 
 def logit(probabilities: np.ndarray) -> np.ndarray:
