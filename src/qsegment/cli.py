@@ -874,10 +874,12 @@ def _quantize(args: argparse.Namespace) -> int:
 
     card = quantize(args.model, args.out, method=args.method, size=args.size,
                     calibration=args.calibration, epochs=args.epochs, lr=args.lr,
-                    seed=args.seed, data=args.data)
+                    seed=args.seed, data=args.data, datasets=args.dataset,
+                    view=args.calibration_view)
     agree = card["agreement"]
+    what = "training images" if args.calibration_view == "whole" else "training-image tiles"
     print(f"{card['method']} at {card['size']}x{card['size']}, calibrated on "
-          f"{card['calibration']['count']} training images: wrote {args.out} and "
+          f"{card['calibration']['count']} {what} of {args.dataset}: wrote {args.out} and "
           f"{Path(args.out).with_suffix('.json')}")
     for name, label in (("float_vs_int8", "float vs int8"), ("ort_vs_mct", "ORT vs MCT")):
         a = agree[name]
@@ -890,12 +892,15 @@ def _add_quantize(sub: Commands) -> None:
     p = _command(sub, "quantize", "Quantize a model to INT8 for the Sony IMX500 with "
                  "Sony's Model Compression Toolkit: post-training (ptq), gradient-based "
                  "(gptq) or quantization-aware training from the float weights (qat). "
-                 "Calibration: whole training images resized to the deployment size. "
+                 "Calibration: whole training images resized to the deployment size, or "
+                 "windows of them at native resolution as ROI tiling shows them. "
                  "Writes MCT's ONNX and a JSON card beside it.",
                  "  qsegment quantize qsegment-nearest -o q/ptq.onnx --size 280\n"
                  "  qsegment quantize runs/fast -o q/gptq.onnx --method gptq --size 280\n"
                  "  qsegment quantize runs/fast -o q/qat.onnx --method qat --epochs 3\n"
-                 "  qsegment quantize -o q/ptq.onnx     # size: largest that fits (Java)",
+                 "  qsegment quantize -o q/ptq.onnx     # size: largest that fits (Java)\n"
+                 "  qsegment quantize runs/av -o q/av.onnx --size 704 --dataset hrf-av,les-av "
+                 "--calibration-view tiles",
                  _quantize)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
                    help=f"pretrained name, run folder or .safetensors ({DEFAULT_MODEL})")
@@ -913,7 +918,15 @@ def _add_quantize(sub: Commands) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-4, help="QAT learning rate (1e-4)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="calibration draw and QAT order (0)")
-    _add_data(p)
+    p.add_argument("--dataset", type=dataset_names, metavar="NAME[,NAME]", default="chasedb1",
+                   help="the datasets whose training splits calibrate (chasedb1)")
+    p.add_argument("--data", metavar="DIR[,DIR]", type=config_folders,
+                   help="the dataset folder, one per dataset (default: each dataset's own; "
+                   "CHASE_DB1's: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
+    p.add_argument("--calibration-view", choices=["whole", "tiles"], default="whole",
+                   help="whole: each photograph resized to the input, as the sensor sees a "
+                   "whole field of view (default); tiles: windows at native resolution, the "
+                   "photographs at the model's training scale, as ROI tiling sees them")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -8,10 +8,13 @@ activations, 8-bit symmetric per-channel weights):
 - ``qat``: quantization-aware training, fine-tuned from the float model on the
   training images (augmented) at the deployment size with the paper's loss.
 
-Calibration (and QAT) images are whole training images resized to NxN with
-:func:`qsegment.data.to_input`, the resize evaluation uses: the camera's
-ISP also scales the whole field of view into the input tensor, so the statistics
-match what the sensor will see (random crops would show vessels at the wrong scale).
+Calibration (and QAT) images are, by default, whole training images resized to NxN
+with :func:`qsegment.data.to_input`, the resize evaluation uses: the camera's ISP also
+scales the whole field of view into the input tensor, so the statistics match what the
+sensor will see (random crops would show vessels at the wrong scale). A network run in
+ROI tiles at native resolution (the artery/vein model on large photographs) sees windows
+of the photograph instead: ``view="tiles"`` calibrates on such windows
+(:func:`calibration_tiles`), the photographs at the scale the model was trained at.
 
 A network with a ``forward_phases`` (``qsegment-imx``) is quantized as the sensor runs
 it: up to its phase output, which the host interleaves into the full-resolution map
@@ -31,13 +34,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 from torch import nn
 
 from ...card import Card
 from ...data import calibration_images, to_input
-from ...datasets import FundusDataset, Sample, Split, open_dataset
-from ...errors import QsegmentError
+from ...data.mixture import training_parts
+from ...datasets import Sample, Split, open_dataset
+from ...deploy.tiling import fov_box, native_tiles, plan_tiles, sensor_view
+from ...errors import QsegmentError, UsageError
 from ...files import atomic_write
 from ...metrics import agreement
 from ...models import SegmentationModel
@@ -47,6 +53,11 @@ from ...runtimes.onnxrt import MctOnnxRuntime
 from ..common import check_size, float_threshold
 
 METHODS = ("ptq", "gptq", "qat")
+VIEWS = ("whole", "tiles")  # what a calibration input shows: the photograph, or a window
+CALIBRATION_HOW = {
+    "whole": "whole training images resized to NxN (bilinear, antialiased)",
+    "tiles": "NxN windows of the training photographs at native resolution (the ROI tiles "
+             "over each FOV box), the photographs at the model's training scale"}
 
 
 class QuantizeError(QsegmentError, ValueError):
@@ -228,32 +239,87 @@ def deployable_size(model: SegmentationModel, train: Sequence[Sample]) -> int:
     return size
 
 
+def calibration_tiles(samples: Sequence[Sample], size: int, count: int, seed: int = 0
+                      ) -> tuple[list[str], torch.Tensor]:
+    """(names, (count, 3, size, size) batch): ``count`` windows as the sensor sees them
+    with ROI tiling at native resolution (:func:`~qsegment.deploy.tiling.native_tiles`
+    over each photograph's FOV box), one window of each photograph in turn, photographs
+    and windows drawn at random (seeded); a name is ``PHOTOGRAPH@x,y``."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    if not order.size:
+        raise QuantizeError("calibration needs training photographs, got none")
+    names, windows = [], []
+    for i in range(count):
+        sample = samples[order[i % len(order)]]
+        frame, box = sample.fov.shape, fov_box(sample.fov)
+        try:
+            rois = plan_tiles(frame, size, native_tiles(frame, size, box), box).rois
+        except UsageError as err:
+            raise QuantizeError(f"{sample.path}: {err}") from err
+        x, y, w, h = rois[rng.integers(len(rois))]
+        names.append(f"{sample.name}@{x},{y}")
+        windows.append(torch.from_numpy(sensor_view(sample.image, (x, y, w, h), size)))
+    return names, torch.cat(windows)
+
+
+def calibration_photographs(datasets: str, data: str | Path | None, split: Split | None,
+                            at_training_scale: bool) -> tuple[list[Sample], list[Sample]]:
+    """The training and validation samples of ``datasets`` (comma-separated registry
+    names; ``data``: their folders, comma-separated, empty for a dataset's own), pooled;
+    ``split`` applies to a single dataset. With ``at_training_scale`` each photograph is
+    resized so that its vessels have the training calibre, as a mixture trains
+    (:func:`~qsegment.data.mixture.training_parts`)."""
+    names = datasets.split(",")
+    folders = str(data).split(",") if data else [""] * len(names)
+    if len(folders) != len(names):
+        raise QuantizeError(f"{len(folders)} data folder(s) for {len(names)} dataset(s) "
+                            f"({datasets}): give one per dataset, empty for its own")
+    parts = training_parts([open_dataset(folder or None, name)
+                            for name, folder in zip(names, folders, strict=True)],
+                           split if len(names) == 1 else None, at_training_scale,
+                           progress=True)
+    return ([s for part in parts for s in part.train], [s for part in parts for s in part.val])
+
+
 def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int | None = None,
              calibration: int = 16, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
-             data: str | Path | FundusDataset | None = None, split: Split | None = None
-             ) -> Card:
+             data: str | Path | None = None, split: Split | None = None,
+             datasets: str = "chasedb1", view: str = "whole") -> Card:
     """Quantize a checkpoint for the IMX500 at size x size and write ``out`` (ONNX) plus its
     card ``out.json``; returns the card. Without ``size``: the largest square that fits
     the sensor (:func:`deployable_size`).
 
-    The card records the source, method, size, calibration images, versions and the
+    Calibration: ``calibration`` inputs from the training splits of ``datasets`` (folders
+    ``data``, :func:`calibration_photographs`), whole photographs resized (``view``
+    "whole") or native-resolution windows of them at the model's training scale
+    ("tiles", :func:`calibration_tiles`).
+
+    The card records the source, method, size, calibration inputs, versions and the
     agreement on the first validation image: float vs int8 (the quantization error) and
     ONNX Runtime vs MCT's PyTorch model (the runtime's fidelity). The decision threshold
     is the float model's (chosen on the training images).
     """
     from ...checkpoint import load_model
+    from ...engine.config import TrainConfig
     from ...pretrained import checkpoint_reference
 
     out = Path(out)
     if out.suffix != ".onnx":
         raise QuantizeError(f"{out}: the output must be an .onnx file")
+    if view not in VIEWS:
+        raise QuantizeError(f"unknown calibration view {view!r}; choose one of: "
+                            f"{', '.join(VIEWS)}")
     model, float_card = load_model(source)
     multiple = model.size_multiple
     check_size(size, multiple, QuantizeError)
-    train, val = open_dataset(data).split(split)
+    trained_scaled = TrainConfig.recorded(float_card.get("config") or {}).label_scale
+    train, val = calibration_photographs(datasets, data, split,
+                                         view == "tiles" and trained_scaled)
     size = size or deployable_size(model, train)
     try:
-        names, images = calibration_images(train, size, calibration, seed)
+        names, images = (calibration_tiles if view == "tiles" else calibration_images)(
+            train, size, calibration, seed)
     except ValueError as err:
         raise QuantizeError(str(err)) from err
     threshold = float_threshold(float_card)
@@ -277,9 +343,9 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
             "outputs": list(model.outputs),
             "input": {"shape": [1, 3, size, size], "layout": "NCHW", "colour": "RGB",
                       "range": [0.0, 1.0]},
-            "calibration": {"images": names, "count": len(names), "seed": seed,
-                            "how": "whole training images resized to NxN (bilinear, "
-                                   "antialiased)"},
+            "calibration": {"datasets": datasets.split(","), "view": view,
+                            "images": names, "count": len(names), "seed": seed,
+                            "how": CALIBRATION_HOW[view]},
             "target_platform": "imx500 (MCT TPC v1)",
             "agreement": {"image": val[0].name,
                           "float_vs_int8": agreement(float_logits, mct_logits, threshold.value),
