@@ -32,12 +32,7 @@ from qsegment.export.imx500.convert import (
     largest_fitting_size,
     memory_report,
 )
-from qsegment.export.imx500.quantize import (
-    calibration_tiles,
-    export_quantized,
-    quantize,
-    quantize_model,
-)
+from qsegment.export.imx500.quantize import export_quantized, quantize, quantize_model
 from qsegment.inference.maps import predict_proba
 from qsegment.runtimes.base import ModelFileError
 from qsegment.runtimes.onnxrt import MctOnnxRuntime as QuantizedOnnxModel
@@ -322,25 +317,6 @@ def imx_av_quantized(tmp_path_factory, data_dir):
     train(cfg, root / "run", progress=False)
     path = root / "imx-av.onnx"
     return path, quantize(root / "run", path, size=128, calibration=4, data=data_dir)
-
-
-def test_calibration_tiles_are_native_windows_of_the_fov():
-    """A tile is the photograph's own pixels (no resize), inside the FOV's ROI plan,
-    the same draw for the same seed; more tiles than photographs cycle through them."""
-    from qsegment.datasets import open_dataset
-
-    les = open_dataset(None, "les-av")
-    samples = [les.sample("224"), les.sample("240")]
-    names, batch = calibration_tiles(samples, 256, 3, seed=1)
-    assert batch.shape == (3, 3, 256, 256)
-    assert [n.split("@")[0] for n in names].count(names[0].split("@")[0]) == 2
-    for name, window in zip(names, batch, strict=True):
-        photograph, corner = name.split("@")
-        x, y = (int(v) for v in corner.split(","))
-        sample = samples[["224", "240"].index(photograph)]
-        assert np.array_equal(window.permute(1, 2, 0).numpy(), sample.image[y:y + 256, x:x + 256])
-        assert sample.fov[y:y + 256, x:x + 256].mean() > 0.1
-    assert calibration_tiles(samples, 256, 3, seed=1)[0] == names
 
 
 def test_quantize_calibrates_on_tiles_of_the_artery_vein_datasets(imx_av_quantized, tmp_path,

@@ -279,3 +279,23 @@ def test_native_tiles_beat_the_whole_fundus_view_in_simulation(native_int8, samp
     row = simulate(native_int8, [sample], 1)  # the library's row on the whole FOV
     assert row["tiles"] == 1 and row["side"] == [whole.side] * 2
     assert 0.5 < row["pooled"]["dice"] < tiled
+
+
+def test_calibration_tiles_are_native_windows_of_the_fov():
+    """A tile is the photograph's own pixels (no resize), inside the FOV's ROI plan,
+    the same draw for the same seed; more tiles than photographs cycle through them."""
+    from qsegment.datasets import open_dataset
+    from qsegment.deploy.tiling import calibration_tiles
+
+    les = open_dataset(None, "les-av")
+    samples = [les.sample("224"), les.sample("240")]
+    names, batch = calibration_tiles(samples, 256, 3, seed=1)
+    assert batch.shape == (3, 3, 256, 256) and batch.dtype == np.float32
+    assert [n.split("@")[0] for n in names].count(names[0].split("@")[0]) == 2
+    for name, window in zip(names, batch, strict=True):
+        photograph, corner = name.split("@")
+        x, y = (int(v) for v in corner.split(","))
+        sample = samples[["224", "240"].index(photograph)]
+        assert np.array_equal(window.transpose(1, 2, 0), sample.image[y:y + 256, x:x + 256])
+        assert sample.fov[y:y + 256, x:x + 256].mean() > 0.1
+    assert calibration_tiles(samples, 256, 3, seed=1)[0] == names

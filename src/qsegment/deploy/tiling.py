@@ -297,6 +297,30 @@ def sensor_view(image: np.ndarray, roi: Roi, size: int) -> np.ndarray:
     return network_input(image[y:y + h, x:x + w], size, 1)[0]
 
 
+def calibration_tiles(samples: Sequence[Sample], size: int, count: int, seed: int = 0
+                      ) -> tuple[list[str], np.ndarray]:
+    """(names, (count, 3, size, size) float32 batch): ``count`` calibration windows as
+    ROI tiling at native resolution shows a network the photographs (:func:`native_tiles`
+    over each one's FOV box), one window of each photograph in turn, photographs and
+    windows drawn at random (seeded); a name is ``PHOTOGRAPH@x,y``."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    if not order.size:
+        raise UsageError("calibration needs training photographs, got none")
+    names, windows = [], []
+    for i in range(count):
+        sample = samples[order[i % len(order)]]
+        frame, box = sample.fov.shape, fov_box(sample.fov)
+        try:
+            rois = plan_tiles(frame, size, native_tiles(frame, size, box), box).rois
+        except UsageError as err:
+            raise UsageError(f"{sample.path}: {err}") from err
+        x, y, w, h = rois[rng.integers(len(rois))]
+        names.append(f"{sample.name}@{x},{y}")
+        windows.append(sensor_view(sample.image, (x, y, w, h), size))
+    return names, np.concatenate(windows)
+
+
 def _fixed_size(runtime: Runtime) -> int:
     """The input side of a fixed-size runtime (what the sensor runs); tiling needs one."""
     if runtime.fixed_size is None:

@@ -14,7 +14,8 @@ scales the whole field of view into the input tensor, so the statistics match wh
 sensor will see (random crops would show vessels at the wrong scale). A network run in
 ROI tiles at native resolution (the artery/vein model on large photographs) sees windows
 of the photograph instead: ``view="tiles"`` calibrates on such windows
-(:func:`calibration_tiles`), the photographs at the scale the model was trained at.
+(:func:`~qsegment.deploy.tiling.calibration_tiles`), the photographs at the scale the
+model was trained at.
 
 A network with a ``forward_phases`` (``qsegment-imx``) is quantized as the sensor runs
 it: up to its phase output, which the host interleaves into the full-resolution map
@@ -34,16 +35,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
-import numpy as np
 import torch
 from torch import nn
 
 from ...card import Card
 from ...data import calibration_images, to_input
-from ...data.mixture import training_parts
-from ...datasets import Sample, Split, open_dataset
-from ...deploy.tiling import fov_box, native_tiles, plan_tiles, sensor_view
-from ...errors import QsegmentError, UsageError
+from ...data.mixture import training_photographs
+from ...datasets import Sample, Split
+from ...deploy.tiling import calibration_tiles
+from ...errors import QsegmentError
 from ...files import atomic_write
 from ...metrics import agreement
 from ...models import SegmentationModel
@@ -239,49 +239,6 @@ def deployable_size(model: SegmentationModel, train: Sequence[Sample]) -> int:
     return size
 
 
-def calibration_tiles(samples: Sequence[Sample], size: int, count: int, seed: int = 0
-                      ) -> tuple[list[str], torch.Tensor]:
-    """(names, (count, 3, size, size) batch): ``count`` windows as the sensor sees them
-    with ROI tiling at native resolution (:func:`~qsegment.deploy.tiling.native_tiles`
-    over each photograph's FOV box), one window of each photograph in turn, photographs
-    and windows drawn at random (seeded); a name is ``PHOTOGRAPH@x,y``."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(samples))
-    if not order.size:
-        raise QuantizeError("calibration needs training photographs, got none")
-    names, windows = [], []
-    for i in range(count):
-        sample = samples[order[i % len(order)]]
-        frame, box = sample.fov.shape, fov_box(sample.fov)
-        try:
-            rois = plan_tiles(frame, size, native_tiles(frame, size, box), box).rois
-        except UsageError as err:
-            raise QuantizeError(f"{sample.path}: {err}") from err
-        x, y, w, h = rois[rng.integers(len(rois))]
-        names.append(f"{sample.name}@{x},{y}")
-        windows.append(torch.from_numpy(sensor_view(sample.image, (x, y, w, h), size)))
-    return names, torch.cat(windows)
-
-
-def calibration_photographs(datasets: str, data: str | Path | None, split: Split | None,
-                            at_training_scale: bool) -> tuple[list[Sample], list[Sample]]:
-    """The training and validation samples of ``datasets`` (comma-separated registry
-    names; ``data``: their folders, comma-separated, empty for a dataset's own), pooled;
-    ``split`` applies to a single dataset. With ``at_training_scale`` each photograph is
-    resized so that its vessels have the training calibre, as a mixture trains
-    (:func:`~qsegment.data.mixture.training_parts`)."""
-    names = datasets.split(",")
-    folders = str(data).split(",") if data else [""] * len(names)
-    if len(folders) != len(names):
-        raise QuantizeError(f"{len(folders)} data folder(s) for {len(names)} dataset(s) "
-                            f"({datasets}): give one per dataset, empty for its own")
-    parts = training_parts([open_dataset(folder or None, name)
-                            for name, folder in zip(names, folders, strict=True)],
-                           split if len(names) == 1 else None, at_training_scale,
-                           progress=True)
-    return ([s for part in parts for s in part.train], [s for part in parts for s in part.val])
-
-
 def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int | None = None,
              calibration: int = 16, epochs: int = 3, lr: float = 1e-4, seed: int = 0,
              data: str | Path | None = None, split: Split | None = None,
@@ -291,9 +248,9 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     the sensor (:func:`deployable_size`).
 
     Calibration: ``calibration`` inputs from the training splits of ``datasets`` (folders
-    ``data``, :func:`calibration_photographs`), whole photographs resized (``view``
-    "whole") or native-resolution windows of them at the model's training scale
-    ("tiles", :func:`calibration_tiles`).
+    ``data``, :func:`~qsegment.data.mixture.training_photographs`), whole photographs
+    resized (``view`` "whole") or native-resolution windows of them at the model's
+    training scale ("tiles", :func:`~qsegment.deploy.tiling.calibration_tiles`).
 
     The card records the source, method, size, calibration inputs, versions and the
     agreement on the first validation image: float vs int8 (the quantization error) and
@@ -314,12 +271,14 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     multiple = model.size_multiple
     check_size(size, multiple, QuantizeError)
     trained_scaled = TrainConfig.recorded(float_card.get("config") or {}).label_scale
-    train, val = calibration_photographs(datasets, data, split,
-                                         view == "tiles" and trained_scaled)
+    train, val = training_photographs(datasets, data, split, view == "tiles" and trained_scaled)
     size = size or deployable_size(model, train)
     try:
-        names, images = (calibration_tiles if view == "tiles" else calibration_images)(
-            train, size, calibration, seed)
+        if view == "tiles":
+            names, windows = calibration_tiles(train, size, calibration, seed)
+            images = torch.from_numpy(windows)
+        else:
+            names, images = calibration_images(train, size, calibration, seed)
     except ValueError as err:
         raise QuantizeError(str(err)) from err
     threshold = float_threshold(float_card)
