@@ -206,6 +206,16 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="CHASE_DB1 folder (default: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
 
 
+def _add_datasets(p: argparse.ArgumentParser, purpose: str, default: str | None = None
+                  ) -> None:
+    """``--dataset NAME[,NAME]`` (whose training splits serve ``purpose``) and ``--data
+    DIR[,DIR]``, one folder per dataset, as a training config records them."""
+    p.add_argument("--dataset", type=dataset_names, metavar="NAME[,NAME]", default=default,
+                   help=f"which datasets' training splits {purpose}")
+    p.add_argument("--data", metavar="DIR[,DIR]", type=config_folders,
+                   help="the dataset folder, one per dataset (default: each dataset's own)")
+
+
 def _tile(text: str) -> int | tuple[int, int]:
     """N (square) or HxW."""
     try:
@@ -557,11 +567,7 @@ def _add_calibrate(sub: Commands) -> None:
                  _calibrate)
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
                    help=f"pretrained name, run folder or .safetensors ({DEFAULT_MODEL})")
-    p.add_argument("--data", metavar="DIR[,DIR]", type=config_folders,
-                   help="the dataset folder, one per dataset (default: each dataset's own)")
-    p.add_argument("--dataset", type=dataset_names, metavar="NAME[,NAME]",
-                   help="which datasets' training splits to fit on (default: the model's "
-                        "own, from its card)")
+    _add_datasets(p, "to fit on (default: the model's own, from its card)")
     _add_runtime(p, AUTO)
 
 
@@ -918,11 +924,7 @@ def _add_quantize(sub: Commands) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-4, help="QAT learning rate (1e-4)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="calibration draw and QAT order (0)")
-    p.add_argument("--dataset", type=dataset_names, metavar="NAME[,NAME]", default="chasedb1",
-                   help="the datasets whose training splits calibrate (chasedb1)")
-    p.add_argument("--data", metavar="DIR[,DIR]", type=config_folders,
-                   help="the dataset folder, one per dataset (default: each dataset's own; "
-                   "CHASE_DB1's: $QSEGMENT_DATA, else ../shared/data/CHASEDB1)")
+    _add_datasets(p, "to calibrate on (chasedb1)", default="chasedb1")
     p.add_argument("--calibration-view", choices=["whole", "tiles"], default="whole",
                    help="whole: each photograph resized to the input, as the sensor sees a "
                    "whole field of view (default); tiles: windows at native resolution, the "

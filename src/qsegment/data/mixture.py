@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..datasets import DatasetError, FundusDataset, Sample, Split, open_dataset
+from ..datasets import DatasetError, FundusDataset, Sample, Split
 from ..inference.calibrate import vessel_calibre
 from .dataset import resize_sample
 
@@ -93,26 +92,6 @@ def training_parts(datasets: Sequence[FundusDataset], split: Split | None = None
         train, val = scaled[:len(chosen.train)], scaled[len(chosen.train):]
         parts.append(Part(dataset, chosen, train, val, scales[:len(train)]))
     return parts
-
-
-def training_photographs(datasets: str, data: str | Path | None = None,
-                         split: Split | None = None, at_training_scale: bool = False,
-                         progress: bool = True) -> tuple[list[Sample], list[Sample]]:
-    """The training and validation samples of ``datasets`` (comma-separated registry
-    names; ``data``: their folders, comma-separated, empty for a dataset's own), pooled;
-    ``split`` applies to a single dataset. With ``at_training_scale`` each photograph is
-    resized so that its vessels have the training calibre, as a mixture trains
-    (:func:`~qsegment.data.mixture.training_parts`)."""
-    names = datasets.split(",")
-    folders = str(data).split(",") if data else [""] * len(names)
-    if len(folders) != len(names):
-        raise DatasetError(f"{len(folders)} data folder(s) for {len(names)} dataset(s) "
-                           f"({datasets}): give one per dataset, empty for its own")
-    parts = training_parts([open_dataset(folder or None, name)
-                            for name, folder in zip(names, folders, strict=True)],
-                           split if len(names) == 1 else None, at_training_scale,
-                           progress=progress)
-    return ([s for part in parts for s in part.train], [s for part in parts for s in part.val])
 
 
 def describe_parts(parts: Sequence[Part], shares: Sequence[float], label_scaled: bool) -> dict:

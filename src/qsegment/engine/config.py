@@ -127,8 +127,9 @@ class TrainConfig:
             raise ConfigError(f"{len(self.dataset_weights)} dataset weight(s) for {count} "
                               f"dataset(s) ({self.dataset})")
         if self.data and len(self.data.split(",")) != count:
-            raise ConfigError(f"give one data folder per dataset ({self.dataset}), not "
-                              f"{self.data}")
+            raise ConfigError(f"{len(self.data.split(','))} data folder(s) for {count} "
+                              f"dataset(s) ({self.dataset}): give one data folder per dataset, "
+                              f"empty for its own, not {self.data}")
         if count > 1 and (self.train_images or self.val_images):
             raise ConfigError("a mixture of datasets trains on each one's own split: drop "
                               "--train-images and --val-images")

@@ -40,7 +40,6 @@ from torch import nn
 
 from ...card import Card
 from ...data import calibration_images, to_input
-from ...data.mixture import training_photographs
 from ...datasets import Sample, Split
 from ...deploy.tiling import calibration_tiles
 from ...errors import QsegmentError
@@ -53,11 +52,12 @@ from ...runtimes.onnxrt import MctOnnxRuntime
 from ..common import check_size, float_threshold
 
 METHODS = ("ptq", "gptq", "qat")
-VIEWS = ("whole", "tiles")  # what a calibration input shows: the photograph, or a window
+# what a calibration input shows: the photograph, or a window of it
 CALIBRATION_HOW = {
     "whole": "whole training images resized to NxN (bilinear, antialiased)",
     "tiles": "NxN windows of the training photographs at native resolution (the ROI tiles "
              "over each FOV box), the photographs at the model's training scale"}
+VIEWS = tuple(CALIBRATION_HOW)
 
 
 class QuantizeError(QsegmentError, ValueError):
@@ -247,10 +247,11 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     card ``out.json``; returns the card. Without ``size``: the largest square that fits
     the sensor (:func:`deployable_size`).
 
-    Calibration: ``calibration`` inputs from the training splits of ``datasets`` (folders
-    ``data``, :func:`~qsegment.data.mixture.training_photographs`), whole photographs
-    resized (``view`` "whole") or native-resolution windows of them at the model's
-    training scale ("tiles", :func:`~qsegment.deploy.tiling.calibration_tiles`).
+    Calibration: ``calibration`` inputs from the training splits of ``datasets``
+    (comma-separated; ``data``: their folders, one per dataset, read as a training run
+    reads them, :func:`~qsegment.engine.train.run_parts`), whole photographs resized
+    (``view`` "whole") or native-resolution windows of them at the model's training scale
+    ("tiles", :func:`~qsegment.deploy.tiling.calibration_tiles`).
 
     The card records the source, method, size, calibration inputs, versions and the
     agreement on the first validation image: float vs int8 (the quantization error) and
@@ -259,6 +260,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     """
     from ...checkpoint import load_model
     from ...engine.config import TrainConfig
+    from ...engine.train import run_parts
     from ...pretrained import checkpoint_reference
 
     out = Path(out)
@@ -270,8 +272,13 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     model, float_card = load_model(source)
     multiple = model.size_multiple
     check_size(size, multiple, QuantizeError)
-    trained_scaled = TrainConfig.recorded(float_card.get("config") or {}).label_scale
-    train, val = training_photographs(datasets, data, split, view == "tiles" and trained_scaled)
+    scaled = view == "tiles" and TrainConfig.recorded(float_card.get("config") or {}).label_scale
+    split = split or Split((), ())
+    parts = run_parts(TrainConfig(dataset=datasets, data=str(data) if data else None,
+                                  train_images=list(split.train), val_images=list(split.val),
+                                  label_scale=scaled), progress=True)
+    train = [sample for part in parts for sample in part.train]
+    val = [sample for part in parts for sample in part.val]
     size = size or deployable_size(model, train)
     try:
         if view == "tiles":
