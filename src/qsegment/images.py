@@ -79,8 +79,8 @@ def read_rgb(path: str | Path, max_megapixels: float = MAX_MEGAPIXELS) -> np.nda
                     raise ImageError(f"{path}: {im.width}x{im.height} is {megapixels:.0f} MP, "
                                      f"over the {max_megapixels:g} MP limit: downscale it first")
                 im.load()  # decode fully: truncated files fail here
-                if im.mode in _EIGHT_BIT:
-                    return np.asarray(im.convert("RGB"))
+                if im.mode in _EIGHT_BIT:  # no copy for what is RGB already (most photographs)
+                    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
                 return to_rgb_float(im)
     except Image.DecompressionBombError as err:
         raise ImageError(f"{path}: over the {max_megapixels:g} MP limit ({err})") from err
