@@ -21,11 +21,12 @@ PAPER_PARAMS = {"qsegment": 0.104, "tnet": 0.026, "m2unet": 0.55, "erfnet": 2.06
 
 
 def test_registry_holds_the_paper_models():
-    variants = ("qsegment-imx", "qsegment-av", "qsegment-imx-av")
+    variants = ("qsegment-imx", "qsegment-half", "qsegment-av", "qsegment-imx-av")
     assert [m for m in list_models() if m not in variants] == list(PAPER_PARAMS)
     assert set(variants) <= set(list_models())
     with pytest.raises(UnknownNameError, match="choose one of: qsegment, qsegment-imx, "
-                                               "qsegment-av, qsegment-imx-av, tnet"):
+                                               "qsegment-half, qsegment-av, qsegment-imx-av, "
+                                               "tnet"):
         create_model("unet")
 
 
@@ -157,6 +158,26 @@ def test_qsegment_imx_trains_every_parameter(real_crop):
     image, label = real_crop
     structure_loss(model(image), label.repeat(2, 1, 1, 1)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() for p in model.parameters())
+
+
+def test_qsegment_half_starts_as_the_half_resolution_weights_it_refines(real_crop):
+    """--init from qsegment-imx weights fills all but the refinement, whose last
+    convolution starts at zero: the same logits; the loss then reaches the refinement."""
+    from qsegment.checkpoint import load_model, load_weights
+    from qsegment.pretrained import resolve_checkpoint
+
+    torch.manual_seed(0)
+    half = create_model("qsegment-half")
+    meta = load_weights(half, resolve_checkpoint("qsegment-imx-transfer"), matching_only=True)
+    refinement = {n for n in half.state_dict() if n.startswith("refine_")}
+    assert set(half.state_dict()) - set(meta["loaded"]) == refinement
+    imx, _ = load_model("qsegment-imx-transfer")
+    image, label = real_crop
+    with torch.no_grad():
+        assert torch.equal(half.eval()(image), imx.eval()(image))
+    assert count_parameters(half) - count_parameters(imx) < 5000 and half.size_multiple == 16
+    structure_loss(half.train()(image), label.repeat(2, 1, 1, 1)).backward()
+    assert half.refine_out.weight.grad.abs().sum() > 0
 
 
 def test_receptive_radius_of_known_stacks():

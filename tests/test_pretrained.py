@@ -18,7 +18,8 @@ SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
            "qsegment-nearest-transfer-jpeg": ("qsegment", "nearest", 0.80),
            "qsegment-imx": ("qsegment-imx", "nearest", 0.80),
            "qsegment-imx-704": ("qsegment-imx", "nearest", 0.79),
-           "qsegment-imx-transfer": ("qsegment-imx", "nearest", 0.80)}
+           "qsegment-imx-transfer": ("qsegment-imx", "nearest", 0.80),
+           "qsegment-half": ("qsegment-half", "nearest", 0.80)}
 
 
 def test_shipped_weights_are_listed():
@@ -48,8 +49,8 @@ def test_card_metrics_reproduce(name, data_dir):
 
 def test_unknown_name_lists_the_shipped_ones():
     with pytest.raises(CheckpointError,
-                       match="shipped: qsegment-imx, qsegment-imx-704, qsegment-imx-transfer, "
-                             "qsegment-nearest"):
+                       match="shipped: qsegment-half, qsegment-imx, qsegment-imx-704, "
+                             "qsegment-imx-transfer, qsegment-nearest"):
         load_model("qsegment-huge")
 
 

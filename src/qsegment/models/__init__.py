@@ -22,6 +22,9 @@ MODELS: Registry[Entry] = Registry("architecture", [
           "Q-Segment (paper): 16/32/64 encoder-decoder, ~0.11M params"),
     Entry("qsegment-imx", "qsegment.models.qsegment:qsegment_imx",
           "Q-Segment at half resolution for the IMX500 (fits 640x640), ~0.11M params"),
+    Entry("qsegment-half", "qsegment.models.qsegment:qsegment_half",
+          "qsegment-imx with a full-resolution refinement of its logits, for CPUs, "
+          "~0.11M params"),
     Entry("qsegment-av", "qsegment.models.qsegment:qsegment_av",
           "Q-Segment with an artery/vein head: vessel, artery, vein, uncertain; ~0.11M params"),
     Entry("qsegment-imx-av", "qsegment.models.qsegment:qsegment_imx_av",

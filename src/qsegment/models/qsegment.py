@@ -8,8 +8,9 @@ Up-sampling is either max-unpooling with the encoder's pooling indices (the
 paper) or nearest-neighbour (what the Sony IMX500 converter accepts).
 
 ``qsegment-imx`` is the same network run at half resolution so that the sensor can
-take inputs of 640x640 (see :class:`QSegmentIMX`); ``qsegment-av`` the same network
-with an artery/vein head (:class:`QSegmentAV`).
+take inputs of 640x640 (see :class:`QSegmentIMX`); ``qsegment-half`` that network with
+a full-resolution refinement, for CPUs (:class:`QSegmentHalf`); ``qsegment-av`` the
+same network with an artery/vein head (:class:`QSegmentAV`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,21 @@ def qsegment(upsample: Upsample = "nearest", widths: Sequence[int] = (16, 32, 64
     return QSegment(widths=widths, upsample=upsample)
 
 
+HALF = 2  # the half-resolution networks' stride: a 2x2 stem, 2x2 phases out
+
+
+def _run_at_half_resolution(model: QSegment) -> None:
+    """Turn ``model`` into its half-resolution form (:class:`QSegmentIMX`): a 2x2 stride-2
+    stem, a head that predicts each output's 2x2 phases, no projection skip in the last
+    decoder block."""
+    w1 = model.head.in_channels
+    first, last = cast(ConvBlock, model.encoder[0]), cast(ConvBlock, model.decoder[-1])
+    first.conv3x3[0] = nn.Conv2d(3, w1, HALF, stride=HALF)
+    last.skip = None
+    model.head = nn.Conv2d(w1, len(model.outputs) * HALF**2, 3, padding=1)
+    model.size_multiple *= HALF
+
+
 class QSegmentIMX(QSegment):
     """Q-Segment at half resolution, for the IMX500's 8 MB: a 2x2 stride-2 stem (a learned
     space-to-depth) replaces the first 3x3 convolution, and the head predicts the four
@@ -142,18 +158,13 @@ class QSegmentIMX(QSegment):
     skip: holding its input was the memory peak.
     """
 
-    factor = 2
+    factor = HALF
     init_from: tuple[str, ...] = ("qsegment",)  # --init from Q-Segment weights: all but
     # the stem and head fit
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64)) -> None:
         super().__init__(widths=widths, upsample="nearest")
-        w1 = widths[0]
-        first, last = cast(ConvBlock, self.encoder[0]), cast(ConvBlock, self.decoder[-1])
-        first.conv3x3[0] = nn.Conv2d(3, w1, self.factor, stride=self.factor)
-        last.skip = None
-        self.head = nn.Conv2d(w1, len(self.outputs) * self.factor**2, 3, padding=1)
-        self.size_multiple *= self.factor
+        _run_at_half_resolution(self)
 
     def forward_phases(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C*4, H/2, W/2) logits, each output's four phases together: what the sensor
@@ -171,6 +182,47 @@ def depth_to_space(phases: torch.Tensor, factor: int) -> torch.Tensor:
 
 def qsegment_imx(widths: Sequence[int] = (16, 32, 64)) -> QSegmentIMX:
     return QSegmentIMX(widths=widths)
+
+
+class QSegmentHalf(QSegment):
+    """The half-resolution network of :class:`QSegmentIMX`, for CPUs, with a refinement
+    of its logits from the full-resolution image: the image's 2x2 blocks as channels
+    (space-to-depth) and the logits' four phases, each through a 3x3 convolution, summed,
+    and a third 3x3 convolution whose output is added to the phases.
+
+    Why: at half resolution the edges of thin vessels are drawn from features that each
+    cover a 2x2 block; the refinement redraws them from the image's own pixels (each
+    output block sees a 10x10 window of them). It works on half-resolution tensors of
+    ``refine`` channels, which int8 engines run well: the same refinement on
+    full-resolution tensors of 1 to 8 channels took OpenVINO's int8 forward of a CHASE_DB1
+    image from 13 to 37 ms, this one to 18 ms (docs/BENCHMARKS.md). Its last convolution
+    starts at zero, so the network starts as the half-resolution weights it is
+    initialised from. Two summed convolutions rather than one over a concatenation: the
+    same function, but int8 export gives a concatenation's inputs one scale, which would
+    take the image off its 1/255 pixel scale. Not for the sensor (:class:`QSegmentIMX`).
+    """
+
+    init_from = ("qsegment", "qsegment-imx")  # --init: all but the refinement fit
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), refine: int = 16) -> None:
+        super().__init__(widths=widths, upsample="nearest")
+        _run_at_half_resolution(self)
+        phases = len(self.outputs) * HALF**2
+        self.refine_image = nn.Conv2d(3 * HALF**2, refine, 3, padding=1)
+        self.refine_logits = nn.Conv2d(phases, refine, 3, padding=1, bias=False)
+        self.refine_out = nn.Conv2d(refine, phases, 3, padding=1)
+        for parameter in self.refine_out.parameters():
+            nn.init.zeros_(parameter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        phases = super().forward(x)
+        hidden = F.relu(self.refine_image(F.pixel_unshuffle(x, HALF))
+                        + self.refine_logits(phases))
+        return depth_to_space(phases + self.refine_out(hidden), HALF)
+
+
+def qsegment_half(widths: Sequence[int] = (16, 32, 64), refine: int = 16) -> QSegmentHalf:
+    return QSegmentHalf(widths=widths, refine=refine)
 
 
 class QSegmentAV(QSegment):
