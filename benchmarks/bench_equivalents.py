@@ -2,10 +2,12 @@
 manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
     python benchmarks/bench_equivalents.py RUN [--split test|train] [--tta flip] [--runtime R]
-        [--no-segment-vote] [--out DIR]
+        [--no-segment-vote] [--disc-from model|manual] [--out DIR]
 
 For each test photograph the optic disc is located once (on the photograph, with the
-model's vessel map) and both maps are measured around that same disc
+model's vessel map, as `qsegment predict --biomarkers` finds it; ``--disc-from manual``:
+with the manual vessel map, so that the manual column is the same whatever the model)
+and both maps are measured around that same disc
 (:func:`qsegment.biomarkers.equivalents.measure_artery_vein`). Reported per measure,
 pooled over both splits: ICC(A,1), mean absolute relative difference (MARD), Pearson r
 and the Bland-Altman bias and limits of agreement; ``DIR/equivalents.json`` holds every
@@ -69,6 +71,8 @@ def main() -> None:
     parser.add_argument("--segment-vote", action=argparse.BooleanOptionalAction, default=True,
                         help="one class per vessel segment, as predict --av (default), or "
                         "each pixel's own")
+    parser.add_argument("--disc-from", choices=("model", "manual"), default="model",
+                        help="the vessel map the disc is located with (model)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +90,8 @@ def main() -> None:
             fov = load_label(fov_path, shape, what="FOV mask") if fov_path else None
             manual = load_classes(dataset.label_path(image_name, 1), shape)
             prediction = segmenter.predict(photo, image_name)
-            disc = locate_disc(photo, fov, vessels=prediction.mask)
+            vessels = prediction.mask if args.disc_from == "model" else manual > 0
+            disc = locate_disc(photo, fov, vessels=vessels)
             row = {"dataset": name, "image": image_name, "disc": [disc.row, disc.col,
                                                                   disc.diameter]}
             for source, classes in (("model", prediction.classes), ("manual", manual)):
@@ -117,7 +122,7 @@ def main() -> None:
               f"{s['bias']:+.3g} | ±{s['loa']:.3g} |")
     (out / "equivalents.json").write_text(json.dumps(
         {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
-         "tta": args.tta, "segment_vote": args.segment_vote,
+         "tta": args.tta, "segment_vote": args.segment_vote, "disc_from": args.disc_from,
          "summary": summary,
          "images": images}, indent=1, default=float) + "\n")
     _bland_altman(out / "equivalents_bland_altman.png", table)
