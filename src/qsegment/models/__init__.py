@@ -23,8 +23,8 @@ MODELS: Registry[Entry] = Registry("architecture", [
     Entry("qsegment-imx", "qsegment.models.qsegment:qsegment_imx",
           "Q-Segment at half resolution for the IMX500 (fits 640x640), ~0.11M params"),
     Entry("qsegment-half", "qsegment.models.qsegment:qsegment_half",
-          "qsegment-imx with a full-resolution refinement of its logits, for CPUs, "
-          "~0.11M params"),
+          "qsegment-imx with a refinement of its logits from the full-resolution image, "
+          "for CPUs, ~0.11M params"),
     Entry("qsegment-av", "qsegment.models.qsegment:qsegment_av",
           "Q-Segment with an artery/vein head: vessel, artery, vein, uncertain; ~0.11M params"),
     Entry("qsegment-imx-av", "qsegment.models.qsegment:qsegment_imx_av",

@@ -9,8 +9,8 @@ paper) or nearest-neighbour (what the Sony IMX500 converter accepts).
 
 ``qsegment-imx`` is the same network run at half resolution so that the sensor can
 take inputs of 640x640 (see :class:`QSegmentIMX`); ``qsegment-half`` that network with
-a full-resolution refinement, for CPUs (:class:`QSegmentHalf`); ``qsegment-av`` the
-same network with an artery/vein head (:class:`QSegmentAV`).
+a refinement from the full-resolution image, for CPUs (:class:`QSegmentHalf`);
+``qsegment-av`` the same network with an artery/vein head (:class:`QSegmentAV`).
 """
 
 from __future__ import annotations
