@@ -249,15 +249,17 @@ def cli_stages(runner: Any) -> Iterator[StageTimer]:
     """Timers on what ``predict_files`` calls with the runtime ``runner`` (restored after)."""
     import importlib
 
-    from qsegment.inference import maps, predict
+    from qsegment.inference import calibrate, maps, predict
 
     module, cls, method = FORWARDS[type(runner).__name__]
     timer = StageTimer()
     stages = [
         (predict, "read_rgb", DECODE),
-        (predict, "scale_factor", "FOV + scale (scale_factor)"),
-        (maps, "resize_image", "resize to scale and back (rescaled)"),
-        (maps, "resize_map", "resize to scale and back (rescaled)"),
+        (calibrate, "fov_scale", "FOV (fov_scale)"),
+        (calibrate, "scale_correction", "vessel calibre: the scale (scale_correction)"),
+        (calibrate, "expected_dice_cut", "the cut: expected Dice (expected_dice_cut)"),
+        (maps, "resize_image", "resize to scale and back (resize_image, resize_map)"),
+        (calibrate, "resize_map", "resize to scale and back (resize_image, resize_map)"),
         (predict, "to_rgb_float", "to float (to_rgb_float)"),
         (maps, "network_input", "float input, pad (network_input)"),
         (maps, "predict_logits", "crop, copies (predict_logits)"),

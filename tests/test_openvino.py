@@ -39,9 +39,10 @@ def loaded_from_cache(runtime: OpenVinoInt8, shape: tuple[int, ...]) -> bool:
 
 def test_openvino_draws_the_masks_of_litert_and_onnx_runtime(data_dir):
     """The shipped int8 ONNX has the int8 flatbuffers' quantization: on CHASE_DB1
-    validation images OpenVINO's masks agree with LiteRT's (issue #35: 0.9938 on the three,
-    where LiteRT's reference kernels agree with its XNNPACK ones at 0.9936) and with ONNX
-    Runtime's on the same file, and so does their Dice against the first observer."""
+    validation images OpenVINO's masks agree with LiteRT's (issue #35; on CPUs with bf16
+    only because OpenVINO's float parts are asked for in f32: 0.9865 on the eight for the
+    default, 0.9930 in f32, docs/BENCHMARKS.md) and with ONNX Runtime's on the same file,
+    and so does their Dice against the first observer."""
     samples = [load_sample(data_dir, name) for name in VALIDATION]
     segmenters = {name: Segmenter.from_pretrained(runtime=name)
                   for name in ("openvino", "tflite-int8", "onnx-int8")}
@@ -62,6 +63,16 @@ def test_openvino_draws_the_masks_of_litert_and_onnx_runtime(data_dir):
                            openvino.threshold)["pooled"]["dice"]
             for name, runs in results.items()}
     assert dice["openvino"] > 0.82 and abs(dice["openvino"] - dice["tflite-int8"]) <= 0.001
+
+
+def test_openvino_computes_the_float_parts_in_f32_whatever_the_cpu_offers(crop):
+    """OpenVINO's own choice on a CPU with bf16 (this machine's) would move the masks of
+    the test above; f32 makes them the same on every x86-64 CPU."""
+    import openvino as ov
+
+    runtime = OpenVinoInt8.from_weights(resolve_checkpoint(DEFAULT_MODEL))
+    compiled = runtime.request((1, 3, *crop.shape[:2])).get_compiled_model()
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
 
 
 def test_openvino_is_imported_without_its_converter_which_comes_when_asked_for():
@@ -194,8 +205,9 @@ def test_openvino_fits_its_tiles_to_a_large_image_without_seams(data_dir):
     whole image's, as with the one tile shape."""
     pair = [rgb8(load_sample(data_dir, name)) for name in ("Image_11L", "Image_13L")]
     big = np.concatenate(pair, axis=1)[:, :1800]
-    tiled = Segmenter.from_pretrained(runtime="openvino", scale="none")
+    model = "qsegment-nearest-transfer-jpeg"  # a 52 px margin (qsegment-half's is 112)
+    tiled = Segmenter.from_pretrained(model, runtime="openvino", scale="none")
     rows, columns = tiled.windows(*big.shape[:2])
     assert len(rows) == 1 and [b - a for a, b, _, _ in columns] == [960, 960]
-    whole = Segmenter.from_pretrained(runtime="openvino", scale="none", tile=(960, 1800))
+    whole = Segmenter.from_pretrained(model, runtime="openvino", scale="none", tile=(960, 1800))
     assert np.abs(tiled.probability(big) - whole.probability(big)).max() < 1e-3

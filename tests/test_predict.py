@@ -533,7 +533,8 @@ def test_scale_auto_brings_a_photograph_to_the_training_scale(sample, data_dir):
 
 def test_predict_refuses_a_tile_the_network_cannot_take(sample, tmp_path, capsys):
     _write_inputs(tmp_path / "in", sample, ["a.png"])
-    command = ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile"]
+    command = ["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+               "--model", "qsegment-nearest", "--tile"]
     assert main([*command, "100x1000"]) == 2
     assert "must be multiples of 8 with tile > 2 * overlap" in capsys.readouterr().err
     with pytest.raises(SystemExit):

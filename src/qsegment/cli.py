@@ -44,7 +44,7 @@ from .datasets import DATASETS
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import CheckpointError, QsegmentError, UsageError
 from .export import TARGETS
-from .pretrained import DEFAULT_MODEL, resolve_checkpoint
+from .pretrained import DEFAULT_MODEL, SENSOR_MODEL, resolve_checkpoint
 from .runtimes import AUTO, DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
 
 if TYPE_CHECKING:
@@ -908,8 +908,8 @@ def _add_quantize(sub: Commands) -> None:
                  "  qsegment quantize runs/av -o q/av.onnx --size 704 --dataset hrf-av,les-av "
                  "--calibration-view tiles",
                  _quantize)
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
-                   help=f"pretrained name, run folder or .safetensors ({DEFAULT_MODEL})")
+    p.add_argument("model", nargs="?", default=SENSOR_MODEL, type=weights, metavar="MODEL",
+                   help=f"pretrained name, run folder or .safetensors ({SENSOR_MODEL})")
     p.add_argument("-o", "--out", required=True, type=output_file(".onnx"),
                    help="quantized .onnx to write")
     p.add_argument("--method", choices=["ptq", "gptq", "qat"], default="ptq",

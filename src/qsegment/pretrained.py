@@ -19,9 +19,13 @@ from .errors import CheckpointError
 from .registry import Entry, Registry
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# weights robust to other cameras, within 0.005 Dice of the best one-pass ones on CHASE_DB1
-# (docs/RESULTS.md, "Other cameras")
-DEFAULT_MODEL = "qsegment-nearest-transfer-jpeg"
+# the CPU default: the half-resolution network, within 0.003 Dice of the best one-pass
+# weights on every test split at predict's defaults in 0.6x of their time (issue #35,
+# docs/BENCHMARKS.md, "A network that does less work")
+DEFAULT_MODEL = "qsegment-half"
+# what `qsegment quantize` takes for the IMX500 unless told: a network MCT quantizes whole,
+# the CPU default until 2026-12-06 (qsegment-half's refinement is for CPUs)
+SENSOR_MODEL = "qsegment-nearest-transfer-jpeg"
 
 
 CHASE_TRAIN = "CHASE_DB1 training split (Image_01L-10R, 20 photographs; CC BY 4.0)"
@@ -46,8 +50,9 @@ def _weights(name: str, architecture: str, description: str) -> Weights:
 
 WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
     _weights("qsegment-half", "qsegment-half",
-             "qsegment-imx-transfer with a refinement from the full-resolution image, taught "
-             "further: Dice 0.8115, in 0.6x of the default's time on OpenVINO"),
+             "the CPU default: qsegment-imx-transfer with a refinement from the "
+             "full-resolution image, taught further: Dice 0.8102, in 0.6x of "
+             "qsegment-nearest-transfer-jpeg's time on OpenVINO"),
     _weights("qsegment-imx", "qsegment-imx",
              "the half-resolution sensor variant (fits the IMX500 up to 704x704): Dice "
              "0.8069 on a CPU"),
@@ -55,7 +60,7 @@ WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
              "qsegment-imx trained at 704x704, the whole fundus in one sensor frame"),
     _weights("qsegment-imx-transfer", "qsegment-imx",
              "the half-resolution variant taught by two models' 8-view maps and fine-tuned "
-             "for other cameras: Dice 0.8096, at a quarter of the default's work"),
+             "for other cameras: Dice 0.8096, a quarter of qsegment-nearest-transfer-jpeg's work"),
     _weights("qsegment-nearest", "qsegment",
              "the fast recipe, nearest up-sampling (IMX500-deployable): Dice 0.8017"),
     _weights("qsegment-nearest-312", "qsegment",
@@ -70,8 +75,9 @@ WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
              "qsegment-nearest-distill fine-tuned for other cameras (--acquisition): Dice "
              "0.8128"),
     _weights("qsegment-nearest-transfer-jpeg", "qsegment",
-             "the default: qsegment-nearest-distill fine-tuned for other cameras, JPEG for "
-             "half the samples: Dice 0.8123, 0.8128 in int8"),
+             "the default until 2026-12-06 and `qsegment quantize`'s: qsegment-nearest-distill "
+             "fine-tuned for other cameras, JPEG for half the samples: Dice 0.8123, 0.8128 "
+             "in int8"),
     _weights("qsegment-unpool", "qsegment",
              "the paper's max-unpooling decoder: Dice 0.8015 (PyTorch only)"),
 ])

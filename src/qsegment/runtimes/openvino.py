@@ -131,8 +131,11 @@ class OpenVinoInt8(Runtime):
             network = _from_pixels(network, shape)
         else:
             network.reshape(list(shape))
+        # f32 for the float parts: on CPUs with bf16 (Sapphire Rapids, Zen 4) OpenVINO
+        # would run them in bf16, which moves the int8 levels the network lands on and,
+        # for qsegment-half, 1.3 % of the mask's vessel pixels (docs/BENCHMARKS.md)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
-                  "CACHE_DIR": str(self.cache)}
+                  "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": str(self.cache)}
         request = self.core.compile_model(network, "CPU", config).create_infer_request()
         self._requests[key] = request
         while len(self._requests) > self.max_compiled:
