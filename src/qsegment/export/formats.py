@@ -66,7 +66,9 @@ def export_openvino(source: str | Path, out: str | Path, name: str | None = None
     ONNX shipped beside the weights, else one written now with the int8 flatbuffers'
     quantization), loaded by
     ``openvino.Core().read_model`` without converting; any H and W that are multiples of
-    the size multiple.
+    the size multiple. Compile it with ``INFERENCE_PRECISION_HINT=f32`` to get the
+    runtime's maps on a CPU with bf16, where OpenVINO would otherwise run the float parts
+    in bf16 (an IR's ``runtime_options`` do not carry that hint in OpenVINO 2026.4).
 
     Args:
         source: a shipped weights name, a run folder or a .safetensors file.
