@@ -11,7 +11,9 @@ The int8 network against this machine's measured int8 peak, and what surrounds i
    fit in the caches); its GMAC/s (``count_macs`` of the network at each shape actually
    run) and % of the peak. Then the whole ``Segmenter.predict`` on the 8-bit image (scale,
    FOV, network, sigmoid, cut) over that bare forward: the issue's target is <= 1.15x.
-   Also ``Segmenter.from_pretrained()`` (runtime auto) and the runtime it took.
+   Also ``Segmenter.from_pretrained()`` (runtime auto) and the runtime it took, timed in
+   turns with the same call without #31's label-free scale and cut and with the bare
+   forward: what the calibration costs beside the rest.
 3. ``predict_files`` (what ``qsegment predict`` runs) on a few CHASE images, its time split
    into stages by timers wrapped around the functions it calls (each stage's own time,
    without the stages it calls), per image and as a share of the per-image wall time.
@@ -50,15 +52,25 @@ BOUND_RATIO = 1.25  # GMAC/s at the small size over the whole image beyond which
 def timings(call: Callable[[], Any], repeats: int, warmups: int) -> dict[str, float]:
     """Median milliseconds of ``call`` over ``repeats`` runs after ``warmups``, the fastest,
     and their spread ((slowest - fastest) / median): how far a ratio can be from noise."""
+    return interleaved_timings({"": call}, repeats, warmups)[""]
+
+
+def interleaved_timings(calls: dict[str, Callable[[], Any]], repeats: int, warmups: int
+                        ) -> dict[str, dict[str, float]]:
+    """:func:`timings` of several calls run in turns (one of each per round), so that the
+    machine's drifts fall on all of them alike and their ratios hold."""
     for _ in range(warmups):
-        call()
-    times = []
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    median = statistics.median(times)
-    return {"ms": median, "fastest_ms": min(times), "spread": (max(times) - min(times)) / median}
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: {"ms": statistics.median(t), "fastest_ms": min(t),
+                   "spread": (max(t) - min(t)) / statistics.median(t)}
+            for name, t in times.items()}
 
 
 def int8_dot_product_flags() -> list[str]:
@@ -183,15 +195,24 @@ def runtime_worker(args: argparse.Namespace) -> dict:
 
 
 def auto_worker(args: argparse.Namespace) -> dict:
-    """``Segmenter.from_pretrained()`` (runtime auto): what it took, why, and its time."""
+    """``Segmenter.from_pretrained()`` (runtime auto): what it took, why, and its time, in
+    turns with the same call without #31's label-free calibration (``scale="fov",
+    threshold="card"``) and with the runtime's bare forward (OpenVINO's): what the
+    calibration and the rest around the network cost."""
     from qsegment import Segmenter
     from qsegment.datasets import load_sample
     from qsegment.runtimes import auto_runtimes
 
     rgb = np.round(load_sample(None, IMAGE).image * 255).astype(np.uint8)
     segmenter = Segmenter.from_pretrained(args.model, threads=args.threads)
-    return {"runtime": segmenter.runtime, "why": auto_runtimes()[1],
-            **timings(lambda: segmenter.predict(rgb), args.repeats, args.warmups)}
+    plain = Segmenter.from_pretrained(args.model, threads=args.threads, threshold="card",
+                                      scale="fov")
+    calls = {"default": lambda: segmenter.predict(rgb), "uncalibrated": lambda: plain.predict(rgb)}
+    if segmenter.runtime == "openvino":
+        calls["bare"] = bare_forward(segmenter.runner, rgb)[0]
+    timed = interleaved_timings(calls, args.repeats, args.warmups)
+    return {"runtime": segmenter.runtime, "why": auto_runtimes()[1], **timed.pop("default"),
+            "turns": timed}
 
 
 class StageTimer:
@@ -257,7 +278,7 @@ def cli_stages(runner: Any) -> Iterator[StageTimer]:
         (predict, "read_rgb", DECODE),
         (calibrate, "fov_scale", "FOV (fov_scale)"),
         (calibrate, "scale_correction", "vessel calibre: the scale (scale_correction)"),
-        (calibrate, "expected_dice_cut", "the cut: expected Dice (expected_dice_cut)"),
+        (calibrate, "histogram", "the cut: the map's histogram (histogram)"),
         (maps, "resize_image", "resize to scale and back (resize_image, resize_map)"),
         (calibrate, "resize_map", "resize to scale and back (resize_image, resize_map)"),
         (predict, "to_rgb_float", "to float (to_rgb_float)"),
@@ -376,6 +397,12 @@ def print_runtimes(rows: dict, peak: dict, auto: dict, small: int) -> None:
           f"({100 * auto['spread']:.0f} %) | | |")
     print(f"\nruntime auto took {auto['runtime']} ({auto['why']}); auto / fastest Segmenter "
           f"({fastest}, default tiling): {auto['ms'] / rows[fastest]['segmenter']['ms']:.2f}x")
+    if "bare" in auto["turns"]:
+        bare, plain = auto["turns"]["bare"]["ms"], auto["turns"]["uncalibrated"]["ms"]
+        print(f"in turns, same process: the default call {auto['ms']:.1f} ms, without the "
+              f"label-free calibration (scale fov, threshold card) {plain:.1f} ms, the bare "
+              f"forward {bare:.1f} ms: whole / bare {auto['ms'] / bare:.2f}x (target <= 1.15x), "
+              f"{plain / bare:.2f}x without the calibration")
     for name, row in rows.items():
         print(memory_verdict(name, row, small))
 

@@ -19,9 +19,10 @@ from .errors import CheckpointError
 from .registry import Entry, Registry
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-# the CPU default: the half-resolution network, within 0.003 Dice of the best one-pass
-# weights on every test split at predict's defaults in 0.6x of their time (issue #35,
-# docs/BENCHMARKS.md, "A network that does less work")
+# the CPU default: the half-resolution network, in 0.6x of the time of the default before
+# it and within 0.003 Dice of it on every test split at predict's defaults, and of the best
+# one-pass weights at the cards' cuts (issue #35, docs/BENCHMARKS.md, "A network that
+# does less work")
 DEFAULT_MODEL = "qsegment-half"
 # what `qsegment quantize` takes for the IMX500 unless told: a network MCT quantizes whole,
 # the CPU default until 2026-12-06 (qsegment-half's refinement is for CPUs)
