@@ -131,18 +131,31 @@ def test_the_histogram_counts_as_numpy_does(segmenter, photograph):
         assert counts[cut_bin:].sum() == (probability >= cut_bin / HISTOGRAM_BINS).sum()
 
 
-def test_the_taxicab_distance_is_scipys(segmenter, photograph):
-    """The calibre's distance transform (whole-array erosions, then by index) gives SciPy's
-    on a real map cut at two levels, without importing SciPy at predict time."""
-    from scipy.ndimage import distance_transform_cdt
+def test_the_ridge_counts_are_scipys(segmenter, photograph):
+    """The calibre's ridge, eroded as bits (:func:`_ridge_counts`), has at each taxicab
+    distance as many pixels as SciPy's distance transform and 3x3 maximum give, on a real
+    map cut at two levels and on random masks whose widths do and do not fill their last
+    64-pixel word (the frame's edge is not background, as for SciPy)."""
+    from scipy.ndimage import distance_transform_cdt, maximum_filter
 
-    from qsegment.inference.calibrate import _taxicab_distance
+    from qsegment.inference.calibrate import _ridge_counts
+
+    def scipys(mask: np.ndarray) -> np.ndarray:
+        distance = distance_transform_cdt(mask, metric="taxicab")
+        ridge = mask & (distance >= maximum_filter(distance, size=3, mode="constant"))
+        return np.bincount(distance[ridge])
 
     probability = segmenter.predict(photograph[1]).probability
-    for cut in (0.2, 0.5):
-        mask = probability >= cut
-        assert np.array_equal(_taxicab_distance(mask),
-                              distance_transform_cdt(mask, metric="taxicab"))
+    rng = np.random.default_rng(0)
+    masks = [probability >= 0.2, probability >= 0.5]
+    masks += [rng.random((int(h), int(w))) < share
+              for h, w, share in [(1, 1, 0.0), (40, 64, 0.8), (33, 65, 0.9), (70, 128, 0.7),
+                                  (64, 63, 0.95), (5, 200, 0.6), (200, 3, 0.9)]]
+    for mask in masks:
+        ours, reference = _ridge_counts(mask), scipys(mask)
+        size = max(ours.size, reference.size)
+        assert np.array_equal(np.pad(ours, (0, size - ours.size)),
+                              np.pad(reference, (0, size - reference.size))), mask.shape
 
 
 def test_fit_scale_rule_recovers_a_power_law():

@@ -75,6 +75,17 @@ def test_openvino_computes_the_float_parts_in_f32_whatever_the_cpu_offers(crop):
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
 
 
+def test_openvino_pins_its_threads_only_when_it_takes_every_core(crop):
+    """Pinned, two one-thread workers (``qsegment batch``) would both run on the first core:
+    on this 2-core machine two such processes took 2.0-2.2 s for 20 CHASE images each,
+    against 1.0-1.1 s unpinned (docs/BENCHMARKS.md)."""
+    weights = resolve_checkpoint(DEFAULT_MODEL)
+    shape = (1, 3, *crop.shape[:2])
+    for threads, pinned in ((1, os.cpu_count() == 1), (os.cpu_count(), True)):
+        compiled = OpenVinoInt8.from_weights(weights, threads).request(shape).get_compiled_model()
+        assert compiled.get_property("ENABLE_CPU_PINNING") is pinned, threads
+
+
 def test_openvino_is_imported_without_its_converter_which_comes_when_asked_for():
     """The converter (45-60 ms of a cold start) is left out of the import, and neither it
     nor its usage statistics load until `openvino.convert_model` is asked for."""

@@ -85,47 +85,58 @@ def calibration_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".calibration.json")
 
 
-def _taxicab_distance(mask: np.ndarray, dense_steps: int = 3) -> np.ndarray:
-    """Each pixel's taxicab distance to the background of ``mask`` (0 outside it): how many
-    cross-shaped erosions it survives, plus one. The frame's edge is not background, so
-    ``mask`` must have some (all True would never erode). Numpy only (SciPy's
-    ``distance_transform_cdt`` gives the same, but its import costs 0.3 s of a cold
-    ``qsegment predict``). The first ``dense_steps`` erosions run on the whole array; the
-    few pixels of wide vessels left then erode by index, which halves the time on a
-    CHASE_DB1 map (7 to 3.6 ms)."""
-    distance = mask.astype(np.uint16)
-    current = mask
-    for _ in range(dense_steps):
-        eroded = current.copy()
-        eroded[1:] &= current[:-1]
-        eroded[:-1] &= current[1:]
-        eroded[:, 1:] &= current[:, :-1]
-        eroded[:, :-1] &= current[:, 1:]
-        distance += eroded
-        current = eroded
-    width = mask.shape[1]
-    stride = width + 2
-    inside = np.pad(current, 1, constant_values=True).ravel()  # the frame: not background
-    rows, cols = np.nonzero(current)
-    at = (rows + 1) * stride + cols + 1
-    flat = distance.ravel()
-    while at.size:
-        kept = inside[at - 1] & inside[at + 1] & inside[at - stride] & inside[at + stride]
-        inside[at[~kept]] = False
-        at = at[kept]
-        flat[(at // stride - 1) * width + at % stride - 1] += 1
-    return distance
+def _shifted(bits: np.ndarray, outside: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's left and right neighbour in rows of 64-pixel words (bit i of word j is
+    pixel 64 j + i), ``outside`` (0 or 1) beyond the first and last word."""
+    one, top = np.uint64(1), np.uint64(63)
+    left = bits << one
+    left[:, 1:] |= bits[:, :-1] >> top
+    right = bits >> one
+    right[:, :-1] |= bits[:, 1:] << top
+    if outside:
+        left[:, 0] |= one
+        right[:, -1] |= one << top
+    return left, right
 
 
-def _max_3x3(values: np.ndarray) -> np.ndarray:
-    """The maximum over each pixel's 3x3 neighbourhood (within the frame)."""
-    rows = values.copy()
-    rows[1:] = np.maximum(rows[1:], values[:-1])
-    rows[:-1] = np.maximum(rows[:-1], values[1:])
-    both = rows.copy()
-    both[:, 1:] = np.maximum(both[:, 1:], rows[:, :-1])
-    both[:, :-1] = np.maximum(both[:, :-1], rows[:, 1:])
-    return both
+def _ridge_counts(mask: np.ndarray) -> np.ndarray:
+    """How many pixels of the ridge of ``mask`` lie at each taxicab distance to its
+    background (index 0: none): the pixels inside it at least as far from the background
+    as their 8 neighbours. The frame's edge is not background, so ``mask`` must have some
+    (all True would never erode).
+
+    The mask is eroded one cross-shaped step at a time as bits, 64 pixels to a word and
+    only over the rows still holding some; a pixel that the step removes is at the
+    distance of that step, and is on the ridge if no neighbour survives it. The same counts
+    as SciPy's ``distance_transform_cdt`` and a 3x3 maximum (tested) in under half the time
+    of a distance map in NumPy, without SciPy's import (0.3 s of a cold ``qsegment
+    predict``)."""
+    height, width = mask.shape
+    words = -(-width // 64)
+    padded = np.zeros((height, words * 64), bool)
+    padded[:, :width] = mask
+    # little-endian words of little-endian bits: bit i of word j is pixel 64 j + i
+    inside = np.packbits(padded, axis=1, bitorder="little").view("<u8")
+    in_frame = np.packbits(np.arange(words * 64) < width, bitorder="little").view("<u8")
+    counts = [0]
+    while (rows := np.flatnonzero(inside.any(axis=1))).size:
+        # the rows left, with a row of background (or the frame) on each side
+        inside = inside[max(rows[0] - 1, 0):rows[-1] + 2]
+        with_frame = inside | ~in_frame  # the pixels right of the last column: not background
+        kept = with_frame.copy()
+        kept[1:] &= with_frame[:-1]
+        kept[:-1] &= with_frame[1:]
+        for neighbour in _shifted(with_frame, outside=1):
+            kept &= neighbour
+        kept &= in_frame
+        near = kept.copy()  # the pixels with a neighbour that survives the step
+        near[1:] |= kept[:-1]
+        near[:-1] |= kept[1:]
+        for neighbour in _shifted(near, outside=0):
+            near |= neighbour
+        counts.append(int(np.bitwise_count(inside & ~near).sum()))
+        inside = kept
+    return np.array(counts)
 
 
 def vessel_calibre(probability: np.ndarray, cut: float = MASK_CUT) -> float | None:
@@ -135,11 +146,10 @@ def vessel_calibre(probability: np.ndarray, cut: float = MASK_CUT) -> float | No
     mask = probability >= cut
     if mask.all():  # no background to measure a width against (and no erosion ends)
         return None
-    distance = _taxicab_distance(mask)
-    ridge = mask & (distance >= _max_3x3(distance))
-    widths = 2.0 * distance[ridge]
-    if widths.size < MIN_RIDGE_PIXELS:
+    counts = _ridge_counts(mask)
+    if counts.sum() < MIN_RIDGE_PIXELS:
         return None
+    widths = np.repeat(2.0 * np.arange(counts.size), counts)
     low, high = np.percentile(widths, WIDTH_BAND)
     return float(widths[(widths >= low) & (widths <= high)].mean())
 

@@ -134,8 +134,12 @@ class OpenVinoInt8(Runtime):
         # f32 for the float parts: on CPUs with bf16 (Sapphire Rapids, Zen 4) OpenVINO
         # would run them in bf16, which moves the int8 levels the network lands on and,
         # for qsegment-half, 1.3 % of the mask's vessel pixels (docs/BENCHMARKS.md)
+        # threads pinned to cores only where they take every core: OpenVINO pins each
+        # process's threads from the first core, so two one-thread workers (qsegment batch)
+        # would share one core and leave the other idle
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
-                  "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": str(self.cache)}
+                  "INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": str(self.cache),
+                  "ENABLE_CPU_PINNING": self.threads >= (os.cpu_count() or 1)}
         request = self.core.compile_model(network, "CPU", config).create_infer_request()
         self._requests[key] = request
         while len(self._requests) > self.max_compiled:
