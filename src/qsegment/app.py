@@ -128,8 +128,11 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
     small = (max(1, round(height * shrink)), max(1, round(width * shrink)))
 
     def write_npy(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # a file object: np.save would append .npy to a name
-            np.save(f, prediction.probability, allow_pickle=False)
+        # a file object: np.save would append .npy to a name; a contiguous copy: the map
+        # can be a view of a padded output, which np.save writes 9x slower (22 ms for a
+        # CHASE map against 2.5 ms with the copy)
+        with tmp.open("wb") as f:
+            np.save(f, np.ascontiguousarray(prediction.probability), allow_pickle=False)
 
     atomic_write(folder / "probability.npy", write_npy)
     atomic_write(folder / "display_probability.png",
