@@ -85,15 +85,15 @@ def calibration_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".calibration.json")
 
 
-def _shifted(bits: np.ndarray, outside: int) -> tuple[np.ndarray, np.ndarray]:
+def _shifted(bits: np.ndarray, frame: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel's left and right neighbour in rows of 64-pixel words (bit i of word j is
-    pixel 64 j + i), ``outside`` (0 or 1) beyond the first and last word."""
+    pixel 64 j + i); beyond the first and last word, set where ``frame``, else clear."""
     one, top = np.uint64(1), np.uint64(63)
     left = bits << one
     left[:, 1:] |= bits[:, :-1] >> top
     right = bits >> one
     right[:, :-1] |= bits[:, 1:] << top
-    if outside:
+    if frame:
         left[:, 0] |= one
         right[:, -1] |= one << top
     return left, right
@@ -126,13 +126,13 @@ def _ridge_counts(mask: np.ndarray) -> np.ndarray:
         kept = with_frame.copy()
         kept[1:] &= with_frame[:-1]
         kept[:-1] &= with_frame[1:]
-        for neighbour in _shifted(with_frame, outside=1):
+        for neighbour in _shifted(with_frame, frame=True):
             kept &= neighbour
         kept &= in_frame
         near = kept.copy()  # the pixels with a neighbour that survives the step
         near[1:] |= kept[:-1]
         near[:-1] |= kept[1:]
-        for neighbour in _shifted(near, outside=0):
+        for neighbour in _shifted(near, frame=False):
             near |= neighbour
         counts.append(int(np.bitwise_count(inside & ~near).sum()))
         inside = kept
