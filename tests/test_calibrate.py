@@ -17,8 +17,10 @@ from qsegment.inference.calibrate import (
     HISTOGRAM_BINS,
     Calibration,
     calibration_path,
+    expected_dice_bin,
     expected_dice_cut,
     histogram,
+    map_histogram,
     vessel_calibre,
 )
 from qsegment.metrics import evaluate
@@ -129,6 +131,19 @@ def test_the_histogram_counts_as_numpy_does(segmenter, photograph):
     counts = histogram(probability)
     for cut_bin in (1, 100, 256, 393, HISTOGRAM_BINS - 1):
         assert counts[cut_bin:].sum() == (probability >= cut_bin / HISTOGRAM_BINS).sum()
+
+
+def test_the_cut_from_a_quarter_of_the_pixels_is_the_whole_maps(segmenter, data_dir):
+    """The cut is read from every other row and column of the map (:func:`map_histogram`):
+    on training photographs, at the scale the calibration chose and at two others, the
+    expected-Dice cut of that quarter is the cut of every pixel."""
+    platt = segmenter.calibration.platt
+    for name in ("Image_01L", "Image_05R", "Image_09L"):
+        rgb = np.round(load_sample(data_dir, name).image * 255).astype(np.uint8)
+        for scale in ("auto", 0.7, 1.4):
+            probability = Segmenter(segmenter.runner, scale=scale).predict(rgb).probability
+            assert expected_dice_bin(map_histogram(probability), platt) == \
+                expected_dice_bin(histogram(probability), platt)
 
 
 def test_the_ridge_counts_are_scipys(segmenter, photograph):

@@ -49,7 +49,7 @@ def test_openvino_draws_the_masks_of_litert_and_onnx_runtime(data_dir):
     openvino = segmenters["openvino"]
     assert openvino.runner.path == segmenters["onnx-int8"].runner.path
     assert openvino.runner.path.name == f"{DEFAULT_MODEL}.int8.onnx"
-    assert openvino.tile == (1024, 1024)
+    assert openvino.tile == (2048, 2048)
     results = {name: [s.predict(rgb8(sample)) for sample in samples]
                for name, s in segmenters.items()}
     fovs = [sample.fov for sample in samples]
@@ -211,13 +211,13 @@ def test_pixels_go_in_as_uint8_and_come_out_as_the_sigmoid_of_the_logits(crop):
 
 
 def test_openvino_fits_its_tiles_to_a_large_image_without_seams(data_dir):
-    """A 960x1800 image: OpenVINO compiles any shape cheaply, so its tiles shrink to fit
-    the image (two of 960x960 across, not two of 1024) and the stitched map is the
-    whole image's, as with the one tile shape."""
+    """A 960x1800 image in tiles of at most 1024: OpenVINO compiles any shape cheaply, so
+    its tiles shrink to fit the image (two of 960x960 across, not two of 1024) and the
+    stitched map is the whole image's, as with the one tile shape."""
     pair = [rgb8(load_sample(data_dir, name)) for name in ("Image_11L", "Image_13L")]
     big = np.concatenate(pair, axis=1)[:, :1800]
     model = "qsegment-nearest-transfer-jpeg"  # a 52 px margin (qsegment-half's is 112)
-    tiled = Segmenter.from_pretrained(model, runtime="openvino", scale="none")
+    tiled = Segmenter.from_pretrained(model, runtime="openvino", scale="none", tile=1024)
     rows, columns = tiled.windows(*big.shape[:2])
     assert len(rows) == 1 and [b - a for a, b, _, _ in columns] == [960, 960]
     whole = Segmenter.from_pretrained(model, runtime="openvino", scale="none", tile=(960, 1800))

@@ -16,7 +16,6 @@ puts the HTTP API over them.
 """
 
 import asyncio
-import io
 import json
 import os
 import re
@@ -41,10 +40,11 @@ from PIL import Image
 from .errors import QsegmentError, UsageError
 from .files import atomic_write
 from .images import (
-    PNG_OPTIONS,
     SAMPLE_IMAGES,
     ImageError,
     artery_vein_image,
+    encode_gray_png,
+    encode_image,
     overlay_classes,
     read_rgb,
     resize_image,
@@ -94,16 +94,6 @@ class Segmented:
         return self.folder / what
 
 
-def _encoded(pixels: np.ndarray | Image.Image, format: str = "PNG") -> bytes:
-    """uint8 pixels (or an image) as a PNG (fast, lossless) or a JPEG (quality 90: what
-    the page shows)."""
-    buffer = io.BytesIO()
-    options = PNG_OPTIONS if format == "PNG" else {"quality": 90}
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
 def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
                    name: str | None = None, max_megapixels: float = MAX_MEGAPIXELS
                    ) -> Segmented:
@@ -136,15 +126,15 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
 
     atomic_write(folder / "probability.npy", write_npy)
     atomic_write(folder / "display_probability.png",
-                 _encoded(_unit_to_uint8(resize_map(prediction.probability, small))))
+                 encode_gray_png(_unit_to_uint8(resize_map(prediction.probability, small))))
     if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
         rgb = _unit_to_uint8(rgb)
-    atomic_write(folder / "display_photograph.jpg", _encoded(resize_image(rgb, small), "JPEG"))
+    atomic_write(folder / "display_photograph.jpg", encode_image(resize_image(rgb, small), "JPEG"))
     classes = prediction.classes
     if classes is not None:
-        atomic_write(folder / "av.png", _encoded(artery_vein_image(classes)))
+        atomic_write(folder / "av.png", encode_image(artery_vein_image(classes)))
         atomic_write(folder / "display_av.jpg",
-                     _encoded(resize_image(overlay_classes(rgb, classes), small), "JPEG"))
+                     encode_image(resize_image(overlay_classes(rgb, classes), small), "JPEG"))
     return Segmented(name, folder, width, height, prediction.scale, seconds, path,
                      prediction.threshold, prediction.threshold_rule, prediction.scale_rule,
                      prediction.quality, artery_vein=classes is not None)
@@ -159,12 +149,12 @@ def mask_png(entry: Segmented, threshold: float) -> bytes:
     """The full-size mask of ``entry`` at ``threshold`` (0/255 PNG), cut from the saved
     float map: the mask ``qsegment predict --threshold`` writes."""
     probability = np.load(entry.file("probability.npy"))
-    return _encoded((probability >= threshold).astype(np.uint8) * 255)
+    return encode_gray_png(probability >= threshold)
 
 
 def probability_png(entry: Segmented) -> bytes:
     """The full-size probability map of ``entry`` x 255 (8-bit PNG): ``predict --prob``'s."""
-    return _encoded(_unit_to_uint8(np.load(entry.file("probability.npy"))))
+    return encode_gray_png(_unit_to_uint8(np.load(entry.file("probability.npy"))))
 
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
@@ -227,7 +217,7 @@ def _artery_vein(entry: Segmented, rgb: np.ndarray) -> dict[str, float]:
             draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=2)
     for vessel in analysis.used:
         draw.line([(c * shrink, r * shrink) for r, c in vessel.coords], fill="white", width=3)
-    atomic_write(entry.file("display_zone.jpg"), _encoded(np.asarray(shown), "JPEG"))
+    atomic_write(entry.file("display_zone.jpg"), encode_image(np.asarray(shown), "JPEG"))
     atomic_write(measured, json.dumps(analysis.values))  # the zone view before the values
     return analysis.values
 

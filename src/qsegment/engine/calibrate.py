@@ -31,6 +31,7 @@ from ..inference.calibrate import (
     Calibration,
     expected_dice_bin,
     histogram,
+    map_histogram,
     vessel_calibre,
 )
 from ..inference.maps import at_scale, fov_scale
@@ -121,7 +122,9 @@ def fit_scale_rule(widths: np.ndarray, factors: Sequence[float] = FIT_FACTORS
     return reference, gamma, dead_band
 
 
-Histograms = tuple[np.ndarray, np.ndarray, np.ndarray]  # map, its FOV, its FOV's vessels
+# per image: the map's histogram that its cut is read from (map_histogram), and its FOV's
+# and its FOV's vessels' (histogram)
+Histograms = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _pooled_dice(maps: list[Histograms], first_bin: Callable[[np.ndarray], int]) -> float:
@@ -139,9 +142,9 @@ def fit_cut_rule(conditions: dict[str, list[Histograms]], card_threshold: float,
                  tolerance: float = CARD_TOLERANCE) -> tuple[tuple[float, float], float]:
     """The ``(a, b)`` of :data:`PLATT_GRID` that maximises the pooled Dice (inside the FOV)
     of per-image expected-Dice cuts (read from the whole map, as predicting does), averaged
-    over ``conditions``, each a list of :func:`histogram` triples per image (the map, its
-    FOV pixels, its FOV's vessel pixels), among those that lose at most ``tolerance`` to
-    the card's threshold on the images as they are (``none``): the model's own camera.
+    over ``conditions``, each a list of :data:`Histograms` per image, among those that lose
+    at most ``tolerance`` to the card's threshold on the images as they are (``none``): the
+    model's own camera.
     Returns it with that mean Dice."""
     card_bin = math.ceil(card_threshold * HISTOGRAM_BINS)
     floor = _pooled_dice(conditions["none"], lambda _: card_bin) - tolerance
@@ -191,7 +194,8 @@ def fit_calibration(probability: Probability, train: Sequence[Sample], card_thre
         def add(condition: str, full: np.ndarray, sample: Sample = sample,
                 label: np.ndarray = label) -> None:
             conditions.setdefault(condition, []).append(
-                (histogram(full), histogram(full[sample.fov]), histogram(full[sample.fov & label])))
+                (map_histogram(full), histogram(full[sample.fov]),
+                 histogram(full[sample.fov & label])))
 
         for j, factor in enumerate(FIT_FACTORS):
             scaled = at_scale(rgb, factor, probability)

@@ -85,17 +85,18 @@ def calibration_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".calibration.json")
 
 
-def _shifted(bits: np.ndarray, frame: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each pixel's left and right neighbour in rows of 64-pixel words (bit i of word j is
-    pixel 64 j + i); beyond the first and last word, set where ``frame``, else clear."""
+def _sides(bits: np.ndarray, frame: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's left and right neighbour in a flat array of 64-pixel words (bit i of
+    word j is pixel 64 j + i) whose rows each end in a guard word: a row's first pixel
+    reads the previous row's guard, its last the guard after it, and the very first
+    pixel ``frame`` (set or clear). Whole-array shifts: on slices of short rows NumPy
+    would loop row by row."""
     one, top = np.uint64(1), np.uint64(63)
     left = bits << one
-    left[:, 1:] |= bits[:, :-1] >> top
+    left[1:] |= bits[:-1] >> top
+    left[0] |= np.uint64(frame)
     right = bits >> one
-    right[:, :-1] |= bits[:, 1:] << top
-    if frame:
-        left[:, 0] |= one
-        right[:, -1] |= one << top
+    right[:-1] |= bits[1:] << top
     return left, right
 
 
@@ -108,34 +109,36 @@ def _ridge_counts(mask: np.ndarray) -> np.ndarray:
     The mask is eroded one cross-shaped step at a time as bits, 64 pixels to a word and
     only over the rows still holding some; a pixel that the step removes is at the
     distance of that step, and is on the ridge if no neighbour survives it. The same counts
-    as SciPy's ``distance_transform_cdt`` and a 3x3 maximum (tested) in under half the time
-    of a distance map in NumPy, without SciPy's import (0.3 s of a cold ``qsegment
+    as SciPy's ``distance_transform_cdt`` and a 3x3 maximum (tested) in a third of the
+    time of a distance map in NumPy, without SciPy's import (0.3 s of a cold ``qsegment
     predict``)."""
     height, width = mask.shape
-    words = -(-width // 64)
+    words = -(-width // 64) + 1  # per row: the pixels' words, then a guard word
     padded = np.zeros((height, words * 64), bool)
     padded[:, :width] = mask
     # little-endian words of little-endian bits: bit i of word j is pixel 64 j + i
     inside = np.packbits(padded, axis=1, bitorder="little").view("<u8")
-    in_frame = np.packbits(np.arange(words * 64) < width, bitorder="little").view("<u8")
+    row_frame = np.packbits(np.arange(words * 64) < width, bitorder="little").view("<u8")
+    in_frame = np.tile(row_frame, height)
     counts = [0]
     while (rows := np.flatnonzero(inside.any(axis=1))).size:
         # the rows left, with a row of background (or the frame) on each side
-        inside = inside[max(rows[0] - 1, 0):rows[-1] + 2]
-        with_frame = inside | ~in_frame  # the pixels right of the last column: not background
+        flat = inside[max(rows[0] - 1, 0):rows[-1] + 2].ravel()
+        frame = in_frame[:flat.size]
+        with_frame = flat | ~frame  # beyond the last column and the guards: not background
         kept = with_frame.copy()
-        kept[1:] &= with_frame[:-1]
-        kept[:-1] &= with_frame[1:]
-        for neighbour in _shifted(with_frame, frame=True):
+        kept[words:] &= with_frame[:-words]
+        kept[:-words] &= with_frame[words:]
+        for neighbour in _sides(with_frame, frame=True):
             kept &= neighbour
-        kept &= in_frame
+        kept &= frame
         near = kept.copy()  # the pixels with a neighbour that survives the step
-        near[1:] |= kept[:-1]
-        near[:-1] |= kept[1:]
-        for neighbour in _shifted(near, frame=False):
+        near[words:] |= kept[:-words]
+        near[:-words] |= kept[words:]
+        for neighbour in _sides(near, frame=False):
             near |= neighbour
-        counts.append(int(np.bitwise_count(inside & ~near).sum()))
-        inside = kept
+        counts.append(int(np.bitwise_count(flat & ~near).sum()))
+        inside = kept.reshape(-1, words)
     return np.array(counts)
 
 
@@ -179,6 +182,14 @@ def histogram(probability: np.ndarray) -> np.ndarray:
     return counts[:HISTOGRAM_BINS]
 
 
+def map_histogram(probability: np.ndarray) -> np.ndarray:
+    """The :func:`histogram` that a map's cut is read from: its every other row and
+    column. A quarter of the pixels gives the same cut on all 55 training photographs of
+    CHASE_DB1, HRF-AV and LES-AV, in a quarter of the time (0.7 against 2.5-3 ms on a
+    CHASE_DB1 map)."""
+    return histogram(probability[::2, ::2])
+
+
 def expected_dice_bin(counts: np.ndarray, platt: tuple[float, float]) -> int:
     """The lowest bin of :func:`histogram` ``counts`` that the expected-Dice cut keeps."""
     centres = (np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS
@@ -195,7 +206,7 @@ def expected_dice_cut(probability: np.ndarray, platt: tuple[float, float]) -> fl
     probabilities are recalibrated by ``sigmoid(a * logit + b)`` (``platt``): each pixel
     above the cut adds its chance of being vessel to the overlap and one to the mask.
     Pixels outside the field of view (near 0) never reach the cut."""
-    return expected_dice_bin(histogram(probability), platt) / HISTOGRAM_BINS
+    return expected_dice_bin(map_histogram(probability), platt) / HISTOGRAM_BINS
 
 
 @dataclass(frozen=True)
@@ -248,10 +259,10 @@ def calibrated_map(image: np.ndarray, probability: Callable[[np.ndarray], np.nda
                 scaled = at_scale(image, factor, probability)
     cut = None
     if calibration is not None:
-        counts = histogram(scaled)  # the cut and the share of the map above it in one pass
+        counts = map_histogram(scaled)  # the cut and the share of the map above it
         cut_bin = expected_dice_bin(counts, calibration.platt)
         cut = cut_bin / HISTOGRAM_BINS
-        if counts[cut_bin:].sum() / scaled.size < MIN_VESSEL_FRACTION:
+        if counts[cut_bin:].sum() / counts.sum() < MIN_VESSEL_FRACTION:
             quality.append("no-vessels")
     for flag in dict.fromkeys(quality):
         log.warning("%s: %s", name, QUALITY[flag])

@@ -12,7 +12,6 @@ numpy alone. :func:`predict_files` is ``qsegment predict``: files in, PNGs out.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +27,12 @@ from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
 from ..images import (
-    PNG_OPTIONS,
     ImageError,
     artery_vein_image,
     class_map,
     collect_inputs,
+    encode_gray_png,
+    encode_image,
     overlay_classes,
     read_rgb,
     round_up,
@@ -148,8 +148,9 @@ class Segmenter:
             threshold: the probability from which a pixel is vessel (the fallback of
                 ``auto_threshold``).
             tile: the largest image run whole, as N or (height, width); larger ones go
-                in overlapping tiles of this shape (default: the weights' shipped tile,
-                else 1024).
+                in overlapping tiles of this shape, or of at most it on a runtime that
+                fits its tiles to the image (default: the runtime's own, OpenVINO's
+                2048, else the weights' shipped tile, else 1024).
             overlap: each tile's margin, at least the receptive radius (default: the
                 weights', else 64).
             tta: test-time views to average: ``none``, ``flip`` or ``d8``
@@ -403,19 +404,15 @@ def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Predictio
     """Each requested PNG (``mask``, ``prob``, ``overlay``; ``av``, the class map as a
     palette image, from an artery/vein Segmenter) written atomically; returns the
     SHA-256 of each, with which ``qsegment batch`` recognises complete outputs."""
-    classes = result.classes
-    images = {"mask": lambda: Image.fromarray(result.mask.astype(np.uint8) * 255),
-              "prob": lambda: Image.fromarray(np.round(result.probability * 255)
-                                              .astype(np.uint8)),
-              "overlay": lambda: Image.fromarray(
-                  tint_vessels(image, result.mask) if classes is None
-                  else overlay_classes(image, classes)),
-              "av": lambda: artery_vein_image(cast(np.ndarray, classes))}
+    classes, probability = result.classes, result.probability
+    encoders = {"mask": lambda: encode_gray_png(result.mask),
+                "prob": lambda: encode_gray_png(np.round(probability * 255).astype(np.uint8)),
+                "overlay": lambda: encode_image(tint_vessels(image, result.mask) if classes is None
+                                                else overlay_classes(image, classes)),
+                "av": lambda: encode_image(artery_vein_image(cast(np.ndarray, classes)))}
     digests = {}
     for kind, target in targets.items():
-        buffer = io.BytesIO()
-        images[kind]().save(buffer, format="PNG", **PNG_OPTIONS)
-        data = buffer.getvalue()
+        data = encoders[kind]()
         atomic_write(target, data)
         digests[kind] = hashlib.sha256(data).hexdigest()
     return digests

@@ -45,7 +45,7 @@ RUNTIMES: Registry[RuntimeInfo] = Registry("runtime", [
                 build="qsegment.export.cpu:litert_int8", file_suffix=".int8.tflite"),
     RuntimeInfo("openvino", "qsegment.runtimes.openvino:OpenVinoInt8",
                 "OpenVINO, static int8 (the shipped QDQ ONNX), compiled once per input shape "
-                "and cached; images up to 1024x1024 whole (in the base install on x86-64, else "
+                "and cached; images up to 2048x2048 whole (in the base install on x86-64, else "
                 "the [fast] extra)",
                 build="qsegment.export.cpu:openvino_int8", file_suffix=".int8.onnx"),
     RuntimeInfo("torch", "qsegment.runtimes.pytorch:TorchRuntime", "PyTorch eager, float32",

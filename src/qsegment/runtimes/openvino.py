@@ -77,9 +77,12 @@ class OpenVinoInt8(Runtime):
 
     name = "openvino"
     accepts_uint8 = True
-    # Images up to this size run whole: OpenVINO runs a whole CHASE_DB1 image (960x1008)
-    # at about 210 MB, where LiteRT needs its 400x1008 tiles (issue #35's measurements).
-    tile_shape = (1024, 1024)
+    # Images up to this size run whole, larger ones in tiles fitted to them: a whole
+    # 2048x2048 image peaks at 404 MB with qsegment-half and 599 MB with the full-resolution
+    # qsegment-nearest-transfer-jpeg, and a 3504x2336 photograph in four tiles runs 1.2x
+    # faster than in the fifteen of 1024 px (whose margins double its pixels) at 425 MB
+    # (docs/BENCHMARKS.md); LiteRT needs its 400x1008 tiles even for a CHASE_DB1 image.
+    tile_shape = (2048, 2048)
     fits_tiles = True
 
     def __init__(self, path: str | Path, threads: int | None = None, size_multiple: int = 1,
