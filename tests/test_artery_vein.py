@@ -100,6 +100,11 @@ def test_a_vote_per_segment_undoes_scattered_flips_of_the_manual_classes(les):
     assert np.array_equal(voted[2], noisy[2]) and np.array_equal(noisy, before)  # a copy
     empty = vote_segments(np.zeros_like(vessel), noisy)
     assert np.array_equal(empty, noisy)
+    # a runtime's outputs may come channel-last (a transposed view): the same vote
+    channel_last = np.ascontiguousarray(noisy.transpose(1, 2, 0)).transpose(2, 0, 1)
+    for everywhere in (True, False):
+        assert np.array_equal(vote_segments(vessel, channel_last, everywhere=everywhere),
+                              vote_segments(vessel, noisy, everywhere=everywhere))
 
 
 def test_binned_curves_match_scikit_learn_on_a_real_map(les):

@@ -49,6 +49,7 @@ from .images import (
     read_rgb,
     resize_image,
     resize_map,
+    unit_to_uint8,
 )
 from .inference.calibrate import QUALITY
 
@@ -126,9 +127,9 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
 
     atomic_write(folder / "probability.npy", write_npy)
     atomic_write(folder / "display_probability.png",
-                 encode_gray_png(_unit_to_uint8(resize_map(prediction.probability, small))))
+                 encode_gray_png(unit_to_uint8(resize_map(prediction.probability, small))))
     if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
-        rgb = _unit_to_uint8(rgb)
+        rgb = unit_to_uint8(rgb)
     atomic_write(folder / "display_photograph.jpg", encode_image(resize_image(rgb, small), "JPEG"))
     classes = prediction.classes
     if classes is not None:
@@ -140,11 +141,6 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
                      prediction.quality, artery_vein=classes is not None)
 
 
-def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (a probability map, a float photograph) as bytes 0..255."""
-    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
-
-
 def mask_png(entry: Segmented, threshold: float) -> bytes:
     """The full-size mask of ``entry`` at ``threshold`` (0/255 PNG), cut from the saved
     float map: the mask ``qsegment predict --threshold`` writes."""
@@ -154,7 +150,7 @@ def mask_png(entry: Segmented, threshold: float) -> bytes:
 
 def probability_png(entry: Segmented) -> bytes:
     """The full-size probability map of ``entry`` x 255 (8-bit PNG): ``predict --prob``'s."""
-    return encode_gray_png(_unit_to_uint8(np.load(entry.file("probability.npy"))))
+    return encode_gray_png(unit_to_uint8(np.load(entry.file("probability.npy"))))
 
 
 def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
@@ -171,7 +167,7 @@ def biomarker_rows(entry: Segmented, threshold: float) -> list[list[Any]]:
     probability = np.load(entry.file("probability.npy"))
     rgb = read_rgb(entry.photograph)
     if rgb.dtype != np.uint8:
-        rgb = _unit_to_uint8(rgb)
+        rgb = unit_to_uint8(rgb)
     analysis = measure_photograph(rgb, probability >= threshold, probability=probability)
     row = BiomarkerRow.measured(entry.photograph, entry.name, "photograph", analysis)
     if entry.artery_vein:

@@ -186,7 +186,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = 
     out = rgb.copy()
     tint = np.asarray(colour, dtype=np.float32) / 255.0
     out[mask] = (1 - alpha) * rgb[mask] + alpha * tint
-    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+    return unit_to_uint8(out)
+
+
+def unit_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (a probability map, a float photograph) as bytes 0..255."""
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
 
 
 # artery/vein class colours (0 background, 1 artery, 2 vein, 3 uncertain), as the

@@ -27,7 +27,7 @@ def class_probabilities(vessel: np.ndarray, class_logits: np.ndarray) -> np.ndar
 
 
 VOTE_FACTOR = 2  # the vote's skeleton is drawn at half resolution: a quarter of the pixels
-# to thin and search (23 ms for a CHASE_DB1 map); F1 on the HRF-AV and LES-AV training
+# to thin and search (12 ms for a CHASE_DB1 map); F1 on the HRF-AV and LES-AV training
 # photographs within 0.003 of the full-resolution vote's (docs/RESULTS.md)
 
 
@@ -52,37 +52,52 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray, everywhere: bool
     from scipy import ndimage
     from skimage.morphology import skeletonize
 
-    logits = class_logits.astype(np.float32, copy=True)
-    rows, cols = np.nonzero(vessel)
-    if not rows.size:
+    logits = class_logits.astype(np.float32, order="C")  # a copy whose rows ravel as views
+    flat = np.flatnonzero(vessel)  # flat indices: 2-D np.nonzero takes 10x longer
+    if not flat.size:
         return logits
+    rows, cols = np.divmod(flat, vessel.shape[1])
     f = VOTE_FACTOR
-    r0, c0 = rows.min(), cols.min()
-    box = np.zeros(((rows.max() - r0) // f + 1, (cols.max() - c0) // f + 1), bool)
-    box[(rows - r0) // f, (cols - c0) // f] = True  # any vessel pixel in the f x f block
+    r0, c0 = rows[0], cols.min()
+    box = np.zeros(((rows[-1] - r0) // f + 1, (cols.max() - c0) // f + 1), bool)
+    blocks = (rows - r0) // f * box.shape[1] + (cols - c0) // f  # each vessel pixel's block
+    box.ravel()[blocks] = True  # any vessel pixel in the f x f block
     skeleton = skeletonize(box)
-    neighbours = ndimage.convolve(skeleton.astype(np.uint8), np.ones((3, 3), np.uint8),
-                                  mode="constant") - 1
-    junctions = ndimage.binary_dilation(skeleton & (neighbours >= 3), np.ones((3, 3), bool))
+    neighbours = _around(skeleton.astype(np.uint8), np.add) - 1
+    junctions = _around(skeleton & (neighbours >= 3), np.logical_or)
     segments, count = ndimage.label(skeleton & ~junctions, np.ones((3, 3), bool))
     if not count:
         return logits
     _, (near_r, near_c) = ndimage.distance_transform_cdt(segments == 0, "chessboard",
                                                          return_indices=True)
     owner = segments[near_r, near_c]
-    owned = owner[(rows - r0) // f, (cols - c0) // f]
-    difference = logits[0, rows, cols] - logits[1, rows, cols]
+    owned = owner.ravel().take(blocks)
+    artery, vein = logits[0].ravel(), logits[1].ravel()  # views of the copy
+    difference = artery.take(flat) - vein.take(flat)
     pixels = np.bincount(owned, minlength=count + 1)
     mean = (np.bincount(owned, difference, count + 1) / np.maximum(pixels, 1)).astype(np.float32)
     if everywhere:  # the bounding box, at full resolution
-        index: tuple = (slice(r0, r0 + box.shape[0] * f), slice(c0, c0 + box.shape[1] * f))
+        box_at_full = (slice(r0, r0 + box.shape[0] * f), slice(c0, c0 + box.shape[1] * f))
         voted = mean[np.repeat(np.repeat(owner, f, 0), f, 1)][:logits.shape[1] - r0,
                                                              :logits.shape[2] - c0]
+        both = logits[0][box_at_full] + logits[1][box_at_full]
+        logits[0][box_at_full] = (both + voted) * 0.5
+        logits[1][box_at_full] = (both - voted) * 0.5
     else:  # the mask's pixels
-        index, voted = (rows, cols), mean[owned]
-    both = logits[0][index] + logits[1][index]  # kept: a = (both + voted) / 2, v = (...) / 2
-    logits[0][index], logits[1][index] = (both + voted) * 0.5, (both - voted) * 0.5
+        voted = mean.take(owned)
+        both = artery.take(flat) + vein.take(flat)  # kept: a = (both + voted) / 2, v = ...
+        artery[flat], vein[flat] = (both + voted) * 0.5, (both - voted) * 0.5
     return logits
+
+
+def _around(image: np.ndarray, combine: np.ufunc) -> np.ndarray:
+    """Each pixel of a 2-D array combined (``np.add``, ``np.logical_or``) with its 8
+    neighbours, zero beyond the frame: a 3x3 sum or dilation in shifted slices, a tenth of
+    the time of SciPy's ``convolve`` or ``binary_dilation`` on the vote's skeleton."""
+    padded = np.zeros((image.shape[0] + 2, image.shape[1] + 2), image.dtype)
+    padded[1:-1, 1:-1] = image
+    rows = combine(combine(padded[:-2], padded[1:-1]), padded[2:])
+    return combine(combine(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
 
 def with_vessel_probability(outputs: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from ..images import (
     read_rgb,
     round_up,
     to_rgb_float,
+    unit_to_uint8,
 )
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
@@ -404,9 +405,9 @@ def write_outputs(targets: dict[str, Path], image: np.ndarray, result: Predictio
     """Each requested PNG (``mask``, ``prob``, ``overlay``; ``av``, the class map as a
     palette image, from an artery/vein Segmenter) written atomically; returns the
     SHA-256 of each, with which ``qsegment batch`` recognises complete outputs."""
-    classes, probability = result.classes, result.probability
+    classes = result.classes
     encoders = {"mask": lambda: encode_gray_png(result.mask),
-                "prob": lambda: encode_gray_png(np.round(probability * 255).astype(np.uint8)),
+                "prob": lambda: encode_gray_png(unit_to_uint8(result.probability)),
                 "overlay": lambda: encode_image(tint_vessels(image, result.mask) if classes is None
                                                 else overlay_classes(image, classes)),
                 "av": lambda: encode_image(artery_vein_image(cast(np.ndarray, classes)))}
