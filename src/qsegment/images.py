@@ -258,8 +258,11 @@ def network_input(image: np.ndarray, size: int | tuple[int, int] | None, multipl
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An (H, W, 3) uint8 or float image resized to ``size`` (height, width) with Pillow's
-    bilinear filter (antialiased when shrinking), its dtype kept; no PyTorch."""
+    bilinear filter (antialiased when shrinking), its dtype kept; no PyTorch. An image of
+    that size already is returned as it is (Pillow would copy it twice)."""
     height, width = size
+    if image.shape[:2] == (height, width):
+        return image
     if image.dtype == np.uint8:
         return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     channels = [resize_map(image[..., c], size) for c in range(image.shape[2])]
@@ -267,8 +270,11 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An (H, W) float map (probabilities) resized to ``size`` (height, width), bilinear."""
+    """An (H, W) float map (probabilities) resized to ``size`` (height, width), bilinear, as
+    float32 (no copy where it is float32 of that size already)."""
     height, width = size
+    if values.shape == (height, width):
+        return values.astype(np.float32, copy=False)
     resized = Image.fromarray(values.astype(np.float32), mode="F").resize((width, height),
                                                                        Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.float32)
