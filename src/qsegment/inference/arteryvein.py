@@ -73,7 +73,8 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray, everywhere: bool
     owner = segments[near_r, near_c]
     owned = owner.ravel().take(blocks)
     artery, vein = logits[0].ravel(), logits[1].ravel()  # views of the copy
-    difference = artery.take(flat) - vein.take(flat)
+    on_artery, on_vein = artery.take(flat), vein.take(flat)  # the mask's pixels' logits
+    difference = on_artery - on_vein
     pixels = np.bincount(owned, minlength=count + 1)
     mean = (np.bincount(owned, difference, count + 1) / np.maximum(pixels, 1)).astype(np.float32)
     if everywhere:  # the bounding box, at full resolution
@@ -85,7 +86,7 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray, everywhere: bool
         logits[1][box_at_full] = (both - voted) * 0.5
     else:  # the mask's pixels
         voted = mean.take(owned)
-        both = artery.take(flat) + vein.take(flat)  # kept: a = (both + voted) / 2, v = ...
+        both = on_artery + on_vein  # kept: a = (both + voted) / 2, v = (both - voted) / 2
         artery[flat], vein[flat] = (both + voted) * 0.5, (both - voted) * 0.5
     return logits
 

@@ -120,18 +120,18 @@ def _ridge_counts(mask: np.ndarray) -> np.ndarray:
     inside = np.packbits(padded, axis=1, bitorder="little").view("<u8")
     row_frame = np.packbits(np.arange(words * 64) < width, bitorder="little").view("<u8")
     in_frame = np.tile(row_frame, height)
+    beyond = ~in_frame  # past the last column and the guards: not background
     counts = [0]
     while (rows := np.flatnonzero(inside.any(axis=1))).size:
         # the rows left, with a row of background (or the frame) on each side
         flat = inside[max(rows[0] - 1, 0):rows[-1] + 2].ravel()
-        frame = in_frame[:flat.size]
-        with_frame = flat | ~frame  # beyond the last column and the guards: not background
+        with_frame = flat | beyond[:flat.size]
         kept = with_frame.copy()
         kept[words:] &= with_frame[:-words]
         kept[:-words] &= with_frame[words:]
         for neighbour in _sides(with_frame, frame=True):
             kept &= neighbour
-        kept &= frame
+        kept &= in_frame[:flat.size]
         near = kept.copy()  # the pixels with a neighbour that survives the step
         near[words:] |= kept[:-words]
         near[:-words] |= kept[words:]

@@ -80,7 +80,7 @@ class OpenVinoInt8(Runtime):
     # Images up to this size run whole, larger ones in tiles fitted to them: a whole
     # 2048x2048 image peaks at 404 MB with qsegment-half and 599 MB with the full-resolution
     # qsegment-nearest-transfer-jpeg, and a 3504x2336 photograph in four tiles runs 1.2x
-    # faster than in the fifteen of 1024 px (whose margins double its pixels) at 425 MB
+    # faster than in the fifteen of 1024 px (on 1.50x its pixels, their margins) at 425 MB
     # (docs/BENCHMARKS.md); LiteRT needs its 400x1008 tiles even for a CHASE_DB1 image.
     tile_shape = (2048, 2048)
     fits_tiles = True
