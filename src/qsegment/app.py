@@ -111,31 +111,41 @@ def segment_upload(segmenter: "Segmenter", path: str | Path, folder: str | Path,
         rgb = read_rgb(path, max_megapixels=max_megapixels)
     except ImageError as err:
         raise ImageError(str(err).replace(str(path), name)) from err
-    start = time.perf_counter()
-    prediction = segmenter.predict(rgb, name)
-    seconds = time.perf_counter() - start
-    height, width = prediction.probability.shape
+    height, width = rgb.shape[:2]
     shrink = min(1.0, DISPLAY_SIDE / max(height, width))
     small = (max(1, round(height * shrink)), max(1, round(width * shrink)))
+    shown = rgb if rgb.dtype == np.uint8 else unit_to_uint8(rgb)  # 16-bit and float files
 
-    def write_npy(tmp: Path) -> None:
-        # a file object: np.save would append .npy to a name; a contiguous copy: the map
-        # can be a view of a padded output, which np.save writes 9x slower (22 ms for a
-        # CHASE map against 2.5 ms with the copy)
-        with tmp.open("wb") as f:
-            np.save(f, np.ascontiguousarray(prediction.probability), allow_pickle=False)
+    def page_jpeg(file: str, pixels: np.ndarray) -> None:
+        atomic_write(folder / file, encode_image(resize_image(pixels, small), "JPEG"))
 
-    atomic_write(folder / "probability.npy", write_npy)
-    atomic_write(folder / "display_probability.png",
-                 encode_gray_png(unit_to_uint8(resize_map(prediction.probability, small))))
-    if rgb.dtype != np.uint8:  # 16-bit and float files are shown as 8-bit
-        rgb = unit_to_uint8(rgb)
-    atomic_write(folder / "display_photograph.jpg", encode_image(resize_image(rgb, small), "JPEG"))
-    classes = prediction.classes
-    if classes is not None:
-        atomic_write(folder / "av.png", encode_image(artery_vein_image(classes)))
-        atomic_write(folder / "display_av.jpg",
-                     encode_image(resize_image(overlay_classes(rgb, classes), small), "JPEG"))
+    # zlib, libjpeg and file writes release the GIL: the photograph's page copy is made
+    # while the network runs (on the core its single-threaded steps leave idle), the map's
+    # files beside each other once it has run
+    with ThreadPoolExecutor(2, thread_name_prefix="page") as pool:
+        writes = [pool.submit(page_jpeg, "display_photograph.jpg", shown)]
+        start = time.perf_counter()
+        prediction = segmenter.predict(rgb, name)
+        seconds = time.perf_counter() - start
+
+        def write_npy(tmp: Path) -> None:
+            # a file object: np.save would append .npy to a name; a contiguous copy: the
+            # map can be a view of a padded output, which np.save writes 9x slower (22 ms
+            # for a CHASE map against 2.5 ms with the copy)
+            with tmp.open("wb") as f:
+                np.save(f, np.ascontiguousarray(prediction.probability), allow_pickle=False)
+
+        writes.append(pool.submit(atomic_write, folder / "probability.npy", write_npy))
+        classes = prediction.classes
+        if classes is not None:
+            writes.append(pool.submit(lambda: page_jpeg("display_av.jpg",
+                                                        overlay_classes(shown, classes))))
+            writes.append(pool.submit(lambda: atomic_write(
+                folder / "av.png", encode_image(artery_vein_image(classes)))))
+        atomic_write(folder / "display_probability.png",
+                     encode_gray_png(unit_to_uint8(resize_map(prediction.probability, small))))
+        for write in writes:
+            write.result()
     return Segmented(name, folder, width, height, prediction.scale, seconds, path,
                      prediction.threshold, prediction.threshold_rule, prediction.scale_rule,
                      prediction.quality, artery_vein=classes is not None)
