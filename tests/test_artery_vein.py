@@ -22,6 +22,7 @@ from qsegment.engine.train import class_target, load_config, train
 from qsegment.images import artery_vein_colours, class_map
 from qsegment.inference.arteryvein import (
     class_probabilities,
+    vessel_classes,
     vote_segments,
     with_vessel_probability,
 )
@@ -30,6 +31,7 @@ from qsegment.losses import UNKNOWN_CLASS, artery_vein_loss, structure_loss
 from qsegment.metrics import _binned_curves, artery_vein_scores, centreline_accuracy
 from qsegment.models import create_model
 from qsegment.pretrained import resolve_checkpoint
+from qsegment.runtimes.base import logit, sigmoid
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +96,20 @@ def test_a_vote_per_segment_undoes_scattered_flips_of_the_manual_classes(les):
     voted = vote_segments(vessel, noisy)
     assert accuracy(voted) > 0.98 and accuracy(vote_segments(vessel, logits)) > 0.98
     assert np.array_equal(class_map(vessel, voted) == 3, label == 3)
-    on_mask = vote_segments(vessel, noisy, everywhere=False)  # predict's: the mask alone
-    assert np.array_equal(class_map(vessel, on_mask), class_map(vessel, voted))
+    # predict's: the same classes from the mask's pixels alone, from logits or sigmoids
+    assert np.array_equal(vessel_classes(vessel, noisy), class_map(vessel, voted))
+    assert np.array_equal(vessel_classes(vessel, sigmoid(noisy), sigmoids=True),
+                          class_map(vessel, vote_segments(vessel, logit(sigmoid(noisy)))))
+    assert np.array_equal(vessel_classes(vessel, noisy, vote=False), class_map(vessel, noisy))
     assert np.allclose(voted[0] + voted[1], noisy[0] + noisy[1], atol=1e-5)
     assert np.array_equal(voted[2], noisy[2]) and np.array_equal(noisy, before)  # a copy
     empty = vote_segments(np.zeros_like(vessel), noisy)
     assert np.array_equal(empty, noisy)
     # a runtime's outputs may come channel-last (a transposed view): the same vote
     channel_last = np.ascontiguousarray(noisy.transpose(1, 2, 0)).transpose(2, 0, 1)
-    for everywhere in (True, False):
-        assert np.array_equal(vote_segments(vessel, channel_last, everywhere=everywhere),
-                              vote_segments(vessel, noisy, everywhere=everywhere))
+    assert np.array_equal(vote_segments(vessel, channel_last), voted)
+    assert np.array_equal(vessel_classes(vessel, channel_last), vessel_classes(vessel, noisy))
+    assert not vessel_classes(np.zeros_like(vessel), noisy).any()
 
 
 def test_binned_curves_match_scikit_learn_on_a_real_map(les):

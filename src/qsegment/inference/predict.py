@@ -29,7 +29,6 @@ from ..files import atomic_write
 from ..images import (
     ImageError,
     artery_vein_image,
-    class_map,
     collect_inputs,
     encode_gray_png,
     encode_image,
@@ -42,11 +41,11 @@ from ..images import (
 from ..images import overlay as tint_vessels
 from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
-from ..runtimes.base import Runtime, logit
+from ..runtimes.base import Runtime
 from .arteryvein import (
     calibrated_outputs,
     check_artery_vein,
-    vote_segments,
+    vessel_classes,
     with_vessel_probability,
 )
 from .calibrate import CalibratedMap, Calibration, calibrated_map
@@ -302,12 +301,9 @@ class Segmenter:
                                            self.scale, self.calibration, self.fov_diameter, name)
         threshold, rule = self._cut(found)
         mask = found.probability >= threshold
-        if self.segment_vote:
-            if pixels is not None:  # the runtime's sigmoids: logits where the map reads them
-                scores[:, mask] = logit(scores[:, mask])
-            scores = vote_segments(mask, scores, everywhere=False)
+        classes = vessel_classes(mask, scores, vote=self.segment_vote, sigmoids=pixels is not None)
         return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
-                          found.fov_scale, rule, found.quality, class_map(mask, scores))
+                          found.fov_scale, rule, found.quality, classes)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """The vessel probability of an image at its own scale (no rescale), tiled when it
