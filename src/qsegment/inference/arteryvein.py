@@ -56,7 +56,7 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
         return logits
     owner = segments.owner()
     artery, vein = logits[0].ravel(), logits[1].ravel()  # views of the copy
-    mean = segments.means(artery.take(flat), vein.take(flat), owner.ravel().take(segments.blocks))
+    mean = segments.means(artery.take(flat), vein.take(flat), segments.owned())
     f, (r0, c0) = VOTE_FACTOR, segments.origin
     box = (slice(r0, r0 + owner.shape[0] * f), slice(c0, c0 + owner.shape[1] * f))
     voted = mean[np.repeat(np.repeat(owner, f, 0), f, 1)][:logits.shape[1] - r0,
