@@ -5,6 +5,7 @@ HRF-AV and LES-AV labels, and the evaluation end to end on LES-AV."""
 import asyncio
 import io
 import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,9 +20,10 @@ from qsegment.data import resize_sample
 from qsegment.datasets import Split, open_dataset
 from qsegment.engine.evaluate import format_av_table, table_av
 from qsegment.engine.train import class_target, load_config, train
-from qsegment.images import artery_vein_colours, class_map
+from qsegment.images import artery_vein_colours, bilinear_at, class_map
 from qsegment.inference.arteryvein import (
     class_probabilities,
+    full_size_scores,
     vessel_classes,
     vote_segments,
     with_vessel_probability,
@@ -110,6 +112,15 @@ def test_a_vote_per_segment_undoes_scattered_flips_of_the_manual_classes(les):
     assert np.array_equal(vote_segments(vessel, channel_last), voted)
     assert np.array_equal(vessel_classes(vessel, channel_last), vessel_classes(vessel, noisy))
     assert not vessel_classes(np.zeros_like(vessel), noisy).any()
+    # scores at the scale the network ran: read at the mask's pixels as the whole maps
+    # resized by PyTorch would give them (evaluation's), without resizing them
+    small = np.ascontiguousarray(noisy[:, ::2, ::3]) + np.float32(0.5)
+    whole = full_size_scores(small, vessel.shape)
+    rows, cols = np.nonzero(vessel)
+    read = bilinear_at(small, rows, cols, vessel.shape)
+    assert read.dtype == np.float32 and np.abs(read - whole[:, rows, cols]).max() < 1e-3
+    assert np.mean(vessel_classes(vessel, small)[vessel]
+                   == class_map(vessel, vote_segments(vessel, whole))[vessel]) > 0.9999
 
 
 def test_binned_curves_match_scikit_learn_on_a_real_map(les):
@@ -235,13 +246,22 @@ def test_an_artery_vein_model_gives_a_vessel_map_on_every_runtime(av_run, data_d
     assert 2 * (masks[0] & masks[1]).sum() / (masks[0].sum() + masks[1].sum()) > 0.97
 
 
-def test_the_classes_run_in_int8_on_openvino_as_in_float(av_run, data_dir):
-    """--av on any runtime: OpenVINO's int8 network gives the float model's classes."""
+def test_the_classes_run_in_int8_on_openvino_as_in_float(av_run, data_dir, monkeypatch):
+    """--av on any runtime: OpenVINO's int8 network gives the float model's classes, and
+    needs no PyTorch at any scale (the base install: the classes are read where the mask
+    is, from the network's scale)."""
     pytest.importorskip("openvino")
     image = np.asarray(Image.open(data_dir / "Image_11L.jpg"))
     float_, int8 = (Segmenter.from_pretrained(av_run, artery_vein=True, runtime=runtime,
                                               scale="none", threshold="card").predict(image)
                     for runtime in ("torch", "openvino"))
+    halved = Segmenter.from_pretrained(av_run, artery_vein=True, runtime="openvino",
+                                       scale=0.5, threshold="card")
+    with_torch = halved.predict(image)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails from here on
+    without = halved.predict(image)
+    assert without.scale == 0.5 and np.array_equal(without.classes, with_torch.classes)
+    monkeypatch.undo()
     assert int8.classes is not None and np.array_equal(int8.classes > 0, int8.mask)
     both = (float_.classes > 0) & (int8.classes > 0)
     assert 2 * both.sum() / ((float_.classes > 0).sum() + (int8.classes > 0).sum()) > 0.97

@@ -246,6 +246,32 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int], antialias: bool) -> np
     return out.numpy()
 
 
+def bilinear_at(values: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) float32 ``values`` read at the pixels (``rows``, ``cols``) of the same
+    picture at ``size`` (H, W): (C, N) float32, what :func:`resize_bilinear` without
+    antialiasing gives there (pixel centres mapped, the source clamped at the top-left
+    edge; to the rounding of a float32 source coordinate, which PyTorch may compute with
+    a fused multiply-add), without PyTorch and without resizing the pixels nobody reads
+    (a mask's are a tenth)."""
+    (h, w), (height, width) = values.shape[1:], size
+    if (h, w) == (height, width):
+        return values[:, rows, cols]
+
+    def taps(index: np.ndarray, inside: int, outside: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = np.maximum(np.float32(inside / outside) * (index + np.float32(0.5))
+                            - np.float32(0.5), np.float32(0))
+        low = source.astype(np.intp)
+        return low, np.minimum(low + 1, inside - 1), source - low.astype(np.float32)
+
+    top, bottom, down = taps(rows.astype(np.float32), h, height)
+    left, right, across = taps(cols.astype(np.float32), w, width)
+    upper = values[:, top, left] * (1 - across) + values[:, top, right] * across
+    lower = values[:, bottom, left] * (1 - across) + values[:, bottom, right] * across
+    return upper * (1 - down) + lower * down
+
+
 def network_input(image: np.ndarray, size: int | tuple[int, int] | None, multiple: int
                   ) -> tuple[np.ndarray, tuple[int, int]]:
     """(1, 3, H', W') float32 input of an (H, W, 3) image in [0, 1]: resized to ``size``

@@ -20,6 +20,7 @@ from ..inference.arteryvein import (
     calibrated_outputs,
     check_artery_vein,
     class_probabilities,
+    full_size_scores,
     vote_segments,
     with_vessel_probability,
 )
@@ -326,6 +327,7 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
         found, class_logits = calibrated_outputs(
             lambda image: with_vessel_probability(predict_outputs(runtime, image, tta=tta)),
             sample.image, scale, calibration, name=sample.name)
+        class_logits = full_size_scores(class_logits, sample.image.shape[:2])
         cut = card.threshold_value if found.cut is None else found.cut
         mask = found.probability >= cut
         if segment_vote:

@@ -14,7 +14,7 @@ import numpy as np
 from ..datasets.base import AV_CLASSES
 from ..datasets.fov import TRAINING_FOV_DIAMETER
 from ..errors import UsageError
-from ..images import resize_bilinear
+from ..images import bilinear_at, resize_bilinear
 from ..runtimes.base import logit, sigmoid
 from .calibrate import CalibratedMap, Calibration, calibrated_map
 from .maps import Scale
@@ -69,13 +69,14 @@ def vessel_classes(vessel: np.ndarray, class_scores: np.ndarray, vote: bool = Tr
                    sigmoids: bool = False) -> np.ndarray:
     """The class map of the ``vessel`` mask (:func:`~qsegment.images.class_map`), with one
     artery/vein decision per segment where ``vote`` (:func:`vote_segments`' vote, the same
-    classes), from ``class_scores`` (3, H, W: logits, or with ``sigmoids`` a runtime's
-    sigmoids of them, any layout) read on the mask's pixels alone: a tenth of the image,
-    where :func:`vote_segments` copies and writes the whole maps (14 against 26 ms on a
-    CHASE_DB1 image's outputs, the same classes)."""
+    classes), from ``class_scores`` (3, h, w: logits, or with ``sigmoids`` a runtime's
+    sigmoids of them, any layout; at the mask's size, or at the scale the network ran,
+    read bilinearly as :func:`full_size_scores` would resize them) read on the mask's
+    pixels alone: a tenth of the image, where :func:`vote_segments` copies and writes the
+    whole maps (14 against 26 ms on a CHASE_DB1 image's outputs, the same classes)."""
     flat = np.flatnonzero(vessel)  # flat indices: 2-D np.nonzero takes 10x longer
     rows, cols = np.divmod(flat, vessel.shape[1])
-    scores = class_scores[:, rows, cols]  # (3, pixels), a copy
+    scores = bilinear_at(class_scores, rows, cols, vessel.shape)  # (3, pixels), a copy
     if vote:
         if sigmoids:
             scores = logit(scores)
@@ -183,9 +184,11 @@ def calibrated_outputs(outputs: Callable[[np.ndarray], np.ndarray], image: np.nd
                        scale: Scale, calibration: Calibration | None,
                        fov_diameter: float = TRAINING_FOV_DIAMETER, name: str = "image"
                        ) -> tuple[CalibratedMap, np.ndarray]:
-    """The vessel map of ``image`` and its class scores (C - 1, H, W) at its full
-    resolution, the network run at the scale the vessel rules choose on channel 0
-    (:func:`~qsegment.inference.calibrate.calibrated_map`, whose result comes first).
+    """The vessel map of ``image`` at its full resolution and its class scores (C - 1, h,
+    w) as the network gave them, at the scale the vessel rules choose on channel 0
+    (:func:`~qsegment.inference.calibrate.calibrated_map`, whose result comes first):
+    :func:`vessel_classes` reads them at the mask's pixels, :func:`full_size_scores`
+    resizes them whole.
 
     Args:
         outputs: an image's (C, h, w) outputs at its own scale: channel 0 the vessel
@@ -201,8 +204,13 @@ def calibrated_outputs(outputs: Callable[[np.ndarray], np.ndarray], image: np.nd
         return last["outputs"][0]
 
     found = calibrated_map(image, vessel_probability, scale, calibration, fov_diameter, name)
-    scores = last["outputs"][1:]  # of the last pass: the scale chosen
-    h, w = image.shape[:2]
-    if scores.shape[1:] != (h, w):  # resized as predict_outputs does with a size
-        scores = resize_bilinear(np.ascontiguousarray(scores[None]), (h, w), False)[0]
-    return found, scores
+    return found, last["outputs"][1:]  # of the last pass: the scale chosen
+
+
+def full_size_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Class scores (C, h, w) at ``size`` (H, W), resized as predict_outputs resizes a
+    network's outputs (bilinear, no antialiasing; PyTorch): the whole maps evaluation
+    scores, where a prediction reads the mask's pixels alone (:func:`vessel_classes`)."""
+    if scores.shape[1:] == tuple(size):
+        return scores
+    return resize_bilinear(np.ascontiguousarray(scores[None]), size, False)[0]
