@@ -56,7 +56,7 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
         return logits
     owner = segments.owner()
     artery, vein = logits[0].ravel(), logits[1].ravel()  # views of the copy
-    mean = segments.means(artery.take(flat), vein.take(flat), segments.owned())
+    mean = segments.means(artery.take(flat), vein.take(flat))
     f, (r0, c0) = VOTE_FACTOR, segments.origin
     box = (slice(r0, r0 + owner.shape[0] * f), slice(c0, c0 + owner.shape[1] * f))
     voted = mean[np.repeat(np.repeat(owner, f, 0), f, 1)][:logits.shape[1] - r0,
@@ -81,9 +81,8 @@ def vessel_classes(vessel: np.ndarray, class_scores: np.ndarray, vote: bool = Tr
         if sigmoids:
             scores = logit(scores)
         if (segments := _segments(vessel.shape, rows, cols)) is not None:
-            owned = segments.owned()
-            mean = segments.means(scores[0], scores[1], owned)
-            scores[0], scores[1] = _with_difference(scores[0], scores[1], mean.take(owned))
+            voted = segments.means(scores[0], scores[1]).take(segments.owned)
+            scores[0], scores[1] = _with_difference(scores[0], scores[1], voted)
     classes = np.zeros(vessel.shape, np.uint8)
     classes.ravel()[flat] = scores.argmax(0) + 1
     return classes
@@ -93,12 +92,13 @@ def vessel_classes(vessel: np.ndarray, class_scores: np.ndarray, vote: bool = Tr
 class _Segments:
     """The vote's segments in the bounding box of a mask, in blocks of
     :data:`VOTE_FACTOR` pixels square: their labels (1 to ``count``) on the skeleton, the
-    skeleton pixel nearest each block (``near``: rows, columns), each of the mask's
-    pixels' block (flat index) and the box's first row and column in the image."""
+    skeleton pixel nearest each block (``near``: rows, columns), the segment nearest each
+    of the mask's pixels (``owned``, read at its block alone: a tenth of the box) and the
+    box's first row and column in the image."""
 
     labels: np.ndarray
     near: tuple[np.ndarray, np.ndarray]
-    blocks: np.ndarray
+    owned: np.ndarray
     count: int
     origin: tuple[int, int]
 
@@ -106,18 +106,12 @@ class _Segments:
         """The segment nearest each block of the box."""
         return self.labels[self.near]
 
-    def owned(self) -> np.ndarray:
-        """The segment nearest each of the mask's pixels: :meth:`owner` read at its
-        pixels' blocks alone (a tenth of the box)."""
-        return self.labels[self.near[0].ravel().take(self.blocks),
-                           self.near[1].ravel().take(self.blocks)]
-
-    def means(self, artery: np.ndarray, vein: np.ndarray, owned: np.ndarray) -> np.ndarray:
-        """Per segment, the mean artery-minus-vein logit of the pixels it owns
-        (``owned``: each pixel's segment)."""
-        pixels = np.bincount(owned, minlength=self.count + 1)
-        return (np.bincount(owned, artery - vein, self.count + 1) / np.maximum(pixels, 1)
-                ).astype(np.float32)
+    def means(self, artery: np.ndarray, vein: np.ndarray) -> np.ndarray:
+        """Per segment, the mean artery-minus-vein logit of the mask's pixels it owns
+        (``artery`` and ``vein``: those pixels' logits)."""
+        pixels = np.bincount(self.owned, minlength=self.count + 1)
+        return (np.bincount(self.owned, artery - vein, self.count + 1)
+                / np.maximum(pixels, 1)).astype(np.float32)
 
 
 def _segments(shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray) -> _Segments | None:
@@ -141,7 +135,8 @@ def _segments(shape: tuple[int, ...], rows: np.ndarray, cols: np.ndarray) -> _Se
         return None
     _, (near_r, near_c) = ndimage.distance_transform_cdt(segments == 0, "chessboard",
                                                          return_indices=True)
-    return _Segments(segments, (near_r, near_c), blocks, count, (r0, c0))
+    owned = segments[near_r.ravel().take(blocks), near_c.ravel().take(blocks)]
+    return _Segments(segments, (near_r, near_c), owned, count, (r0, c0))
 
 
 def _with_difference(artery: np.ndarray, vein: np.ndarray, difference: np.ndarray
