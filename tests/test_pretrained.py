@@ -4,8 +4,10 @@ import pytest
 
 from qsegment import list_pretrained, load_model
 from qsegment.checkpoint import CheckpointError
-from qsegment.datasets import Split, load_split
-from qsegment.engine.evaluate import predict_samples, score
+from qsegment.datasets import Split, load_split, open_dataset
+from qsegment.engine.evaluate import predict_samples, score, table_av
+from qsegment.inference.calibrate import Calibration
+from qsegment.pretrained import AV_MODEL, resolve_checkpoint
 
 # name -> (model, up-sampling, Dice floor on the validation images at the card's size)
 SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
@@ -23,7 +25,7 @@ SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
 
 
 def test_shipped_weights_are_listed():
-    assert list_pretrained() == sorted(SHIPPED)  # not the int8 observers: a file, not a model
+    assert list_pretrained() == sorted([*SHIPPED, AV_MODEL])  # not the int8 observers: files
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -50,7 +52,7 @@ def test_card_metrics_reproduce(name, data_dir):
 def test_unknown_name_lists_the_shipped_ones():
     with pytest.raises(CheckpointError,
                        match="shipped: qsegment-half, qsegment-imx, qsegment-imx-704, "
-                             "qsegment-imx-transfer, qsegment-nearest"):
+                             "qsegment-imx-av, qsegment-imx-transfer, qsegment-nearest"):
         load_model("qsegment-huge")
 
 
@@ -63,4 +65,35 @@ def test_every_shipped_file_has_a_row_tied_to_its_architecture_and_data():
     for row in WEIGHTS:
         card = read_card(row.load())
         assert card.model == row.architecture and row.architecture in MODELS.names()
-        assert card["data"]["dataset"] == "CHASE_DB1" and row.data.startswith("CHASE_DB1")
+        datasets = card["data"].get("datasets", [card["data"]])  # several for a mixture
+        assert all(d["dataset"].split("_")[0] in row.data for d in datasets)
+    assert WEIGHTS.get("qsegment-half").data.startswith("CHASE_DB1")
+    assert "research use only" in WEIGHTS.get(AV_MODEL).data  # what LES-AV's terms bind
+
+
+def test_the_artery_vein_card_names_its_data_terms_and_recipe():
+    """Trained on the artery/vein training splits (and CHASE_DB1's for the vessel
+    channel); the card says which photographs, under which terms, and the recipe."""
+    model, card = load_model(AV_MODEL)
+    assert card["name"] == AV_MODEL and card["model"] == "qsegment-imx-av"
+    assert model.outputs == ("vessel", "artery", "vein", "uncertain")
+    data = {d["dataset"]: d for d in card["data"]["datasets"]}
+    assert list(data) == ["CHASE_DB1", "HRF-AV", "LES-AV"]
+    assert data["HRF-AV"]["train"] == list(open_dataset(None, "hrf-av").default_split.train)
+    assert data["LES-AV"]["train"] == list(open_dataset(None, "les-av").default_split.train)
+    assert "no commercial use" in data["LES-AV"]["terms"]
+    assert card["config"]["epochs"] == card["epochs_done"] and card["git_commit"]
+
+
+def test_the_artery_vein_scores_of_the_card_reproduce():
+    """The card's BF-Net F1 per photograph (float, `qsegment evaluate qsegment-imx-av
+    --task av --dataset les-av`), on two LES-AV test photographs."""
+    model, card = load_model(AV_MODEL)
+    recorded = card["artery_vein_metrics"]["les-av"]
+    result = table_av(model, card, open_dataset(None, "les-av"), Split((), ("224", "240")),
+                      progress=False,
+                      calibration=Calibration.beside(resolve_checkpoint(AV_MODEL)))
+    for row in result["per_image"]:
+        assert row["weighted"]["f1"] == pytest.approx(recorded["per_image_f1"][row["name"]],
+                                                      abs=1e-4)
+    assert recorded["f1"] > 0.68  # issue #33's LES-AV bar (BF-Net: 0.6722)

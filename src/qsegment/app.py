@@ -503,7 +503,6 @@ def serve(model: str | Path | None = None, runtime: str | None = None, host: str
     import uvicorn
 
     from .inference.predict import Segmenter
-    from .pretrained import DEFAULT_MODEL
     from .runtimes import DEFAULT_RUNTIME
 
     _check_port(host, port)
@@ -514,7 +513,7 @@ def serve(model: str | Path | None = None, runtime: str | None = None, host: str
     os.environ.setdefault("MPLCONFIGDIR", str(workdir / "matplotlib"))  # the biomarkers'
     os.environ.setdefault("MPLBACKEND", "agg")
     try:
-        segmenter = Segmenter.from_pretrained(model or DEFAULT_MODEL,
+        segmenter = Segmenter.from_pretrained(model,
                                               runtime=runtime or DEFAULT_RUNTIME,
                                               artery_vein=artery_vein)
         app = App(segmenter, workdir / "results", max_megapixels)

@@ -41,7 +41,7 @@ from .errors import QsegmentError, UsageError
 from .files import atomic_write, write_json
 from .images import ImageError, collect_inputs, read_rgb
 from .inference.predict import Segmenter, output_folder, plan_outputs, write_outputs
-from .pretrained import DEFAULT_MODEL
+from .pretrained import default_model
 from .runtimes import DEFAULT_RUNTIME
 
 if TYPE_CHECKING:
@@ -448,7 +448,7 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
-def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path = DEFAULT_MODEL,
+def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path | None = None,
                   runtime: str = DEFAULT_RUNTIME, threshold: str | float = "auto",
                   scale: str | float = "auto",
                   tile: int | tuple[int, int] | None = None, probability: bool = False,
@@ -473,7 +473,8 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
             (:func:`read_input_list`).
         out: the output folder (made if missing): ``NAME_mask.png`` (and
             ``NAME_prob.png``) per input, the records and ``manifest.parquet``.
-        model: a shipped weights name, a run folder or a .safetensors file.
+        model: a shipped weights name, a run folder or a .safetensors file (default:
+            :func:`qsegment.pretrained.default_model`'s, for ``artery_vein``).
         runtime: the runtime each worker runs the model on
             (:func:`qsegment.runtimes.checkpoint_runtimes`), or ``auto``: the fastest
             installed for this CPU (:func:`qsegment.runtimes.auto_runtimes`).
@@ -518,6 +519,7 @@ def segment_batch(inputs: Iterable[str], out: str | Path, *, model: str | Path =
     if (workers is not None and workers < 1) or cpus_per_worker < 1 or batch_size < 1:
         raise UsageError("workers, cpus per worker and batch size must be at least 1")
     out = output_folder(out)
+    model = default_model(artery_vein) if model is None else model
     Segmenter.from_pretrained(model, threshold, runtime, scale=scale, tile=tile,
                               artery_vein=artery_vein)  # checked here, not in every worker
     options = None

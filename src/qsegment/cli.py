@@ -44,7 +44,7 @@ from .datasets import DATASETS
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import CheckpointError, QsegmentError, UsageError
 from .export import TARGETS
-from .pretrained import DEFAULT_MODEL, SENSOR_MODEL, resolve_checkpoint
+from .pretrained import AV_MODEL, DEFAULT_MODEL, SENSOR_MODEL, default_model, resolve_checkpoint
 from .runtimes import AUTO, DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
 
 if TYPE_CHECKING:
@@ -247,8 +247,10 @@ def _add_scale_option(p: argparse.ArgumentParser) -> None:
 
 def _add_model(p: argparse.ArgumentParser,
                what: str = "pretrained name, run folder or .safetensors") -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, type=weights, metavar="MODEL",
-                   help=f"{what} ({DEFAULT_MODEL})")
+    """``--model`` of the commands with ``--av``: unless named, main() makes it
+    :func:`~qsegment.pretrained.default_model`'s for the command's ``--av``."""
+    p.add_argument("--model", type=weights, metavar="MODEL",
+                   help=f"{what} ({DEFAULT_MODEL}; with --av {AV_MODEL})")
 
 
 def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
@@ -488,15 +490,14 @@ def _add_evaluate(sub: Commands) -> None:
                  "  qsegment evaluate q/ptq.onnx --out q/eval   # int8 beside float\n"
                  "  qsegment evaluate mcu/qsegment.tflite      # TFLite-Micro interpreter\n"
                  "  qsegment evaluate --data my_images/        # your own labelled images\n"
-                 "  qsegment evaluate runs/av --task av --dataset les-av   # arteries, veins\n"
+                 "  qsegment evaluate --task av --dataset les-av   # arteries and veins\n"
                  "  qsegment evaluate q/imxav.onnx --task av --dataset les-av  # in-sensor tiles",
                  _evaluate)
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, type=model_or_file,
-                   metavar="MODEL",
+    p.add_argument("model", nargs="?", type=model_or_file, metavar="MODEL",
                    help="pretrained name, run folder, .safetensors, or an int8 model file "
                         f"scored beside its float model at its size: {files}; with --task "
                         "av an .onnx is run in the sensor's native ROI tiles "
-                        f"({DEFAULT_MODEL})")
+                        f"({DEFAULT_MODEL}; with --task av {AV_MODEL})")
     p.add_argument("--data", metavar="DIR", type=existing_dir,
                    help="the images to score: a CHASE_DB1 folder (default: $QSEGMENT_DATA, "
                    "else ../shared/data/CHASEDB1), or your own images with vessel labels "
@@ -670,8 +671,8 @@ def _add_predict(sub: Commands) -> None:
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png")
     p.add_argument("--av", action="store_true",
-                   help="arteries and veins too, with an artery/vein model (--model, e.g. "
-                   "a run of the av preset): NAME_av.png (a palette PNG: its values are "
+                   help=f"arteries and veins too, with an artery/vein model (--model; "
+                   f"{AV_MODEL} unless named): NAME_av.png (a palette PNG: its values are "
                    "the classes 0-3, shown as arteries red, veins blue, uncertain green) "
                    "and a class-coloured overlay")
     _add_segment_vote(p)
@@ -744,7 +745,7 @@ def _add_batch(sub: Commands) -> None:
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png")
     p.add_argument("--av", action="store_true",
                    help="also write NAME_av.png, the artery/vein map of an artery/vein "
-                   "model (--model; the manifest's av columns)")
+                   f"model (--model; {AV_MODEL} unless named; the manifest's av columns)")
     _add_runtime(p, DEFAULT_RUNTIME)
     _add_tile(p)
     _add_scale_option(p)
@@ -795,7 +796,7 @@ def _add_analyze(sub: Commands) -> None:
                  "  qsegment analyze out/Image_11L_mask.png -o bio/\n"
                  "  qsegment analyze HRF-AV/test/1st_manual -o av/ --photographs "
                  "HRF-AV/test/images\n"
-                 "  qsegment analyze photos/ -o av/ --av --model runs/av\n"
+                 "  qsegment analyze photos/ -o av/ --av\n"
                  "  qsegment analyze photos/ -o bio/ --fov-degrees 45\n"
                  "  qsegment analyze --agreement -o bio/agreement",
                  _analyze)
@@ -807,8 +808,9 @@ def _add_analyze(sub: Commands) -> None:
     _add_runtime(p, DEFAULT_RUNTIME)
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--av", action="store_true",
-                   help="segment photographs with an artery/vein model (--model) and add the "
-                   "optic disc, CRAE, CRVE, AVR and each class's measures")
+                   help=f"segment photographs with an artery/vein model (--model; {AV_MODEL} "
+                   "unless named) and add the optic disc, CRAE, CRVE, AVR and each "
+                   "class's measures")
     p.add_argument("--photographs", type=existing_dir, metavar="DIR",
                    help="where artery/vein map inputs find their photographs, in which the "
                    "optic disc is found (09_dr.JPG for 09_dr_AVmanual.png; the same name "
@@ -1104,7 +1106,7 @@ def _add_app(sub: Commands) -> None:
                  "  qsegment app                       # then open http://127.0.0.1:7860\n"
                  "  qsegment app --port 8080 --model qsegment-nearest\n"
                  "  qsegment app --host 0.0.0.0        # reachable from your network\n"
-                 "  qsegment app --av --model runs/av  # arteries and veins too", _app)
+                 "  qsegment app --av                  # arteries and veins too", _app)
     p.add_argument("--host", default=LOOPBACK, type=host,
                    help=f"address to listen on; 0.0.0.0 opens it to the network ({LOOPBACK})")
     p.add_argument("--port", type=port, default=7860, help="TCP port (7860)")
@@ -1113,8 +1115,8 @@ def _add_app(sub: Commands) -> None:
     p.add_argument("--max-megapixels", type=positive_float, default=MAX_MEGAPIXELS,
                    help=f"refuse larger photographs with a message ({MAX_MEGAPIXELS})")
     p.add_argument("--av", action="store_true",
-                   help="show arteries and veins too, with an artery/vein model (--model, "
-                   "e.g. a run of the av preset)")
+                   help=f"show arteries and veins too, with an artery/vein model (--model; "
+                   f"{AV_MODEL} unless named)")
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -1170,6 +1172,9 @@ def main(argv: list[str] | None = None) -> int:
     # value); anything else (`--help`, a typo) gets the whole parser and its choices
     command = next((word for word in argv if not word.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if ("av" in args or "task" in args) and args.model is None:  # weights not named
+        args.model = default_model(getattr(args, "av", False) or
+                                   getattr(args, "task", None) == "av")
     configure_logging(verbose=args.verbose)
     try:
         return args.handler(args)

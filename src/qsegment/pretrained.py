@@ -27,9 +27,19 @@ DEFAULT_MODEL = "qsegment-half"
 # what `qsegment quantize` takes for the IMX500 unless told: a network MCT quantizes whole,
 # the CPU default until 2026-12-06 (qsegment-half's refinement is for CPUs)
 SENSOR_MODEL = "qsegment-nearest-transfer-jpeg"
+# what --av and artery_vein=True take unless told: the one shipped artery/vein model
+AV_MODEL = "qsegment-imx-av"
+
+
+def default_model(artery_vein: bool = False) -> str:
+    """The weights a command or a Segmenter uses when none are named."""
+    return AV_MODEL if artery_vein else DEFAULT_MODEL
 
 
 CHASE_TRAIN = "CHASE_DB1 training split (Image_01L-10R, 20 photographs; CC BY 4.0)"
+AV_TRAIN = ("HRF-AV training split (24 photographs; research use), LES-AV training split "
+            "(11; scientific use only, no commercial use) and, for the vessel channel, "
+            "CHASE_DB1's (20; CC BY 4.0): research use only")
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,9 @@ class Weights(Entry):
         return WEIGHTS_DIR / self.target
 
 
-def _weights(name: str, architecture: str, description: str) -> Weights:
-    return Weights(name, f"{name}.safetensors", description, architecture)
+def _weights(name: str, architecture: str, description: str, data: str = CHASE_TRAIN
+             ) -> Weights:
+    return Weights(name, f"{name}.safetensors", description, architecture, data)
 
 
 WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
@@ -59,6 +70,10 @@ WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
              "0.8069 on a CPU"),
     _weights("qsegment-imx-704", "qsegment-imx",
              "qsegment-imx trained at 704x704, the whole fundus in one sensor frame"),
+    _weights(AV_MODEL, "qsegment-imx-av",
+             "arteries and veins (`--av`): the half-resolution network with a fourth level "
+             "and an artery/vein head, BF-Net F1 0.6789 on HRF-AV and 0.7157 on LES-AV "
+             "(research use only: its training data's terms)", AV_TRAIN),
     _weights("qsegment-imx-transfer", "qsegment-imx",
              "the half-resolution variant taught by two models' 8-view maps and fine-tuned "
              "for other cameras: Dice 0.8096, a quarter of qsegment-nearest-transfer-jpeg's work"),

@@ -39,7 +39,7 @@ from ..images import (
     unit_to_uint8,
 )
 from ..images import overlay as tint_vessels
-from ..pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
+from ..pretrained import default_model, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
 from ..runtimes.base import Runtime
 from .arteryvein import (
@@ -201,7 +201,7 @@ class Segmenter:
         self.artery_vein, self.segment_vote = artery_vein, segment_vote
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_MODEL, threshold: Threshold = "auto",
+    def from_pretrained(cls, source: str | Path | None = None, threshold: Threshold = "auto",
                         runtime: str = DEFAULT_RUNTIME, threads: int | None = None,
                         **kwargs: Any) -> Segmenter:
         """Shipped or trained weights with their card's threshold, on the fastest CPU
@@ -210,7 +210,9 @@ class Segmenter:
         PyTorch; other runtimes, and weights without those files, need PyTorch.
 
         Args:
-            source: a shipped weights name, a run folder or a .safetensors file.
+            source: a shipped weights name, a run folder or a .safetensors file
+                (default: :data:`~qsegment.pretrained.DEFAULT_MODEL`, or with
+                ``artery_vein=True`` :data:`~qsegment.pretrained.AV_MODEL`).
             threshold: ``auto`` (a cut per image by the model's calibration,
                 ``NAME.calibration.json``, where it has one; else the card's threshold),
                 ``card`` (the card's threshold) or a probability.
@@ -229,6 +231,8 @@ class Segmenter:
             ModelFileError: weights that cannot run on ``runtime`` (the manifest says why).
             ModuleNotFoundError: PyTorch is needed (see above) and not installed.
         """
+        if source is None:
+            source = default_model(kwargs.get("artery_vein", False))
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
