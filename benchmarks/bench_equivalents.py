@@ -2,7 +2,7 @@
 manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
     python benchmarks/bench_equivalents.py RUN [--split test|train] [--tta flip] [--runtime R]
-        [--no-segment-vote] [--disc-from model|manual] [--out DIR]
+        [--no-segment-vote] [--disc-from model|manual] [--decompose] [--out DIR]
 
 For each test photograph the optic disc is located once (on the photograph, with the
 model's vessel map, as `qsegment predict --biomarkers` finds it; ``--disc-from manual``:
@@ -14,6 +14,12 @@ and the Bland-Altman bias and limits of agreement; ``DIR/equivalents.json`` hold
 image's values and ``DIR/equivalents_bland_altman.png`` the figure. ``--split train``
 measures the training splits instead, which the artery/vein model learned from: what
 the same code gives where the model's maps are closer to the manual ones.
+
+``--decompose`` says which half of the model's map the disagreement comes from: two more
+rows measure hybrids against the same manual values, the model's vessels with the manual
+classes (each vessel pixel takes the class of the nearest manual artery or vein pixel:
+the calibre's share) and the manual vessels with the model's classes (the
+classification's share).
 """
 
 from __future__ import annotations
@@ -26,9 +32,35 @@ from pathlib import Path
 import numpy as np
 
 MEASURES = ("crae", "crve", "avr")
+HYBRIDS = {"model_vessels_manual_classes": "model's vessels, manual classes",
+           "manual_vessels_model_classes": "manual vessels, model's classes"}
 
 
-def _bland_altman(path: Path, table: dict[str, dict[str, list[float]]]) -> None:
+def classes_on(vessels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``vessels`` (bool) classed by the nearest artery or vein pixel of ``classes``."""
+    from scipy import ndimage
+
+    from qsegment.biomarkers.equivalents import ARTERY, VEIN
+
+    known = (classes == ARTERY) | (classes == VEIN)
+    if not known.any():
+        return np.zeros(vessels.shape, np.uint8)
+    _, (rows, cols) = ndimage.distance_transform_edt(~known, return_indices=True)
+    return np.where(vessels, classes[rows, cols], 0).astype(np.uint8)
+
+
+def agreement(model: np.ndarray, manual: np.ndarray) -> dict[str, float]:
+    """ICC(A,1), MARD, r, bias and limits of agreement of ``model`` against ``manual``."""
+    from qsegment.biomarkers.report import _compare
+
+    ok = np.isfinite(model) & np.isfinite(manual)
+    diff = model[ok] - manual[ok]
+    return {**_compare(model, manual), "images": int(ok.sum()), "bias": float(diff.mean()),
+            "loa": float(1.96 * diff.std(ddof=1)), "model_mean": float(model[ok].mean()),
+            "manual_mean": float(manual[ok].mean())}
+
+
+def _bland_altman(path: Path, column: dict[str, dict[str, np.ndarray]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +68,7 @@ def _bland_altman(path: Path, table: dict[str, dict[str, list[float]]]) -> None:
 
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.6))
     for ax, measure in zip(axes, MEASURES, strict=True):
-        model, manual = (np.array(table[measure][s]) for s in ("model", "manual"))
+        model, manual = column["model"][measure], column["manual"][measure]
         ok = np.isfinite(model) & np.isfinite(manual)
         mean, diff = (model[ok] + manual[ok]) / 2, model[ok] - manual[ok]
         bias, spread = diff.mean(), 1.96 * diff.std(ddof=1)
@@ -57,7 +89,6 @@ def main() -> None:
     from qsegment import Segmenter
     from qsegment.biomarkers.disc import locate_disc
     from qsegment.biomarkers.equivalents import measure_artery_vein
-    from qsegment.biomarkers.report import _compare
     from qsegment.datasets import load_classes, load_label, open_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,6 +104,8 @@ def main() -> None:
                         "each pixel's own")
     parser.add_argument("--disc-from", choices=("model", "manual"), default="model",
                         help="the vessel map the disc is located with (model)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="also measure the two hybrid maps (module docstring)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +127,12 @@ def main() -> None:
             disc = locate_disc(photo, fov, vessels=vessels)
             row = {"dataset": name, "image": image_name, "disc": [disc.row, disc.col,
                                                                   disc.diameter]}
-            for source, classes in (("model", prediction.classes), ("manual", manual)):
+            maps = {"model": prediction.classes, "manual": manual}
+            if args.decompose:
+                maps["model_vessels_manual_classes"] = classes_on(prediction.mask, manual)
+                maps["manual_vessels_model_classes"] = classes_on(manual > 0,
+                                                                  prediction.classes)
+            for source, classes in maps.items():
                 analysis = measure_artery_vein(classes, disc, fov)
                 row[source] = {k: analysis.values[k] for k in
                                (*MEASURES, "zone_b_arteries", "zone_b_veins")}
@@ -104,28 +142,30 @@ def main() -> None:
             print(f"{name} {image_name}: disc {disc.diameter:.0f} px, " + ", ".join(
                 f"{m} {row['model'][m]:.3g}/{row['manual'][m]:.3g}" for m in MEASURES)
                 + f" (model/manual, {time.perf_counter() - start:.1f} s)", flush=True)
-    table = {m: {s: [r[s][m] for r in images] for s in ("model", "manual")} for m in MEASURES}
-    summary = {}
-    for measure in MEASURES:
-        model, manual = (np.array(table[measure][s], dtype=float) for s in ("model", "manual"))
-        ok = np.isfinite(model) & np.isfinite(manual)
-        diff = model[ok] - manual[ok]
-        summary[measure] = {**_compare(model, manual), "images": int(ok.sum()),
-                            "bias": float(diff.mean()), "loa": float(1.96 * diff.std(ddof=1)),
-                            "model_mean": float(model[ok].mean()),
-                            "manual_mean": float(manual[ok].mean())}
+    column = {s: {m: np.array([r[s][m] for r in images], dtype=float) for m in MEASURES}
+              for s in ("model", "manual", *(HYBRIDS if args.decompose else ()))}
+    summary = {m: agreement(column["model"][m], column["manual"][m]) for m in MEASURES}
+    hybrids = {s: {m: agreement(column[s][m], column["manual"][m]) for m in MEASURES}
+               for s in HYBRIDS if s in column}
     print("\n| measure | images | ICC(A,1) | MARD | Pearson r | manual mean | model mean | "
           "bias (model - manual) | 95 % limits |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for measure, s in summary.items():
         print(f"| {measure.upper()} | {s['images']} | {s['icc']:.3f} | {s['mard']:.1%} | "
               f"{s['r']:.3f} | {s['manual_mean']:.3g} | {s['model_mean']:.3g} | "
               f"{s['bias']:+.3g} | ±{s['loa']:.3g} |")
+    if hybrids:
+        print("\n| against the manual map: ICC(A,1) of | " + " | ".join(
+            m.upper() for m in MEASURES) + " |\n|---|" + "---:|" * len(MEASURES))
+        for label, rows in (("the model's map", summary),
+                            *((HYBRIDS[s], hybrids[s]) for s in hybrids)):
+            print(f"| {label} | " + " | ".join(f"{rows[m]['icc']:.3f}" for m in MEASURES)
+                  + " |")
     (out / "equivalents.json").write_text(json.dumps(
         {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
          "tta": args.tta, "segment_vote": args.segment_vote, "disc_from": args.disc_from,
-         "summary": summary,
+         "summary": summary, "hybrids": hybrids,
          "images": images}, indent=1, default=float) + "\n")
-    _bland_altman(out / "equivalents_bland_altman.png", table)
+    _bland_altman(out / "equivalents_bland_altman.png", column)
     print(f"wrote {out / 'equivalents.json'} and equivalents_bland_altman.png")
 
 

@@ -4,16 +4,19 @@ shape it does not ship, run without PyTorch like the shipped ones."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from qsegment.checkpoint import read_checkpoint
+from qsegment.checkpoint import load_model, read_checkpoint
 from qsegment.cli import main
+from qsegment.engine.config import TrainConfig
+from qsegment.export import tflite
 from qsegment.export.cpu import export_cpu_int8
 from qsegment.inference.calibrate import Calibration, calibration_path
-from qsegment.pretrained import DEFAULT_MODEL, read_card, resolve_checkpoint
+from qsegment.pretrained import AV_MODEL, DEFAULT_MODEL, read_card, resolve_checkpoint
 from qsegment.runtimes.base import read_manifest
 
 # in a fresh process that never imports PyTorch: the exported and the shipped files of
@@ -143,3 +146,42 @@ def test_cpu_int8_export_keeps_the_per_image_calibration(tmp_path):
     assert ((tmp_path / "mine.calibration.json").read_bytes()
             == calibration_path(resolve_checkpoint(DEFAULT_MODEL)).read_bytes())
     assert Calibration.beside(tmp_path / "mine.safetensors") is not None
+
+
+def test_int8_ranges_are_calibrated_on_what_the_model_learned_from(tmp_path, monkeypatch):
+    """Weights without their ranges: a CHASE_DB1 model is calibrated on CHASE_DB1 images
+    whole, the artery/vein mixture on windows of its own training photographs (as its card
+    records them), each cached under its own name."""
+    import torch
+
+    seen = []
+
+    def inputs(model, recipe, view):
+        seen.append((recipe.datasets, recipe.label_scale, view))
+        return torch.rand(1, 3, 64, 64)
+
+    monkeypatch.setattr(tflite, "calibration_inputs", inputs)
+    monkeypatch.setenv("QSEGMENT_CACHE", str(tmp_path / "cache"))
+    for name in (DEFAULT_MODEL, AV_MODEL):
+        source = resolve_checkpoint(name)
+        bare = tmp_path / name / source.name  # the weights and card, not their ranges
+        bare.parent.mkdir()
+        shutil.copy(source, bare)
+        tflite.observers_for(load_model(bare)[0], bare)
+    assert seen == [(["chasedb1"], False, "whole"),
+                    (["chasedb1", "hrf-av", "les-av"], True, "windows")]
+    cached = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "cache" / "tflite").iterdir())
+    assert cached == ["whole.observers.safetensors", "windows.observers.safetensors"]
+
+
+def test_calibration_windows_are_the_photographs_at_the_training_calibre():
+    """A label-scaled run's calibration inputs: :data:`~qsegment.export.tflite.WINDOW`-px
+    windows of its training photographs, seeded, of image values."""
+    model = load_model(AV_MODEL)[0]
+    recipe = TrainConfig(dataset="les-av", label_scale=True)
+    windows = tflite.calibration_inputs(model, recipe, "windows")
+    assert windows.shape == (tflite.MIXTURE_WINDOWS, 3, tflite.WINDOW, tflite.WINDOW)
+    assert float(windows.min()) >= 0 and float(windows.max()) <= 1
+    assert float(windows.mean()) > 0.05  # inside the photographs, not padding
+    assert not bool((windows[0] == windows[1]).all())
+    assert bool((tflite.calibration_inputs(model, recipe, "windows") == windows).all())

@@ -119,10 +119,9 @@ def _int8_onnx(runtime: type[Int8Onnx], weights: Path | None,
     if shipped is not None:
         return shipped
     model = _network(weights, model)
-    sidecar = None if weights is None else weights.with_suffix(".int8-observers.safetensors")
     with tempfile.TemporaryDirectory(prefix="qsegment-") as tmp:
         return runtime(write_onnx_int8(model, Path(tmp) / "model.int8.onnx",
-                                       observers=observers_for(model, sidecar)),
+                                       observers=observers_for(model, weights)),
                        size_multiple=model.size_multiple)
 
 
@@ -143,8 +142,7 @@ def litert_int8(weights: Path | None, model: SegmentationModel | None = None) ->
     (:class:`FlatbufferCache`)."""
     model = _network(weights, model)
     shipped = LiteRtInt8.from_weights(weights) if weights is not None else None
-    sidecar = None if weights is None else weights.with_suffix(".int8-observers.safetensors")
-    cache = FlatbufferCache(model, observers_for(model, sidecar))
+    cache = FlatbufferCache(model, observers_for(model, weights))
     return LiteRtInt8(shipped.flatbuffers if shipped else {}, model.size_multiple, cache)
 
 
@@ -178,8 +176,8 @@ def write_onnx_int8(model: SegmentationModel, path: Path, example: Shape = (256,
                     observers: dict[str, torch.Tensor] | None = None) -> Path:
     """Static int8 ONNX of ``model`` at ``path`` with the quantization of its int8
     flatbuffers (:func:`~qsegment.export.onnx.export_onnx_int8`), from the calibrated
-    ranges ``observers`` (default: :func:`~qsegment.export.tflite.observers_for`'s,
-    calibrated on the dataset's training images); ``example`` is the input shape the
+    ranges ``observers`` (default: :func:`~qsegment.export.tflite.observers_for`'s
+    without weights: calibrated on CHASE_DB1's training images); ``example`` is the input shape the
     graph is traced at (H and W stay dynamic)."""
     return export_onnx_int8(model, observers or observers_for(model), path, example)
 
@@ -271,7 +269,7 @@ def _write_int8_files(weights: Path, model: SegmentationModel, manifest: dict, s
     shapes = [(int(h), int(w)) for h, w in (key.split("x") for key in manifest["tflite"])]
     observers = None  # the ONNX calibrates afresh where these could not be had
     try:
-        observers = observers_for(model, source.with_suffix(".int8-observers.safetensors"))
+        observers = observers_for(model, source)
         for height, width in shapes:
             path = made(f".int8-{height}x{width}.tflite",
                         partial(write_tflite_int8, model=model, observers=observers,

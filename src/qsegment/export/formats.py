@@ -115,7 +115,7 @@ def export_tflite_int8(source: str | Path, out: str | Path,
     """
     weights = _Source(source, name)
     model = weights.model
-    observers = observers_for(model, weights.observers)
+    observers = observers_for(model, weights.file)
     files = []
     for height, width in shape or (TILE_SHAPE,):
         h, w = round_up(height, model.size_multiple), round_up(width, model.size_multiple)
@@ -146,8 +146,6 @@ class _Source:
         self.file = resolve_checkpoint(source)
         self.model, self.card = load_model(self.file)
         self.name = name or default_name(self.file, self.card)
-        # the calibrated ranges shipped beside them, where they are
-        self.observers = self.file.with_suffix(".int8-observers.safetensors")
 
 
     def float_contract(self) -> dict[str, Any]:
