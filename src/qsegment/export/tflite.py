@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..models import SegmentationModel
 
 log = logging.getLogger(__name__)
-MIXTURE_WINDOWS = 64  # calibration windows of a mixture's (or rescaled) photographs
+MIXTURE_WINDOWS = 64  # calibration windows of other data than CHASE_DB1 whole
 WINDOW = 512  # their side
 
 
@@ -231,7 +231,7 @@ def observers_for(model: SegmentationModel, weights: Path | None = None
             return load_observers(sidecar)
     card = load_model(weights)[1] if weights is not None else {}
     recipe = TrainConfig.recorded(card.get("config") or {})
-    view = "whole" if len(recipe.datasets) == 1 and not recipe.label_scale else "windows"
+    view = "whole" if recipe.datasets == ["chasedb1"] and not recipe.label_scale else "windows"
     cached = cache_dir() / f"{weights_digest(model.state_dict())}.{view}.observers.safetensors"
     if cached.is_file():
         return load_observers(cached)
@@ -246,14 +246,15 @@ def observers_for(model: SegmentationModel, weights: Path | None = None
 def calibration_inputs(model: SegmentationModel, recipe: TrainConfig, view: str
                        ) -> torch.Tensor:
     """What the int8 ranges are calibrated on: the training photographs of the data the
-    model learned from (``recipe``, its card's). ``view`` "whole", for one dataset at its
-    own scale: its first 8 training images whole (as every shipped CHASE_DB1 model was
-    calibrated). "windows", for a mixture or photographs rescaled to the training
-    calibre: :data:`MIXTURE_WINDOWS` windows of :data:`WINDOW` px drawn from all of them
-    as the run saw them (:func:`~qsegment.deploy.tiling.calibration_tiles`, seeded), so
-    that each camera's activations set the ranges: calibrated on CHASE_DB1 alone, the
-    shipped artery/vein model lost 0.017 F1 in int8 on LES-AV's test split, on its own
-    photographs 0.009 (docs/RESULTS.md)."""
+    model learned from (``recipe``, its card's). ``view`` "whole", for CHASE_DB1 alone at
+    its own scale: its first 8 training images whole (as every shipped CHASE_DB1 model was
+    calibrated). "windows", for any other data (a mixture, photographs rescaled to the
+    training calibre, a folder of photographs of several sizes): :data:`MIXTURE_WINDOWS`
+    windows of :data:`WINDOW` px drawn from all of them as the run saw them
+    (:func:`~qsegment.deploy.tiling.calibration_tiles`, seeded), so that each camera's
+    activations set the ranges: calibrated on CHASE_DB1 alone, the shipped artery/vein
+    model lost 0.017 F1 in int8 on LES-AV's test split, on its own photographs 0.009
+    (docs/RESULTS.md)."""
     import torch
 
     from ..data import training_inputs
@@ -262,7 +263,7 @@ def calibration_inputs(model: SegmentationModel, recipe: TrainConfig, view: str
     from ..engine.train import run_parts
 
     if view == "whole":
-        dataset = open_dataset(recipe.folders[0], recipe.dataset)
+        dataset = open_dataset(recipe.folders[0])
         return torch.cat(list(training_inputs(8, dataset, multiple=model.size_multiple)))
     train = [sample for part in run_parts(recipe) for sample in part.train]
     return torch.from_numpy(calibration_tiles(train, WINDOW, MIXTURE_WINDOWS)[1])
