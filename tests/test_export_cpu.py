@@ -156,8 +156,8 @@ def test_int8_ranges_are_calibrated_on_what_the_model_learned_from(tmp_path, mon
 
     seen = []
 
-    def inputs(model, recipe, view):
-        seen.append((recipe.datasets, recipe.label_scale, view))
+    def inputs(model, recipe):
+        seen.append((recipe.datasets, recipe.label_scale, tflite.calibration_view(recipe)))
         return torch.rand(1, 3, 64, 64)
 
     monkeypatch.setattr(tflite, "calibration_inputs", inputs)
@@ -179,9 +179,9 @@ def test_calibration_windows_are_the_photographs_at_the_training_calibre():
     windows of its training photographs, seeded, of image values."""
     model = load_model(AV_MODEL)[0]
     recipe = TrainConfig(dataset="les-av", label_scale=True)
-    windows = tflite.calibration_inputs(model, recipe, "windows")
+    windows = tflite.calibration_inputs(model, recipe)
     assert windows.shape == (tflite.MIXTURE_WINDOWS, 3, tflite.WINDOW, tflite.WINDOW)
     assert float(windows.min()) >= 0 and float(windows.max()) <= 1
     assert float(windows.mean()) > 0.05  # inside the photographs, not padding
     assert not bool((windows[0] == windows[1]).all())
-    assert bool((tflite.calibration_inputs(model, recipe, "windows") == windows).all())
+    assert bool((tflite.calibration_inputs(model, recipe) == windows).all())

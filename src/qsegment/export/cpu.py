@@ -177,8 +177,8 @@ def write_onnx_int8(model: SegmentationModel, path: Path, example: Shape = (256,
     """Static int8 ONNX of ``model`` at ``path`` with the quantization of its int8
     flatbuffers (:func:`~qsegment.export.onnx.export_onnx_int8`), from the calibrated
     ranges ``observers`` (default: :func:`~qsegment.export.tflite.observers_for`'s
-    without weights: calibrated on CHASE_DB1's training images); ``example`` is the input shape the
-    graph is traced at (H and W stay dynamic)."""
+    without weights: calibrated on CHASE_DB1's training images); ``example`` is the input
+    shape the graph is traced at (H and W stay dynamic)."""
     return export_onnx_int8(model, observers or observers_for(model), path, example)
 
 

@@ -221,21 +221,21 @@ def observers_for(model: SegmentationModel, weights: Path | None = None
     """The calibrated observers of ``model``: the sidecar file shipped beside its
     ``weights``, else calibrated now on the photographs it learned from
     (:func:`calibration_inputs`, as its card records them) and cached (keyed by the
-    weights and the kind of inputs) in :func:`cache_dir`."""
-    from ..checkpoint import load_model
+    weights and the :func:`calibration_view`) in :func:`cache_dir`."""
     from ..engine.config import TrainConfig
+    from ..pretrained import read_card
 
     if weights is not None:
         sidecar = weights.with_suffix(".int8-observers.safetensors")
         if sidecar.is_file():
             return load_observers(sidecar)
-    card = load_model(weights)[1] if weights is not None else {}
+    card = read_card(weights) if weights is not None else {}
     recipe = TrainConfig.recorded(card.get("config") or {})
-    view = "whole" if recipe.datasets == ["chasedb1"] and not recipe.label_scale else "windows"
-    cached = cache_dir() / f"{weights_digest(model.state_dict())}.{view}.observers.safetensors"
+    cached = cache_dir() / (f"{weights_digest(model.state_dict())}."
+                            f"{calibration_view(recipe)}.observers.safetensors")
     if cached.is_file():
         return load_observers(cached)
-    inputs = calibration_inputs(model, recipe, view)
+    inputs = calibration_inputs(model, recipe)
     log.warning("calibrating the int8 model on %d training inputs (once; cached in %s)",
                 len(inputs), cached.parent)
     observers = calibrate(model, inputs)
@@ -243,14 +243,19 @@ def observers_for(model: SegmentationModel, weights: Path | None = None
     return observers
 
 
-def calibration_inputs(model: SegmentationModel, recipe: TrainConfig, view: str
-                       ) -> torch.Tensor:
+def calibration_view(recipe: TrainConfig) -> str:
+    """How a model trained by ``recipe`` is calibrated (:func:`calibration_inputs`):
+    "whole" images for CHASE_DB1 alone at its own scale, else "windows"."""
+    return "whole" if recipe.datasets == ["chasedb1"] and not recipe.label_scale else "windows"
+
+
+def calibration_inputs(model: SegmentationModel, recipe: TrainConfig) -> torch.Tensor:
     """What the int8 ranges are calibrated on: the training photographs of the data the
-    model learned from (``recipe``, its card's). ``view`` "whole", for CHASE_DB1 alone at
-    its own scale: its first 8 training images whole (as every shipped CHASE_DB1 model was
-    calibrated). "windows", for any other data (a mixture, photographs rescaled to the
-    training calibre, a folder of photographs of several sizes): :data:`MIXTURE_WINDOWS`
-    windows of :data:`WINDOW` px drawn from all of them as the run saw them
+    model learned from (``recipe``, its card's). CHASE_DB1 alone at its own scale: its
+    first 8 training images whole (as every shipped CHASE_DB1 model was calibrated). Any
+    other data (a mixture, photographs rescaled to the training calibre, a folder of
+    photographs of several sizes): :data:`MIXTURE_WINDOWS` windows of :data:`WINDOW` px
+    drawn from all of them as the run saw them
     (:func:`~qsegment.deploy.tiling.calibration_tiles`, seeded), so that each camera's
     activations set the ranges: calibrated on CHASE_DB1 alone, the shipped artery/vein
     model lost 0.017 F1 in int8 on LES-AV's test split, on its own photographs 0.009
@@ -262,7 +267,7 @@ def calibration_inputs(model: SegmentationModel, recipe: TrainConfig, view: str
     from ..deploy.tiling import calibration_tiles
     from ..engine.train import run_parts
 
-    if view == "whole":
+    if calibration_view(recipe) == "whole":
         dataset = open_dataset(recipe.folders[0])
         return torch.cat(list(training_inputs(8, dataset, multiple=model.size_multiple)))
     train = [sample for part in run_parts(recipe) for sample in part.train]
