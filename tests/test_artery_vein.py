@@ -32,7 +32,7 @@ from qsegment.inference.predict import Segmenter
 from qsegment.losses import UNKNOWN_CLASS, artery_vein_loss, structure_loss
 from qsegment.metrics import _binned_curves, artery_vein_scores, centreline_accuracy
 from qsegment.models import create_model
-from qsegment.pretrained import resolve_checkpoint
+from qsegment.pretrained import AV_MODEL, resolve_checkpoint
 from qsegment.runtimes.base import logit, sigmoid
 
 
@@ -343,7 +343,7 @@ def test_av_without_a_model_takes_the_shipped_artery_vein_model(data_dir, tmp_pa
     assert 0.25 < artery / (artery + vein) < 0.75
     assert (artery + vein) / (classes > 0).sum() > 0.9  # uncertain: crossings (5.7 %)
     segmenter = Segmenter.from_pretrained(artery_vein=True)
-    assert segmenter.name == "qsegment-imx-av" and segmenter.artery_vein
+    assert segmenter.name == AV_MODEL and segmenter.artery_vein
     assert Segmenter.from_pretrained().name == "qsegment-half"
 
 

@@ -491,14 +491,18 @@ def test_every_shipped_model_runs_on_every_runtime_without_the_dataset(sample, t
                                                                       monkeypatch):
     """Nothing is calibrated at first use: the int8 files ship with the weights. With the
     dataset out of reach, every shipped model runs on every runtime its manifest allows,
-    and refuses the others with the reason."""
+    and refuses the others with the reason. The crop is 512 px square, the smallest
+    flatbuffer's shape: a smaller one is padded into it on LiteRT, and within a receptive
+    radius of the padding (209 px for the artery/vein models) the int8 vessel mask then
+    departs from the float one by more (97.6 % alike on a 256 px crop against 99.3 % at
+    512 px and 99.5 % on the whole photograph, qsegment-imx-av-crop896)."""
     from qsegment import list_pretrained
     from qsegment.pretrained import resolve_checkpoint
     from qsegment.runtimes import checkpoint_runtimes
     from qsegment.runtimes.base import ModelFileError, read_manifest
 
     monkeypatch.setenv("QSEGMENT_DATA", str(tmp_path / "no-dataset-here"))
-    crop = np.round(sample.image[300:556, 300:556] * 255).astype(np.uint8)
+    crop = np.round(sample.image[300:812, 300:812] * 255).astype(np.uint8)
     for name in list_pretrained():
         unsupported = read_manifest(resolve_checkpoint(name)).get("unsupported", {})
         reference = Segmenter.from_pretrained(name, runtime="torch").predict(crop).mask

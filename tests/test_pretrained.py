@@ -22,10 +22,11 @@ SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
            "qsegment-imx-704": ("qsegment-imx", "nearest", 0.79),
            "qsegment-imx-transfer": ("qsegment-imx", "nearest", 0.80),
            "qsegment-half": ("qsegment-half", "nearest", 0.80)}
+AV_SHIPPED = (AV_MODEL, "qsegment-imx-av")  # the default --av model, the one before it
 
 
 def test_shipped_weights_are_listed():
-    assert list_pretrained() == sorted([*SHIPPED, AV_MODEL])  # not the int8 observers: files
+    assert list_pretrained() == sorted([*SHIPPED, *AV_SHIPPED])  # not the int8 observers: files
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -52,7 +53,7 @@ def test_card_metrics_reproduce(name, data_dir):
 def test_unknown_name_lists_the_shipped_ones():
     with pytest.raises(CheckpointError,
                        match="shipped: qsegment-half, qsegment-imx, qsegment-imx-704, "
-                             "qsegment-imx-av, qsegment-imx-transfer, qsegment-nearest"):
+                             "qsegment-imx-av, qsegment-imx-av-crop896, qsegment-imx-transfer"):
         load_model("qsegment-huge")
 
 
@@ -68,14 +69,16 @@ def test_every_shipped_file_has_a_row_tied_to_its_architecture_and_data():
         datasets = card["data"].get("datasets", [card["data"]])  # several for a mixture
         assert all(d["dataset"].split("_")[0] in row.data for d in datasets)
     assert WEIGHTS.get("qsegment-half").data.startswith("CHASE_DB1")
-    assert "research use only" in WEIGHTS.get(AV_MODEL).data  # what LES-AV's terms bind
+    assert all("research use only" in WEIGHTS.get(name).data  # what LES-AV's terms bind
+               for name in AV_SHIPPED)
 
 
-def test_the_artery_vein_card_names_its_data_terms_and_recipe():
+@pytest.mark.parametrize("name", AV_SHIPPED)
+def test_the_artery_vein_card_names_its_data_terms_and_recipe(name):
     """Trained on the artery/vein training splits (and CHASE_DB1's for the vessel
     channel); the card says which photographs, under which terms, and the recipe."""
-    model, card = load_model(AV_MODEL)
-    assert card["name"] == AV_MODEL and card["model"] == "qsegment-imx-av"
+    model, card = load_model(name)
+    assert card["name"] == name and card["model"] == "qsegment-imx-av"
     assert model.outputs == ("vessel", "artery", "vein", "uncertain")
     data = {d["dataset"]: d for d in card["data"]["datasets"]}
     assert list(data) == ["CHASE_DB1", "HRF-AV", "LES-AV"]
