@@ -103,9 +103,10 @@ def test_the_artery_vein_scores_of_the_card_reproduce():
 
 
 def test_the_shipped_artery_vein_int8_files_keep_the_float_f1():
-    """Issue #33: int8 F1 within 0.01 of float. On OpenVINO (the shipped int8 ONNX, ranges
-    calibrated on the model's own training photographs) over LES-AV's test split, where
-    ranges from CHASE_DB1 alone lost 0.017; the card's int8 figure reproduces."""
+    """Issue #33: int8 F1 within 0.01 of float. On OpenVINO (the shipped int8 ONNX of the
+    default artery/vein model, ranges calibrated on its own training photographs) over
+    LES-AV's test split, where ranges from CHASE_DB1 alone cost qsegment-imx-av 0.017;
+    the card's int8 figure reproduces."""
     from qsegment.runtimes import open_weights
 
     _, card = load_model(AV_MODEL)

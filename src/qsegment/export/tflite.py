@@ -257,8 +257,8 @@ def calibration_inputs(model: SegmentationModel, recipe: TrainConfig) -> torch.T
     photographs of several sizes): :data:`MIXTURE_WINDOWS` windows of :data:`WINDOW` px
     drawn from all of them as the run saw them
     (:func:`~qsegment.deploy.tiling.calibration_tiles`, seeded), so that each camera's
-    activations set the ranges: calibrated on CHASE_DB1 alone, the shipped artery/vein
-    model lost 0.017 F1 in int8 on LES-AV's test split, on its own photographs 0.009
+    activations set the ranges: calibrated on CHASE_DB1 alone, ``qsegment-imx-av`` lost
+    0.017 F1 in int8 on LES-AV's test split, on its own photographs 0.009
     (docs/RESULTS.md)."""
     import torch
 
