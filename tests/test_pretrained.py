@@ -22,7 +22,8 @@ SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
            "qsegment-imx-704": ("qsegment-imx", "nearest", 0.79),
            "qsegment-imx-transfer": ("qsegment-imx", "nearest", 0.80),
            "qsegment-half": ("qsegment-half", "nearest", 0.80)}
-AV_SHIPPED = (AV_MODEL, "qsegment-imx-av")  # the default --av model, the one before it
+# the default --av model, the ones before it
+AV_SHIPPED = (AV_MODEL, "qsegment-imx-av-crop896", "qsegment-imx-av")
 
 
 def test_shipped_weights_are_listed():
@@ -53,7 +54,8 @@ def test_card_metrics_reproduce(name, data_dir):
 def test_unknown_name_lists_the_shipped_ones():
     with pytest.raises(CheckpointError,
                        match="shipped: qsegment-half, qsegment-imx, qsegment-imx-704, "
-                             "qsegment-imx-av, qsegment-imx-av-crop896, qsegment-imx-transfer"):
+                             "qsegment-imx-av, qsegment-imx-av-crop896, qsegment-imx-av-qat, "
+                             "qsegment-imx-transfer"):
         load_model("qsegment-huge")
 
 

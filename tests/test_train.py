@@ -1,6 +1,7 @@
 """Tiny end-to-end runs on real CHASE_DB1 images (small crops, few steps)."""
 
 import contextlib
+import copy
 import csv
 import json
 import os
@@ -18,12 +19,15 @@ import yaml
 from qsegment import load_model
 from qsegment.checkpoint import CheckpointError, read_checkpoint
 from qsegment.cli import main
-from qsegment.data import resize_sample
+from qsegment.data import resize_sample, to_input
 from qsegment.datasets import Split, load_sample
 from qsegment.engine import train as train_module
 from qsegment.engine.config import ConfigError
 from qsegment.engine.evaluate import predict_samples, score, table_iv, train_threshold
 from qsegment.engine.train import TrainingError, load_config, lr_factor, soften_labels, train
+from qsegment.export import tflite
+from qsegment.export.onnx import fake_quantized
+from qsegment.export.tflite import calibrate, load_folded
 from qsegment.models import create_model
 from qsegment.pretrained import resolve_checkpoint
 
@@ -400,3 +404,37 @@ def test_training_at_the_deployment_size(tmp_path, data_dir):
     assert at_128 == pytest.approx(card["val_metrics"]["pooled"], abs=1e-5)  # NHWC rounding
     at_full = score(predict_samples(model, val), val)["pooled"]
     assert at_full["auc"] != pytest.approx(at_128["auc"], abs=1e-3)  # the sizes really differ
+
+
+def test_qat_steps_through_the_int8_network_and_saves_the_architecture(tmp_path, data_dir,
+                                                                      monkeypatch):
+    """--qat trains the int8 export's network (fake quantization, the export's ranges):
+    its weights go back into the architecture, each BatchNorm folded into its convolution
+    (the same map, the BatchNorm the identity); the ranges travel in the checkpoint and
+    a resumed run ends as an unbroken one."""
+    model, _ = load_model(resolve_checkpoint("qsegment-nearest"))
+    x = to_input(load_sample(data_dir, "Image_11L").image[300:556, 300:556])
+    observers = calibrate(model, x)
+    graph = fake_quantized(model, observers)
+    folded = copy.deepcopy(model)
+    load_folded(folded, graph)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-3)
+        assert (graph(x) - model(x)).abs().max() > 1e-3  # it does quantize
+    norm = folded.encoder[0].conv3x3[1]
+    assert torch.allclose(norm.running_var, torch.full_like(norm.running_var, 1 - norm.eps))
+
+    monkeypatch.setattr(tflite, "calibration_inputs", lambda *_: x)  # one crop: fast
+    cfg = dict(TINY, epochs=2, val_every=100, data=str(data_dir), init="qsegment-nearest",
+               lr=0.001, qat=True)
+    card = train(load_config("fast", **cfg), tmp_path / "whole", progress=False)
+    assert card["config"]["qat"] is True
+    split = tmp_path / "split"
+    train(load_config("fast", max_minutes=1e-6, **cfg), split, progress=False)
+    train(load_config("fast", threads=1), split, resume=True, progress=False)
+    a, b = (read_checkpoint(run / "last.safetensors")[0] for run in (tmp_path / "whole", split))
+    shipped = read_checkpoint(resolve_checkpoint("qsegment-nearest"))[0]
+    assert not torch.allclose(a["model.head.weight"], shipped["model.head.weight"])
+    assert len([k for k in a if k.startswith("qat._scale")]) > 20
+    for key in (k for k in a if k.startswith(("model.", "qat."))):
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key

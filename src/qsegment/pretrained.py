@@ -27,9 +27,10 @@ DEFAULT_MODEL = "qsegment-half"
 # what `qsegment quantize` takes for the IMX500 unless told: a network MCT quantizes whole,
 # the CPU default until 2026-12-06 (qsegment-half's refinement is for CPUs)
 SENSOR_MODEL = "qsegment-nearest-transfer-jpeg"
-# what --av and artery_vein=True take unless told: the best shipped artery/vein model
-# (qsegment-imx-av, the default before it, keeps its name and its documented figures)
-AV_MODEL = "qsegment-imx-av-crop896"
+# what --av and artery_vein=True take unless told: the best shipped artery/vein model in
+# int8 (the defaults before it, qsegment-imx-av and qsegment-imx-av-crop896, keep their
+# names and their documented figures)
+AV_MODEL = "qsegment-imx-av-qat"
 
 
 def default_model(artery_vein: bool = False) -> str:
@@ -75,10 +76,14 @@ WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
              "the artery/vein default until 2026-12-06: the half-resolution network with a "
              "fourth level and an artery/vein head, BF-Net F1 0.6789 on HRF-AV and 0.7157 on "
              "LES-AV (research use only)", AV_TRAIN),
+    _weights("qsegment-imx-av-crop896", "qsegment-imx-av",
+             "the artery/vein default on 2026-12-06: qsegment-imx-av trained a fourth cycle "
+             "on crops of 896 px, BF-Net F1 0.6932 on HRF-AV and 0.7261 on LES-AV, the best "
+             "in float (research use only)", AV_TRAIN),
     _weights(AV_MODEL, "qsegment-imx-av",
-             "arteries and veins (`--av`): qsegment-imx-av trained a fourth cycle on crops of "
-             "896 px, BF-Net F1 0.6932 on HRF-AV and 0.7261 on LES-AV (research use only: "
-             "its training data's terms)", AV_TRAIN),
+             "arteries and veins (`--av`): qsegment-imx-av-crop896 fine-tuned through its int8 "
+             "network (--qat), BF-Net F1 0.6827 on HRF-AV and 0.7228 on LES-AV in int8, within "
+             "0.01 of float (research use only: its training data's terms)", AV_TRAIN),
     _weights("qsegment-imx-transfer", "qsegment-imx",
              "the half-resolution variant taught by two models' 8-view maps and fine-tuned "
              "for other cameras: Dice 0.8096, a quarter of qsegment-nearest-transfer-jpeg's work"),

@@ -111,6 +111,10 @@ class TrainConfig:
     compile: bool = _field(False, "torch.compile the training step (on an H100 10%% faster "
                                   "per epoch after a 1.5-minute first epoch; slower on a "
                                   "small CPU)")
+    qat: bool = _field(False, "quantization-aware fine-tuning, usually from --init weights: "
+                              "the steps run through the CPU int8 export's network, its "
+                              "ranges calibrated as the export does and fixed (BatchNorm "
+                              "folded, fp32, one process)")
     val_every: int = _field(50, "epochs between validations (and at the end)")
     seed: int = _field(0, "random seed (weights, augmentation, order)")
     threads: int | None = _field(None, "torch CPU threads per process")

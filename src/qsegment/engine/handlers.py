@@ -109,6 +109,29 @@ def _ema_update(decay: float) -> Callable[[Tensors, Tensors, torch.Tensor | int]
     return update
 
 
+class QuantizationAware(Handler):
+    """Quantization-aware training: the steps run through ``graph``
+    (:func:`~qsegment.export.onnx.fake_quantized`, the int8 export's network), and after
+    each its weights are written into ``model`` (BatchNorm as the identity), which is what
+    is averaged, validated and saved. Its state (weights and fixed ranges) travels in the
+    checkpoint under ``qat.``, to resume."""
+
+    def __init__(self, model: nn.Module, graph: nn.Module) -> None:
+        self.model, self.graph = model, graph
+
+    def step_end(self) -> None:
+        from ..export.tflite import load_folded
+
+        load_folded(self.model, self.graph)
+
+    def extra(self) -> dict[str, torch.Tensor]:
+        return {f"qat.{k}": v for k, v in self.graph.state_dict().items()}
+
+    def restore(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.graph.load_state_dict({k.removeprefix("qat."): v for k, v in tensors.items()
+                                    if k.startswith("qat.")})
+
+
 class MovingAverage(Handler):
     """An exponential moving average of the weights (BatchNorm statistics included): what
     is validated, saved and shipped. The raw weights it follows travel in the checkpoint

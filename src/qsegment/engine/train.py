@@ -1,7 +1,8 @@
 """Training: :func:`train` runs a :class:`~qsegment.engine.config.TrainConfig`.
 
 The loop is short: batches through one :class:`TrainStep` (forward under autocast,
-loss, scaled backward, optimizer step; QAT fine-tuning uses the same step), then
+loss, scaled backward, optimizer step; with ``qat`` through the int8 export's fake
+quantization, and the sensor's QAT uses the same step), then
 the epoch's handlers (:mod:`qsegment.engine.handlers`): time budget, NaN stop,
 weight averaging, validation, the run log and checkpoints. Distillation prepares the
 labels before training (:func:`soften_labels`).
@@ -59,6 +60,7 @@ from .handlers import (
     FiniteLoss,
     Handler,
     MovingAverage,
+    QuantizationAware,
     RunLog,
     TimeBudget,
     TrainingError,
@@ -221,6 +223,22 @@ def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> Segmentat
     return model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload,return-value]
 
 
+def _fake_quantized(cfg: TrainConfig, model: SegmentationModel, world_size: int
+                    ) -> nn.Module:
+    """``model``'s int8 network as quantization-aware training steps through it: the
+    export's ranges, calibrated as the export calibrates them for this recipe
+    (:func:`~qsegment.export.tflite.calibration_inputs`), fixed, and fake quantization
+    (:func:`~qsegment.export.onnx.fake_quantized`)."""
+    from ..export.onnx import fake_quantized
+    from ..export.tflite import calibrate, calibration_inputs
+
+    if world_size > 1:
+        raise ConfigError("--qat trains in one process; run it without torchrun")
+    device = next(model.parameters()).device
+    observers = calibrate(model, calibration_inputs(model, cfg).to(device))
+    return fake_quantized(model, observers)
+
+
 def _loader(cfg: TrainConfig, parts: list[Part], multiple: int, device: torch.device,
             progress: bool, classes: bool = False) -> tuple[DataLoader, _SeededDataset]:
     """Batches of augmented training images (resized to ``cfg.resize``, labels softened by
@@ -318,10 +336,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         raise ConfigError(f"{cfg.model} learns artery/vein classes; a teacher's soft vessel "
                           "labels cannot train it (leave teacher empty)")
     loader, data = _loader(cfg, parts, model.size_multiple, device, progress, classes)
-    optimizer = OPTIMIZERS.load(cfg.optimizer)(cfg, model.parameters())
+    handlers: list[Handler] = [TimeBudget(cfg.max_minutes), FiniteLoss(out)]
+    trained: nn.Module = model  # what the steps run through
+    if cfg.qat:
+        trained = _fake_quantized(cfg, model, world_size)
+        handlers.append(QuantizationAware(model, trained))
+    optimizer = OPTIMIZERS.load(cfg.optimizer)(cfg, trained.parameters())
     average = MovingAverage(model, cfg.ema) if cfg.ema else None
     scored = model if average is None else average.module  # what is validated and saved
-    handlers: list[Handler] = [TimeBudget(cfg.max_minutes), FiniteLoss(out)]
     handlers += [average] if average else []
     checkpoints = Checkpoints(out, scored, optimizer, _card_maker(cfg, parts), handlers[2:])
     start_epoch, wall_before = checkpoints.restore_from(out / "last.safetensors") if resume \
@@ -335,10 +357,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
         groups = {part.dataset.name: part.val for part in parts}
         handlers += [Validation(scored, groups, cfg.resize or None, cfg.val_every, tqdm.write),
                      RunLog(out, list(groups) if len(groups) > 1 else []), checkpoints]
-    net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    net = nn.parallel.DistributedDataParallel(model) if world_size > 1 else trained
     loss = LOSSES.load(cfg.loss)
     step = TrainStep(net, artery_vein_loss(loss) if classes else loss, optimizer, device,
-                     cfg.amp, cfg.compile)
+                     cfg.amp and not cfg.qat, cfg.compile)
     try:
         _run(cfg, step, device, loader, data, handlers, (start_epoch, wall_before), progress)
     finally:

@@ -73,10 +73,7 @@ def export_onnx_int8(model: nn.Module, observers: dict[str, torch.Tensor], path:
     """
     import torch
 
-    from .tflite import quantized_graph
-
-    graph = _fake_quantized(quantized_graph(model, (1, 3, *example_size),
-                                            observers=observers)[1])
+    graph = fake_quantized(model, observers, example_size)
     path = Path(path)
 
     def write(tmp: Path) -> None:
@@ -86,6 +83,19 @@ def export_onnx_int8(model: nn.Module, observers: dict[str, torch.Tensor], path:
     with torch.no_grad():
         atomic_write(path, write)
     return path
+
+
+def fake_quantized(model: nn.Module, observers: dict[str, torch.Tensor],
+                   example_size: tuple[int, int] = (256, 256)) -> torch.fx.GraphModule:
+    """The int8 network :func:`export_onnx_int8` writes, as a PyTorch module: ``model``
+    with its BatchNorm folded and each quantization (the ranges ``observers`` recorded) a
+    ``torch.fake_quantize_*`` op, any input size and batch. Quantization-aware training
+    steps through it: the rounding passes gradients straight through, the ranges stay
+    (:func:`~qsegment.export.tflite.load_folded` takes its weights back)."""
+    from .tflite import quantized_graph
+
+    return _fake_quantized(quantized_graph(model, (1, 3, *example_size),
+                                           observers=observers)[1])
 
 
 def _fake_quantized(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -23,9 +23,9 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..console import captured_stderr
 from ..errors import QsegmentError, UsageError
@@ -47,6 +47,19 @@ class ConversionError(QsegmentError, RuntimeError):
     """The int8 TFLite conversion failed; the message carries the converter's log."""
 
 
+def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[nn.Sequential, int, str]]:
+    """Each Conv2d -> BatchNorm2d pair inside an nn.Sequential of ``model``: (the
+    Sequential, the convolution's index in it, the convolution's name)."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1],
+                                                                   nn.BatchNorm2d):
+                    yield module, i, f"{name}.{i}" if name else str(i)
+
+
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every Conv2d -> BatchNorm2d pair (inside an nn.Sequential)
     folded into one convolution: the integer kernels then quantize the real output."""
@@ -54,13 +67,34 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                conv, bn = module[i], module[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                    module[i], module[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    for module, i, _ in list(_conv_bn_pairs(model)):
+        conv, bn = cast(nn.Conv2d, module[i]), cast(nn.BatchNorm2d, module[i + 1])
+        module[i], module[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     return model
+
+
+def load_folded(model: nn.Module, graph: nn.Module) -> None:
+    """Write the weights of ``graph`` (``model`` with its BatchNorm folded, captured and
+    trained: :func:`~qsegment.export.onnx.fake_quantized`) into ``model``, each folded
+    BatchNorm made the identity (its bias the folded bias when the convolution has none),
+    so that :func:`fold_batchnorm` gives ``graph``'s weights again and the int8 export
+    quantizes what was trained."""
+    import torch
+    from torch import nn
+
+    trained = dict(graph.named_parameters())
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in trained.items():
+            if name in own:
+                own[name].copy_(value)
+        for module, i, name in _conv_bn_pairs(model):
+            conv, bn = cast(nn.Conv2d, module[i]), cast(nn.BatchNorm2d, module[i + 1])
+            bn.weight.fill_(1.0)
+            cast(torch.Tensor, bn.running_mean).zero_()
+            cast(torch.Tensor, bn.running_var).fill_(1.0 - bn.eps)
+            bn.bias.copy_(trained[f"{name}.bias"] if conv.bias is None else
+                          torch.zeros_like(bn.bias))
 
 
 def _quantizers() -> tuple[object, object]:
@@ -101,8 +135,8 @@ def _prepared(model: nn.Module, shape: Sequence[int]
     import torch
     from torchao.quantization.pt2e import quantize_pt2e
 
-    graph = torch.export.export(fold_batchnorm(model), (torch.zeros(*shape),),
-                                strict=True).module()
+    example = torch.zeros(*shape, device=next(model.parameters()).device)
+    graph = torch.export.export(fold_batchnorm(model), (example,), strict=True).module()
     base, quantizer = _quantizers()
     return base, quantize_pt2e.prepare_pt2e(graph, quantizer)
 
