@@ -223,7 +223,7 @@ def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> Segmentat
     return model.to(device).to(memory_format=memory_format)  # type: ignore[call-overload,return-value]
 
 
-def _fake_quantized(cfg: TrainConfig, model: SegmentationModel, world_size: int
+def _quantization_aware(cfg: TrainConfig, model: SegmentationModel, world_size: int
                     ) -> nn.Module:
     """``model``'s int8 network as quantization-aware training steps through it: the
     export's ranges, calibrated as the export calibrates them for this recipe
@@ -339,7 +339,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: boo
     handlers: list[Handler] = [TimeBudget(cfg.max_minutes), FiniteLoss(out)]
     trained: nn.Module = model  # what the steps run through
     if cfg.qat:
-        trained = _fake_quantized(cfg, model, world_size)
+        trained = _quantization_aware(cfg, model, world_size)
         handlers.append(QuantizationAware(model, trained))
     optimizer = OPTIMIZERS.load(cfg.optimizer)(cfg, trained.parameters())
     average = MovingAverage(model, cfg.ema) if cfg.ema else None

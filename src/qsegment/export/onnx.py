@@ -3,8 +3,10 @@ by the ``onnx``, ``onnx-int8`` and ``openvino`` runtimes, :mod:`qsegment.runtime
 
 :func:`export_onnx_int8` writes the int8 network the ``tflite-int8`` runtime's
 flatbuffers hold (the same PT2E quantization, from the same recorded ranges), so that
-every int8 runtime draws the same masks; :func:`quantize_onnx_int8` is ONNX Runtime's
-own static quantization (min/max ranges), which the benchmarks compare.
+every int8 runtime draws the same masks; :func:`fake_quantized` is that network as a
+PyTorch module, which quantization-aware training (``qsegment train --qat``) steps
+through; :func:`quantize_onnx_int8` is ONNX Runtime's own static quantization (min/max
+ranges), which the benchmarks compare.
 
 The legacy TorchScript-based exporter is used (``dynamo=False``): torch >= 2.13
 defaults to the dynamo exporter, which needs ``onnxscript`` (not in this
@@ -94,11 +96,11 @@ def fake_quantized(model: nn.Module, observers: dict[str, torch.Tensor],
     (:func:`~qsegment.export.tflite.load_folded` takes its weights back)."""
     from .tflite import quantized_graph
 
-    return _fake_quantized(quantized_graph(model, (1, 3, *example_size),
+    return _as_fake_quantization(quantized_graph(model, (1, 3, *example_size),
                                            observers=observers)[1])
 
 
-def _fake_quantized(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def _as_fake_quantization(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``graph`` (PT2E's quantize/dequantize pairs) with each pair as the
     ``torch.fake_quantize_*`` op whose ONNX form is QuantizeLinear -> DequantizeLinear,
     activations on uint8 and the input's pair as a multiplication
