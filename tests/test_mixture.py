@@ -9,10 +9,16 @@ import pytest
 
 from qsegment.cli import main
 from qsegment.data import SegmentationDataset
-from qsegment.data.mixture import REFERENCE_LABEL_CALIBRE, at_label_scale, label_scale, visits
+from qsegment.data.mixture import (
+    REFERENCE_LABEL_CALIBRE,
+    at_label_scale,
+    label_scale,
+    run_parts,
+    visits,
+)
 from qsegment.datasets import DatasetError, Sample, Split, open_dataset
 from qsegment.engine.config import ConfigError
-from qsegment.engine.train import load_config, run_parts, train
+from qsegment.engine.train import load_config, train
 from qsegment.inference.calibrate import vessel_calibre
 
 

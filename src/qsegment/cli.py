@@ -526,9 +526,9 @@ def _add_evaluate(sub: Commands) -> None:
 # --- calibrate --------------------------------------------------------------------------
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from .data.mixture import run_parts
     from .engine.calibrate import fit_calibration, fov_rule_corrections
     from .engine.config import TrainConfig
-    from .engine.train import run_parts
     from .files import write_json
     from .inference.calibrate import calibration_path
     from .inference.predict import Segmenter

@@ -12,13 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from ..datasets import DatasetError, FundusDataset, Sample, Split
+from ..datasets import DatasetError, FundusDataset, Sample, Split, open_dataset
 from ..inference.calibrate import vessel_calibre
 from .dataset import resize_sample
+
+if TYPE_CHECKING:
+    from ..engine.config import TrainConfig
 
 # px: the geometric mean over CHASE_DB1's 20 training labels of the calibre of their widest
 # vessels (qsegment.inference.calibrate.vessel_calibre); every dataset of a mixture is
@@ -104,3 +108,11 @@ def describe_parts(parts: Sequence[Part], shares: Sequence[float], label_scaled:
         data["scale"] = (f"each photograph resized so that its labelled vessels are "
                          f"{REFERENCE_LABEL_CALIBRE} px wide (CHASE_DB1's calibre)")
     return data
+
+
+def run_parts(cfg: TrainConfig, progress: bool = False) -> list[Part]:
+    """The datasets of a run with their training and validation samples, as it sees them
+    (:func:`training_parts`): what training, calibration and the int8 ranges read."""
+    datasets = [open_dataset(folder, name)
+                for name, folder in zip(cfg.datasets, cfg.folders, strict=True)]
+    return training_parts(datasets, cfg.split, cfg.label_scale, progress)

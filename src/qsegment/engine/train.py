@@ -37,8 +37,8 @@ from .. import viz
 from ..card import Card, Threshold
 from ..data import SegmentationDataset, paper_augmentation, resize_sample
 from ..data.dataset import Tensors
-from ..data.mixture import Part, describe_parts, training_parts, visits
-from ..datasets import Sample, open_dataset
+from ..data.mixture import Part, describe_parts, run_parts, visits
+from ..datasets import Sample
 from ..losses import UNKNOWN_CLASS, artery_vein_loss
 from ..models import SegmentationModel, create_model
 from ..pretrained import checkpoint_reference, resolve_checkpoint
@@ -412,14 +412,6 @@ def _run(cfg: TrainConfig, step: TrainStep, device: torch.device, loader: DataLo
                           "reached")
             if state.last:
                 break
-
-
-def run_parts(cfg: TrainConfig, progress: bool = False) -> list[Part]:
-    """The datasets of a run with their training and validation samples, as it sees them
-    (:func:`~qsegment.data.mixture.training_parts`)."""
-    datasets = [open_dataset(folder, name)
-                for name, folder in zip(cfg.datasets, cfg.folders, strict=True)]
-    return training_parts(datasets, cfg.split, cfg.label_scale, progress)
 
 
 def _finish(out: Path, model: nn.Module, cfg: TrainConfig, parts: list[Part], progress: bool

@@ -297,9 +297,9 @@ def calibration_inputs(model: SegmentationModel, recipe: TrainConfig) -> torch.T
     import torch
 
     from ..data import training_inputs
+    from ..data.mixture import run_parts
     from ..datasets import open_dataset
     from ..deploy.tiling import calibration_tiles
-    from ..engine.train import run_parts
 
     if calibration_view(recipe) == "whole":
         dataset = open_dataset(recipe.folders[0])

@@ -249,7 +249,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
 
     Calibration: ``calibration`` inputs from the training splits of ``datasets``
     (comma-separated; ``data``: their folders, one per dataset, read as a training run
-    reads them, :func:`~qsegment.engine.train.run_parts`), whole photographs resized
+    reads them, :func:`~qsegment.data.mixture.run_parts`), whole photographs resized
     (``view`` "whole") or native-resolution windows of them at the model's training scale
     ("tiles", :func:`~qsegment.deploy.tiling.calibration_tiles`).
 
@@ -259,8 +259,8 @@ def quantize(source: str | Path, out: str | Path, method: str = "ptq", size: int
     is the float model's (chosen on the training images).
     """
     from ...checkpoint import load_model
+    from ...data.mixture import run_parts
     from ...engine.config import TrainConfig
-    from ...engine.train import run_parts
     from ...pretrained import checkpoint_reference
 
     out = Path(out)
