@@ -25,6 +25,7 @@ from qsegment.deploy.camera import (
 )
 from qsegment.errors import UsageError
 from qsegment.export.common import search_largest
+from qsegment.export.imx500 import convert
 from qsegment.export.imx500.convert import (
     Imx500Error,
     ModelTooLargeError,
@@ -146,17 +147,30 @@ def test_converter_failure_shows_its_log(quantized, tmp_path):
         memory_report(broken)
 
 
-def test_search_largest_brackets_then_bisects():
-    calls = []
+def test_search_largest_aims_at_the_edge_and_bisects_when_the_aim_is_wrong():
+    calls: list[int] = []
 
-    def fits(n):
-        calls.append(n)
-        return n <= 312
+    def counted(usage):
+        def measure(n):
+            calls.append(n)
+            return usage(n)
+        return measure
 
-    assert search_largest(fits, 200, 8) == 312 and len(calls) <= 8
-    assert search_largest(lambda n: n <= 312, 600, 8) == 312
-    assert search_largest(lambda n: n <= 8, 600, 8) == 8
-    assert search_largest(lambda n: False, 64, 8) is None
+    def area(n):  # memory that grows with the area: the last fit is 312
+        return (n / 316) ** 2
+
+    assert search_largest(counted(area), 200, 8) == 312 and len(calls) <= 4
+    # the converter's activations as measured (memory dips at 296): aimed, five reports
+    converter = {256: 0.77, 288: 0.975, 296: 0.891, 312: 0.961, 320: 1.004, 328: 1.26}
+    calls.clear()
+    assert search_largest(counted(converter.__getitem__), 256, 8) == 312
+    assert calls == [256, 288, 296, 312, 320]
+    calls.clear()  # a usage that says nothing of the edge: bisection still finds it
+    assert search_largest(counted(lambda n: 0.1 if n <= 312 else 10.0), 200, 8) == 312
+    assert len(calls) <= 12 and len(set(calls)) == len(calls)  # no size probed twice
+    assert search_largest(area, 2000, 8) == 312
+    assert search_largest(lambda n: 1.0 if n <= 8 else 50.0, 600, 8) == 8
+    assert search_largest(lambda n: float("inf"), 64, 8) is None
 
 
 @pytest.mark.slow
@@ -184,13 +198,21 @@ def test_ptq_export_end_to_end_with_the_real_converter(quantized, tmp_path, monk
 
 
 @pytest.mark.slow
-def test_memory_fit_search_and_too_large(quantized, tmp_path):
+def test_memory_fit_search_and_too_large(quantized, tmp_path, monkeypatch):
     """The search's size passes the converter's memory check and the next size up does
-    not; asking for the next size up stops with required vs available and the fit."""
+    not; asking for the next size up stops with required vs available and the fit, from
+    the search's reports (cached beside the ONNX) without asking the converter again."""
     largest, reports = largest_fitting_size(quantized[0])
     assert largest is not None and largest % 8 == 0
     assert reports[largest].fits and not reports[largest + 8].fits
-    assert largest_fitting_size(quantized[0]) == (largest, reports)  # cached beside the ONNX
+    monkeypatch.setattr(convert, "memory_report", None)  # from here on, the cache alone
+    assert largest_fitting_size(quantized[0]) == (largest, reports)
+    cache = quantized[0].with_name(quantized[0].stem + ".imx500-fit.json")
+    kept = cache.read_text()
+    cache.write_text(kept.replace('"converter": "', '"converter": "0.'))  # another version's
+    with pytest.raises(TypeError):  # not used: the search asks the (absent) converter
+        largest_fitting_size(quantized[0])
+    cache.write_text(kept)
     with pytest.raises(ModelTooLargeError) as err:
         export_imx500(quantized[0], tmp_path / "big", size=largest + 8)
     message = str(err.value)

@@ -410,8 +410,9 @@ def test_qat_steps_through_the_int8_network_and_saves_the_architecture(tmp_path,
                                                                       monkeypatch):
     """--qat trains the int8 export's network (fake quantization, the export's ranges):
     its weights go back into the architecture, each BatchNorm folded into its convolution
-    (the same map, the BatchNorm the identity); the ranges travel in the checkpoint and
-    a resumed run ends as an unbroken one."""
+    (the same map, the BatchNorm the identity); the weights' ranges travel in the checkpoint,
+    the activations' are calibrated again from the same start, and a resumed run ends as
+    an unbroken one."""
     model, _ = load_model(resolve_checkpoint("qsegment-nearest"))
     x = to_input(load_sample(data_dir, "Image_11L").image[300:556, 300:556])
     observers = calibrate(model, x)

@@ -113,8 +113,9 @@ class QuantizationAware(Handler):
     """Quantization-aware training: the steps run through ``graph``
     (:func:`~qsegment.export.onnx.fake_quantized`, the int8 export's network), and after
     each its weights are written into ``model`` (BatchNorm as the identity), which is what
-    is averaged, validated and saved. Its state (weights and fixed ranges) travels in the
-    checkpoint under ``qat.``, to resume."""
+    is averaged, validated and saved. Its weights and their per-channel scales travel in
+    the checkpoint under ``qat.``; its activation ranges are constants of the graph, which
+    a resumed run calibrates again from the same starting weights, so they are the same."""
 
     def __init__(self, model: nn.Module, graph: nn.Module) -> None:
         self.model, self.graph = model, graph

@@ -224,7 +224,7 @@ def _model(cfg: TrainConfig, device: torch.device, world_size: int) -> Segmentat
 
 
 def _quantization_aware(cfg: TrainConfig, model: SegmentationModel, world_size: int
-                    ) -> nn.Module:
+                        ) -> nn.Module:
     """``model``'s int8 network as quantization-aware training steps through it: the
     export's ranges, calibrated as the export calibrates them for this recipe
     (:func:`~qsegment.export.tflite.calibration_inputs`), fixed, and fake quantization

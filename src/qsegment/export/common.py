@@ -58,30 +58,24 @@ def check_size(size: int | None, multiple: int, error: type[Exception]) -> None:
                     f"stride), got {size}")
 
 
-def search_largest(fits: Callable[[int], bool], start: int, step: int) -> int | None:
-    """Largest multiple of ``step`` for which ``fits`` holds (monotone: True below a limit),
-    starting from a guess: gallop away from it until the limit is bracketed, then bisect.
-    None if even ``step`` does not fit."""
-    start = max(step, start // step * step)
-    if fits(start):
-        lo, delta = start, step
-        while fits(lo + delta):
-            lo, delta = lo + delta, delta * 2
-        hi = lo + delta
-    else:
-        hi, delta = start, step
-        while hi - delta >= step and not fits(hi - delta):
-            hi, delta = hi - delta, delta * 2
-        if hi - delta >= step:
-            lo = hi - delta
-        elif hi > step and fits(step):
-            lo = step
-        else:
-            return None
-    while hi - lo > step:
-        mid = lo + (hi - lo) // step // 2 * step
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+def search_largest(usage: Callable[[int], float], start: int, step: int) -> int | None:
+    """Largest multiple of ``step`` that fits and whose next multiple does not, where
+    ``usage(size)`` is the share of the budget a size needs (it fits at <= 1). Memory
+    grows about with the area, so each measurement aims the next probe at the edge
+    (``size / sqrt(share)``); probes stay inside the bracket found so far and bisect it
+    when the aim falls outside, so a wrong aim costs probes, not the answer; no size is
+    probed twice. None if even ``step`` does not fit."""
+    lo, hi = 0, None  # the largest size known to fit, the smallest above it known not to
+    probe = max(step, start // step * step)
+    while hi is None or hi - lo > step:
+        share = usage(probe)
+        lo, hi = (probe, hi) if share <= 1 else (lo, probe)
+        aim = min(int(probe / max(share, 1e-6) ** 0.5), 4 * probe) // step * step
+        if hi is None:
+            probe = max(aim, lo + step)
+        elif hi - lo > step:
+            probe = aim if lo < aim < hi else lo + (hi - lo) // step // 2 * step
+    return lo or None
 
 
 def shapes(text: str) -> tuple[tuple[int, int], ...]:

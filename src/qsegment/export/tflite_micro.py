@@ -178,15 +178,13 @@ def fit_table(model: SegmentationModel, calibration: torch.Tensor,
             measured[size] = (measure_arena(flatbuffer), len(flatbuffer))
         return measured[size]
 
-    arena64, _ = measure(64)
     rows = []
     for key, budget in budgets.items():
-        def fits(size: int, budget: Budget = budget) -> bool:
+        def usage(size: int, budget: Budget = budget) -> float:
             arena, flash = measure(size)
-            return arena <= budget.arena_limit(flash)
+            return arena / max(budget.arena_limit(flash), 1)
 
-        guess = int(64 * math.sqrt(max(budget.arena_limit(0), 1) / arena64))
-        best = search_largest(fits, guess, model.size_multiple)
+        best = search_largest(usage, 64, model.size_multiple)
         arena, flash = measure(best) if best else (None, None)
         rows.append({"budget": key, "label": budget.label, "sram": budget.sram,
                      "reserve": budget.reserve, "reserve_note": budget.reserve_note,

@@ -172,42 +172,68 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _fit_cache(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.stem + ".imx500-fit.json")
+
+
+def _fit_key(onnx_path: Path) -> dict:
+    """What the memory figures depend on: the ONNX (its SHA-256), the converter's version
+    and the flags it runs with."""
+    return {"onnx_sha256": _sha256(onnx_path),
+            "converter": package_versions().get("imx500-converter"),
+            "converter_flags": CONVERTER_FLAGS}
+
+
+def _cached_fit(onnx_path: Path) -> tuple[int | None, dict[int, MemoryReport]] | None:
+    """The size search's answer and reports cached beside the ONNX, if they were measured
+    on this ONNX by this converter with these flags (None: search again)."""
+    path = _fit_cache(onnx_path)
+    if not path.is_file():
+        return None
+    cached = json.loads(path.read_text())
+    if any(cached.get(k) != v for k, v in _fit_key(onnx_path).items()):
+        return None
+    return cached["largest_size"], {int(k): MemoryReport(**v)
+                                    for k, v in cached["reports"].items()}
+
+
+def _report_at(onnx_path: Path, size: int) -> MemoryReport:
+    """The memory report at ``size``: the size search's, where it measured that size for
+    this ONNX, else the converter's."""
+    _, reports = _cached_fit(onnx_path) or (None, {})
+    return reports.get(size) or memory_report(onnx_path, size)
+
+
 def largest_fitting_size(onnx_path: str | Path, multiple: int | None = None, cache: bool = True
                          ) -> tuple[int | None, dict]:
     """(largest square size that fits the IMX500, {size: MemoryReport} of the sizes tried).
 
-    The first guess scales the activation memory of the ONNX's own size by area. Memory
-    is not quite monotone in the size (the converter tiles large layers: 296 can need less
-    than 288), so the answer is the edge the search bracketed: it fits and the next
-    size multiple does not. The answer is cached in ``NAME.imx500-fit.json`` beside the
-    ONNX, keyed by its SHA-256.
+    The search starts at the ONNX's own size and aims by the activation memory, which
+    grows with the area. Memory is not quite monotone in the size (the converter tiles
+    large layers: 296 can need less than 288), so the answer is the edge the search
+    bracketed: it fits and the next size multiple does not. The answer is cached in
+    ``NAME.imx500-fit.json`` beside the ONNX, keyed by its SHA-256, the converter's
+    version and its flags.
     """
     onnx_path = require_mct_onnx(onnx_path)
     multiple = multiple or size_multiple(Card.beside(onnx_path))
-    cache_path = onnx_path.with_name(onnx_path.stem + ".imx500-fit.json")
-    digest = _sha256(onnx_path)
-    if cache and cache_path.is_file():
-        cached = json.loads(cache_path.read_text())
-        if cached.get("onnx_sha256") == digest:
-            return cached["largest_size"], {int(k): MemoryReport(**v)
-                                            for k, v in cached["reports"].items()}
+    if cache and (cached := _cached_fit(onnx_path)):
+        return cached
     reports: dict[int, MemoryReport] = {}
 
-    def fits(size: int) -> bool:
-        if size not in reports:
-            reports[size] = memory_report(onnx_path, size)
-        return reports[size].fits
+    def usage(size: int) -> float:
+        """The activations' share of the memory the rest leaves (> 1 where the
+        converter's verdict is that it does not fit)."""
+        report = reports[size] = memory_report(onnx_path, size)  # a size is probed once
+        fixed = report.required - report.activations
+        share = report.activations / max(report.available - fixed, 1)
+        return min(share, 1.0) if report.fits else max(share, 1.0 + 1e-9)
 
-    own = onnx_size(onnx_path)
-    fits(own)
-    first = reports[own]
-    room = max(first.available - (first.required - first.activations), 0)
-    guess = int(own * (room / max(first.activations, 1)) ** 0.5)
-    largest = search_largest(fits, guess, multiple)
+    largest = search_largest(usage, onnx_size(onnx_path), multiple)
     if cache:
-        write_json(cache_path, {"onnx_sha256": digest, "largest_size": largest,
-                                "reports": {str(k): asdict(v) for k, v in sorted(
-                                    reports.items())}})
+        write_json(_fit_cache(onnx_path), {
+            **_fit_key(onnx_path), "largest_size": largest,
+            "reports": {str(k): asdict(v) for k, v in sorted(reports.items())}})
     return largest, reports
 
 
@@ -282,11 +308,11 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
     if size is None:
         largest, _ = largest_fitting_size(onnx_path, multiple)
         if largest is None:
-            report = memory_report(onnx_path, multiple)
+            report = _report_at(onnx_path, multiple)
             raise ModelTooLargeError(multiple, report.required, report.available, None)
         size = largest
     check_size(size, multiple, Imx500Error)
-    report = memory_report(onnx_path, size)
+    report = _report_at(onnx_path, size)
     if not report.fits:
         largest, _ = largest_fitting_size(onnx_path, multiple)
         raise ModelTooLargeError(size, report.required, report.available, largest)
