@@ -2,6 +2,7 @@
 CHASE_DB1 images with the real toolchain (Java and imxconv-pt must be present)."""
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def test_converter_failure_shows_its_log(quantized, tmp_path):
         memory_report(broken)
 
 
-def test_search_largest_aims_at_the_edge_and_bisects_when_the_aim_is_wrong():
+def test_search_largest_aims_at_the_edge_and_bisects_when_the_aim_is_wrong(caplog):
     calls: list[int] = []
 
     def counted(usage):
@@ -159,7 +160,12 @@ def test_search_largest_aims_at_the_edge_and_bisects_when_the_aim_is_wrong():
     def area(n):  # memory that grows with the area: the last fit is 312
         return (n / 316) ** 2
 
-    assert search_largest(counted(area), 200, 8) == 312 and len(calls) <= 4
+    with caplog.at_level(logging.WARNING, logger="qsegment"):
+        assert search_largest(counted(area), 200, 8, "the test's room") == 312
+    assert len(calls) <= 4
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("qsegment")]
+    assert len(logged) == len(calls) + 1 and "fits the test's room" in logged[0]
+    assert logged[-1] == "  320x320: 102.5 % of the test's room: does not fit"  # each probe
     # the converter's activations as measured (memory dips at 296): aimed, five reports
     converter = {256: 0.77, 288: 0.975, 296: 0.891, 312: 0.961, 320: 1.004, 328: 1.26}
     calls.clear()

@@ -5,6 +5,7 @@ the type functions of their options (light: ``qsegment export --help`` reads the
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from typing import Any
 
 from ..card import Card, Threshold
 from ..files import write_json
+
+log = logging.getLogger(__name__)
 
 EXPORT_NOTE_VERSION = 1  # the "schema_version" of a note's JSON; raised when its shape changes
 
@@ -58,17 +61,23 @@ def check_size(size: int | None, multiple: int, error: type[Exception]) -> None:
                     f"stride), got {size}")
 
 
-def search_largest(usage: Callable[[int], float], start: int, step: int) -> int | None:
+def search_largest(usage: Callable[[int], float], start: int, step: int,
+                   budget: str = "the budget") -> int | None:
     """Largest multiple of ``step`` that fits and whose next multiple does not, where
     ``usage(size)`` is the share of the budget a size needs (it fits at <= 1). Memory
     grows about with the area, so each measurement aims the next probe at the edge
     (``size / sqrt(share)``); probes stay inside the bracket found so far and bisect it
     when the aim falls outside, so a wrong aim costs probes, not the answer; no size is
-    probed twice. None if even ``step`` does not fit."""
+    probed twice. None if even ``step`` does not fit. Each probe is logged (a search of
+    real conversions takes minutes), naming the ``budget``."""
     lo, hi = 0, None  # the largest size known to fit, the smallest above it known not to
     probe = max(step, start // step * step)
+    log.warning("searching the largest square input that fits %s (each size is measured)",
+                budget)
     while hi is None or hi - lo > step:
         share = usage(probe)
+        log.warning("  %dx%d: %.1f %% of %s%s", probe, probe, 100 * share, budget,
+                    "" if share <= 1 else ": does not fit")
         lo, hi = (probe, hi) if share <= 1 else (lo, probe)
         aim = min(int(probe / max(share, 1e-6) ** 0.5), 4 * probe) // step * step
         if hi is None:

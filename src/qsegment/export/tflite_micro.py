@@ -184,7 +184,8 @@ def fit_table(model: SegmentationModel, calibration: torch.Tensor,
             arena, flash = measure(size)
             return arena / max(budget.arena_limit(flash), 1)
 
-        best = search_largest(usage, 64, model.size_multiple)
+        best = search_largest(usage, 64, model.size_multiple,
+                              f"the arena room of {budget.label}")
         arena, flash = measure(best) if best else (None, None)
         rows.append({"budget": key, "label": budget.label, "sram": budget.sram,
                      "reserve": budget.reserve, "reserve_note": budget.reserve_note,

@@ -229,7 +229,8 @@ def largest_fitting_size(onnx_path: str | Path, multiple: int | None = None, cac
         share = report.activations / max(report.available - fixed, 1)
         return min(share, 1.0) if report.fits else max(share, 1.0 + 1e-9)
 
-    largest = search_largest(usage, onnx_size(onnx_path), multiple)
+    largest = search_largest(usage, onnx_size(onnx_path), multiple,
+                             "the IMX500's memory left for activations")
     if cache:
         write_json(_fit_cache(onnx_path), {
             **_fit_key(onnx_path), "largest_size": largest,
