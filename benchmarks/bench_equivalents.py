@@ -3,6 +3,7 @@ manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
     python benchmarks/bench_equivalents.py RUN [--split test|train] [--tta flip] [--runtime R]
         [--no-segment-vote] [--disc-from model|manual] [--decompose] [--out DIR]
+    python benchmarks/bench_equivalents.py --from DIR/equivalents.json [--out DIR2]
 
 For each test photograph the optic disc is located once (on the photograph, with the
 model's vessel map, as `qsegment predict --biomarkers` finds it; ``--disc-from manual``:
@@ -11,7 +12,11 @@ and both maps are measured around that same disc
 (:func:`qsegment.biomarkers.equivalents.measure_artery_vein`). Reported per measure,
 pooled over both splits: ICC(A,1), mean absolute relative difference (MARD), Pearson r
 and the Bland-Altman bias and limits of agreement; ``DIR/equivalents.json`` holds every
-image's values and ``DIR/equivalents_bland_altman.png`` the figure. ``--split train``
+image's values and ``DIR/equivalents_bland_altman.png`` the figure. Each ICC comes with
+its 95 % interval, a percentile bootstrap over the photographs (``scipy.stats.bootstrap``,
+paired, seeded): with 32 photographs it says how far apart two models' ICCs must be to
+differ. ``--from`` recomputes the tables and the figure from a saved ``equivalents.json``
+without measuring again. ``--split train``
 measures the training splits instead, which the artery/vein model learned from: what
 the same code gives where the model's maps are closer to the manual ones.
 
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 MEASURES = ("crae", "crve", "avr")
+BOOTSTRAP = 4000  # resamples of the photographs for each ICC's interval
 HYBRIDS = {"model_vessels_manual_classes": "model's vessels, manual classes",
            "manual_vessels_model_classes": "manual vessels, model's classes"}
 
@@ -49,15 +55,54 @@ def classes_on(vessels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.where(vessels, classes[rows, cols], 0).astype(np.uint8)
 
 
-def agreement(model: np.ndarray, manual: np.ndarray) -> dict[str, float]:
-    """ICC(A,1), MARD, r, bias and limits of agreement of ``model`` against ``manual``."""
-    from qsegment.biomarkers.report import _compare
+def agreement(model: np.ndarray, manual: np.ndarray) -> dict:
+    """ICC(A,1) with its 95 % bootstrap interval, MARD, r, bias and limits of agreement of
+    ``model`` against ``manual``."""
+    from scipy import stats
+
+    from qsegment.biomarkers.report import _compare, icc_a1
 
     ok = np.isfinite(model) & np.isfinite(manual)
     diff = model[ok] - manual[ok]
-    return {**_compare(model, manual), "images": int(ok.sum()), "bias": float(diff.mean()),
+    interval = stats.bootstrap(
+        (model[ok], manual[ok]), lambda a, b: icc_a1(np.column_stack([a, b])),
+        paired=True, vectorized=False, n_resamples=BOOTSTRAP, method="percentile",
+        rng=np.random.default_rng(0)).confidence_interval
+    return {**_compare(model, manual), "icc_95": [float(interval.low), float(interval.high)],
+            "images": int(ok.sum()), "bias": float(diff.mean()),
             "loa": float(1.96 * diff.std(ddof=1)), "model_mean": float(model[ok].mean()),
             "manual_mean": float(manual[ok].mean())}
+
+
+def summarise(images: list[dict], out: Path) -> tuple[dict, dict]:
+    """The agreement of each measure (and of each hybrid the images hold), printed as
+    the docs' tables, and the Bland-Altman figure in ``out``."""
+    sources = ("model", "manual", *(s for s in HYBRIDS if s in images[0]))
+    column = {s: {m: np.array([r[s][m] for r in images], dtype=float) for m in MEASURES}
+              for s in sources}
+    summary = {m: agreement(column["model"][m], column["manual"][m]) for m in MEASURES}
+    hybrids = {s: {m: agreement(column[s][m], column["manual"][m]) for m in MEASURES}
+               for s in HYBRIDS if s in column}
+    print("\n| measure | images | ICC(A,1) [95 % interval] | MARD | Pearson r | manual mean | "
+          "model mean | bias (model - manual) | 95 % limits |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for measure, s in summary.items():
+        print(f"| {measure.upper()} | {s['images']} | {_icc(s)} | {s['mard']:.1%} | "
+              f"{s['r']:.3f} | {s['manual_mean']:.3g} | {s['model_mean']:.3g} | "
+              f"{s['bias']:+.3g} | ±{s['loa']:.3g} |")
+    if hybrids:
+        print("\n| against the manual map: ICC(A,1) [95 % interval] of | " + " | ".join(
+            m.upper() for m in MEASURES) + " |\n|---|" + "---:|" * len(MEASURES))
+        for label, rows in (("the model's map", summary),
+                            *((HYBRIDS[s], hybrids[s]) for s in hybrids)):
+            print(f"| {label} | " + " | ".join(_icc(rows[m]) for m in MEASURES) + " |")
+    _bland_altman(out / "equivalents_bland_altman.png", column)
+    return summary, hybrids
+
+
+def _icc(row: dict) -> str:
+    low, high = row["icc_95"]
+    return f"{row['icc']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def _bland_altman(path: Path, column: dict[str, dict[str, np.ndarray]]) -> None:
@@ -92,7 +137,10 @@ def main() -> None:
     from qsegment.datasets import load_classes, load_label, open_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="an artery/vein model: run folder or weights")
+    parser.add_argument("model", nargs="?", help="an artery/vein model: run folder or weights")
+    parser.add_argument("--from", dest="saved", metavar="JSON", type=Path,
+                        help="recompute the tables and the figure from this "
+                        "equivalents.json instead of measuring (written to --out)")
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--out", default="runs/equivalents", help="output folder")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -107,8 +155,15 @@ def main() -> None:
     parser.add_argument("--decompose", action="store_true",
                         help="also measure the two hybrid maps (module docstring)")
     args = parser.parse_args()
+    if (args.model is None) == (args.saved is None):
+        parser.error("give an artery/vein model to measure, or --from a saved equivalents.json")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.saved:
+        saved = json.loads(args.saved.read_text())
+        saved["summary"], saved["hybrids"] = summarise(saved["images"], out)
+        _write(out, saved)
+        return
     segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, artery_vein=True,
                                           tta=args.tta, segment_vote=args.segment_vote)
     images: list[dict] = []
@@ -142,30 +197,15 @@ def main() -> None:
             print(f"{name} {image_name}: disc {disc.diameter:.0f} px, " + ", ".join(
                 f"{m} {row['model'][m]:.3g}/{row['manual'][m]:.3g}" for m in MEASURES)
                 + f" (model/manual, {time.perf_counter() - start:.1f} s)", flush=True)
-    column = {s: {m: np.array([r[s][m] for r in images], dtype=float) for m in MEASURES}
-              for s in ("model", "manual", *(HYBRIDS if args.decompose else ()))}
-    summary = {m: agreement(column["model"][m], column["manual"][m]) for m in MEASURES}
-    hybrids = {s: {m: agreement(column[s][m], column["manual"][m]) for m in MEASURES}
-               for s in HYBRIDS if s in column}
-    print("\n| measure | images | ICC(A,1) | MARD | Pearson r | manual mean | model mean | "
-          "bias (model - manual) | 95 % limits |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for measure, s in summary.items():
-        print(f"| {measure.upper()} | {s['images']} | {s['icc']:.3f} | {s['mard']:.1%} | "
-              f"{s['r']:.3f} | {s['manual_mean']:.3g} | {s['model_mean']:.3g} | "
-              f"{s['bias']:+.3g} | ±{s['loa']:.3g} |")
-    if hybrids:
-        print("\n| against the manual map: ICC(A,1) of | " + " | ".join(
-            m.upper() for m in MEASURES) + " |\n|---|" + "---:|" * len(MEASURES))
-        for label, rows in (("the model's map", summary),
-                            *((HYBRIDS[s], hybrids[s]) for s in hybrids)):
-            print(f"| {label} | " + " | ".join(f"{rows[m]['icc']:.3f}" for m in MEASURES)
-                  + " |")
-    (out / "equivalents.json").write_text(json.dumps(
-        {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
-         "tta": args.tta, "segment_vote": args.segment_vote, "disc_from": args.disc_from,
-         "summary": summary, "hybrids": hybrids,
-         "images": images}, indent=1, default=float) + "\n")
-    _bland_altman(out / "equivalents_bland_altman.png", column)
+    summary, hybrids = summarise(images, out)
+    _write(out, {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
+                 "tta": args.tta, "segment_vote": args.segment_vote,
+                 "disc_from": args.disc_from, "summary": summary, "hybrids": hybrids,
+                 "images": images})
+
+
+def _write(out: Path, result: dict) -> None:
+    (out / "equivalents.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(f"wrote {out / 'equivalents.json'} and equivalents_bland_altman.png")
 
 
