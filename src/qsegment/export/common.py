@@ -72,7 +72,7 @@ def search_largest(usage: Callable[[int], float], start: int, step: int,
     real conversions takes minutes), naming the ``budget``."""
     lo, hi = 0, None  # the largest size known to fit, the smallest above it known not to
     probe = max(step, start // step * step)
-    log.warning("searching the largest square input that fits %s (each size is measured)",
+    log.warning("searching the largest square input that fits %s, measuring each size tried",
                 budget)
     while hi is None or hi - lo > step:
         share = usage(probe)
