@@ -197,13 +197,6 @@ def _cached_fit(onnx_path: Path) -> tuple[int | None, dict[int, MemoryReport]] |
                                     for k, v in cached["reports"].items()}
 
 
-def _report_at(onnx_path: Path, size: int) -> MemoryReport:
-    """The memory report at ``size``: the size search's, where it measured that size for
-    this ONNX, else the converter's."""
-    _, reports = _cached_fit(onnx_path) or (None, {})
-    return reports.get(size) or memory_report(onnx_path, size)
-
-
 def largest_fitting_size(onnx_path: str | Path, multiple: int | None = None, cache: bool = True
                          ) -> tuple[int | None, dict]:
     """(largest square size that fits the IMX500, {size: MemoryReport} of the sizes tried).
@@ -307,13 +300,12 @@ def export_imx500(onnx_path: str | Path, out: str | Path, size: int | None = Non
     calibrated = onnx_size(onnx_path)
     largest = None
     if size is None:
-        largest, _ = largest_fitting_size(onnx_path, multiple)
-        if largest is None:
-            report = _report_at(onnx_path, multiple)
-            raise ModelTooLargeError(multiple, report.required, report.available, None)
-        size = largest
+        largest, reports = largest_fitting_size(onnx_path, multiple)
+        size = largest or multiple
+    else:  # the size search's reports, where it measured this size, spare the converter
+        _, reports = _cached_fit(onnx_path) or (None, {})
     check_size(size, multiple, Imx500Error)
-    report = _report_at(onnx_path, size)
+    report = reports.get(size) or memory_report(onnx_path, size)
     if not report.fits:
         largest, _ = largest_fitting_size(onnx_path, multiple)
         raise ModelTooLargeError(size, report.required, report.available, largest)
