@@ -2,7 +2,7 @@
 manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
     python benchmarks/bench_equivalents.py RUN [--split test|train] [--tta flip] [--runtime R]
-        [--no-segment-vote] [--disc-from model|manual] [--decompose] [--out DIR]
+        [--no-segment-vote] [--disc-from model|manual] [--decompose] [--threshold T] [--out DIR]
     python benchmarks/bench_equivalents.py --from DIR/equivalents.json [--out DIR2]
 
 For each test photograph the optic disc is located once (on the photograph, with the
@@ -13,12 +13,16 @@ and both maps are measured around that same disc
 pooled over both splits: ICC(A,1), mean absolute relative difference (MARD), Pearson r
 and the Bland-Altman bias and limits of agreement; ``DIR/equivalents.json`` holds every
 image's values and ``DIR/equivalents_bland_altman.png`` the figure. Each ICC comes with
-its 95 % interval, a percentile bootstrap over the photographs (``scipy.stats.bootstrap``,
+its 95 % interval, a BCa bootstrap over the photographs (``scipy.stats.bootstrap``,
 paired, seeded): with 32 photographs it says how far apart two models' ICCs must be to
 differ. ``--from`` recomputes the tables and the figure from a saved ``equivalents.json``
 without measuring again. ``--split train``
 measures the training splits instead, which the artery/vein model learned from: what
 the same code gives where the model's maps are closer to the manual ones.
+
+``--threshold`` cuts the model's vessel map at a fixed probability instead of its own
+cut per photograph (``auto``, the expected-Dice cut): how much of the calibres'
+disagreement is the cut's.
 
 ``--decompose`` says which half of the model's map the disagreement comes from: two more
 rows measure hybrids against the same manual values, the model's vessels with the manual
@@ -66,7 +70,7 @@ def agreement(model: np.ndarray, manual: np.ndarray) -> dict:
     diff = model[ok] - manual[ok]
     interval = stats.bootstrap(
         (model[ok], manual[ok]), lambda a, b: icc_a1(np.column_stack([a, b])),
-        paired=True, vectorized=False, n_resamples=BOOTSTRAP, method="percentile",
+        paired=True, vectorized=False, n_resamples=BOOTSTRAP, method="BCa",
         rng=np.random.default_rng(0)).confidence_interval
     return {**_compare(model, manual), "icc_95": [float(interval.low), float(interval.high)],
             "images": int(ok.sum()), "bias": float(diff.mean()),
@@ -154,6 +158,8 @@ def main() -> None:
                         help="the vessel map the disc is located with (model)")
     parser.add_argument("--decompose", action="store_true",
                         help="also measure the two hybrid maps (module docstring)")
+    parser.add_argument("--threshold", default="auto",
+                        help="the vessel cut: auto (per photograph), card or a probability")
     args = parser.parse_args()
     if (args.model is None) == (args.saved is None):
         parser.error("give an artery/vein model to measure, or --from a saved equivalents.json")
@@ -165,7 +171,8 @@ def main() -> None:
         _write(out, saved)
         return
     segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, artery_vein=True,
-                                          tta=args.tta, segment_vote=args.segment_vote)
+                                          tta=args.tta, segment_vote=args.segment_vote,
+                                          threshold=args.threshold)
     images: list[dict] = []
     for name in ("hrf-av", "les-av"):
         dataset = open_dataset(dataset=name)
@@ -200,8 +207,8 @@ def main() -> None:
     summary, hybrids = summarise(images, out)
     _write(out, {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
                  "tta": args.tta, "segment_vote": args.segment_vote,
-                 "disc_from": args.disc_from, "summary": summary, "hybrids": hybrids,
-                 "images": images})
+                 "disc_from": args.disc_from, "threshold": args.threshold,
+                 "summary": summary, "hybrids": hybrids, "images": images})
 
 
 def _write(out: Path, result: dict) -> None:

@@ -345,6 +345,14 @@ def test_av_without_a_model_takes_the_shipped_artery_vein_model(data_dir, tmp_pa
     segmenter = Segmenter.from_pretrained(artery_vein=True)
     assert segmenter.name == AV_MODEL and segmenter.artery_vein
     assert Segmenter.from_pretrained().name == "qsegment-half"
+    # a folder's run finishes each image's classes in a thread while the network runs on
+    # the next: the same maps as one image at a time
+    photos = [data_dir / f"Image_{n}.jpg" for n in ("11L", "12R", "13L")]
+    assert main(["predict", *map(str, photos), "-o", str(tmp_path / "folder"), "--av"]) == 0
+    for photo in photos:
+        alone = segmenter.predict(np.asarray(Image.open(photo)))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "folder" / f"{photo.stem}_av.png")),
+                              alone.classes), photo.name
 
 
 def test_the_web_app_shows_and_serves_the_artery_vein_map(av_run, data_dir, tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
@@ -260,8 +260,17 @@ class Segmenter:
             ImageError: an array that is no image (floats outside [0, 1], a shape other
                 than (H, W), (H, W, 3) or (H, W, 4)).
         """
+        return self.network_pass(image, name)()
+
+    def network_pass(self, image: np.ndarray | Image.Image, name: str = "image"
+                     ) -> Callable[[], Prediction]:
+        """:meth:`predict` in two steps: the network runs on ``image`` now, and the call
+        returned finishes the prediction from its outputs (the cut, and an artery/vein
+        model's classes per vessel segment). Why: :func:`predict_files` finishes one image
+        in a thread while the network runs on the next, so the classes' single-threaded
+        work costs a folder little."""
         if self.artery_vein:
-            return self._predict_artery_vein(image, name)
+            return self._artery_vein_pass(image, name)
         probability: Callable[[np.ndarray], np.ndarray]
         if (pixels := self._pixels(image)) is not None:
             rgb, probability = pixels, self.runner.probability_uint8  # 8-bit RGB to int8
@@ -269,9 +278,13 @@ class Segmenter:
             rgb, probability = to_rgb_float(image), self._float_probability
         found = calibrated_map(rgb, lambda scaled: self._tiled(scaled, probability), self.scale,
                                self.calibration, self.fov_diameter, name)
-        threshold, rule = self._cut(found)
-        return Prediction(found.probability, found.probability >= threshold, threshold,
-                          found.scale, found.scale_rule, found.fov_scale, rule, found.quality)
+
+        def finish() -> Prediction:
+            threshold, rule = self._cut(found)
+            return Prediction(found.probability, found.probability >= threshold, threshold,
+                              found.scale, found.scale_rule, found.fov_scale, rule,
+                              found.quality)
+        return finish
 
     def _cut(self, found: CalibratedMap) -> tuple[float, str]:
         """The image's cut and how it was found: its own where ``auto_threshold`` found
@@ -289,8 +302,9 @@ class Segmenter:
             return array
         return None
 
-    def _predict_artery_vein(self, image: np.ndarray | Image.Image, name: str) -> Prediction:
-        """:meth:`predict` with the class of each vessel pixel: the vessel map from the
+    def _artery_vein_pass(self, image: np.ndarray | Image.Image, name: str
+                          ) -> Callable[[], Prediction]:
+        """:meth:`network_pass` with the class of each vessel pixel: the vessel map from the
         model's channel 0 as for a vessel model, the classes from the others."""
         pixels = self._pixels(image)
         rgb = to_rgb_float(image) if pixels is None else pixels
@@ -303,11 +317,15 @@ class Segmenter:
 
         found, scores = calibrated_outputs(lambda scaled: self._tiled(scaled, checked), rgb,
                                            self.scale, self.calibration, self.fov_diameter, name)
-        threshold, rule = self._cut(found)
-        mask = found.probability >= threshold
-        classes = vessel_classes(mask, scores, vote=self.segment_vote, sigmoids=pixels is not None)
-        return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
-                          found.fov_scale, rule, found.quality, classes)
+
+        def finish() -> Prediction:
+            threshold, rule = self._cut(found)
+            mask = found.probability >= threshold
+            classes = vessel_classes(mask, scores, vote=self.segment_vote,
+                                     sigmoids=pixels is not None)
+            return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
+                              found.fov_scale, rule, found.quality, classes)
+        return finish
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """The vessel probability of an image at its own scale (no rescale), tiled when it
@@ -423,9 +441,10 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
                   overlay: bool = False, progress: bool = True,
                   on_result: OnResult | None = None, workers: int = 2) -> RunSummary:
     """Segment every input into ``out`` (``qsegment predict``). Each file is written
-    atomically; a failing input is reported and the others go on. Threads read the next
-    images and write the last ones' PNGs while the network runs (8-bit files stay 8-bit:
-    the int8 runtime's fast path).
+    atomically; a failing input is reported and the others go on. While the network runs
+    on one image, threads read the next ones, finish the last one (its cut, an
+    artery/vein model's classes: :meth:`Segmenter.network_pass`) and write its PNGs (8-bit
+    files stay 8-bit: the int8 runtime's fast path).
 
     Args:
         segmenter: what segments each image.
@@ -459,9 +478,28 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
     plan = plan_outputs(files, out, kinds, failed)
     written: dict[Path, list[Path]] = {}
     predictions: list[Prediction] = []
+    writes: list[Future[dict[str, str]]] = []
+
+    def complete(path: Path, targets: dict[str, Path], image: np.ndarray,
+                 finishing: Future[Prediction]) -> None:
+        result = finishing.result()
+        writes.append(pool.submit(write_outputs, targets, image, result))
+        written[path] = list(targets.values())
+        empty = np.empty((0, 0), dtype=bool)
+        predictions.append(replace(result, probability=empty, mask=empty))
+        log.info("%s: threshold %.3f (%s), scale %.3f (%s%s)%s", path, result.threshold,
+                 result.threshold_rule, result.scale, result.scale_rule,
+                 "" if result.fov_scale is None else f"; fov rule {result.fov_scale:.3f}",
+                 "".join(f"; {flag}" for flag in result.quality))
+        if on_result is not None:
+            try:
+                on_result(path, image, result)
+            except QsegmentError as err:
+                failed.append((str(path), str(err)))
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
         reads = [pool.submit(read_rgb, path) for path, _ in plan[:workers + 1]]
-        writes = []
+        previous: tuple[Path, dict[str, Path], np.ndarray, Future[Prediction]] | None = None
         for i, (path, targets) in enumerate(tqdm(plan, desc="predict", unit="image",
                                                  disable=not progress)):
             if i + workers + 1 < len(plan):  # keep the next images decoding
@@ -471,20 +509,13 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
             except ImageError as err:
                 failed.append((str(path), str(err).removeprefix(f"{path}: ")))
                 continue
-            result = segmenter.predict(image, str(path))
-            writes.append(pool.submit(write_outputs, targets, image, result))
-            written[path] = list(targets.values())
-            empty = np.empty((0, 0), dtype=bool)
-            predictions.append(replace(result, probability=empty, mask=empty))
-            log.info("%s: threshold %.3f (%s), scale %.3f (%s%s)%s", path, result.threshold,
-                     result.threshold_rule, result.scale, result.scale_rule,
-                     "" if result.fov_scale is None else f"; fov rule {result.fov_scale:.3f}",
-                     "".join(f"; {flag}" for flag in result.quality))
-            if on_result is not None:
-                try:
-                    on_result(path, image, result)
-                except QsegmentError as err:
-                    failed.append((str(path), str(err)))
+            # this image is finished in a thread while the network runs on the next
+            finishing = pool.submit(segmenter.network_pass(image, str(path)))
+            if previous is not None:
+                complete(*previous)
+            previous = (path, targets, image, finishing)
+        if previous is not None:
+            complete(*previous)
         for done in writes:
             done.result()  # a failed write (disk full) is an error of the run, not one image
     return RunSummary(written, failed, predictions)
