@@ -52,6 +52,22 @@ def test_segmenter_on_a_real_image(segmenter, sample):
     assert dice > 0.75
 
 
+def test_predict_many_gives_each_image_what_predict_gives(data_dir):
+    """Each image is finished in a thread while the network runs on the next: the same
+    maps, in order, as one predict after the other; names must match the images."""
+    shipped = Segmenter.from_pretrained()
+    photos = [np.asarray(Image.open(data_dir / f"Image_{n}.jpg")) for n in ("11L", "12R", "13L")]
+    many = list(shipped.predict_many(iter(photos)))
+    assert len(many) == 3
+    for photo, out in zip(photos, many, strict=True):
+        alone = shipped.predict(photo)
+        assert np.array_equal(out.mask, alone.mask) and out.threshold == alone.threshold
+    assert not np.array_equal(many[0].mask[:900, :900], many[2].mask[:900, :900])
+    assert list(shipped.predict_many([])) == []
+    with pytest.raises(ValueError):
+        list(shipped.predict_many(photos, names=["one", "two"]))
+
+
 def _network_probability(model, image: np.ndarray) -> np.ndarray:
     """The network's own sigmoid map of an (H, W, 3) image whose sides are multiples of 8."""
     import torch

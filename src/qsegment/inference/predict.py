@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
+from itertools import count, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -260,15 +261,42 @@ class Segmenter:
             ImageError: an array that is no image (floats outside [0, 1], a shape other
                 than (H, W), (H, W, 3) or (H, W, 4)).
         """
-        return self.network_pass(image, name)()
+        return self._network_pass(image, name)()
 
-    def network_pass(self, image: np.ndarray | Image.Image, name: str = "image"
+    def predict_many(self, images: Iterable[np.ndarray | Image.Image],
+                     names: Iterable[str] | None = None) -> Iterator[Prediction]:
+        """:meth:`predict` of each image (frames of a stream, a folder's photographs), in
+        order, each finished (its cut, an artery/vein model's classes) in a thread while
+        the network runs on the next, so that the classes no longer add their whole time
+        to the network's (docs/RESULTS.md).
+
+        Args:
+            images: what :meth:`predict` takes, read as they are needed.
+            names: how warnings name each image (default: ``image 0``, ``image 1``...).
+        """
+        if names is None:
+            return self._pipelined(zip((f"image {i}" for i in count()), images, strict=False))
+        return self._pipelined(zip(names, images, strict=True))
+
+    def _pipelined(self, named: Iterable[tuple[str, np.ndarray | Image.Image]]
+                   ) -> Iterator[Prediction]:
+        """:meth:`predict_many` of (name, image) pairs."""
+        with ThreadPoolExecutor(1) as finisher:
+            finishing: Future[Prediction] | None = None
+            for name, image in named:
+                following = finisher.submit(self._network_pass(image, name))
+                if finishing is not None:
+                    yield finishing.result()
+                finishing = following
+            if finishing is not None:
+                yield finishing.result()
+
+    def _network_pass(self, image: np.ndarray | Image.Image, name: str = "image"
                      ) -> Callable[[], Prediction]:
         """:meth:`predict` in two steps: the network runs on ``image`` now, and the call
         returned finishes the prediction from its outputs (the cut, and an artery/vein
-        model's classes per vessel segment). Why: :func:`predict_files` finishes one image
-        in a thread while the network runs on the next, so the classes' single-threaded
-        work costs a folder little."""
+        model's classes per vessel segment), so that :meth:`predict_many` can finish one
+        image in a thread while the network runs on the next."""
         if self.artery_vein:
             return self._artery_vein_pass(image, name)
         probability: Callable[[np.ndarray], np.ndarray]
@@ -304,7 +332,7 @@ class Segmenter:
 
     def _artery_vein_pass(self, image: np.ndarray | Image.Image, name: str
                           ) -> Callable[[], Prediction]:
-        """:meth:`network_pass` with the class of each vessel pixel: the vessel map from the
+        """:meth:`_network_pass` with the class of each vessel pixel: the vessel map from the
         model's channel 0 as for a vessel model, the classes from the others."""
         pixels = self._pixels(image)
         rgb = to_rgb_float(image) if pixels is None else pixels
@@ -443,7 +471,7 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
     """Segment every input into ``out`` (``qsegment predict``). Each file is written
     atomically; a failing input is reported and the others go on. While the network runs
     on one image, threads read the next ones, finish the last one (its cut, an
-    artery/vein model's classes: :meth:`Segmenter.network_pass`) and write its PNGs (8-bit
+    artery/vein model's classes: :meth:`Segmenter.predict_many`) and write its PNGs (8-bit
     files stay 8-bit: the int8 runtime's fast path).
 
     Args:
@@ -478,44 +506,41 @@ def predict_files(segmenter: Segmenter, inputs: list[str], out: Path, probabilit
     plan = plan_outputs(files, out, kinds, failed)
     written: dict[Path, list[Path]] = {}
     predictions: list[Prediction] = []
-    writes: list[Future[dict[str, str]]] = []
-
-    def complete(path: Path, targets: dict[str, Path], image: np.ndarray,
-                 finishing: Future[Prediction]) -> None:
-        result = finishing.result()
-        writes.append(pool.submit(write_outputs, targets, image, result))
-        written[path] = list(targets.values())
-        empty = np.empty((0, 0), dtype=bool)
-        predictions.append(replace(result, probability=empty, mask=empty))
-        log.info("%s: threshold %.3f (%s), scale %.3f (%s%s)%s", path, result.threshold,
-                 result.threshold_rule, result.scale, result.scale_rule,
-                 "" if result.fov_scale is None else f"; fov rule {result.fov_scale:.3f}",
-                 "".join(f"; {flag}" for flag in result.quality))
-        if on_result is not None:
-            try:
-                on_result(path, image, result)
-            except QsegmentError as err:
-                failed.append((str(path), str(err)))
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    ready: deque[tuple[Path, dict[str, Path], np.ndarray]] = deque()  # read, not finished
+    with (ThreadPoolExecutor(max(1, workers)) as pool,
+          tqdm(total=len(plan), desc="predict", unit="image", disable=not progress) as bar):
         reads = [pool.submit(read_rgb, path) for path, _ in plan[:workers + 1]]
-        previous: tuple[Path, dict[str, Path], np.ndarray, Future[Prediction]] | None = None
-        for i, (path, targets) in enumerate(tqdm(plan, desc="predict", unit="image",
-                                                 disable=not progress)):
-            if i + workers + 1 < len(plan):  # keep the next images decoding
-                reads.append(pool.submit(read_rgb, plan[i + workers + 1][0]))
-            try:
-                image = reads[i].result()
-            except ImageError as err:
-                failed.append((str(path), str(err).removeprefix(f"{path}: ")))
-                continue
-            # this image is finished in a thread while the network runs on the next
-            finishing = pool.submit(segmenter.network_pass(image, str(path)))
-            if previous is not None:
-                complete(*previous)
-            previous = (path, targets, image, finishing)
-        if previous is not None:
-            complete(*previous)
+
+        def readable() -> Iterator[tuple[str, np.ndarray]]:
+            for i, (path, targets) in enumerate(plan):
+                if i + workers + 1 < len(plan):  # keep the next images decoding
+                    reads.append(pool.submit(read_rgb, plan[i + workers + 1][0]))
+                try:
+                    image = reads[i].result()
+                except ImageError as err:
+                    failed.append((str(path), str(err).removeprefix(f"{path}: ")))
+                    bar.update()
+                    continue
+                ready.append((path, targets, image))
+                yield str(path), image
+
+        writes = []
+        for result in segmenter._pipelined(readable()):
+            path, targets, image = ready.popleft()
+            writes.append(pool.submit(write_outputs, targets, image, result))
+            written[path] = list(targets.values())
+            empty = np.empty((0, 0), dtype=bool)
+            predictions.append(replace(result, probability=empty, mask=empty))
+            log.info("%s: threshold %.3f (%s), scale %.3f (%s%s)%s", path, result.threshold,
+                     result.threshold_rule, result.scale, result.scale_rule,
+                     "" if result.fov_scale is None else f"; fov rule {result.fov_scale:.3f}",
+                     "".join(f"; {flag}" for flag in result.quality))
+            if on_result is not None:
+                try:
+                    on_result(path, image, result)
+                except QsegmentError as err:
+                    failed.append((str(path), str(err)))
+            bar.update()
         for done in writes:
             done.result()  # a failed write (disk full) is an error of the run, not one image
     return RunSummary(written, failed, predictions)
