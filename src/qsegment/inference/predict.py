@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import count, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -291,8 +292,8 @@ class Segmenter:
             if finishing is not None:
                 yield finishing.result()
 
-    def _network_pass(self, image: np.ndarray | Image.Image, name: str = "image"
-                     ) -> Callable[[], Prediction]:
+    def _network_pass(self, image: np.ndarray | Image.Image, name: str
+                      ) -> Callable[[], Prediction]:
         """:meth:`predict` in two steps: the network runs on ``image`` now, and the call
         returned finishes the prediction from its outputs (the cut, and an artery/vein
         model's classes per vessel segment), so that :meth:`predict_many` can finish one
@@ -306,20 +307,22 @@ class Segmenter:
             rgb, probability = to_rgb_float(image), self._float_probability
         found = calibrated_map(rgb, lambda scaled: self._tiled(scaled, probability), self.scale,
                                self.calibration, self.fov_diameter, name)
+        return partial(self._finished, found)
 
-        def finish() -> Prediction:
-            threshold, rule = self._cut(found)
-            return Prediction(found.probability, found.probability >= threshold, threshold,
-                              found.scale, found.scale_rule, found.fov_scale, rule,
-                              found.quality)
-        return finish
-
-    def _cut(self, found: CalibratedMap) -> tuple[float, str]:
-        """The image's cut and how it was found: its own where ``auto_threshold`` found
-        one, else the Segmenter's."""
+    def _finished(self, found: CalibratedMap, class_scores: np.ndarray | None = None,
+                  sigmoids: bool = False) -> Prediction:
+        """The prediction of a network pass's map: cut at the image's own cut where
+        ``auto_threshold`` found one, else at the Segmenter's, with the classes of each
+        vessel pixel where ``class_scores`` are given (:func:`vessel_classes`)."""
         if self.auto_threshold and found.cut is not None:
-            return found.cut, "auto"
-        return self.threshold, self.threshold_rule
+            threshold, rule = found.cut, "auto"
+        else:
+            threshold, rule = self.threshold, self.threshold_rule
+        mask = found.probability >= threshold
+        classes = None if class_scores is None else vessel_classes(
+            mask, class_scores, vote=self.segment_vote, sigmoids=sigmoids)
+        return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
+                          found.fov_scale, rule, found.quality, classes)
 
     def _pixels(self, image: np.ndarray | Image.Image) -> np.ndarray | None:
         """``image`` as the (H, W, 3) uint8 array an int8 runtime takes as it is
@@ -345,15 +348,7 @@ class Segmenter:
 
         found, scores = calibrated_outputs(lambda scaled: self._tiled(scaled, checked), rgb,
                                            self.scale, self.calibration, self.fov_diameter, name)
-
-        def finish() -> Prediction:
-            threshold, rule = self._cut(found)
-            mask = found.probability >= threshold
-            classes = vessel_classes(mask, scores, vote=self.segment_vote,
-                                     sigmoids=pixels is not None)
-            return Prediction(found.probability, mask, threshold, found.scale, found.scale_rule,
-                              found.fov_scale, rule, found.quality, classes)
-        return finish
+        return partial(self._finished, found, scores, pixels is not None)
 
     def probability(self, rgb: np.ndarray) -> np.ndarray:
         """The vessel probability of an image at its own scale (no rescale), tiled when it
