@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import sys
+from importlib.util import find_spec
 from types import SimpleNamespace
 
 import numpy as np
@@ -327,6 +328,24 @@ def test_a_vessel_model_or_dataset_is_refused_for_artery_vein_maps(av_run, data_
     assert main(["predict", str(data_dir / "Image_11L.jpg"), "-o", str(tmp_path),
                  "--av", "--model", "qsegment-half"]) != 0
     assert "qsegment-half is a vessel-only model" in capsys.readouterr().err
+
+
+def test_without_scikit_image_the_vote_stops_a_run_before_its_first_image(data_dir, tmp_path,
+                                                                       capsys, monkeypatch):
+    """The vote per segment needs scikit-image (the `biomarkers` extra): where it is not
+    installed, `predict --av` says so and writes nothing, instead of stopping after the
+    first network pass; `--no-segment-vote` (each pixel's own class) still runs."""
+    import qsegment.inference.arteryvein as arteryvein
+
+    monkeypatch.setattr(arteryvein, "find_spec",
+                        lambda name: None if name == "skimage" else find_spec(name))
+    photo = str(data_dir / "Image_11L.jpg")
+    assert main(["predict", photo, "-o", str(tmp_path / "vote"), "--av"]) == 2
+    assert "this needs skimage" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.png"))
+    assert main(["predict", photo, "-o", str(tmp_path / "pixels"), "--av",
+                 "--no-segment-vote"]) == 0
+    assert (tmp_path / "pixels" / "Image_11L_av.png").is_file()
 
 
 def test_av_without_a_model_takes_the_shipped_artery_vein_model(data_dir, tmp_path, capsys):

@@ -160,6 +160,29 @@ def test_acquisition_jpeg_share_is_its_own_knob():
         assert low <= len(drawn) <= high and all(30 <= q <= 95 for q in drawn)
 
 
+def test_without_colour_shifts_the_pixels_keep_their_colour_relations(data_dir):
+    """--no-acquisition-colour (artery/vein fine-tuning) draws blur, noise and JPEG but no
+    cast, gamma, contrast or red-free: every shift on, the channels stay apart and each
+    pixel's colour moves by blur, noise and compression alone."""
+    from qsegment.data.transforms import AcquisitionShift
+
+    shift = paper_augmentation(crop=64, acquisition=True, acquisition_colour=False).transforms[-1]
+    assert isinstance(shift, AcquisitionShift)
+    torch.manual_seed(0)
+    drawn = [shift.make_params([]) for _ in range(200)]
+    for kind in ("gains", "gamma", "contrast", "red_free"):
+        assert all(params[kind] is None for params in drawn), kind
+    for kind in ("blur", "noise", "jpeg"):
+        assert any(params[kind] is not None for params in drawn), kind
+    image, label, fov = to_tensors(load_sample(data_dir, "Image_03L"), MULTIPLE)
+    img = apply(AcquisitionShift(strength=5.0, colour=False), image, label, fov)[0]
+    retina = fov[0].bool()
+    assert (img - image).abs().mean() > 0.005  # blurred, noisy, compressed
+    for channel in range(3):  # the mean colour of the retina stays where it was
+        assert abs(img[channel][retina].mean() - image[channel][retina].mean()) < 0.01
+    assert (img[0] - img[1]).abs()[retina].mean() > 0.1  # not red-free
+
+
 def test_acquisition_training_crops_at_other_zooms(data_dir):
     from qsegment.data.transforms import AcquisitionShift, ZoomedCrop
 

@@ -24,15 +24,22 @@ class AcquisitionShift(v2.Transform):
     and saturation change, gamma 0.6-1.6, contrast, red-free capture (luminance or the
     green channel alone, as three equal channels), defocus blur, sensor noise and JPEG
     compression at quality 30-95. Clean images stay common (about a third of samples are
-    untouched), so that CHASE_DB1 itself is not traded away for robustness."""
+    untouched), so that CHASE_DB1 itself is not traded away for robustness.
+
+    ``colour=False`` leaves out the shifts of colour and tone (the cast, gamma, contrast,
+    red-free) and keeps blur, noise and JPEG: an artery is told from a vein by its colour
+    and brightness beside the vein's, which those shifts scramble (docs/RESULTS.md,
+    "Colour shifts and the classes")."""
 
     _transformed_types = (tv_tensors.Image,)
+    COLOUR_SHIFTS = ("colour", "gamma", "contrast", "red_free")
 
-    def __init__(self, strength: float = 1.0, jpeg: float = 0.2) -> None:
+    def __init__(self, strength: float = 1.0, jpeg: float = 0.2, colour: bool = True) -> None:
         super().__init__()
         self.p = {"colour": 0.3, "gamma": 0.3, "contrast": 0.3, "red_free": 0.2,
                   "blur": 0.15, "noise": 0.15, "jpeg": jpeg}
-        self.p = {k: v * strength for k, v in self.p.items()}
+        self.p = {k: 0.0 if k in self.COLOUR_SHIFTS and not colour else v * strength
+                  for k, v in self.p.items()}
 
     def make_params(self, flat_inputs: list) -> dict:
         def uniform(low: float, high: float) -> float:
@@ -86,7 +93,8 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
 
 def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
                        rotation: float = 1.0, rotate90: bool = False,
-                       acquisition: bool = False, jpeg: float = 0.2) -> v2.Compose:
+                       acquisition: bool = False, jpeg: float = 0.2,
+                       acquisition_colour: bool = True) -> v2.Compose:
     """Brightness factor 0.2, horizontal and vertical flips (p=0.5 each), rotation within
     +-1 degree; optionally a random square crop first (the fast CPU recipe).
 
@@ -96,7 +104,8 @@ def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
 
     ``acquisition`` trains for other cameras: the crop is taken at a random zoom of
     0.8-1.25 (vessel widths of other scales) and :class:`AcquisitionShift` follows the
-    paper's transforms, JPEG-compressing a ``jpeg`` share of the samples.
+    paper's transforms, JPEG-compressing a ``jpeg`` share of the samples, its colour and
+    tone shifts left out without ``acquisition_colour``.
     """
     ops: list[v2.Transform] = []
     if crop is not None and acquisition:
@@ -112,7 +121,7 @@ def paper_augmentation(crop: int | None = None, brightness: float = 0.2,
         v2.ColorJitter(brightness=brightness),
     ]
     if acquisition:
-        ops.append(AcquisitionShift(jpeg=jpeg))
+        ops.append(AcquisitionShift(jpeg=jpeg, colour=acquisition_colour))
     return v2.Compose(ops)
 
 

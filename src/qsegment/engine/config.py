@@ -88,6 +88,10 @@ class TrainConfig:
                                       "(qsegment.data.transforms.AcquisitionShift)")
     acquisition_jpeg: float = _field(0.2, "share of --acquisition samples JPEG-compressed "
                                           "(quality 30-95)")
+    acquisition_colour: bool = _field(True, "--acquisition shifts colour and tone too (cast, "
+                                            "gamma, contrast, red-free); off: blur, noise and "
+                                            "JPEG only, for artery/vein fine-tuning, where "
+                                            "colour tells the classes apart")
     loss: str = _field("structure", "; ".join(f"{k}: {v}" for k, v in LOSSES.describe().items()))
     optimizer: str = _field("sgd", " | ".join(OPTIMIZERS.names()))
     lr: float = _field(1e-3, "initial learning rate")

@@ -256,7 +256,8 @@ def _loader(cfg: TrainConfig, parts: list[Part], multiple: int, device: torch.de
     if classes:
         fitted = [class_target(s) for s in fitted]
     augment = paper_augmentation(cfg.crop or None, rotate90=cfg.rotate90,
-                                 acquisition=cfg.acquisition, jpeg=cfg.acquisition_jpeg)
+                                 acquisition=cfg.acquisition, jpeg=cfg.acquisition_jpeg,
+                                 acquisition_colour=cfg.acquisition_colour)
     dataset = _SeededDataset(fitted, augment, repeats=repeats, multiple=multiple,
                              seed=cfg.seed, device=device)
     sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=world_size,

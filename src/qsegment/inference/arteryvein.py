@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 import numpy as np
 
@@ -63,6 +64,19 @@ def vote_segments(vessel: np.ndarray, class_logits: np.ndarray) -> np.ndarray:
                                                          :logits.shape[2] - c0]
     logits[0][box], logits[1][box] = _with_difference(logits[0][box], logits[1][box], voted)
     return logits
+
+
+def check_vote_installed() -> None:
+    """Raise now, not after the first network pass, where the vote per segment
+    (:func:`vessel_classes`) cannot run: scikit-image is not installed (the command line
+    names the extra that brings it).
+
+    Raises:
+        ModuleNotFoundError: scikit-image (``pip install 'qsegment[biomarkers]'``).
+    """
+    if find_spec("skimage") is None:
+        raise ModuleNotFoundError("the vote per vessel segment needs scikit-image",
+                                  name="skimage")
 
 
 def vessel_classes(vessel: np.ndarray, class_scores: np.ndarray, vote: bool = True,

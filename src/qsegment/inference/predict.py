@@ -47,6 +47,7 @@ from ..runtimes.base import Runtime
 from .arteryvein import (
     calibrated_outputs,
     check_artery_vein,
+    check_vote_installed,
     vessel_classes,
     with_vessel_probability,
 )
@@ -178,6 +179,7 @@ class Segmenter:
                 network's stride does not divide, or a tile not over twice the overlap,
                 or ``artery_vein`` for a model without artery/vein outputs (a model
                 file: at its first map).
+            ModuleNotFoundError: ``artery_vein`` with ``segment_vote`` and no scikit-image.
         """
         symmetries(tta)  # an unknown mode fails here, not at the first image
         check_scale(scale)
@@ -200,6 +202,8 @@ class Segmenter:
         self.name = name or type(self.model or self.runner).__name__  # how outputs name it
         if artery_vein and self.model is not None:  # a model file's channels: at the first map
             check_artery_vein(self.model.outputs, self.name)
+        if artery_vein and segment_vote:
+            check_vote_installed()
         self.artery_vein, self.segment_vote = artery_vein, segment_vote
 
     @classmethod
