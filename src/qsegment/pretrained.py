@@ -84,6 +84,10 @@ WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
              "arteries and veins (`--av`): qsegment-imx-av-crop896 fine-tuned through its int8 "
              "network (--qat), BF-Net F1 0.6827 on HRF-AV and 0.7228 on LES-AV in int8, within "
              "0.01 of float (research use only: its training data's terms)", AV_TRAIN),
+    _weights("qsegment-imx-av-truecolour", "qsegment-imx-av",
+             "qsegment-imx-av-crop896 trained one more cycle without the colour and tone "
+             "shifts (--no-acquisition-colour), then through its int8 network (--qat): BF-Net "
+             "F1 0.6902 on HRF-AV and 0.7213 on LES-AV in int8 (research use only)", AV_TRAIN),
     _weights("qsegment-imx-transfer", "qsegment-imx",
              "the half-resolution variant taught by two models' 8-view maps and fine-tuned "
              "for other cameras: Dice 0.8096, a quarter of qsegment-nearest-transfer-jpeg's work"),
