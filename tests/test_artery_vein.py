@@ -271,7 +271,6 @@ def test_the_classes_run_in_int8_on_openvino_as_in_float(av_run, data_dir, monke
     assert np.mean(float_.classes[both] == int8.classes[both]) > 0.9
 
 
-
 def test_eight_views_average_the_classes_too(data_dir):
     """`--av --tta d8` (docs/RESULTS.md "Eight views on the shipped artery/vein weights"):
     the shipped model's int8 classes on OpenVINO, averaged over the eight flips and
@@ -293,6 +292,7 @@ def test_eight_views_average_the_classes_too(data_dir):
     one_pass, eight_views = agreements
     assert eight_views > 0.995 and one_pass < 0.95  # measured: 0.9993 and 0.815
     # (not 1: int8 logits tie often, and the views sum in another order)
+
 
 def test_the_classes_run_in_int8_on_litert_as_in_float(av_run, data_dir, tmp_path):
     """`qsegment export --target tflite-int8` of an artery/vein model keeps its four
