@@ -1,9 +1,11 @@
 """CRAE, CRVE and AVR from an artery/vein model's maps against the same code on the
 manual artery/vein maps, on the HRF-AV and LES-AV test splits (issue #34).
 
-    python benchmarks/bench_equivalents.py RUN [--split test|train] [--tta flip] [--runtime R]
-        [--no-segment-vote] [--disc-from model|manual] [--decompose] [--threshold T] [--out DIR]
-    python benchmarks/bench_equivalents.py --from DIR/equivalents.json [--out DIR2]
+    python benchmarks/bench_equivalents.py RUN|FILE.onnx [--split test|train] [--tta flip]
+        [--runtime R] [--no-segment-vote] [--disc-from model|manual] [--decompose]
+        [--threshold T] [--out DIR]
+    python benchmarks/bench_equivalents.py --from DIR/equivalents.json [--against JSON]
+        [--out DIR2]
 
 For each test photograph the optic disc is located once (on the photograph, with the
 model's vessel map, as `qsegment predict --biomarkers` finds it; ``--disc-from manual``:
@@ -16,9 +18,15 @@ image's values and ``DIR/equivalents_bland_altman.png`` the figure. Each ICC com
 its 95 % interval, a BCa bootstrap over the photographs (``scipy.stats.bootstrap``,
 paired, seeded): with 32 photographs it says how far apart two models' ICCs must be to
 differ. ``--from`` recomputes the tables and the figure from a saved ``equivalents.json``
-without measuring again. ``--split train``
+without measuring again, and with ``--against`` another saved run takes the manual maps'
+place (how far the sensor's measures are from the CPU's, say). ``--split train``
 measures the training splits instead, which the artery/vein model learned from: what
 the same code gives where the model's maps are closer to the manual ones.
+
+A ``FILE.onnx`` (``qsegment quantize``'s int8 file for the sensor) is run as the camera
+runs it, in ROI tiles (:class:`qsegment.deploy.tiling.SensorTiles`, as ``qsegment
+evaluate FILE.onnx --task av`` scores it), at the scale and cut of its float model's
+calibration: the measures the sensor's maps would give.
 
 ``--threshold`` cuts the model's vessel map at a fixed probability instead of its own
 cut per photograph (``auto``, the expected-Dice cut): how much of the calibres'
@@ -78,17 +86,27 @@ def agreement(model: np.ndarray, manual: np.ndarray) -> dict:
             "manual_mean": float(manual[ok].mean())}
 
 
-def summarise(images: list[dict], out: Path) -> tuple[dict, dict]:
+def against(images: list[dict], reference: list[dict]) -> list[dict]:
+    """``images`` with their manual values replaced by the model values of the same
+    photographs in ``reference`` (another saved run), on the photographs both hold."""
+    model_of = {(r["dataset"], r["image"]): r["model"] for r in reference}
+    return [{"dataset": r["dataset"], "image": r["image"], "model": r["model"],
+             "manual": model_of[r["dataset"], r["image"]]}
+            for r in images if (r["dataset"], r["image"]) in model_of]
+
+
+def summarise(images: list[dict], out: Path, reference: str = "manual") -> tuple[dict, dict]:
     """The agreement of each measure (and of each hybrid the images hold), printed as
-    the docs' tables, and the Bland-Altman figure in ``out``."""
+    the docs' tables, and the Bland-Altman figure in ``out``; ``reference`` names what
+    the images' ``manual`` values are."""
     sources = ("model", "manual", *(s for s in HYBRIDS if s in images[0]))
     column = {s: {m: np.array([r[s][m] for r in images], dtype=float) for m in MEASURES}
               for s in sources}
     summary = {m: agreement(column["model"][m], column["manual"][m]) for m in MEASURES}
     hybrids = {s: {m: agreement(column[s][m], column["manual"][m]) for m in MEASURES}
                for s in HYBRIDS if s in column}
-    print("\n| measure | images | ICC(A,1) [95 % interval] | MARD | Pearson r | manual mean | "
-          "model mean | bias (model - manual) | 95 % limits |\n"
+    print(f"\n| measure | images | ICC(A,1) [95 % interval] | MARD | Pearson r | {reference} "
+          f"mean | model mean | bias (model - {reference}) | 95 % limits |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for measure, s in summary.items():
         print(f"| {measure.upper()} | {s['images']} | {_icc(s)} | {s['mard']:.1%} | "
@@ -100,7 +118,7 @@ def summarise(images: list[dict], out: Path) -> tuple[dict, dict]:
         for label, rows in (("the model's map", summary),
                             *((HYBRIDS[s], hybrids[s]) for s in hybrids)):
             print(f"| {label} | " + " | ".join(_icc(rows[m]) for m in MEASURES) + " |")
-    _bland_altman(out / "equivalents_bland_altman.png", column)
+    _bland_altman(out / "equivalents_bland_altman.png", column, reference)
     return summary, hybrids
 
 
@@ -109,7 +127,8 @@ def _icc(row: dict) -> str:
     return f"{row['icc']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _bland_altman(path: Path, column: dict[str, dict[str, np.ndarray]]) -> None:
+def _bland_altman(path: Path, column: dict[str, dict[str, np.ndarray]],
+                  reference: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,8 +144,8 @@ def _bland_altman(path: Path, column: dict[str, dict[str, np.ndarray]]) -> None:
         for level, style in ((bias, "-"), (bias - spread, "--"), (bias + spread, "--")):
             ax.axhline(level, color="gray", linestyle=style, linewidth=1)
         unit = "" if measure == "avr" else " (px)"
-        ax.set(title=measure.upper(), xlabel=f"mean of model and manual{unit}",
-               ylabel=f"model - manual{unit}")
+        ax.set(title=measure.upper(), xlabel=f"mean of model and {reference}{unit}",
+               ylabel=f"model - {reference}{unit}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -145,6 +164,11 @@ def main() -> None:
     parser.add_argument("--from", dest="saved", metavar="JSON", type=Path,
                         help="recompute the tables and the figure from this "
                         "equivalents.json instead of measuring (written to --out)")
+    parser.add_argument("--against", metavar="JSON", type=Path,
+                        help="with --from: its model's measures against this saved "
+                        "run's model measures instead of the manual ones, on the "
+                        "photographs both measured (e.g. the sensor's file against the "
+                        "CPU's int8)")
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--out", default="runs/equivalents", help="output folder")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -165,14 +189,22 @@ def main() -> None:
         parser.error("give an artery/vein model to measure, or --from a saved equivalents.json")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.against and not args.saved:
+        parser.error("--against compares two saved runs: give --from too")
     if args.saved:
         saved = json.loads(args.saved.read_text())
-        saved["summary"], saved["hybrids"] = summarise(saved["images"], out)
+        if args.against:
+            saved = {"against": str(args.against), "images": against(
+                saved["images"], json.loads(args.against.read_text())["images"])}
+        saved["summary"], saved["hybrids"] = summarise(
+            saved["images"], out, "reference" if args.against else "manual")
         _write(out, saved)
         return
-    segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, artery_vein=True,
-                                          tta=args.tta, segment_vote=args.segment_vote,
-                                          threshold=args.threshold)
+    options = {"artery_vein": True, "tta": args.tta, "segment_vote": args.segment_vote,
+               "threshold": args.threshold}
+    segmenter = (Segmenter.from_sensor_file(args.model, **options)
+                 if args.model.endswith(".onnx") else
+                 Segmenter.from_pretrained(args.model, runtime=args.runtime, **options))
     images: list[dict] = []
     for name in ("hrf-av", "les-av"):
         dataset = open_dataset(dataset=name)

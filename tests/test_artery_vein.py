@@ -353,6 +353,24 @@ def test_a_vessel_model_or_dataset_is_refused_for_artery_vein_maps(av_run, data_
     assert "qsegment-half is a vessel-only model" in capsys.readouterr().err
 
 
+def test_evaluate_scores_the_training_photographs_where_models_are_chosen(tmp_path, capsys):
+    """`evaluate --task av --images train` scores a dataset's training photographs in
+    place of its test ones (where a choice between models may be made) and says so; an
+    int8 model file, scored on the validation images only, is refused."""
+    les = open_dataset(None, "les-av")
+    out = tmp_path / "train"
+    assert main(["evaluate", AV_MODEL, "--task", "av", "--dataset", "les-av", "--images",
+                 "train", "--runtime", "openvino", "--no-figures", "--out", str(out)]) == 0
+    assert f"on LES-AV training ({len(les.default_split.train)} images" in \
+        capsys.readouterr().out
+    result = json.loads((out / "metrics_av.json").read_text())
+    assert [m["name"] for m in result["per_image"]] == list(les.default_split.train)
+    assert result["scored"] == "training" and 0 < result["mean"]["weighted"]["f1"] <= 1
+    int8 = resolve_checkpoint(AV_MODEL).with_suffix(".int8.onnx")
+    assert main(["evaluate", str(int8), "--images", "train", "--no-figures"]) == 2
+    assert "--images train scores checkpoints" in capsys.readouterr().err
+
+
 def test_without_scikit_image_the_vote_stops_a_run_before_its_first_image(data_dir, tmp_path,
                                                                        capsys, monkeypatch):
     """The vote per segment needs scikit-image (the `biomarkers` extra): where it is not

@@ -153,3 +153,36 @@ def test_analyze_measures_a_manual_artery_vein_map_around_its_photographs_disc(
     row = json.loads((tmp_path / "without" / "biomarkers.json").read_text())["rows"][0]
     assert row["crae"] is None and "--photographs" in row["reasons"]["crae"]
     assert row["artery_calibre_mean"] > 0  # measured without the disc
+
+
+def test_bench_equivalents_compares_two_saved_runs_photograph_by_photograph(
+        tmp_path: Path) -> None:
+    """`bench_equivalents.py --from A --against B` puts B's model values where A's manual
+    ones were, pairing the photographs by dataset and name: a run against itself agrees
+    exactly; against a run that read every CRAE 1 px wider and lacks a photograph, the
+    bias is -1 px on the photographs both hold."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    calibres = zip(rng.uniform(20, 30, 6), rng.uniform(35, 45, 6), strict=True)
+    rows = [{"dataset": "les-av", "image": str(i), "model": {
+        "crae": float(c), "crve": float(v), "avr": float(c / v)}, "manual": {
+        "crae": float(c + 2), "crve": float(v), "avr": float((c + 2) / v)}}
+        for i, (c, v) in enumerate(calibres)]
+    wider = [{**r, "model": {**r["model"], "crae": r["model"]["crae"] + 1}} for r in rows[1:]]
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_equivalents.py"
+    for name, reference in (("self", rows), ("wider", wider)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"images": reference}))
+    (tmp_path / "run.json").write_text(json.dumps({"images": rows}))
+    for name in ("self", "wider"):
+        subprocess.run([sys.executable, str(script), "--from", str(tmp_path / "run.json"),
+                        "--against", str(tmp_path / f"{name}.json"), "--out",
+                        str(tmp_path / name)], check=True, capture_output=True)
+    same = json.loads((tmp_path / "self" / "equivalents.json").read_text())["summary"]
+    assert all(same[m]["icc"] == pytest.approx(1.0) and same[m]["images"] == 6
+               for m in ("crae", "crve", "avr"))
+    shifted = json.loads((tmp_path / "wider" / "equivalents.json").read_text())["summary"]
+    assert shifted["crae"]["images"] == 5 and shifted["crae"]["bias"] == pytest.approx(-1.0)
+    assert shifted["crve"]["bias"] == pytest.approx(0.0)
+    assert (tmp_path / "wider" / "equivalents_bland_altman.png").is_file()

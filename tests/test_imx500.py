@@ -453,3 +453,36 @@ def test_sensor_tiles_score_an_artery_vein_photograph_as_the_camera_tiles_it(
     assert main(["evaluate", str(path), "--task", "av", "--dataset", "les-av", "--size",
                  "256"]) == 2
     assert "in native ROI tiles" in capsys.readouterr().err
+
+
+def test_a_segmenter_runs_the_sensor_file_whole_with_its_float_models_calibration(
+        imx_av_quantized, tmp_path):
+    """`Segmenter.from_sensor_file` (what bench_equivalents.py measures CRAE, CRVE and
+    AVR of) hands the file a photograph larger than its own tile whole, so that the file's ROI
+    windows cover it as the camera's would, not windows inside tiles of 1024 px; the
+    file's calibration is its float model's, by name, and none where that model is gone."""
+    from qsegment import Segmenter
+    from qsegment.datasets import open_dataset
+    from qsegment.deploy.tiling import SensorTiles
+    from qsegment.inference.calibrate import Calibration
+    from qsegment.pretrained import AV_MODEL, resolve_checkpoint
+
+    path, card = imx_av_quantized
+    photograph = open_dataset(None, "les-av").sample("224").image  # 1620x1444
+    assert max(photograph.shape[:2]) > 1024
+    rgb = np.round(photograph * 255).astype(np.uint8)
+    segmenter = Segmenter.from_sensor_file(path, scale="none", artery_vein=True)
+    assert segmenter.name == path.name and segmenter.runtime == "in-sensor ROI tiles"
+    prediction = segmenter.predict(rgb)
+    sensor = SensorTiles.from_file(path)
+    whole = probability(sensor.logits(rgb.transpose(2, 0, 1)[None] / np.float32(255))[0])
+    assert np.abs(prediction.probability - whole[0]).max() < 1e-5
+    assert set(np.unique(prediction.classes)) <= {0, 1, 2, 3}
+    shipped = Calibration.beside(resolve_checkpoint(AV_MODEL))
+    assert shipped is not None
+    for source, expected in ((AV_MODEL, shipped), (str(tmp_path / "gone"), None)):
+        moved = tmp_path / f"{len(source)}.onnx"
+        moved.write_bytes(path.read_bytes())
+        moved.with_suffix(".json").write_text(json.dumps({**card.to_dict(),
+                                                          "source_checkpoint": source}))
+        assert SensorTiles.from_file(moved).float_calibration() == expected

@@ -23,8 +23,8 @@ SHIPPED = {"qsegment-nearest": ("qsegment", "nearest", 0.79),
            "qsegment-imx-transfer": ("qsegment-imx", "nearest", 0.80),
            "qsegment-half": ("qsegment-half", "nearest", 0.80)}
 # the artery/vein weights whose cards carry their measured F1: the --av default and
-# the one shipped by name beside it
-AV_SCORED = (AV_MODEL, "qsegment-imx-av-truecolour")
+# the default before it, shipped by name
+AV_SCORED = (AV_MODEL, "qsegment-imx-av-qat")
 # every shipped artery/vein model: those, and the defaults before them
 AV_SHIPPED = (*AV_SCORED, "qsegment-imx-av-crop896", "qsegment-imx-av")
 

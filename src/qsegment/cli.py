@@ -40,9 +40,9 @@ from .cli_types import (
     url,
 )
 from .console import configure_logging
-from .datasets import DATASETS
+from .datasets import DATASETS, Split
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
-from .errors import CheckpointError, QsegmentError, UsageError
+from .errors import QsegmentError, UsageError
 from .export import TARGETS
 from .pretrained import AV_MODEL, DEFAULT_MODEL, SENSOR_MODEL, default_model, resolve_checkpoint
 from .runtimes import AUTO, DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from .biomarkers.report import BiomarkerRow
     from .card import Card
     from .datasets import FundusDataset
-    from .inference.calibrate import Calibration
     from .inference.predict import Prediction
     from .runtimes.base import Runtime
 
@@ -396,6 +395,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.task == "av":
         return _evaluate_av(args, data)
     if str(args.model).endswith(suffixes):
+        if args.images != "val":
+            raise UsageError("--images train scores checkpoints; an int8 model file is "
+                             "scored on the validation images")
         if args.tta != "none":
             raise UsageError("--tta applies to float checkpoints, not to an int8 model file")
         if len(args.size) > 1:
@@ -406,14 +408,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         from .inference.calibrate import Calibration
 
         runner, card = _scored_runtime(args)
-        result = table_iv(runner, card, data, [None, *args.size], out=args.out,
-                          figures=not args.no_figures, tta=args.tta, scale=args.scale,
+        result = table_iv(runner, card, data, [None, *args.size], _scored_split(args, data),
+                          out=args.out, figures=not args.no_figures, tta=args.tta,
+                          scale=args.scale,
                           calibration=Calibration.beside(resolve_checkpoint(args.model)))
     print(format_table(result))
     if "dice_drop" in result:
         print(f"int8 minus float Dice at the same resolution: {-result['dice_drop']:+.4f}")
     print(f"threshold {result['threshold']:.3f} ({result['threshold_rule']}); pooled over "
-          f"{len(result['val_images'])} validation images, inside the FOV")
+          f"{len(result['val_images'])} {'training' if args.images == 'train' else 'validation'} "
+          "images, inside the FOV")
     if cuts := [c for row in result["rows"].values() for c in row.get("cuts", [])]:
         print(f"cut per image: {min(cuts):.3f}-{max(cuts):.3f} (expected Dice, the model's "
               "calibration)")
@@ -436,6 +440,14 @@ def _scored_runtime(args: argparse.Namespace) -> tuple[Runtime, Card]:
     return runner, card
 
 
+def _scored_split(args: argparse.Namespace, data: FundusDataset) -> Split | None:
+    """The images ``--images`` scores: None for the dataset's own split, or its training
+    images in the validation images' place."""
+    if args.images == "val":
+        return None
+    return Split(data.default_split.train, data.default_split.train)
+
+
 def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
     from .engine.evaluate import format_av_table, table_av
     from .inference.calibrate import Calibration
@@ -448,35 +460,23 @@ def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
                          ".safetensors, shipped name or .onnx, and no --size")
     if in_sensor:
         from .deploy.tiling import SensorTiles
-        from .runtimes.onnxrt import MctOnnxRuntime
 
-        sensor = SensorTiles(MctOnnxRuntime(args.model))
+        sensor = SensorTiles.from_file(args.model)
         runner: Runtime = sensor
         card = sensor.card.replace(
             name=f"{sensor.card.label} ({sensor.name} of {sensor.size}x{sensor.size})")
-        calibration = _source_calibration(card.get("source_checkpoint"))
+        calibration = sensor.float_calibration()
     else:
         runner, card = _scored_runtime(args)
         calibration = Calibration.beside(resolve_checkpoint(args.model))
-    result = table_av(runner, card, data, out=args.out, figures=not args.no_figures,
-                      scale=args.scale, tta=args.tta, calibration=calibration,
-                      segment_vote=args.segment_vote)
+    result = table_av(runner, card, data, _scored_split(args, data), out=args.out,
+                      figures=not args.no_figures, scale=args.scale, tta=args.tta,
+                      calibration=calibration, segment_vote=args.segment_vote)
     print(format_av_table(result))
     if args.out:
         print(f"wrote {Path(args.out) / 'metrics_av.json'}" +
               ("" if args.no_figures else " and artery_vein.png"))
     return 0
-
-
-def _source_calibration(source: str | None) -> Calibration | None:
-    """The calibration of an int8 file's float model (its card's ``source_checkpoint``),
-    which sets the scale it is scored at; None where that model has none or is gone."""
-    from .inference.calibrate import Calibration
-
-    try:
-        return Calibration.beside(resolve_checkpoint(source)) if source else None
-    except CheckpointError:
-        return None
 
 
 def _add_evaluate(sub: Commands) -> None:
@@ -516,6 +516,10 @@ def _add_evaluate(sub: Commands) -> None:
                    "classes by BF-Net's protocol (Se, AUC-ROC, F1, AUC-PR, MSE per class "
                    "and weighted) and the accuracy on the manual centreline, on a dataset "
                    "with artery/vein labels (default: vessel)")
+    p.add_argument("--images", choices=("val", "train"), default="val",
+                   help="score the validation (test) images (val), or the training images, "
+                   "where a choice between models may be made (train; the model learned "
+                   "from them, so its scores there are higher)")
     _add_segment_vote(p)
     _add_runtime(p, "torch")
     _add_tta(p, "; the threshold is then chosen anew on the training images with the same "

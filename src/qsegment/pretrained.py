@@ -28,9 +28,9 @@ DEFAULT_MODEL = "qsegment-half"
 # the CPU default until 2026-12-06 (qsegment-half's refinement is for CPUs)
 SENSOR_MODEL = "qsegment-nearest-transfer-jpeg"
 # what --av and artery_vein=True take unless told: the best shipped artery/vein model in
-# int8 (the defaults before it, qsegment-imx-av and qsegment-imx-av-crop896, keep their
-# names and their documented figures)
-AV_MODEL = "qsegment-imx-av-qat"
+# int8, chosen on the training photographs (the defaults before it, qsegment-imx-av,
+# qsegment-imx-av-crop896 and qsegment-imx-av-qat, keep their names and their figures)
+AV_MODEL = "qsegment-imx-av-truecolour"
 
 
 def default_model(artery_vein: bool = False) -> str:
@@ -80,14 +80,16 @@ WEIGHTS: Registry[Weights] = Registry("pretrained weights", [
              "the artery/vein default on 2026-12-06: qsegment-imx-av trained a fourth cycle "
              "on crops of 896 px, BF-Net F1 0.6932 on HRF-AV and 0.7261 on LES-AV, the best "
              "in float (research use only)", AV_TRAIN),
+    _weights("qsegment-imx-av-qat", "qsegment-imx-av",
+             "the artery/vein default from 2026-12-06 to 2026-12-07: qsegment-imx-av-crop896 "
+             "fine-tuned through its int8 network (--qat), BF-Net F1 0.6827 on HRF-AV and "
+             "0.7228 on LES-AV in int8; the better one in the sensor (research use only)",
+             AV_TRAIN),
     _weights(AV_MODEL, "qsegment-imx-av",
-             "arteries and veins (`--av`): qsegment-imx-av-crop896 fine-tuned through its int8 "
-             "network (--qat), BF-Net F1 0.6827 on HRF-AV and 0.7228 on LES-AV in int8, within "
-             "0.01 of float (research use only: its training data's terms)", AV_TRAIN),
-    _weights("qsegment-imx-av-truecolour", "qsegment-imx-av",
-             "qsegment-imx-av-crop896 trained one more cycle without the colour and tone "
-             "shifts (--no-acquisition-colour), then through its int8 network (--qat): BF-Net "
-             "F1 0.6902 on HRF-AV and 0.7213 on LES-AV in int8 (research use only)", AV_TRAIN),
+             "arteries and veins (`--av`): qsegment-imx-av-crop896 trained one more cycle "
+             "without the colour and tone shifts (--no-acquisition-colour), then through its "
+             "int8 network (--qat): BF-Net F1 0.6902 on HRF-AV and 0.7213 on LES-AV in int8, "
+             "within 0.01 of float (research use only: its training data's terms)", AV_TRAIN),
     _weights("qsegment-imx-transfer", "qsegment-imx",
              "the half-resolution variant taught by two models' 8-view maps and fine-tuned "
              "for other cameras: Dice 0.8096, a quarter of qsegment-nearest-transfer-jpeg's work"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..runtimes.base import Runtime, output_logits, output_probabilities
 
 if TYPE_CHECKING:
     from ..datasets import Sample
+    from ..inference.calibrate import Calibration
 
 Roi = tuple[int, int, int, int]  # x, y, width, height: set_inference_roi_abs's order
 DEFAULT_HALO = 16  # network pixels of overlap, the band each tile's border is faded over
@@ -378,10 +380,34 @@ class SensorTiles(Runtime):
     sensor gives."""
 
     name = "in-sensor ROI tiles"
+    # it cuts any image into the sensor's windows itself: a Segmenter must not tile first
+    tile_shape = (1 << 15, 1 << 15)
 
     def __init__(self, runtime: Runtime, halo: int = DEFAULT_HALO) -> None:
         self.runtime, self.size, self.halo = runtime, _fixed_size(runtime), halo
         self.card = runtime.card
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SensorTiles:
+        """The sensor's int8 file (``qsegment quantize``'s MCT ONNX) in ONNX Runtime, run
+        in the camera's ROI tiles."""
+        from ..runtimes.onnxrt import MctOnnxRuntime
+
+        return cls(MctOnnxRuntime(path))
+
+    def float_calibration(self) -> Calibration | None:
+        """The calibration of the float model this file was quantized from (its card's
+        ``source_checkpoint``), which sets the scale and cut it is run at; None where
+        that model has none or is gone."""
+        from ..errors import CheckpointError
+        from ..inference.calibrate import Calibration
+        from ..pretrained import resolve_checkpoint
+
+        source = self.card.get("source_checkpoint")
+        try:
+            return Calibration.beside(resolve_checkpoint(source)) if source else None
+        except CheckpointError:
+            return None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         height, width = x.shape[-2:]

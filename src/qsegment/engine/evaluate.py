@@ -346,7 +346,9 @@ def table_av(model: Runtime | nn.Module, card: Card, data: Data = None,
             panels.append((sample, predicted))
     mean = {group: {k: float(np.nanmean([m[group][k] for m in per_image]))
                     for k in (*AV_METRICS, "acc")} for group in ("weighted", *AV_CLASSES)}
+    scored = "training" if split and split.val == dataset.default_split.train else "test"
     result = {"model": card.label, "dataset": dataset.title, "images": len(val),
+              "scored": scored,
               "mean": mean, "centreline_acc": float(np.nanmean(
                   [m["centreline_acc"] for m in per_image])),
               "vessel_dice": float(np.mean([m["vessel_dice"] for m in per_image])),
@@ -371,7 +373,7 @@ def format_av_table(result: dict) -> str:
     rows = [f"| {group} | " + " | ".join(f"{result['mean'][group][k]:.4f}" for k in AV_METRICS)
             + " |" for group in ("weighted", *AV_CLASSES)]
     classes = "one class per vessel segment" if result["segment_vote"] else "per pixel"
-    return "\n".join([f"{result['model']} on {result['dataset']} test "
+    return "\n".join([f"{result['model']} on {result['dataset']} {result['scored']} "
                       f"({result['images']} images; {classes})", *head, *rows,
                       f"artery/vein accuracy on the manual centreline: "
                       f"{result['centreline_acc']:.4f}; vessel Dice (mean of images): "

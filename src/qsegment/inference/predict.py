@@ -57,6 +57,8 @@ from .maps import Scale, as_runtime, check_scale, predict_outputs, predict_proba
 if TYPE_CHECKING:
     from torch import nn
 
+    from ..card import Card
+
 log = logging.getLogger(__name__)
 
 
@@ -242,10 +244,39 @@ class Segmenter:
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
+        return cls._cut_as(threshold, card, open_weights(runtime, weights, threads),
+                           calibration=Calibration.beside(weights), **kwargs)
+
+    @classmethod
+    def from_sensor_file(cls, path: str | Path, threshold: Threshold = "auto",
+                         **kwargs: Any) -> Segmenter:
+        """The IMX500's int8 file (``qsegment quantize``'s ``.onnx``) run on the host as the
+        camera runs it, in native ROI tiles (:class:`~qsegment.deploy.tiling.SensorTiles`,
+        ONNX Runtime with MCT's operators), at the scale and cut of its float model's
+        calibration: the maps, classes and measures the sensor would give.
+
+        Args:
+            path: the ``.onnx`` with its card (``.json``) beside it.
+            threshold: as :meth:`from_pretrained` takes it (the card's, or the float
+                model's calibration's cut per image).
+            **kwargs: the constructor's other arguments (``artery_vein``, ``scale``...).
+        """
+        from ..deploy.tiling import SensorTiles
+
+        sensor = SensorTiles.from_file(path)
+        kwargs.setdefault("name", Path(path).name)
+        return cls._cut_as(threshold, sensor.card, sensor,
+                           calibration=sensor.float_calibration(), **kwargs)
+
+    @classmethod
+    def _cut_as(cls, threshold: Threshold, card: Card, runner: Runtime, **kwargs: Any
+                ) -> Segmenter:
+        """A Segmenter on ``runner`` cut as ``threshold`` asks: a probability, ``card``
+        (its card's threshold) or ``auto`` (per image, where ``kwargs`` give a
+        calibration)."""
         fixed = threshold not in THRESHOLD_RULES
-        return cls(open_weights(runtime, weights, threads),
-                   float(threshold) if fixed else card.threshold_value,
-                   calibration=Calibration.beside(weights), auto_threshold=threshold == "auto",
+        return cls(runner, float(threshold) if fixed else card.threshold_value,
+                   auto_threshold=threshold == "auto",
                    threshold_source="fixed" if fixed else "card", **kwargs)
 
     def predict(self, image: np.ndarray | Image.Image, name: str = "image") -> Prediction:
