@@ -472,7 +472,7 @@ def test_a_segmenter_runs_the_sensor_file_whole_with_its_float_models_calibratio
     assert max(photograph.shape[:2]) > 1024
     rgb = np.round(photograph * 255).astype(np.uint8)
     segmenter = Segmenter.from_sensor_file(path, scale="none", artery_vein=True)
-    assert segmenter.name == path.name and segmenter.runtime == "in-sensor ROI tiles"
+    assert segmenter.name == path.name and segmenter.runtime == SensorTiles.name
     prediction = segmenter.predict(rgb)
     sensor = SensorTiles.from_file(path)
     whole = probability(sensor.logits(rgb.transpose(2, 0, 1)[None] / np.float32(255))[0])
@@ -480,8 +480,9 @@ def test_a_segmenter_runs_the_sensor_file_whole_with_its_float_models_calibratio
     assert set(np.unique(prediction.classes)) <= {0, 1, 2, 3}
     shipped = Calibration.beside(resolve_checkpoint(AV_MODEL))
     assert shipped is not None
-    for source, expected in ((AV_MODEL, shipped), (str(tmp_path / "gone"), None)):
-        moved = tmp_path / f"{len(source)}.onnx"
+    for i, (source, expected) in enumerate(((AV_MODEL, shipped),
+                                             (str(tmp_path / "gone"), None))):
+        moved = tmp_path / f"card{i}.onnx"
         moved.write_bytes(path.read_bytes())
         moved.with_suffix(".json").write_text(json.dumps({**card.to_dict(),
                                                           "source_checkpoint": source}))
