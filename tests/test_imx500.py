@@ -487,3 +487,33 @@ def test_a_segmenter_runs_the_sensor_file_whole_with_its_float_models_calibratio
         moved.with_suffix(".json").write_text(json.dumps({**card.to_dict(),
                                                           "source_checkpoint": source}))
         assert SensorTiles.from_file(moved).float_calibration() == expected
+
+
+def test_predict_takes_the_sensor_file_as_its_model(imx_av_quantized, data_dir, tmp_path,
+                                                    capsys):
+    """`qsegment predict --model FILE.onnx --av --biomarkers` writes the class map that
+    `Segmenter.from_sensor_file` gives (the camera's tiles on the host) and measures it,
+    the runtime named in the row; a --runtime for it, or `analyze --agreement` with it, is
+    refused with one line naming the file."""
+    from PIL import Image
+
+    from qsegment import Segmenter
+
+    path, _ = imx_av_quantized
+    photo = data_dir / "Image_11L.jpg"
+    assert main(["predict", str(photo), "-o", str(tmp_path), "--model", str(path), "--av",
+                 "--biomarkers"]) == 0
+    expected = Segmenter.from_sensor_file(path, artery_vein=True).predict(
+        np.asarray(Image.open(photo).convert("RGB")))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "Image_11L_av.png")),
+                          expected.classes)
+    row = json.loads((tmp_path / "biomarkers.json").read_text())["rows"][0]
+    assert row["runtime"] == "in-sensor ROI tiles" and row["model"] == path.name
+    for name in ("crae", "crve", "avr"):  # a value, or NaN with its reason
+        assert (row[name] or 0) > 0 or row["reasons"][name], name
+    capsys.readouterr()
+    for command in (["predict", str(photo), "-o", str(tmp_path), "--runtime", "openvino"],
+                    ["analyze", "--agreement", "-o", str(tmp_path)]):
+        assert main([*command, "--model", str(path)]) == 2
+        error = capsys.readouterr().err
+        assert str(path) in error and len(error.strip().splitlines()) == 1, error

@@ -244,12 +244,13 @@ def _add_scale_option(p: argparse.ArgumentParser) -> None:
                    "that factor (auto)")
 
 
-def _add_model(p: argparse.ArgumentParser,
-               what: str = "pretrained name, run folder or .safetensors") -> None:
+def _add_model(p: argparse.ArgumentParser, what: str = "the model") -> None:
     """``--model`` of the commands with ``--av``: unless named, main() makes it
     :func:`~qsegment.pretrained.default_model`'s for the command's ``--av``."""
     p.add_argument("--model", type=weights, metavar="MODEL",
-                   help=f"{what} ({DEFAULT_MODEL}; with --av {AV_MODEL})")
+                   help=f"{what}: pretrained name, run folder, .safetensors, or an IMX500 "
+                   "int8 .onnx (qsegment quantize's), run as the sensor runs it "
+                   f"({DEFAULT_MODEL}; with --av {AV_MODEL})")
 
 
 def _add_runtime(p: argparse.ArgumentParser, default: str) -> None:
@@ -768,6 +769,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.agreement:
         raise UsageError("give masks or photographs to measure, or --agreement")
+    if args.agreement and Path(args.model).suffix == ".onnx":
+        raise UsageError(f"{args.model}: --agreement sets a model's int8 maps beside its "
+                         "float ones: give its weights, not a sensor file")
     segmenter = Segmenter.from_pretrained(args.model, args.threshold, runtime=args.runtime,
                                           artery_vein=args.av)
     if args.agreement:  # the float model beside it: how much int8 moves the biomarkers

@@ -215,10 +215,13 @@ class Segmenter:
         """Shipped or trained weights with their card's threshold, on the fastest CPU
         runtime by default (:func:`qsegment.runtimes.open_weights`): the int8 runtimes
         run the files shipped beside the weights (``NAME.int8.json`` lists them) without
-        PyTorch; other runtimes, and weights without those files, need PyTorch.
+        PyTorch; other runtimes, and weights without those files, need PyTorch. An IMX500
+        int8 ``.onnx`` is run as the sensor runs it (:meth:`from_sensor_file`), so that
+        every command that takes ``--model`` can show what the camera would give.
 
         Args:
-            source: a shipped weights name, a run folder or a .safetensors file
+            source: a shipped weights name, a run folder, a .safetensors file or an
+                IMX500 int8 .onnx (``qsegment quantize``'s)
                 (default: :data:`~qsegment.pretrained.DEFAULT_MODEL`, or with
                 ``artery_vein=True`` :data:`~qsegment.pretrained.AV_MODEL`).
             threshold: ``auto`` (a cut per image by the model's calibration,
@@ -226,7 +229,8 @@ class Segmenter:
                 ``card`` (the card's threshold) or a probability.
             runtime: a runtime that runs checkpoints
                 (:func:`qsegment.runtimes.checkpoint_runtimes`), or ``auto``: the fastest installed
-                for this CPU (:func:`qsegment.runtimes.auto_runtimes`).
+                for this CPU (:func:`qsegment.runtimes.auto_runtimes`); a sensor file takes
+                only ``auto`` (it has one way to run).
             threads: CPU threads of the int8 runtimes (default: one per CPU).
             **kwargs: the constructor's other arguments (``tile``, ``tta``, ``scale``...).
 
@@ -236,11 +240,20 @@ class Segmenter:
         Raises:
             CheckpointError: ``source`` is no weights name, run folder or checkpoint.
             UnknownNameError: an unknown ``runtime``; the message lists them.
-            ModelFileError: weights that cannot run on ``runtime`` (the manifest says why).
-            ModuleNotFoundError: PyTorch is needed (see above) and not installed.
+            ModelFileError: weights that cannot run on ``runtime`` (the manifest says why),
+                or an .onnx that is not an IMX500 int8 file.
+            UsageError: a sensor file with a ``runtime`` other than ``auto``.
+            ModuleNotFoundError: PyTorch is needed (see above) and not installed, or
+                MCT's operators (``qsegment[imx500]``) for a sensor file.
         """
         if source is None:
             source = default_model(kwargs.get("artery_vein", False))
+        if Path(source).suffix == ".onnx":
+            if runtime != DEFAULT_RUNTIME:
+                raise UsageError(f"{source}: an IMX500 int8 file runs as the sensor runs it, "
+                                 f"in its ROI tiles on ONNX Runtime: --runtime {runtime} does "
+                                 "not apply")
+            return cls.from_sensor_file(source, threshold, **kwargs)
         weights = resolve_checkpoint(source)
         card = read_card(weights)
         kwargs.setdefault("name", card.name or str(source))
