@@ -390,6 +390,45 @@ def test_imx_av_variant_is_shown_by_class_on_the_camera_preview(imx_av_quantized
         assert (tinted == np.round(0.6 * AV_COLOURS[value])).all()
 
 
+def test_camera_saves_the_photograph_under_its_map_for_analyze(tmp_path, capsys):
+    """`qsegment camera --save` writes, beside the preview, the region of the untinted
+    frame that the map covers at the map's size, and the map as `predict` writes it: the
+    pair `qsegment analyze --photographs` measures (a LES-AV photograph as the frame,
+    its manual classes in the region at 704x704 as the sensor's map)."""
+    from PIL import Image
+
+    from qsegment.datasets import fov_mask, load_classes, open_dataset
+    from qsegment.deploy.camera import region_photograph, save_shot
+
+    les = open_dataset(None, "les-av")
+    frame = np.asarray(Image.open(les.image_path("224")).convert("RGB"))  # 1620x1444
+    classes = load_classes(les.label_path("224", 1), frame.shape[:2])
+    region = (100, 0, 1444, 1444)  # x, y, width, height
+    sensor_map = np.asarray(Image.fromarray(classes[:, 100:1544]).resize(
+        (704, 704), Image.Resampling.NEAREST))
+    preview = overlay_in_roi(frame, sensor_map, region)
+    files = save_shot(tmp_path, 30, preview, frame, region, sensor_map)
+    assert [f.name for f in files] == ["frame_000030.png", "photo_000030.png",
+                                       "photo_000030_av.png"]
+    photo = np.asarray(Image.open(files[1]))
+    assert photo.shape == (704, 704, 3)
+    assert np.array_equal(np.asarray(Image.open(files[2])), sensor_map)
+    vessels = sensor_map > 0
+    assert fov_mask(photo)[vessels].mean() > 0.99  # the map lies on its photograph
+    beyond = region_photograph(frame, (1400, 0, 440, 440), (440, 440))  # 220 px past the edge
+    assert not beyond[:, 221:].any() and beyond[:, :219].any()
+    out = tmp_path / "bio"
+    assert main(["analyze", str(files[2]), "--photographs", str(tmp_path), "-o", str(out),
+                 "--no-figures"]) == 0
+    row = json.loads((out / "biomarkers.json").read_text())["rows"][0]
+    assert row["fov_source"].startswith("photograph") and row["disc_diameter"] > 20
+    assert row["crae"] > 0 and row["crve"] > row["crae"]
+    assert not (tmp_path / "photo_000030_mask.png").exists()
+    save_shot(tmp_path, 60, preview, frame, region, vessels)  # a vessel model's mask
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "photo_000060_mask.png")) > 0,
+                          vessels)
+
+
 def test_imx_av_variant_converts_and_tiles_with_its_maps_in_deploy_json(imx_av_quantized,
                                                                        tmp_path):
     """deploy.json says the sensor returns 16 maps and names them; the camera's tiling

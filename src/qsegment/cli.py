@@ -1033,7 +1033,11 @@ def _add_camera(sub: Commands) -> None:
                    help="the export's deploy.json (default: deploy.json beside the .rpk)")
     p.add_argument("--threshold", type=probability,
                    help="decision threshold (default: deploy.json's)")
-    p.add_argument("--save", type=output_folder, help="folder for saved frames and vessel maps")
+    p.add_argument("--save", type=output_folder,
+                   help="folder for saved frames: the preview (frame_N.png), the photograph "
+                   "the map covers (photo_N.png) and the map as predict writes it "
+                   "(photo_N_mask.png, or photo_N_av.png: qsegment analyze "
+                   "'DIR/photo_*_av.png' --photographs DIR measures CRAE, CRVE and AVR)")
     p.add_argument("--save-every", type=positive_int, default=30,
                    help="save every Nth frame (30)")
     p.add_argument("--seconds", type=positive_float,

@@ -463,11 +463,13 @@ def _add_artery_vein(analysis: VesselAnalysis, row: BiomarkerRow, classes: np.nd
 def photograph_of(label: Path, folder: Path) -> Path | None:
     """The photograph in ``folder`` of the artery/vein map ``label``: the image file whose
     name is the label's (LES-AV: ``224.png``) or begins it, followed by ``_`` or ``-``
-    (HRF-AV: ``09_dr.JPG`` for ``09_dr_AVmanual.png``); the longest such name wins."""
+    (HRF-AV: ``09_dr.JPG`` for ``09_dr_AVmanual.png``); the longest such name wins, the
+    label itself never (``qsegment camera --save`` writes both into one folder)."""
     from ..images import IMAGE_SUFFIXES
 
     matches = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-               and (p.stem == label.stem or label.stem.startswith((p.stem + "_", p.stem + "-")))]
+               and (p.stem == label.stem or label.stem.startswith((p.stem + "_", p.stem + "-")))
+               and p.resolve() != label.resolve()]
     return max(matches, key=lambda p: len(p.stem), default=None)
 
 

@@ -27,7 +27,14 @@ from PIL import Image
 
 from ..errors import QsegmentError, UsageError
 from ..files import atomic_write
-from ..images import PNG_OPTIONS, artery_vein_colours, class_map, overlay, overlay_classes
+from ..images import (
+    artery_vein_image,
+    class_map,
+    encode_gray_png,
+    encode_image,
+    overlay,
+    overlay_classes,
+)
 from ..runtimes.base import depth_to_space, output_probabilities
 from .tiling import DEFAULT_HALO, Roi, TileCycler, TilePlan, plan_tiles
 
@@ -225,6 +232,12 @@ def sensor_to_preview(rect: Roi, scaler_crop: Roi, preview_size: tuple[int, int]
     return (round((x - cx) * sx), round((y - cy) * sy), round(w * sx), round(h * sy))
 
 
+def sensor_in_preview(plan: TilePlan, frame: np.ndarray, scaler_crop: Roi) -> Roi:
+    """Where the whole sensor (a stitched map's extent) lies in the preview ``frame``."""
+    height, width = frame.shape[:2]
+    return sensor_to_preview((0, 0, plan.frame[1], plan.frame[0]), scaler_crop, (width, height))
+
+
 def tiled_overlay(frame: np.ndarray, cycler: TileCycler, threshold: float,
                   scaler_crop: Roi) -> np.ndarray:
     """uint8 RGB copy of the preview ``frame`` with the stitched vessel map of every tile
@@ -233,19 +246,41 @@ def tiled_overlay(frame: np.ndarray, cycler: TileCycler, threshold: float,
     height, width = frame.shape[:2]
     scale = max(width / scaler_crop[2], height / scaler_crop[3])
     mask = shown_map(cycler.stitched(scale).probability, threshold)
-    sensor = (0, 0, cycler.plan.frame[1], cycler.plan.frame[0])
-    return overlay_in_roi(frame, mask, sensor_to_preview(sensor, scaler_crop, (width, height)))
+    return overlay_in_roi(frame, mask, sensor_in_preview(cycler.plan, frame, scaler_crop))
 
 
-def map_image(shown: np.ndarray) -> np.ndarray:
-    """A :func:`shown_map` as the PNG ``predict`` writes for it: a vessel mask 0/255, a
-    class map in its colours (``_av.png``)."""
-    return artery_vein_colours(shown) if shown.dtype == np.uint8 else shown.astype(np.uint8) * 255
+def region_photograph(frame: np.ndarray, region: Roi, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB: what ``region`` (x, y, width, height in the preview ``frame``'s pixels)
+    shows, resized (bilinear) to ``size`` (height, width: the map's), black where the
+    region leaves the frame. The photograph a saved map lies on, pixel for pixel."""
+    x, y, w, h = (int(v) for v in region)
+    if w <= 0 or h <= 0:
+        raise UsageError(f"empty region of interest {region}")
+    crop = np.zeros((h, w, 3), np.uint8)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, frame.shape[1]), min(y + h, frame.shape[0])
+    if x1 > x0 and y1 > y0:
+        crop[y0 - y:y1 - y, x0 - x:x1 - x] = frame[y0:y1, x0:x1, :3]
+    return np.asarray(Image.fromarray(crop).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    image = Image.fromarray(array)
-    atomic_write(path, lambda p: image.save(p, format="PNG", **PNG_OPTIONS))
+def save_shot(folder: Path, index: int, preview: np.ndarray, frame: np.ndarray, region: Roi,
+              shown: np.ndarray) -> list[Path]:
+    """``--save``'s files for one frame, each written atomically: ``frame_N.png`` (the
+    ``preview`` with its overlay), ``photo_N.png`` (the ``region`` of the untinted
+    ``frame`` that the map covers, at the map's size) and the map beside it as
+    ``predict`` writes maps (``photo_N_mask.png``, 0/255; an artery/vein model's
+    ``photo_N_av.png``, the classes in a palette), so that ``qsegment analyze
+    'DIR/photo_*_av.png' --photographs DIR`` measures what the sensor saw."""
+    photo = f"photo_{index:06d}"
+    classes = shown.dtype == np.uint8
+    files = {f"frame_{index:06d}.png": encode_image(preview),
+             f"{photo}.png": encode_image(region_photograph(frame, region, shown.shape)),
+             f"{photo}_av.png" if classes else f"{photo}_mask.png":
+                 encode_image(artery_vein_image(shown)) if classes else encode_gray_png(shown)}
+    for name, data in files.items():
+        atomic_write(folder / name, data)
+    return [folder / name for name in files]
 
 
 class TiledPreview:
@@ -296,10 +331,11 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
                preview: bool = True, transpose: bool = False, plan: TilePlan | None = None,
                settle_frames: int = 0, phases: int = 1, channels: int = 1) -> int:
     """Stream the camera with the in-sensor vessel map overlaid until Ctrl-C (or
-    ``seconds``); with ``save``, every ``save_every``-th frame and its map are written
-    there. With a tiling ``plan`` (:func:`tiling_plan`), the inference region cycles
-    over its tiles (:class:`TiledPreview`) and the map shown and saved is the stitched
-    one. ``phases`` and ``channels``: deploy.json's ``output_phases`` and the number of its
+    ``seconds``); with ``save``, every ``save_every``-th frame, the photograph its map
+    covers and the map are written there (:func:`save_shot`). With a tiling ``plan``
+    (:func:`tiling_plan`), the inference region cycles over its tiles
+    (:class:`TiledPreview`) and the map shown and saved is the stitched one. ``phases``
+    and ``channels``: deploy.json's ``output_phases`` and the number of its
     ``output.outputs`` (:func:`decode_output`; an artery/vein model's map is shown by
     class). Returns the number of frames with an output tensor."""
     MappedArray, Picamera2, IMX500 = _picamera2(Path(rpk))
@@ -321,21 +357,24 @@ def run_camera(rpk: str | Path, threshold: float, size: int | None = None,
         if outputs is None:
             return
         logits = decode_output(outputs, size, transpose, phases, channels)
+        frames[0] += 1
         with MappedArray(request, "main") as m:
             if tiled is None:
                 mask = shown_map(probability(logits), threshold)
-                shown = overlay_in_roi(m.array, mask, imx500.get_roi_scaled(request))
+                region = imx500.get_roi_scaled(request)
+                shown = overlay_in_roi(m.array, mask, region)
             else:
                 shown = tiled.show(m.array, logits, metadata["ScalerCrop"])
+            if save is not None and frames[0] % save_every == 0:  # before the tint lands
+                if tiled is not None:
+                    mask = tiled.mask()
+                    region = sensor_in_preview(tiled.cycler.plan, m.array,
+                                               metadata["ScalerCrop"])
+                save_shot(Path(save), frames[0], shown, m.array, region, mask)
             m.array[..., :3] = shown
-        frames[0] += 1
         status = status_text(meter.tick(time.monotonic()), imx500.get_kpi_info(metadata))
         print(status if tiled is None else f"{status} | {tiled.cycler.status()}", end="\r",
               flush=True)
-        if save is not None and frames[0] % save_every == 0:
-            _save(Path(save) / f"frame_{frames[0]:06d}.png", shown)
-            mask = mask if tiled is None else tiled.mask()
-            _save(Path(save) / f"mask_{frames[0]:06d}.png", map_image(mask))
 
     imx500.show_network_fw_progress_bar()
     picam2.pre_callback = on_request
