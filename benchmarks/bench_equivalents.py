@@ -32,6 +32,11 @@ calibration: the measures the sensor's maps would give.
 cut per photograph (``auto``, the expected-Dice cut): how much of the calibres'
 disagreement is the cut's.
 
+A last table groups the photographs (HRF-AV's healthy, diabetic-retinopathy and glaucoma
+eyes, LES-AV): the mean ratio of the model's values to the reference's in each group, and
+each ICC once those offsets are divided out, an oracle that tells an offset per group (an
+annotation convention, a kind of eye) from disagreement photograph by photograph.
+
 ``--decompose`` says which half of the model's map the disagreement comes from: two more
 rows measure hybrids against the same manual values, the model's vessels with the manual
 classes (each vessel pixel takes the class of the nearest manual artery or vein pixel:
@@ -95,10 +100,43 @@ def against(images: list[dict], reference: list[dict]) -> list[dict]:
             for r in images if (r["dataset"], r["image"]) in model_of]
 
 
-def summarise(images: list[dict], out: Path, reference: str = "manual") -> tuple[dict, dict]:
-    """The agreement of each measure (and of each hybrid the images hold), printed as
-    the docs' tables, and the Bland-Altman figure in ``out``; ``reference`` names what
-    the images' ``manual`` values are."""
+def group_of(row: dict) -> str:
+    """A photograph's group: HRF-AV's three kinds of eye (names ending ``_h``, ``_dr``,
+    ``_g``: healthy, diabetic retinopathy, glaucoma), any other dataset whole."""
+    kind = row["image"].rpartition("_")[2]
+    return f"{row['dataset']} {kind}" if row["dataset"] == "hrf-av" else row["dataset"]
+
+
+def by_group(images: list[dict], column: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Per group (:func:`group_of`), the photographs and the mean ratio of the model's
+    value to the reference's, per measure; and each measure's ICC(A,1) once every model
+    value is divided by its group's mean ratio. That ICC is an oracle (it uses the
+    reference): how much of the disagreement is one offset per group of photographs (an
+    annotator's or a kind of eye's convention) rather than photograph by photograph."""
+    groups = np.array([group_of(r) for r in images])
+    ratio = {m: column["model"][m] / column["manual"][m] for m in MEASURES}
+    table, scaled = {}, {m: column["model"][m].copy() for m in MEASURES}
+    for group in sorted(set(groups)):
+        chosen = groups == group
+        table[group] = {"images": int(chosen.sum())}
+        for m in MEASURES:
+            mean = float(np.nanmean(ratio[m][chosen]))
+            table[group][m] = mean
+            scaled[m][chosen] /= mean
+    from qsegment.biomarkers.report import icc_a1
+
+    without = {}
+    for m in MEASURES:
+        ok = np.isfinite(scaled[m]) & np.isfinite(column["manual"][m])
+        without[m] = float(icc_a1(np.column_stack([scaled[m][ok], column["manual"][m][ok]])))
+    return {"groups": table, "icc_without_group_offsets": without}
+
+
+def summarise(images: list[dict], out: Path, reference: str = "manual"
+              ) -> tuple[dict, dict, dict]:
+    """The agreement of each measure (and of each hybrid the images hold, and by group
+    of photographs: :func:`by_group`), printed as the docs' tables, and the Bland-Altman
+    figure in ``out``; ``reference`` names what the images' ``manual`` values are."""
     sources = ("model", "manual", *(s for s in HYBRIDS if s in images[0]))
     column = {s: {m: np.array([r[s][m] for r in images], dtype=float) for m in MEASURES}
               for s in sources}
@@ -118,8 +156,17 @@ def summarise(images: list[dict], out: Path, reference: str = "manual") -> tuple
         for label, rows in (("the model's map", summary),
                             *((HYBRIDS[s], hybrids[s]) for s in hybrids)):
             print(f"| {label} | " + " | ".join(_icc(rows[m]) for m in MEASURES) + " |")
+    groups = by_group(images, column)
+    print("\n| photographs | images | " + " | ".join(
+        f"{m.upper()}: model / {reference}" for m in MEASURES) + " |\n|---|---:|"
+        + "---:|" * len(MEASURES))
+    for group, row in groups["groups"].items():
+        print(f"| {group} | {row['images']} | " + " | ".join(f"{row[m]:.3f}" for m in MEASURES)
+              + " |")
+    print("| ICC(A,1) with each group's mean ratio divided out (an oracle) | | " + " | ".join(
+        f"{groups['icc_without_group_offsets'][m]:.3f}" for m in MEASURES) + " |")
     _bland_altman(out / "equivalents_bland_altman.png", column, reference)
-    return summary, hybrids
+    return summary, hybrids, groups
 
 
 def _icc(row: dict) -> str:
@@ -196,7 +243,7 @@ def main() -> None:
         if args.against:
             saved = {"against": str(args.against), "images": against(
                 saved["images"], json.loads(args.against.read_text())["images"])}
-        saved["summary"], saved["hybrids"] = summarise(
+        saved["summary"], saved["hybrids"], saved["groups"] = summarise(
             saved["images"], out, "reference" if args.against else "manual")
         _write(out, saved)
         return
@@ -236,11 +283,12 @@ def main() -> None:
             print(f"{name} {image_name}: disc {disc.diameter:.0f} px, " + ", ".join(
                 f"{m} {row['model'][m]:.3g}/{row['manual'][m]:.3g}" for m in MEASURES)
                 + f" (model/manual, {time.perf_counter() - start:.1f} s)", flush=True)
-    summary, hybrids = summarise(images, out)
+    summary, hybrids, groups = summarise(images, out)
     _write(out, {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
                  "tta": args.tta, "segment_vote": args.segment_vote,
                  "disc_from": args.disc_from, "threshold": args.threshold,
-                 "summary": summary, "hybrids": hybrids, "images": images})
+                 "summary": summary, "hybrids": hybrids, "groups": groups,
+                 "images": images})
 
 
 def _write(out: Path, result: dict) -> None:

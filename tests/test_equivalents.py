@@ -186,3 +186,34 @@ def test_bench_equivalents_compares_two_saved_runs_photograph_by_photograph(
     assert shifted["crae"]["images"] == 5 and shifted["crae"]["bias"] == pytest.approx(-1.0)
     assert shifted["crve"]["bias"] == pytest.approx(0.0)
     assert (tmp_path / "wider" / "equivalents_bland_altman.png").is_file()
+
+
+def test_bench_equivalents_reads_one_offset_per_group_of_photographs(tmp_path: Path) -> None:
+    """The table by group: HRF-AV's kinds of eye apart (names ending _h, _dr), LES-AV
+    whole; a model that reads one group's CRAE 20 % narrower shows 0.8 there and 1.0
+    elsewhere, and with each group's offset divided out agrees exactly (ICC 1) where as
+    measured it does not."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for dataset, image, factor in [("hrf-av", f"0{i}_h", 0.8) for i in range(1, 5)] + [
+            ("hrf-av", f"0{i}_dr", 1.0) for i in range(1, 5)] + [
+            ("les-av", str(i), 1.0) for i in range(4)]:
+        crae, crve = rng.uniform(20, 30), rng.uniform(35, 45)
+        rows.append({"dataset": dataset, "image": image,
+                     "manual": {"crae": crae, "crve": crve, "avr": crae / crve},
+                     "model": {"crae": factor * crae, "crve": crve, "avr": factor * crae / crve}})
+    (tmp_path / "run.json").write_text(json.dumps({"images": rows}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_equivalents.py"
+    subprocess.run([sys.executable, str(script), "--from", str(tmp_path / "run.json"), "--out",
+                    str(tmp_path / "out")], check=True, capture_output=True)
+    saved = json.loads((tmp_path / "out" / "equivalents.json").read_text())
+    groups = saved["groups"]["groups"]
+    assert set(groups) == {"hrf-av h", "hrf-av dr", "les-av"}
+    assert groups["hrf-av h"]["crae"] == pytest.approx(0.8) and groups["hrf-av h"]["images"] == 4
+    assert groups["hrf-av dr"]["crae"] == pytest.approx(1.0)
+    assert groups["les-av"]["crve"] == pytest.approx(1.0)
+    assert saved["summary"]["crae"]["icc"] < 0.9
+    assert saved["groups"]["icc_without_group_offsets"]["crae"] == pytest.approx(1.0)

@@ -251,8 +251,8 @@ class Segmenter:
         if Path(source).suffix == ".onnx":
             if runtime != DEFAULT_RUNTIME:
                 raise UsageError(f"{source}: an IMX500 int8 file runs as the sensor runs it, "
-                                 f"in its ROI tiles on ONNX Runtime: --runtime {runtime} does "
-                                 "not apply")
+                                 f"in its ROI tiles on ONNX Runtime: the runtime {runtime} "
+                                 "does not apply")
             return cls.from_sensor_file(source, threshold, **kwargs)
         weights = resolve_checkpoint(source)
         card = read_card(weights)
