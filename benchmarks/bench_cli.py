@@ -177,6 +177,9 @@ def main() -> None:
     runtime = ["--runtime", args.runtime]
     data = default_data_dir()
     photos = sorted(data.glob("Image_*[LR].jpg"))
+    if len(photos) < 2:
+        parser.error(f"{data} holds {len(photos)} CHASE_DB1 photographs (Image_NNL.jpg): "
+                     "point QSEGMENT_DATA_CHASEDB1 at the CHASE_DB1 folder")
     with tempfile.TemporaryDirectory(prefix="qsegment-bench-cli-") as tmp:
         tmp = Path(tmp)
         folder = tmp / "chase"
