@@ -44,7 +44,14 @@ from .datasets import DATASETS, Split
 from .engine.config import LOSSES, OPTIMIZERS, SCHEDULERS, preset_path
 from .errors import QsegmentError, UsageError
 from .export import TARGETS
-from .pretrained import AV_MODEL, DEFAULT_MODEL, SENSOR_MODEL, default_model, resolve_checkpoint
+from .pretrained import (
+    AV_MODEL,
+    DEFAULT_MODEL,
+    SENSOR_MODEL,
+    default_model,
+    is_sensor_file,
+    resolve_checkpoint,
+)
 from .runtimes import AUTO, DEFAULT_RUNTIME, RUNTIMES, checkpoint_runtimes
 
 if TYPE_CHECKING:
@@ -453,7 +460,7 @@ def _evaluate_av(args: argparse.Namespace, data: FundusDataset) -> int:
     from .engine.evaluate import format_av_table, table_av
     from .inference.calibrate import Calibration
 
-    in_sensor = str(args.model).endswith(".onnx")
+    in_sensor = is_sensor_file(args.model)
     if args.size or (str(args.model).endswith(tuple(i.suffix for i in RUNTIMES if i.suffix))
                      and not in_sensor):
         raise UsageError("--task av scores a checkpoint at full resolution (on --runtime), or "
@@ -769,7 +776,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     if not args.inputs and not args.agreement:
         raise UsageError("give masks or photographs to measure, or --agreement")
-    if args.agreement and Path(args.model).suffix == ".onnx":
+    if args.agreement and is_sensor_file(args.model):
         raise UsageError(f"{args.model}: --agreement sets a model's int8 maps beside its "
                          "float ones: give its weights, not a sensor file")
     segmenter = Segmenter.from_pretrained(args.model, args.threshold, runtime=args.runtime,

@@ -120,6 +120,12 @@ def list_pretrained() -> list[str]:
     return WEIGHTS.names()
 
 
+def is_sensor_file(source: str | Path) -> bool:
+    """Whether a model source names the IMX500's int8 file (``qsegment quantize``'s
+    ``.onnx``) rather than weights: what a Segmenter runs as the sensor does."""
+    return Path(source).suffix == ".onnx"
+
+
 def resolve_checkpoint(source: str | Path) -> Path:
     """A shipped name, a run folder (its ``last.safetensors``) or a .safetensors file."""
     path = Path(source)

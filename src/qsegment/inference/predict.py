@@ -41,7 +41,7 @@ from ..images import (
     unit_to_uint8,
 )
 from ..images import overlay as tint_vessels
-from ..pretrained import default_model, read_card, resolve_checkpoint
+from ..pretrained import default_model, is_sensor_file, read_card, resolve_checkpoint
 from ..runtimes import DEFAULT_RUNTIME, open_weights
 from ..runtimes.base import Runtime
 from .arteryvein import (
@@ -248,7 +248,7 @@ class Segmenter:
         """
         if source is None:
             source = default_model(kwargs.get("artery_vein", False))
-        if Path(source).suffix == ".onnx":
+        if is_sensor_file(source):
             if runtime != DEFAULT_RUNTIME:
                 raise UsageError(f"{source}: an IMX500 int8 file runs as the sensor runs it, "
                                  f"in its ROI tiles on ONNX Runtime: the runtime {runtime} "
