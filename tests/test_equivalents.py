@@ -217,3 +217,47 @@ def test_bench_equivalents_reads_one_offset_per_group_of_photographs(tmp_path: P
     assert groups["les-av"]["crve"] == pytest.approx(1.0)
     assert saved["summary"]["crae"]["icc"] < 0.9
     assert saved["groups"]["icc_without_group_offsets"]["crae"] == pytest.approx(1.0)
+
+
+def test_bench_widths_reads_a_known_bar_the_same_in_a_mask_and_a_photograph() -> None:
+    """A straight dark bar 9 px wide on a flat background, blurred as a camera blurs it:
+    the mask reader and the photograph's half-depth reader both give its width, from cuts
+    along the centreline's normal; a dip too shallow to be a vessel reads NaN."""
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" /
+                               "bench_widths.py"))
+    mask = np.zeros((100, 100), bool)
+    mask[:, 46:55] = True  # columns 46-54: 9 px, centred on column 50
+    photo = ndimage.gaussian_filter(np.where(mask, 60.0, 120.0), 1.5).astype(np.float32)
+    centreline = np.stack([np.arange(20, 80), np.full(60, 50)], axis=1)
+    widths = bench["vessel_widths"](centreline, [mask], photo, 15.0)
+    assert widths == pytest.approx([9.0, 9.0], abs=0.3)
+    faint = np.where(mask, 119.0, 120.0).astype(np.float32)
+    assert math.isnan(bench["vessel_widths"](centreline, [mask], faint, 15.0)[1])
+
+
+def test_bench_widths_reads_zone_b_vessels_three_ways(tmp_path: Path) -> None:
+    """`bench_widths.py` on one HRF-AV and one LES-AV training photograph: the six widest
+    zone-B arteries and veins of each manual map, each read in the manual mask, the
+    model's mask and the photograph, the readers within a factor of two of each other
+    on most vessels, and the table by group and class."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_widths.py"
+    run = subprocess.run([sys.executable, str(script), "--limit", "1", "--runtime", "openvino",
+                          "--out", str(tmp_path)], check=True, capture_output=True, text=True)
+    saved = json.loads((tmp_path / "widths.json").read_text())
+    vessels = saved["vessels"]
+    assert {v["dataset"] for v in vessels} == {"hrf-av", "les-av"}
+    assert all(sum(v["kind"] == kind and v["image"] == image for v in vessels) == 6
+               for image in {v["image"] for v in vessels} for kind in ("artery", "vein"))
+    widths = np.array([[v["manual"], v["model"], v["photograph"]] for v in vessels])
+    read = np.isfinite(widths).all(axis=1)
+    assert read.mean() > 0.75 and (widths[read] > 2).all()
+    ratios = widths[read][:, 1:] / widths[read][:, :1]
+    assert np.mean((ratios > 0.5) & (ratios < 2)) > 0.9
+    assert set(saved["summary"]) == {f"{g} {k}" for g in ("hrf-av dr", "les-av")
+                                     for k in ("artery", "vein")}
+    assert "| hrf-av dr artery |" in run.stdout

@@ -1,0 +1,182 @@
+"""Three readers of the zone-B calibres: the manual map, the model's map and the
+photograph itself, at the same places (issue #34).
+
+    python benchmarks/bench_widths.py [MODEL] [--split train|test] [--runtime R]
+        [--limit N] [--out DIR]
+
+CRAE and CRVE compare the model's vessel widths with the manual map's, so where the two
+part a third reader is needed to say which of them is off: the photograph. Around the
+optic disc located with the manual vessel map, each of the six widest zone-B arteries and
+veins of the manual map (:func:`qsegment.biomarkers.equivalents.zone_vessels`) is cut
+across every :data:`EVERY` centreline pixels, along the centreline's normal, and read
+three ways at each cut: the width of the manual mask, the width of the model's mask
+(``qsegment predict --av``'s map of the photograph) and the full width at half depth of
+the vessel's dip in the photograph's green channel (:func:`half_depth_width`, smoothed by
+a Gaussian of :data:`SMOOTH` px). Each vessel gets each reader's median over its cuts.
+Printed per group of photographs (HRF-AV's healthy, diabetic-retinopathy and glaucoma
+eyes, LES-AV: as ``bench_equivalents.py`` groups them) and class: the mean widths and the
+median ratios of the vessels' widths. ``DIR/widths.json`` holds every vessel's.
+
+The half-depth width is a reader of its own, not a better truth: it reads a blurred edge
+wider than an annotator draws it, and a vessel with a strong central reflex is left out
+where the reflex rises above half depth. What it gives is a yardstick that is the same
+for every group of photographs: where the model's widths keep one ratio to it in every
+group and the manual widths do not, the manual maps' convention differs between those
+groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+EVERY = 3  # centreline pixels between two cuts across a vessel
+STEP = 0.25  # px between two samples along a cut
+SMOOTH = 1.0  # px, the Gaussian the green channel is smoothed with before it is read
+MIN_DEPTH = 3.0  # grey levels: a shallower dip is no vessel to read
+READERS = ("manual", "model", "photograph")
+
+
+def normals(coords: np.ndarray) -> np.ndarray:
+    """Unit normals (row, col) of a centreline ``coords`` (N, 2), from its local direction."""
+    direction = np.gradient(coords.astype(float), axis=0)
+    direction /= np.maximum(np.hypot(*direction.T), 1e-9)[:, None]
+    return np.stack([-direction[:, 1], direction[:, 0]], axis=1)
+
+
+def run_width(inside: np.ndarray) -> float:
+    """The length (px) of the run of True samples through the middle of a cut sampled every
+    :data:`STEP` px; NaN where the middle is not inside or the run reaches an end of the
+    cut (a width the cut cannot hold)."""
+    middle = len(inside) // 2
+    if not inside[middle]:
+        return float("nan")
+    outside = np.flatnonzero(~inside)
+    left, right = outside[outside < middle], outside[outside > middle]
+    if not left.size or not right.size:
+        return float("nan")
+    return float(right[0] - left[-1] - 1) * STEP
+
+
+def half_depth_width(profile: np.ndarray) -> float:
+    """The full width at half depth (px) of a dark vessel's dip in a grey-level
+    ``profile`` sampled every :data:`STEP` px across it, centred on the centreline: the
+    background is the median of the outer sixths, the floor the darkest sample of the
+    middle quarter. NaN where the dip is shallower than :data:`MIN_DEPTH`."""
+    n = len(profile)
+    background = float(np.median(np.r_[profile[:n // 6], profile[-(n // 6):]]))
+    floor = float(profile[n // 2 - n // 8:n // 2 + n // 8 + 1].min())
+    if background - floor < MIN_DEPTH:
+        return float("nan")
+    return run_width(profile < (background + floor) / 2)
+
+
+def vessel_widths(coords: np.ndarray, masks: list[np.ndarray], green: np.ndarray,
+                  reach: float) -> np.ndarray:
+    """Each reader's median width (px) of the vessel whose centreline is ``coords``: the
+    masks' (bool, in order) and the smoothed ``green`` channel's half-depth width, on cuts
+    :data:`EVERY` pixels apart reaching ``reach`` px to each side."""
+    from scipy import ndimage
+
+    offsets = np.arange(-reach, reach + STEP / 2, STEP)
+    points, across = coords[::EVERY], normals(coords)[::EVERY]
+    samples = (points[:, None, :] + offsets[None, :, None] * across[:, None, :]).reshape(-1, 2).T
+    shape = (len(points), len(offsets))
+    widths = [[run_width(cut) for cut in
+               (ndimage.map_coordinates(mask.astype(np.float32), samples, order=1) >= 0.5)
+               .reshape(shape)] for mask in masks]
+    profiles = ndimage.map_coordinates(green, samples, order=1).reshape(shape)
+    widths.append([half_depth_width(cut) for cut in profiles])
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmedian(w) if np.isfinite(w).any() else np.nan for w in widths])
+
+
+def summarise(vessels: list[dict]) -> dict:
+    """Per group and class, the vessels read by all three readers, their mean widths and
+    the median ratios of one reader's width to another's."""
+    kept: dict[str, list[np.ndarray]] = defaultdict(list)
+    for v in vessels:
+        widths = np.array([v[r] for r in READERS], dtype=float)
+        if np.isfinite(widths).all():
+            kept[f"{v['group']} {v['kind']}"].append(widths)
+    table = {}
+    for key in sorted(kept):
+        w = np.array(kept[key])
+        table[key] = {"vessels": len(w), **{f"{r}_mean": float(m) for r, m in
+                                            zip(READERS, w.mean(0), strict=True)},
+                      "model/manual": float(np.median(w[:, 1] / w[:, 0])),
+                      "photograph/manual": float(np.median(w[:, 2] / w[:, 0])),
+                      "photograph/model": float(np.median(w[:, 2] / w[:, 1]))}
+    return table
+
+
+def print_table(table: dict) -> None:
+    print("| group, class | vessels | manual (px) | model (px) | photograph (px) | "
+          "model / manual | photograph / manual | photograph / model |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for key, row in table.items():
+        print(f"| {key} | {row['vessels']} | {row['manual_mean']:.2f} | {row['model_mean']:.2f}"
+              f" | {row['photograph_mean']:.2f} | {row['model/manual']:.3f} | "
+              f"{row['photograph/manual']:.3f} | {row['photograph/model']:.3f} |")
+
+
+def main() -> None:
+    from bench_equivalents import group_of
+    from PIL import Image
+    from scipy import ndimage
+
+    from qsegment import Segmenter
+    from qsegment.biomarkers.disc import locate_disc
+    from qsegment.biomarkers.equivalents import WIDEST, zone_vessels
+    from qsegment.datasets import load_classes, load_label, open_dataset
+    from qsegment.pretrained import AV_MODEL
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default=AV_MODEL, help="an artery/vein model")
+    parser.add_argument("--split", choices=("test", "train"), default="train")
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--limit", type=int, help="at most this many images per dataset")
+    parser.add_argument("--out", default="runs/widths", help="output folder")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, artery_vein=True)
+    vessels: list[dict] = []
+    for name in ("hrf-av", "les-av"):
+        dataset = open_dataset(dataset=name)
+        split = dataset.default_split
+        for image_name in (split.val if args.split == "test" else split.train)[:args.limit]:
+            start = time.perf_counter()
+            photo = np.asarray(Image.open(dataset.image_path(image_name)).convert("RGB"))
+            fov_path = dataset.fov_path(image_name)
+            fov = load_label(fov_path, photo.shape[:2], what="FOV mask") if fov_path else None
+            manual = load_classes(dataset.label_path(image_name, 1), photo.shape[:2])
+            disc = locate_disc(photo, fov, vessels=manual > 0)
+            model = segmenter.predict(photo, image_name).mask
+            green = ndimage.gaussian_filter(photo[..., 1].astype(np.float32), SMOOTH)
+            group = group_of({"dataset": name, "image": image_name})
+            found = zone_vessels(manual, disc, fov) if disc.found else []
+            for kind in ("artery", "vein"):
+                for v in [v for v in found if v.kind == kind][:WIDEST]:
+                    widths = vessel_widths(v.coords, [manual > 0, model], green,
+                                           max(8.0, 2.5 * v.calibre))
+                    vessels.append({"dataset": name, "image": image_name, "group": group,
+                                    "kind": kind, **dict(zip(READERS, map(float, widths),
+                                                             strict=True))})
+            print(f"{name} {image_name}: {sum(v['image'] == image_name for v in vessels)} "
+                  f"vessels ({time.perf_counter() - start:.1f} s)", flush=True)
+    table = summarise(vessels)
+    print_table(table)
+    (out / "widths.json").write_text(json.dumps(
+        {"model": args.model, "runtime": segmenter.runtime, "split": args.split,
+         "summary": table, "vessels": vessels}, indent=1) + "\n")
+    print(f"wrote {out / 'widths.json'}")
+
+
+if __name__ == "__main__":
+    main()
