@@ -1155,7 +1155,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="qsegment",
         description="Ultra-low-power retinal vessel segmentation: train, evaluate and deploy "
-                    "the Q-Segment network and its baselines on CHASE_DB1.",
+                    "the Q-Segment network and its baselines (CHASE_DB1, HRF-AV, LES-AV), "
+                    "segment your own fundus photographs (vessels, arteries and veins) and "
+                    "measure their vessels (the optic disc, CRAE, CRVE, AVR).",
         epilog="examples:\n  qsegment models\n  qsegment train --preset fast --out runs/fast\n"
                "  qsegment evaluate runs/fast --size 336 --out runs/fast/eval\n"
                "  qsegment predict fundus.jpg -o out/ --overlay\n"
