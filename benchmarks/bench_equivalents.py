@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -198,13 +199,30 @@ def _bland_altman(path: Path, column: dict[str, dict[str, np.ndarray]],
     plt.close(fig)
 
 
-def main() -> None:
+def photographs(split: str, limit: int | None = None
+                ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray | None, np.ndarray]]:
+    """(dataset, image name, RGB photograph, FOV mask or None, manual artery/vein classes)
+    of HRF-AV's and LES-AV's ``split`` (``test`` or ``train``), at most ``limit`` per
+    dataset."""
     from PIL import Image
 
+    from qsegment.datasets import load_classes, load_label, open_dataset
+
+    for name in ("hrf-av", "les-av"):
+        dataset = open_dataset(dataset=name)
+        names = dataset.default_split.val if split == "test" else dataset.default_split.train
+        for image_name in names[:limit]:
+            photo = np.asarray(Image.open(dataset.image_path(image_name)).convert("RGB"))
+            fov_path = dataset.fov_path(image_name)
+            fov = load_label(fov_path, photo.shape[:2], what="FOV mask") if fov_path else None
+            yield (name, image_name, photo, fov,
+                   load_classes(dataset.label_path(image_name, 1), photo.shape[:2]))
+
+
+def main() -> None:
     from qsegment import Segmenter
     from qsegment.biomarkers.disc import locate_disc
     from qsegment.biomarkers.equivalents import measure_artery_vein
-    from qsegment.datasets import load_classes, load_label, open_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="an artery/vein model: run folder or weights")
@@ -253,36 +271,29 @@ def main() -> None:
                  if args.model.endswith(".onnx") else
                  Segmenter.from_pretrained(args.model, runtime=args.runtime, **options))
     images: list[dict] = []
-    for name in ("hrf-av", "les-av"):
-        dataset = open_dataset(dataset=name)
-        split = dataset.default_split
-        for image_name in (split.val if args.split == "test" else split.train)[:args.limit]:
-            start = time.perf_counter()
-            photo = np.asarray(Image.open(dataset.image_path(image_name)).convert("RGB"))
-            shape = photo.shape[:2]
-            fov_path = dataset.fov_path(image_name)
-            fov = load_label(fov_path, shape, what="FOV mask") if fov_path else None
-            manual = load_classes(dataset.label_path(image_name, 1), shape)
-            prediction = segmenter.predict(photo, image_name)
-            vessels = prediction.mask if args.disc_from == "model" else manual > 0
-            disc = locate_disc(photo, fov, vessels=vessels)
-            row = {"dataset": name, "image": image_name, "disc": [disc.row, disc.col,
-                                                                  disc.diameter]}
-            maps = {"model": prediction.classes, "manual": manual}
-            if args.decompose:
-                maps["model_vessels_manual_classes"] = classes_on(prediction.mask, manual)
-                maps["manual_vessels_model_classes"] = classes_on(manual > 0,
-                                                                  prediction.classes)
-            for source, classes in maps.items():
-                analysis = measure_artery_vein(classes, disc, fov)
-                row[source] = {k: analysis.values[k] for k in
-                               (*MEASURES, "zone_b_arteries", "zone_b_veins")}
-                row[f"{source}_reasons"] = {k: v for k, v in analysis.reasons.items()
-                                            if k in MEASURES}
-            images.append(row)
-            print(f"{name} {image_name}: disc {disc.diameter:.0f} px, " + ", ".join(
-                f"{m} {row['model'][m]:.3g}/{row['manual'][m]:.3g}" for m in MEASURES)
-                + f" (model/manual, {time.perf_counter() - start:.1f} s)", flush=True)
+    start = time.perf_counter()
+    for name, image_name, photo, fov, manual in photographs(args.split, args.limit):
+        prediction = segmenter.predict(photo, image_name)
+        vessels = prediction.mask if args.disc_from == "model" else manual > 0
+        disc = locate_disc(photo, fov, vessels=vessels)
+        row = {"dataset": name, "image": image_name, "disc": [disc.row, disc.col,
+                                                              disc.diameter]}
+        maps = {"model": prediction.classes, "manual": manual}
+        if args.decompose:
+            maps["model_vessels_manual_classes"] = classes_on(prediction.mask, manual)
+            maps["manual_vessels_model_classes"] = classes_on(manual > 0,
+                                                              prediction.classes)
+        for source, classes in maps.items():
+            analysis = measure_artery_vein(classes, disc, fov)
+            row[source] = {k: analysis.values[k] for k in
+                           (*MEASURES, "zone_b_arteries", "zone_b_veins")}
+            row[f"{source}_reasons"] = {k: v for k, v in analysis.reasons.items()
+                                        if k in MEASURES}
+        images.append(row)
+        print(f"{name} {image_name}: disc {disc.diameter:.0f} px, " + ", ".join(
+            f"{m} {row['model'][m]:.3g}/{row['manual'][m]:.3g}" for m in MEASURES)
+            + f" (model/manual, {time.perf_counter() - start:.1f} s)", flush=True)
+        start = time.perf_counter()  # the next photograph's time includes its reading
     summary, hybrids, groups = summarise(images, out)
     _write(out, {"model": str(args.model), "runtime": segmenter.runtime, "split": args.split,
                  "tta": args.tta, "segment_vote": args.segment_vote,

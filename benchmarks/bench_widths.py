@@ -126,14 +126,12 @@ def print_table(table: dict) -> None:
 
 
 def main() -> None:
-    from bench_equivalents import group_of
-    from PIL import Image
+    from bench_equivalents import group_of, photographs
     from scipy import ndimage
 
     from qsegment import Segmenter
     from qsegment.biomarkers.disc import locate_disc
     from qsegment.biomarkers.equivalents import WIDEST, zone_vessels
-    from qsegment.datasets import load_classes, load_label, open_dataset
     from qsegment.pretrained import AV_MODEL
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -147,29 +145,25 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, artery_vein=True)
     vessels: list[dict] = []
-    for name in ("hrf-av", "les-av"):
-        dataset = open_dataset(dataset=name)
-        split = dataset.default_split
-        for image_name in (split.val if args.split == "test" else split.train)[:args.limit]:
-            start = time.perf_counter()
-            photo = np.asarray(Image.open(dataset.image_path(image_name)).convert("RGB"))
-            fov_path = dataset.fov_path(image_name)
-            fov = load_label(fov_path, photo.shape[:2], what="FOV mask") if fov_path else None
-            manual = load_classes(dataset.label_path(image_name, 1), photo.shape[:2])
-            disc = locate_disc(photo, fov, vessels=manual > 0)
-            model = segmenter.predict(photo, image_name).mask
-            green = ndimage.gaussian_filter(photo[..., 1].astype(np.float32), SMOOTH)
-            group = group_of({"dataset": name, "image": image_name})
-            found = zone_vessels(manual, disc, fov) if disc.found else []
-            for kind in ("artery", "vein"):
-                for v in [v for v in found if v.kind == kind][:WIDEST]:
-                    widths = vessel_widths(v.coords, [manual > 0, model], green,
-                                           max(8.0, 2.5 * v.calibre))
-                    vessels.append({"dataset": name, "image": image_name, "group": group,
-                                    "kind": kind, **dict(zip(READERS, map(float, widths),
-                                                             strict=True))})
-            print(f"{name} {image_name}: {sum(v['image'] == image_name for v in vessels)} "
-                  f"vessels ({time.perf_counter() - start:.1f} s)", flush=True)
+    start = time.perf_counter()
+    for name, image_name, photo, fov, manual in photographs(args.split, args.limit):
+        disc = locate_disc(photo, fov, vessels=manual > 0)
+        model = segmenter.predict(photo, image_name).mask
+        green = ndimage.gaussian_filter(photo[..., 1].astype(np.float32), SMOOTH)
+        group = group_of({"dataset": name, "image": image_name})
+        found = zone_vessels(manual, disc, fov) if disc.found else []
+        read = 0
+        for kind in ("artery", "vein"):
+            for v in [v for v in found if v.kind == kind][:WIDEST]:
+                widths = vessel_widths(v.coords, [manual > 0, model], green,
+                                       max(8.0, 2.5 * v.calibre))
+                vessels.append({"dataset": name, "image": image_name, "group": group,
+                                "kind": kind, **dict(zip(READERS, map(float, widths),
+                                                         strict=True))})
+                read += 1
+        print(f"{name} {image_name}: {read} vessels ({time.perf_counter() - start:.1f} s)",
+              flush=True)
+        start = time.perf_counter()  # the next photograph's time includes its reading
     table = summarise(vessels)
     print_table(table)
     (out / "widths.json").write_text(json.dumps(
