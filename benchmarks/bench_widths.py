@@ -15,7 +15,8 @@ the vessel's dip in the photograph's green channel (:func:`half_depth_width`, sm
 a Gaussian of :data:`SMOOTH` px). Each vessel gets each reader's median over its cuts.
 Printed per group of photographs (HRF-AV's healthy, diabetic-retinopathy and glaucoma
 eyes, LES-AV: as ``bench_equivalents.py`` groups them) and class: the mean widths and the
-median ratios of the vessels' widths. ``DIR/widths.json`` holds every vessel's.
+median ratios of the vessels' widths. ``DIR/widths.json`` holds every vessel's and
+``DIR/widths.png`` draws the ratios per group (:func:`plot`).
 
 The half-depth width is a reader of its own, not a better truth: it reads a blurred edge
 wider than an annotator draws it, and a vessel with a strong central reflex is left out
@@ -125,6 +126,38 @@ def print_table(table: dict) -> None:
               f"{row['photograph/manual']:.3f} | {row['photograph/model']:.3f} |")
 
 
+def plot(path: Path, vessels: list[dict], title: str) -> None:
+    """Per group of photographs and class, the vessels' photograph/manual and
+    photograph/model width ratios as box plots: a reader whose ratio moves from one group
+    to the next is the one that changes its convention."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({v["group"] for v in vessels})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    for ax, kind, name in zip(axes, ("artery", "vein"), ("Arteries", "Veins"), strict=True):
+        for offset, (reader, colour) in zip((-0.18, 0.18), (("manual", "tab:orange"),
+                                                           ("model", "tab:blue")), strict=True):
+            ratios = [[v["photograph"] / v[reader] for v in vessels
+                       if v["group"] == g and v["kind"] == kind
+                       and np.isfinite([v[r] for r in READERS]).all()] for g in groups]
+            ax.boxplot(ratios, positions=np.arange(len(groups)) + offset, widths=0.3,
+                       patch_artist=True, boxprops={"facecolor": colour, "alpha": 0.6},
+                       medianprops={"color": "black"}, showfliers=False)
+            ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=f"photograph / {reader}")
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_xticks(range(len(groups)), [g.upper().replace(" H", "\nhealthy").replace(
+            " DR", "\nDR").replace(" G", "\nglaucoma") for g in groups])
+        ax.set(title=f"{name} in zone B", ylabel="width ratio (per vessel)")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     from bench_equivalents import group_of, photographs
     from scipy import ndimage
@@ -169,7 +202,10 @@ def main() -> None:
     (out / "widths.json").write_text(json.dumps(
         {"model": args.model, "runtime": segmenter.runtime, "split": args.split,
          "summary": table, "vessels": vessels}, indent=1) + "\n")
-    print(f"wrote {out / 'widths.json'}")
+    what = "test" if args.split == "test" else "training"
+    plot(out / "widths.png", vessels, f"{args.model}, HRF-AV's and LES-AV's {what} "
+         "photographs:\nthe half-depth width in the photograph over each map's width")
+    print(f"wrote {out / 'widths.json'} and widths.png")
 
 
 if __name__ == "__main__":

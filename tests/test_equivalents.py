@@ -261,3 +261,4 @@ def test_bench_widths_reads_zone_b_vessels_three_ways(tmp_path: Path) -> None:
     assert set(saved["summary"]) == {f"{g} {k}" for g in ("hrf-av dr", "les-av")
                                      for k in ("artery", "vein")}
     assert "| hrf-av dr artery |" in run.stdout
+    assert (tmp_path / "widths.png").stat().st_size > 10_000
