@@ -267,9 +267,7 @@ def main() -> None:
         return
     options = {"artery_vein": True, "tta": args.tta, "segment_vote": args.segment_vote,
                "threshold": args.threshold}
-    segmenter = (Segmenter.from_sensor_file(args.model, **options)
-                 if args.model.endswith(".onnx") else
-                 Segmenter.from_pretrained(args.model, runtime=args.runtime, **options))
+    segmenter = Segmenter.from_pretrained(args.model, runtime=args.runtime, **options)
     images: list[dict] = []
     start = time.perf_counter()
     for name, image_name, photo, fov, manual in photographs(args.split, args.limit):

@@ -41,6 +41,8 @@ STEP = 0.25  # px between two samples along a cut
 SMOOTH = 1.0  # px, the Gaussian the green channel is smoothed with before it is read
 MIN_DEPTH = 3.0  # grey levels: a shallower dip is no vessel to read
 READERS = ("manual", "model", "photograph")
+RATIOS = (("model", "manual"), ("photograph", "manual"), ("photograph", "model"))
+EYES = {"h": "healthy", "dr": "DR", "g": "glaucoma"}  # HRF-AV's groups, by name ending
 
 
 def normals(coords: np.ndarray) -> np.ndarray:
@@ -80,8 +82,9 @@ def half_depth_width(profile: np.ndarray) -> float:
 def vessel_widths(coords: np.ndarray, masks: list[np.ndarray], green: np.ndarray,
                   reach: float) -> np.ndarray:
     """Each reader's median width (px) of the vessel whose centreline is ``coords``: the
-    masks' (bool, in order) and the smoothed ``green`` channel's half-depth width, on cuts
-    :data:`EVERY` pixels apart reaching ``reach`` px to each side."""
+    masks' (float32 0/1, in order: converted once per photograph, not per vessel) and
+    the smoothed ``green`` channel's half-depth width, on cuts :data:`EVERY` pixels apart
+    reaching ``reach`` px to each side."""
     from scipy import ndimage
 
     offsets = np.arange(-reach, reach + STEP / 2, STEP)
@@ -89,7 +92,7 @@ def vessel_widths(coords: np.ndarray, masks: list[np.ndarray], green: np.ndarray
     samples = (points[:, None, :] + offsets[None, :, None] * across[:, None, :]).reshape(-1, 2).T
     shape = (len(points), len(offsets))
     widths = [[run_width(cut) for cut in
-               (ndimage.map_coordinates(mask.astype(np.float32), samples, order=1) >= 0.5)
+               (ndimage.map_coordinates(mask, samples, order=1) >= 0.5)
                .reshape(shape)] for mask in masks]
     profiles = ndimage.map_coordinates(green, samples, order=1).reshape(shape)
     widths.append([half_depth_width(cut) for cut in profiles])
@@ -97,33 +100,32 @@ def vessel_widths(coords: np.ndarray, masks: list[np.ndarray], green: np.ndarray
         return np.array([np.nanmedian(w) if np.isfinite(w).any() else np.nan for w in widths])
 
 
+def read_by_all(vessel: dict) -> bool:
+    """Whether every reader gave the vessel a width (the table and the figure keep these)."""
+    return bool(np.isfinite([vessel[r] for r in READERS]).all())
+
+
 def summarise(vessels: list[dict]) -> dict:
     """Per group and class, the vessels read by all three readers, their mean widths and
-    the median ratios of one reader's width to another's."""
-    kept: dict[str, list[np.ndarray]] = defaultdict(list)
-    for v in vessels:
-        widths = np.array([v[r] for r in READERS], dtype=float)
-        if np.isfinite(widths).all():
-            kept[f"{v['group']} {v['kind']}"].append(widths)
-    table = {}
-    for key in sorted(kept):
-        w = np.array(kept[key])
-        table[key] = {"vessels": len(w), **{f"{r}_mean": float(m) for r, m in
-                                            zip(READERS, w.mean(0), strict=True)},
-                      "model/manual": float(np.median(w[:, 1] / w[:, 0])),
-                      "photograph/manual": float(np.median(w[:, 2] / w[:, 0])),
-                      "photograph/model": float(np.median(w[:, 2] / w[:, 1]))}
-    return table
+    the median ratios of one reader's width to another's (:data:`RATIOS`)."""
+    kept: dict[str, list[dict]] = defaultdict(list)
+    for v in filter(read_by_all, vessels):
+        kept[f"{v['group']} {v['kind']}"].append(v)
+    return {key: {"vessels": len(kept[key]),
+                  **{f"{r}_mean": float(np.mean([v[r] for v in kept[key]])) for r in READERS},
+                  **{f"{a}/{b}": float(np.median([v[a] / v[b] for v in kept[key]]))
+                     for a, b in RATIOS}}
+            for key in sorted(kept)}
 
 
 def print_table(table: dict) -> None:
-    print("| group, class | vessels | manual (px) | model (px) | photograph (px) | "
-          "model / manual | photograph / manual | photograph / model |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| group, class | vessels | " + " | ".join(f"{r} (px)" for r in READERS) + " | "
+          + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |")
+    print("|---|---:|" + "---:|" * (len(READERS) + len(RATIOS)))
     for key, row in table.items():
-        print(f"| {key} | {row['vessels']} | {row['manual_mean']:.2f} | {row['model_mean']:.2f}"
-              f" | {row['photograph_mean']:.2f} | {row['model/manual']:.3f} | "
-              f"{row['photograph/manual']:.3f} | {row['photograph/model']:.3f} |")
+        print(f"| {key} | {row['vessels']} | "
+              + " | ".join(f"{row[f'{r}_mean']:.2f}" for r in READERS) + " | "
+              + " | ".join(f"{row[f'{a}/{b}']:.3f}" for a, b in RATIOS) + " |")
 
 
 def plot(path: Path, vessels: list[dict], title: str) -> None:
@@ -140,16 +142,16 @@ def plot(path: Path, vessels: list[dict], title: str) -> None:
     for ax, kind, name in zip(axes, ("artery", "vein"), ("Arteries", "Veins"), strict=True):
         for offset, (reader, colour) in zip((-0.18, 0.18), (("manual", "tab:orange"),
                                                            ("model", "tab:blue")), strict=True):
-            ratios = [[v["photograph"] / v[reader] for v in vessels
-                       if v["group"] == g and v["kind"] == kind
-                       and np.isfinite([v[r] for r in READERS]).all()] for g in groups]
+            ratios = [[v["photograph"] / v[reader] for v in filter(read_by_all, vessels)
+                       if v["group"] == g and v["kind"] == kind] for g in groups]
             ax.boxplot(ratios, positions=np.arange(len(groups)) + offset, widths=0.3,
                        patch_artist=True, boxprops={"facecolor": colour, "alpha": 0.6},
                        medianprops={"color": "black"}, showfliers=False)
             ax.plot([], [], color=colour, linewidth=6, alpha=0.6, label=f"photograph / {reader}")
         ax.axhline(1.0, color="gray", linewidth=0.8)
-        ax.set_xticks(range(len(groups)), [g.upper().replace(" H", "\nhealthy").replace(
-            " DR", "\nDR").replace(" G", "\nglaucoma") for g in groups])
+        ax.set_xticks(range(len(groups)), [
+            f"{dataset.upper()}\n{EYES[eyes]}" if eyes else dataset.upper()
+            for dataset, _, eyes in (g.partition(" ") for g in groups)])
         ax.set(title=f"{name} in zone B", ylabel="width ratio (per vessel)")
     axes[0].legend(loc="lower left", fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -185,10 +187,11 @@ def main() -> None:
         green = ndimage.gaussian_filter(photo[..., 1].astype(np.float32), SMOOTH)
         group = group_of({"dataset": name, "image": image_name})
         found = zone_vessels(manual, disc, fov) if disc.found else []
+        masks = [(manual > 0).astype(np.float32), model.astype(np.float32)]
         read = 0
         for kind in ("artery", "vein"):
             for v in [v for v in found if v.kind == kind][:WIDEST]:
-                widths = vessel_widths(v.coords, [manual > 0, model], green,
+                widths = vessel_widths(v.coords, masks, green,
                                        max(8.0, 2.5 * v.calibre))
                 vessels.append({"dataset": name, "image": image_name, "group": group,
                                 "kind": kind, **dict(zip(READERS, map(float, widths),

@@ -231,10 +231,11 @@ def test_bench_widths_reads_a_known_bar_the_same_in_a_mask_and_a_photograph() ->
     mask[:, 46:55] = True  # columns 46-54: 9 px, centred on column 50
     photo = ndimage.gaussian_filter(np.where(mask, 60.0, 120.0), 1.5).astype(np.float32)
     centreline = np.stack([np.arange(20, 80), np.full(60, 50)], axis=1)
-    widths = bench["vessel_widths"](centreline, [mask], photo, 15.0)
+    widths = bench["vessel_widths"](centreline, [mask.astype(np.float32)], photo, 15.0)
     assert widths == pytest.approx([9.0, 9.0], abs=0.3)
     faint = np.where(mask, 119.0, 120.0).astype(np.float32)
-    assert math.isnan(bench["vessel_widths"](centreline, [mask], faint, 15.0)[1])
+    assert math.isnan(bench["vessel_widths"](centreline, [mask.astype(np.float32)], faint,
+                                             15.0)[1])
 
 
 def test_bench_widths_reads_zone_b_vessels_three_ways(tmp_path: Path) -> None:
